@@ -1,0 +1,161 @@
+// attn_bwd_cpu.cpp -- portable FlashAttention-2 backward on the CPU.
+// P is recomputed from the saved LSE, never stored:  P = exp(scale * Q K^T - lse)
+//   dV = P^T dO,  dP = dO V^T,  dS = P o (dP - D)  with  D = rowsum(dO o O) - dlse,
+//   dQ = scale * dS K,  dK = scale * dS^T Q.
+// One work item = (batch, kv head): key tiles outer, then every query head of the GQA group
+// and every query tile that sees the key tile. dK/dV of the tile are accumulated in registers-
+// sized scratch and written once; dQ of the group is accumulated in an fp32 (fp64) buffer of
+// O(g * s_q * d) and rounded once at the end. No two work items write the same memory.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/cpu_kernels.h"
+#include "cpu/tile_io.h"
+#include "flashattn_lite/attn_math.h"
+
+namespace fal::cpu {
+namespace {
+
+template <typename T>
+void bwd_head(const BwdParams& p, int bi, int hk) {
+  using Acc = typename AccOf<T>::type;
+  constexpr int BM = kBwdBlockM, BN = kBwdBlockN;
+  const int d = p.d, dv = p.d_v, g = p.h / p.h_kv;
+  const Acc scale = Acc(p.scale);
+  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+
+  std::vector<Acc> dq_acc(size_t(g) * p.s_q * d, Acc(0));
+  std::vector<Acc> dsum(size_t(g) * p.s_q);  // D = rowsum(dO o O) - dlse
+  std::vector<Acc> Ks(size_t(BN) * d), Kt(size_t(d) * BN), Vt(size_t(dv) * BN);
+  std::vector<Acc> dK(size_t(BN) * d), dV(size_t(BN) * dv);
+  std::vector<Acc> Qs(size_t(BM) * d), dOs(size_t(BM) * dv), P(size_t(BM) * BN), dS(size_t(BM) * BN);
+
+  auto q_ptr = [&](int hi) { return static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride; };
+  auto do_ptr = [&](int hi) { return static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride; };
+  auto lse_ptr = [&](int hi) { return static_cast<const Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride; };
+
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
+    const T* dout = do_ptr(hi);
+    const Acc* dlse = p.dlse ? static_cast<const Acc*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride : nullptr;
+    for (int i = 0; i < p.s_q; ++i) {
+      Acc acc = 0;
+      const T* orow = o + i * p.o_row_stride;
+      const T* drow = dout + i * p.do_row_stride;
+      for (int x = 0; x < dv; ++x) acc += load_acc<Acc>(orow + x) * load_acc<Acc>(drow + x);
+      dsum[size_t(gi) * p.s_q + i] = acc - (dlse ? Acc(dlse[i]) : Acc(0));
+    }
+  }
+
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
+  T* dk = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + hk * p.dk_head_stride;
+  T* dvp = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + hk * p.dv_head_stride;
+
+  for (int j0 = 0; j0 < p.s_k; j0 += BN) {
+    const int j1 = std::min(j0 + BN, p.s_k), cols = j1 - j0;
+    load_rows(k + j0 * p.k_row_stride, p.k_row_stride, cols, d, Acc(1), Ks.data(), d);
+    load_rows_transposed(k + j0 * p.k_row_stride, p.k_row_stride, cols, d, Kt.data(), BN);
+    load_rows_transposed(v + j0 * p.v_row_stride, p.v_row_stride, cols, dv, Vt.data(), BN);
+    std::fill(dK.begin(), dK.end(), Acc(0));
+    std::fill(dV.begin(), dV.end(), Acc(0));
+
+    for (int gi = 0; gi < g; ++gi) {
+      const int hi = hk * g + gi;
+      const T* q = q_ptr(hi);
+      const T* dout = do_ptr(hi);
+      const Acc* lse = lse_ptr(hi);
+      for (int i0 = 0; i0 < p.s_q; i0 += BM) {
+        const int i1 = std::min(i0 + BM, p.s_q), rows = i1 - i0;
+        const KeyRange kr = vis.keys_of_rows(i0, i1);
+        if (kr.hi <= j0 || kr.lo >= j1) continue;  // no row of this tile sees this key tile
+        const bool full = vis.tile_fully_visible(i0, i1, j0, j1);
+        load_rows(q + i0 * p.q_row_stride, p.q_row_stride, rows, d, Acc(1), Qs.data(), d);
+        load_rows(dout + i0 * p.do_row_stride, p.do_row_stride, rows, dv, Acc(1), dOs.data(), dv);
+
+        for (int r = 0; r < rows; ++r) {
+          Acc* pr = P.data() + r * BN;
+          Acc* dsr = dS.data() + r * BN;
+          std::fill(pr, pr + cols, Acc(0));
+          std::fill(dsr, dsr + cols, Acc(0));
+          const Acc l = Acc(lse[i0 + r]);
+          if (std::isinf(l) && l < 0) continue;  // row sees no key: P = 0
+          // S = scale * q k^T, P = exp(S - lse)
+          const Acc* qr = Qs.data() + r * d;
+          for (int x = 0; x < d; ++x) {
+            const Acc qv = qr[x] * scale;
+            const Acc* kt = Kt.data() + x * BN;
+            for (int c = 0; c < cols; ++c) pr[c] += qv * kt[c];
+          }
+          KeyRange rr{j0, j1};
+          if (!full) rr = vis.keys_of_row(i0 + r);
+          for (int c = 0; c < cols; ++c) {
+            const bool vis_c = j0 + c >= rr.lo && j0 + c < rr.hi;
+            pr[c] = vis_c ? std::exp(pr[c] - l) : Acc(0);
+          }
+          // dP = dO V^T
+          const Acc* dor = dOs.data() + r * dv;
+          for (int x = 0; x < dv; ++x) {
+            const Acc dval = dor[x];
+            const Acc* vt = Vt.data() + x * BN;
+            for (int c = 0; c < cols; ++c) dsr[c] += dval * vt[c];
+          }
+          // dS = P o (dP - D)
+          const Acc D = dsum[size_t(gi) * p.s_q + i0 + r];
+          for (int c = 0; c < cols; ++c) dsr[c] = pr[c] * (dsr[c] - D);
+        }
+        // dV += P^T dO ; dK += scale * dS^T Q ; dQ += scale * dS K
+        for (int r = 0; r < rows; ++r) {
+          const Acc* pr = P.data() + r * BN;
+          const Acc* dsr = dS.data() + r * BN;
+          const Acc* dor = dOs.data() + r * dv;
+          const Acc* qr = Qs.data() + r * d;
+          for (int c = 0; c < cols; ++c) {
+            const Acc pc = pr[c], dsc = dsr[c] * scale;
+            Acc* dvr = dV.data() + c * dv;
+            for (int x = 0; x < dv; ++x) dvr[x] += pc * dor[x];
+            Acc* dkr = dK.data() + c * d;
+            for (int x = 0; x < d; ++x) dkr[x] += dsc * qr[x];
+          }
+          Acc* dqr = dq_acc.data() + (size_t(gi) * p.s_q + i0 + r) * d;
+          for (int c = 0; c < cols; ++c) {
+            const Acc dsc = dsr[c] * scale;
+            const Acc* kr2 = Ks.data() + c * d;
+            for (int x = 0; x < d; ++x) dqr[x] += dsc * kr2[x];
+          }
+        }
+      }
+    }
+    for (int c = 0; c < cols; ++c) {
+      T* dkr = dk + (j0 + c) * p.dk_row_stride;
+      T* dvr = dvp + (j0 + c) * p.dv_row_stride;
+      for (int x = 0; x < d; ++x) dkr[x] = store_as<T, Acc>(dK[c * d + x]);
+      for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, Acc>(dV[c * dv + x]);
+    }
+  }
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + hi * p.dq_head_stride;
+    for (int i = 0; i < p.s_q; ++i) {
+      T* dqr = dq + i * p.dq_row_stride;
+      const Acc* src = dq_acc.data() + (size_t(gi) * p.s_q + i) * d;
+      for (int x = 0; x < d; ++x) dqr[x] = store_as<T, Acc>(src[x]);
+    }
+  }
+}
+
+}  // namespace
+
+int64_t bwd_num_work_items(const BwdParams& p) { return int64_t(p.b) * p.h_kv; }
+
+void bwd_run(const BwdParams& p, int64_t begin, int64_t end) {
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t w = begin; w < end; ++w) bwd_head<T>(p, int(w / p.h_kv), int(w % p.h_kv));
+  });
+}
+
+}  // namespace fal::cpu

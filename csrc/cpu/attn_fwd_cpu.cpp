@@ -1,0 +1,127 @@
+// attn_fwd_cpu.cpp -- portable FlashAttention-2 forward on the CPU.
+//   out[b, i, h, :] = sum_j softmax_j(scale * q[b, i, h, :] . k[b, j, h / g, :]) v[b, j, h / g, :]
+// One work item is a tile of kFwdBlockM query rows of one (batch, head). It walks the key
+// tiles its rows can see, keeps a running row max m and row sum l, and rescales the fp32
+// (fp64 for fp64 inputs) accumulator when the max grows. Extra memory: O(tile * d).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/cpu_kernels.h"
+#include "cpu/tile_io.h"
+#include "flashattn_lite/attn_math.h"
+
+namespace fal::cpu {
+namespace {
+
+template <typename T>
+void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename AccOf<T>::type>& buf) {
+  using Acc = typename AccOf<T>::type;
+  constexpr int BM = kFwdBlockM, BN = kFwdBlockN;
+  const Acc neg_inf = -std::numeric_limits<Acc>::infinity();
+  const int d = p.d, dv = p.d_v;
+  const int hk = hi / (p.h / p.h_kv);
+  const int i0 = qt * BM, i1 = std::min(i0 + BM, p.s_q), rows = i1 - i0;
+
+  // scratch: Qs[BM][d], Kt[d][BN], Vs[BN][dv], S[BM][BN], O[BM][dv], m[BM], l[BM]
+  Acc* Qs = buf.data();
+  Acc* Kt = Qs + BM * d;
+  Acc* Vs = Kt + d * BN;
+  Acc* S = Vs + BN * dv;
+  Acc* O = S + BM * BN;
+  Acc* m = O + BM * dv;
+  Acc* l = m + BM;
+
+  const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride;
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
+  T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
+  Acc* lse = static_cast<Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
+
+  // Q tile, pre-multiplied by the softmax scale.
+  load_rows(q + i0 * p.q_row_stride, p.q_row_stride, rows, d, Acc(p.scale), Qs, d);
+  std::fill(O, O + rows * dv, Acc(0));
+  std::fill(m, m + rows, neg_inf);
+  std::fill(l, l + rows, Acc(0));
+
+  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+  const KeyRange kr = vis.keys_of_rows(i0, i1);
+  for (int j0 = kr.lo; j0 < kr.hi; j0 += BN) {
+    const int j1 = std::min(j0 + BN, kr.hi), cols = j1 - j0;
+    load_rows_transposed(k + j0 * p.k_row_stride, p.k_row_stride, cols, d, Kt, BN);
+    load_rows(v + j0 * p.v_row_stride, p.v_row_stride, cols, dv, Acc(1), Vs, dv);
+
+    // S = (scale * Q) K^T : rows x cols
+    for (int r = 0; r < rows; ++r) {
+      Acc* s = S + r * BN;
+      std::fill(s, s + cols, Acc(0));
+      const Acc* qr = Qs + r * d;
+      for (int x = 0; x < d; ++x) {
+        const Acc qv = qr[x];
+        const Acc* kt = Kt + x * BN;
+        for (int c = 0; c < cols; ++c) s[c] += qv * kt[c];
+      }
+    }
+    const bool full = vis.tile_fully_visible(i0, i1, j0, j1);
+    for (int r = 0; r < rows; ++r) {
+      Acc* s = S + r * BN;
+      if (!full) {
+        const KeyRange rr = vis.keys_of_row(i0 + r);
+        for (int c = 0; c < cols; ++c)
+          if (j0 + c < rr.lo || j0 + c >= rr.hi) s[c] = neg_inf;
+      }
+      Acc mx = m[r];
+      for (int c = 0; c < cols; ++c) mx = std::max(mx, s[c]);
+      if (mx == neg_inf) continue;  // the row sees no key yet
+      // acc *= exp(m_old - m_new); l = l * exp(m_old - m_new) + sum_j exp(s_j - m_new)
+      const Acc alpha = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first visible tile
+      Acc sum = 0;
+      for (int c = 0; c < cols; ++c) {
+        s[c] = std::exp(s[c] - mx);
+        sum += s[c];
+      }
+      Acc* orow = O + r * dv;
+      if (alpha != Acc(1))
+        for (int x = 0; x < dv; ++x) orow[x] *= alpha;
+      l[r] = l[r] * alpha + sum;
+      m[r] = mx;
+      // O += P V
+      for (int c = 0; c < cols; ++c) {
+        const Acc pc = s[c];
+        const Acc* vr = Vs + c * dv;
+        for (int x = 0; x < dv; ++x) orow[x] += pc * vr[x];
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    T* orow = o + (i0 + r) * p.o_row_stride;
+    const Acc inv = l[r] > 0 ? Acc(1) / l[r] : Acc(0);  // a row that saw no key outputs 0
+    for (int x = 0; x < dv; ++x) orow[x] = store_as<T, Acc>(O[r * dv + x] * inv);
+    lse[i0 + r] = l[r] > 0 ? m[r] + std::log(l[r]) : neg_inf;
+  }
+}
+
+}  // namespace
+
+int64_t fwd_num_work_items(const FwdParams& p) {
+  return int64_t(p.b) * p.h * num_tiles(p.s_q, kFwdBlockM);
+}
+
+void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
+  const int nqt = num_tiles(p.s_q, kFwdBlockM);
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename AccOf<T>::type;
+    constexpr int BM = kFwdBlockM, BN = kFwdBlockN;
+    std::vector<Acc> buf(size_t(BM) * p.d + size_t(p.d) * BN + size_t(BN) * p.d_v + BM * BN +
+                         size_t(BM) * p.d_v + 2 * BM);
+    for (int64_t w = begin; w < end; ++w) {
+      const int qt = int(w % nqt);
+      const int64_t bh = w / nqt;
+      fwd_tile<T>(p, int(bh / p.h), int(bh % p.h), qt, buf);
+    }
+  });
+}
+
+}  // namespace fal::cpu

@@ -1,0 +1,89 @@
+// params.h -- the only data that crosses from the torch glue into the kernels (CPU and CUDA).
+// Plain pointers, element strides, sizes and host-precomputed constants: no torch, no CUDA.
+//
+// Layouts (strides in elements; the last dim is always contiguous):
+//   q    : batch x seqlen_q x heads    x head_dim
+//   k    : batch x seqlen_k x heads_kv x head_dim
+//   v    : batch x seqlen_k x heads_kv x head_dim_v
+//   out  : batch x seqlen_q x heads    x head_dim_v
+//   lse  : batch x heads x seqlen_q, fp32 (fp64 for fp64 inputs), natural-log logsumexp of the scaled scores
+//          (-inf for a query row that sees no key)
+#pragma once
+#include <cstdint>
+
+namespace fal {
+
+enum class DType : int32_t { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
+
+// How an optional attn_mask is interpreted (features issue; kNone until then).
+enum class MaskKind : int32_t { kNone = 0, kBool = 1, kAdditive = 2 };
+
+struct FwdParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  void* lse = nullptr;  // float, or double for fp64 inputs
+
+  int64_t q_batch_stride = 0, q_row_stride = 0, q_head_stride = 0;
+  int64_t k_batch_stride = 0, k_row_stride = 0, k_head_stride = 0;
+  int64_t v_batch_stride = 0, v_row_stride = 0, v_head_stride = 0;
+  int64_t o_batch_stride = 0, o_row_stride = 0, o_head_stride = 0;
+  int64_t lse_batch_stride = 0, lse_head_stride = 0;  // row stride is 1
+
+  int b = 0, h = 0, h_kv = 0;  // batch, query heads, key/value heads (h % h_kv == 0)
+  int s_q = 0, s_k = 0;        // sequence lengths (max lengths when varlen)
+  int d = 0, d_v = 0;          // head dim of q/k, head dim of v/out
+  DType dtype = DType::kFloat32;
+
+  double scale = 1.0;      // softmax scale applied to q.k (kernels round it to their type)
+  float scale_log2 = 1.f;  // scale * log2(e), for exp2-based kernels
+
+  // Visibility: query i sees key j iff  i + diag - window_left <= j <= i + diag + window_right,
+  // where diag = bottom_right ? s_k - s_q : 0, a negative window bound means unbounded and
+  // causal forces window_right = 0.  flash_attn_* aligns bottom-right, SDPA aligns top-left.
+  bool causal = false;
+  bool bottom_right = true;
+  int window_left = -1, window_right = -1;
+
+  // Score transforms and masks (features issue; validated as "not implemented" until then).
+  float softcap = 0.f;                 // 0 = off; else s <- softcap * tanh(s / softcap)
+  const float* alibi_slopes = nullptr; // (b, h) or (h,) fp32; nullptr = off
+  int64_t alibi_batch_stride = 0;
+  const void* mask = nullptr;          // broadcast to (b, h, s_q, s_k) through strides
+  MaskKind mask_kind = MaskKind::kNone;
+  int64_t mask_batch_stride = 0, mask_head_stride = 0, mask_row_stride = 0;
+
+  // Variable length / KV cache (features issue).
+  const int32_t* cu_seqlens_q = nullptr;  // (b + 1,)
+  const int32_t* cu_seqlens_k = nullptr;  // (b + 1,)
+  const int32_t* seqused_k = nullptr;     // (b,)
+  const int32_t* block_table = nullptr;   // (b, max_blocks) paged KV
+  int64_t block_table_batch_stride = 0;
+  int page_size = 0;
+
+  // Dropout with a replayable counter-based RNG (features issue).
+  float dropout_p = 0.f;
+  uint64_t seed = 0, offset = 0;
+
+  int num_splits = 1;  // split-KV (decode)
+};
+
+struct BwdParams : FwdParams {
+  const void* dout = nullptr;   // like out
+  const void* dlse = nullptr;   // like lse (same dtype), may be null (gradient w.r.t. the returned lse)
+  void* dq = nullptr;           // like q
+  void* dk = nullptr;           // like k
+  void* dv = nullptr;           // like v
+  int64_t do_batch_stride = 0, do_row_stride = 0, do_head_stride = 0;
+  int64_t dq_batch_stride = 0, dq_row_stride = 0, dq_head_stride = 0;
+  int64_t dk_batch_stride = 0, dk_row_stride = 0, dk_head_stride = 0;
+  int64_t dv_batch_stride = 0, dv_row_stride = 0, dv_head_stride = 0;
+  int64_t dlse_batch_stride = 0, dlse_head_stride = 0;
+  // Scratch owned by the glue (device kernels): fp32 rowsum(dO*O) - dlse and a dQ accumulator.
+  float* dsum = nullptr;      // b x h x s_q
+  float* dq_accum = nullptr;  // b x s_q x h x d, fp32
+  bool deterministic = false;
+};
+
+}  // namespace fal

@@ -1,0 +1,98 @@
+// attn_glue.h -- the one input validator for every device and the tensors -> params
+// conversion. Only files under csrc/torch include torch headers.
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include "flashattn_lite/params.h"
+
+namespace fal::glue {
+
+// Arguments shared by the forward and backward ops besides q, k, v (see the schema in module.cpp).
+struct OptArgs {
+  c10::optional<at::Tensor> attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k,
+      block_table, rng_state;
+  int64_t max_seqlen_q = -1, max_seqlen_k = -1;
+  double softmax_scale = 1.0;
+  bool causal = false, bottom_right = true;
+  int64_t window_left = -1, window_right = -1;
+  double softcap = 0.0, dropout_p = 0.0;
+  int64_t num_splits = 0;
+};
+
+// dtype of softmax_lse for inputs of dtype st: float32, float64 for float64 inputs.
+at::ScalarType lse_dtype(at::ScalarType st);
+
+// Returns t itself when its last dim is contiguous, else a contiguous copy.
+at::Tensor last_dim_contiguous(const at::Tensor& t);
+
+// Validates q/k/v and the optional arguments (raises ValueError / TypeError /
+// NotImplementedError naming the argument) and fills the shape, stride and option fields.
+FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const OptArgs& a);
+
+// Output allocations of the forward: (out, lse).
+std::tuple<at::Tensor, at::Tensor> alloc_fwd_outputs(const at::Tensor& q, const at::Tensor& v);
+
+// Points the params at out / lse.
+void set_fwd_outputs(FwdParams& p, const at::Tensor& out, const at::Tensor& lse);
+
+// Validates the backward-only tensors (dout, dlse, out, lse) against the forward params and
+// fills the backward params, dq/dk/dv included.
+BwdParams make_bwd_params(const FwdParams& fp, const at::Tensor& dout,
+                          const c10::optional<at::Tensor>& dlse, const at::Tensor& out,
+                          const at::Tensor& lse, const at::Tensor& dq, const at::Tensor& dk,
+                          const at::Tensor& dv, bool deterministic);
+
+}  // namespace fal::glue
+
+namespace fal::glue {
+
+using OptT = c10::optional<at::Tensor>;
+
+// Device-independent bodies of the two ops: validate, allocate, then call the device runner.
+using FwdRunner = void (*)(const FwdParams&);
+using BwdRunner = void (*)(BwdParams&, const at::Tensor& q);
+
+std::tuple<at::Tensor, at::Tensor> fwd_impl(FwdRunner run, const at::Tensor& q, const at::Tensor& k,
+                                            const at::Tensor& v, const OptArgs& a);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(BwdRunner run, const at::Tensor& dout,
+                                                        const OptT& dlse, const at::Tensor& q,
+                                                        const at::Tensor& k, const at::Tensor& v,
+                                                        const at::Tensor& out, const at::Tensor& lse,
+                                                        const OptArgs& a, bool deterministic);
+
+// Op signatures (must match the schema strings in module.cpp).
+#define FAL_FWD_ARGS                                                                               \
+  const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const fal::glue::OptT &attn_mask,  \
+      const fal::glue::OptT &alibi_slopes, const fal::glue::OptT &cu_seqlens_q,                    \
+      const fal::glue::OptT &cu_seqlens_k, const fal::glue::OptT &seqused_k,                       \
+      const fal::glue::OptT &block_table, const fal::glue::OptT &rng_state, int64_t max_seqlen_q,  \
+      int64_t max_seqlen_k, double softmax_scale, bool causal, bool bottom_right,                  \
+      int64_t window_left, int64_t window_right, double softcap, double dropout_p,                 \
+      int64_t num_splits
+#define FAL_BWD_ARGS                                                                               \
+  const at::Tensor &dout, const fal::glue::OptT &dlse, const at::Tensor &q, const at::Tensor &k,   \
+      const at::Tensor &v, const at::Tensor &out, const at::Tensor &softmax_lse,                   \
+      const fal::glue::OptT &attn_mask, const fal::glue::OptT &alibi_slopes,                       \
+      const fal::glue::OptT &cu_seqlens_q, const fal::glue::OptT &cu_seqlens_k,                    \
+      const fal::glue::OptT &seqused_k, const fal::glue::OptT &rng_state, int64_t max_seqlen_q,    \
+      int64_t max_seqlen_k, double softmax_scale, bool causal, bool bottom_right,                  \
+      int64_t window_left, int64_t window_right, double softcap, double dropout_p,                 \
+      bool deterministic
+
+OptArgs make_fwd_opt_args(FAL_FWD_ARGS);
+OptArgs make_bwd_opt_args(FAL_BWD_ARGS);
+
+// Calls made by every device's op functions.
+#define FAL_FWD_FORWARD_ARGS                                                                       \
+  q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table, rng_state, \
+      max_seqlen_q, max_seqlen_k, softmax_scale, causal, bottom_right, window_left, window_right,  \
+      softcap, dropout_p, num_splits
+#define FAL_BWD_FORWARD_ARGS                                                                       \
+  dout, dlse, q, k, v, out, softmax_lse, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,      \
+      seqused_k, rng_state, max_seqlen_q, max_seqlen_k, softmax_scale, causal, bottom_right,       \
+      window_left, window_right, softcap, dropout_p, deterministic
+
+}  // namespace fal::glue

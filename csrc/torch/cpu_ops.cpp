@@ -1,0 +1,37 @@
+// cpu_ops.cpp -- CPU implementations of the flashattn_lite ops: ATen's thread pool around the
+// torch-free kernels of csrc/cpu.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu/cpu_kernels.h"
+#include "torch/attn_glue.h"
+
+namespace fal::glue {
+namespace {
+
+void run_fwd_cpu(const FwdParams& p) {
+  at::parallel_for(0, cpu::fwd_num_work_items(p), 1,
+                   [&](int64_t begin, int64_t end) { cpu::fwd_run(p, begin, end); });
+}
+
+void run_bwd_cpu(BwdParams& p, const at::Tensor& /*q*/) {
+  at::parallel_for(0, cpu::bwd_num_work_items(p), 1,
+                   [&](int64_t begin, int64_t end) { cpu::bwd_run(p, begin, end); });
+}
+
+std::tuple<at::Tensor, at::Tensor> fwd_cpu(FAL_FWD_ARGS) {
+  return fwd_impl(run_fwd_cpu, q, k, v, make_fwd_opt_args(FAL_FWD_FORWARD_ARGS));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cpu(FAL_BWD_ARGS) {
+  return bwd_impl(run_bwd_cpu, dout, dlse, q, k, v, out, softmax_lse, make_bwd_opt_args(FAL_BWD_FORWARD_ARGS),
+                  deterministic);
+}
+
+}  // namespace
+}  // namespace fal::glue
+
+TORCH_LIBRARY_IMPL(flashattn_lite, CPU, m) {
+  m.impl("fwd", &fal::glue::fwd_cpu);
+  m.impl("bwd", &fal::glue::bwd_cpu);
+}

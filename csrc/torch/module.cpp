@@ -1,0 +1,70 @@
+// module.cpp -- the op schemas (TORCH_LIBRARY) and the pybind11 module flashattn_lite._C.
+// Device implementations live in cpu_ops.cpp / cuda_ops.cpp; fake and autograd in Python.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+namespace py = pybind11;
+
+// Layouts: q (b, s_q, h, d), k (b, s_k, h_kv, d), v (b, s_k, h_kv, d_v), any strides with a
+// contiguous last dim. out (b, s_q, h, d_v), softmax_lse (b, h, s_q) fp32.
+// Optional arguments are part of the schema from the start so that features extend it without
+// changing it; the ones not built yet raise NotImplementedError.
+TORCH_LIBRARY(flashattn_lite, m) {
+  m.def(
+      "fwd(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, Tensor? alibi_slopes, "
+      "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, Tensor? seqused_k, Tensor? block_table, "
+      "Tensor? rng_state, int max_seqlen_q, int max_seqlen_k, float softmax_scale, bool causal, "
+      "bool bottom_right, int window_left, int window_right, float softcap, float dropout_p, "
+      "int num_splits) -> (Tensor out, Tensor softmax_lse)");
+  m.def(
+      "bwd(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
+      "Tensor? attn_mask, Tensor? alibi_slopes, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
+      "Tensor? seqused_k, Tensor? rng_state, int max_seqlen_q, int max_seqlen_k, float softmax_scale, "
+      "bool causal, bool bottom_right, int window_left, int window_right, float softcap, "
+      "float dropout_p, bool deterministic) -> (Tensor dq, Tensor dk, Tensor dv)");
+}
+
+namespace {
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = FAL_VERSION;
+  info["torch_version"] = FAL_TORCH_VERSION;
+  info["compiler"] = FAL_COMPILER;
+  py::list isas;
+  std::string s = FAL_CPU_ISAS;
+  size_t start = 0;
+  while (start <= s.size() && !s.empty()) {
+    size_t end = s.find(',', start);
+    if (end == std::string::npos) end = s.size();
+    isas.append(s.substr(start, end - start));
+    start = end + 1;
+  }
+  info["cpu_isas"] = isas;
+#ifdef FLASHATTN_LITE_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_version"] = FAL_CUDA_VERSION;
+  py::list archs;
+  std::string a = FAL_CUDA_ARCHS;
+  start = 0;
+  while (start < a.size()) {
+    size_t end = a.find(',', start);
+    if (end == std::string::npos) end = a.size();
+    archs.append(a.substr(start, end - start));
+    start = end + 1;
+  }
+  info["cuda_archs"] = archs;
+#else
+  info["cuda"] = false;
+  info["cuda_version"] = py::none();
+  info["cuda_archs"] = py::list();
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, mod) {
+  mod.doc() = "flashattn_lite native module: op registrations and build information";
+  mod.def("build_info", &build_info, "What this build was compiled with.");
+}

@@ -1,0 +1,68 @@
+"""Fake (meta) and autograd registrations of the flashattn_lite ops.
+
+The schemas and device kernels are registered in C++ (``flashattn_lite._C``). Here:
+* ``register_fake`` gives shapes and dtypes for torch.compile / FakeTensor tracing;
+* ``register_autograd`` makes ``fwd`` differentiable; its backward calls the registered ``bwd``
+  op and saves only q, k, v, out and softmax_lse.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+# Names of the fwd schema arguments, in order (module.cpp is the source of truth).
+FWD_ARG_NAMES: tuple[str, ...] = (
+    "q", "k", "v", "attn_mask", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "seqused_k",
+    "block_table", "rng_state", "max_seqlen_q", "max_seqlen_k", "softmax_scale", "causal",
+    "bottom_right", "window_left", "window_right", "softcap", "dropout_p", "num_splits",
+)
+
+
+@torch.library.register_fake("flashattn_lite::fwd")
+def _fwd_fake(q: Tensor, k: Tensor, v: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    torch._check(q.dim() == 4, lambda: f"flashattn_lite: q must have 4 dims, got {q.dim()}")
+    torch._check(v.dim() == 4, lambda: f"flashattn_lite: v must have 4 dims, got {v.dim()}")
+    b, s_q, h, _ = q.shape
+    out = q.new_empty((b, s_q, h, v.shape[-1]))
+    lse = q.new_empty((b, h, s_q), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+    return out, lse
+
+
+@torch.library.register_fake("flashattn_lite::bwd")
+def _bwd_fake(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
+              *args: Any) -> tuple[Tensor, Tensor, Tensor]:
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
+
+
+def _setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor]) -> None:
+    args = dict(zip(FWD_ARG_NAMES, inputs))
+    out, lse = output
+    ctx.save_for_backward(args["q"], args["k"], args["v"], out, lse)
+    # Non-differentiable optional tensors travel by reference (none is built yet).
+    ctx.opt_tensors = {n: args[n] for n in ("attn_mask", "alibi_slopes", "cu_seqlens_q",
+                                            "cu_seqlens_k", "seqused_k", "rng_state")}
+    ctx.scalars = {n: args[n] for n in ("max_seqlen_q", "max_seqlen_k", "softmax_scale", "causal",
+                                        "bottom_right", "window_left", "window_right", "softcap",
+                                        "dropout_p")}
+
+
+def _backward(ctx: Any, dout: Optional[Tensor], dlse: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
+    q, k, v, out, lse = ctx.saved_tensors
+    n_rest = len(FWD_ARG_NAMES) - 3
+    if dout is None and dlse is None:
+        return (None, None, None) + (None,) * n_rest
+    if dout is None:
+        dout = torch.zeros_like(out)
+    o, s = ctx.opt_tensors, ctx.scalars
+    dq, dk, dv = torch.ops.flashattn_lite.bwd.default(
+        dout, dlse, q, k, v, out, lse,
+        o["attn_mask"], o["alibi_slopes"], o["cu_seqlens_q"], o["cu_seqlens_k"], o["seqused_k"],
+        o["rng_state"], s["max_seqlen_q"], s["max_seqlen_k"], s["softmax_scale"], s["causal"],
+        s["bottom_right"], s["window_left"], s["window_right"], s["softcap"], s["dropout_p"], False)
+    return (dq, dk, dv) + (None,) * n_rest
+
+
+torch.library.register_autograd("flashattn_lite::fwd", _backward, setup_context=_setup_context)

@@ -1,0 +1,93 @@
+"""Backward: fp64 gradcheck and low-precision gradients under the numerical rule."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DTYPES, assert_rule, randn
+from flashattn_lite import flash_attn_func, scaled_dot_product_attention
+from flashattn_lite.reference import attention_ref
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("s_q,s_k,h,h_kv,d", [(9, 9, 2, 2, 5), (7, 12, 4, 2, 3), (13, 6, 3, 1, 8), (1, 5, 2, 1, 4)])
+def test_gradcheck_fp64(causal, s_q, s_k, h, h_kv, d):
+    q = randn((2, s_q, h, d), torch.float64, requires_grad=True)
+    k = randn((2, s_k, h_kv, d), torch.float64, requires_grad=True)
+    v = randn((2, s_k, h_kv, d), torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q, k, v: flash_attn_func(q, k, v, causal=causal), (q, k, v))
+
+
+def test_gradcheck_fp64_with_lse_output_and_window():
+    q = randn((1, 10, 2, 4), torch.float64, requires_grad=True)
+    k = randn((1, 12, 2, 4), torch.float64, requires_grad=True)
+    v = randn((1, 12, 2, 6), torch.float64, requires_grad=True)
+
+    def f(q, k, v):
+        out, lse, _ = flash_attn_func(q, k, v, window_size=(3, 2), return_attn_probs=True)
+        return out, lse.masked_fill(torch.isinf(lse), 0.0)
+
+    assert torch.autograd.gradcheck(f, (q, k, v))
+
+
+def test_gradcheck_sdpa_fp64():
+    q = randn((2, 3, 8, 5), torch.float64, requires_grad=True)
+    k = randn((2, 3, 11, 5), torch.float64, requires_grad=True)
+    v = randn((2, 3, 11, 7), torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v))
+
+
+def _grads(fn, q, k, v, dout):
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(dout)
+    return out, q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [8, 40, 59, 64, 111, 128])
+@pytest.mark.parametrize("s_q,s_k", [(97, 97), (33, 130), (130, 33)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradients_rule(dtype, d, s_q, s_k, causal):
+    h, h_kv = 4, 2
+    q, k, v = randn((1, s_q, h, d), dtype), randn((1, s_k, h_kv, d), dtype), randn((1, s_k, h_kv, d), dtype)
+    dout = randn((1, s_q, h, d), dtype)
+    ours = _grads(lambda q, k, v: flash_attn_func(q, k, v, causal=causal), q, k, v, dout)
+    ref = _grads(lambda q, k, v: attention_ref(q, k, v, causal=causal)[0], q.double(), k.double(), v.double(),
+                 dout.double())
+    same = _grads(lambda q, k, v: attention_ref(q, k, v, causal=causal, upcast=False)[0], q, k, v, dout)
+    factor = 3.0 if dtype in (torch.bfloat16, torch.float16) else 2.0
+    for name, a, r, s in zip(("out", "dq", "dk", "dv"), ours, ref, same):
+        assert a.dtype == dtype
+        assert_rule(a, r, s, factor=factor, what=name)
+
+
+def test_fully_masked_rows_have_zero_dq():
+    q = randn((1, 20, 2, 8), torch.float32, requires_grad=True)
+    k = randn((1, 5, 2, 8), torch.float32, requires_grad=True)
+    v = randn((1, 5, 2, 8), torch.float32, requires_grad=True)
+    out = flash_attn_func(q, k, v, causal=True)
+    out.sum().backward()
+    assert torch.equal(q.grad[:, :15], torch.zeros_like(q.grad[:, :15]))
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+
+
+def test_lse_gradient_matches_reference():
+    q = randn((1, 17, 2, 8), torch.float64, requires_grad=True)
+    k = randn((1, 23, 2, 8), torch.float64, requires_grad=True)
+    v = randn((1, 23, 2, 8), torch.float64, requires_grad=True)
+    w = randn((1, 2, 17), torch.float64)
+    _, lse, _ = flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    g = torch.autograd.grad((lse * w).sum(), (q, k))
+    _, ref_lse = attention_ref(q, k, v, causal=True)
+    rg = torch.autograd.grad((ref_lse * w).sum(), (q, k))
+    for a, b in zip(g, rg):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_backward_empty():
+    q = randn((2, 0, 2, 8), torch.float32, requires_grad=True)
+    k = randn((2, 5, 2, 8), torch.float32, requires_grad=True)
+    v = randn((2, 5, 2, 8), torch.float32, requires_grad=True)
+    flash_attn_func(q, k, v).sum().backward()
+    assert torch.equal(k.grad, torch.zeros_like(k)) and q.grad.shape == q.shape

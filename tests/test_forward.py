@@ -1,0 +1,124 @@
+"""Forward correctness of flash_attn_func against the fp64 reference (numerical rule)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DTYPES, assert_rule, randn
+from flashattn_lite import flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func
+from flashattn_lite.reference import attention_ref
+
+HEAD_DIMS = [1, 8, 40, 59, 64, 111, 128, 256, 300]
+SEQS = [(1, 1), (97, 97), (128, 1025), (1025, 97)]
+
+
+def _check(q, k, v, **kw):
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True, **kw)
+    window = kw.get("window_size", (-1, -1))
+    ref, ref_lse = attention_ref(q, k, v, softmax_scale=kw.get("softmax_scale"), causal=kw.get("causal", False),
+                                 window_size=window)
+    same, _ = attention_ref(q, k, v, softmax_scale=kw.get("softmax_scale"), causal=kw.get("causal", False),
+                            window_size=window, upcast=False)
+    assert out.dtype == q.dtype
+    assert_rule(out, ref, same)
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(fin, torch.isfinite(lse))
+    tol = 1e-12 if q.dtype == torch.float64 else 1e-4
+    assert torch.allclose(lse[fin], ref_lse[fin], rtol=tol, atol=tol)
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("s_q,s_k", SEQS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_grid(dtype, d, s_q, s_k, causal):
+    b, h = 1, 2
+    q, k, v = randn((b, s_q, h, d), dtype), randn((b, s_k, h, d), dtype), randn((b, s_k, h, d), dtype)
+    _check(q, k, v, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("h,h_kv", [(8, 2), (6, 1)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gqa_mqa(dtype, h, h_kv, causal):
+    q = randn((2, 70, h, 40), dtype)
+    k, v = randn((2, 90, h_kv, 40), dtype), randn((2, 90, h_kv, 40), dtype)
+    _check(q, k, v, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_contiguous_views(dtype):
+    # (b, h, s, d) storage viewed as (b, s, h, d), plus a strided batch slice and a last-dim
+    # slice that forces a copy.
+    base = randn((4, 3, 65, 64), dtype)
+    q = base.transpose(1, 2)[::2]
+    kbase = randn((2, 80, 3, 128), dtype)
+    k = kbase[..., ::2]  # last dim not contiguous
+    v = randn((2, 3, 80, 48), dtype).transpose(1, 2)
+    assert not q.is_contiguous() and k.stride(-1) == 2
+    out, _ = _check(q, k, v, causal=True)
+    assert out.shape == (2, 65, 3, 48)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fully_masked_rows_are_zero(dtype):
+    # bottom-right causal with s_q > s_k: the first s_q - s_k query rows see no key.
+    s_q, s_k = 50, 20
+    q, k, v = randn((1, s_q, 2, 16), dtype), randn((1, s_k, 2, 16), dtype), randn((1, s_k, 2, 16), dtype)
+    out, lse = _check(q, k, v, causal=True)
+    assert torch.equal(out[:, : s_q - s_k], torch.zeros_like(out[:, : s_q - s_k]))
+    assert torch.isneginf(lse[:, :, : s_q - s_k]).all()
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("window", [(0, 0), (5, 3), (16, -1), (-1, 7), (300, 300)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sliding_window(window, causal):
+    q, k, v = randn((1, 130, 2, 32), torch.float32), randn((1, 150, 2, 32), torch.float32), randn((1, 150, 2, 32), torch.float32)
+    _check(q, k, v, causal=causal, window_size=window)
+
+
+def test_softmax_scale_and_packed():
+    qkv = randn((2, 33, 3, 4, 24), torch.float32)
+    out = flash_attn_qkvpacked_func(qkv, softmax_scale=0.3, causal=True)
+    ref, _ = attention_ref(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], softmax_scale=0.3, causal=True)
+    assert torch.allclose(out, ref.float(), atol=1e-5)
+    q = randn((2, 20, 4, 24), torch.float32)
+    kv = randn((2, 33, 2, 2, 24), torch.float32)
+    out = flash_attn_kvpacked_func(q, kv)
+    ref, _ = attention_ref(q, kv[:, :, 0], kv[:, :, 1])
+    assert torch.allclose(out, ref.float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape_q,shape_k", [((0, 5, 2, 8), (0, 7, 2, 8)), ((2, 0, 2, 8), (2, 7, 2, 8))])
+def test_empty_inputs(shape_q, shape_k):
+    q, k, v = randn(shape_q, torch.float32), randn(shape_k, torch.float32), randn(shape_k, torch.float32)
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True)
+    assert out.shape == shape_q and lse.shape == (shape_q[0], shape_q[2], shape_q[1])
+
+
+def test_no_keys_gives_zero():
+    q = randn((1, 4, 2, 8), torch.float32)
+    k = v = randn((1, 0, 2, 8), torch.float32)
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
+
+
+def test_repeatable():
+    q, k, v = (randn((2, 300, 4, 64), torch.bfloat16) for _ in range(3))
+    a = flash_attn_func(q, k, v, causal=True)
+    b = flash_attn_func(q, k, v, causal=True)
+    assert torch.equal(a, b)
+
+
+def test_thread_count_does_not_change_result():
+    q, k, v = (randn((1, 257, 4, 64), torch.float32) for _ in range(3))
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = flash_attn_func(q, k, v)
+    finally:
+        torch.set_num_threads(n)
+    b = flash_attn_func(q, k, v)
+    assert torch.equal(a, b)

@@ -1,0 +1,53 @@
+"""scaled_dot_product_attention: torch's signature, layout and top-left causal semantics."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import DTYPES, assert_rule, randn
+from flashattn_lite import scaled_dot_product_attention
+from flashattn_lite.reference import sdpa_ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("L,S", [(1, 1), (97, 97), (40, 130), (130, 40)])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("E,Ev", [(59, 59), (64, 40)])
+def test_sdpa_matches_reference(dtype, L, S, is_causal, E, Ev):
+    q, k, v = randn((2, 3, L, E), dtype), randn((2, 3, S, E), dtype), randn((2, 3, S, Ev), dtype)
+    out = scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    ref = sdpa_ref(q, k, v, is_causal=is_causal)
+    torch_same = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    assert out.shape == (2, 3, L, Ev)
+    assert_rule(out, ref, torch_same if dtype != torch.float64 else ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sdpa_gqa_and_scale(dtype):
+    q, k, v = randn((2, 8, 50, 32), dtype), randn((2, 2, 60, 32), dtype), randn((2, 2, 60, 32), dtype)
+    out = scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2, enable_gqa=True)
+    torch_same = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2, enable_gqa=True)
+    ref = sdpa_ref(q, k, v, is_causal=True, scale=0.2)
+    assert_rule(out, ref, torch_same)
+
+
+def test_sdpa_3d_inputs():
+    q, k, v = randn((4, 10, 16), torch.float32), randn((4, 12, 16), torch.float32), randn((4, 12, 16), torch.float32)
+    out = scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sdpa_gradients_match_torch(dtype):
+    q, k, v = (randn((1, 4, 70, 40), dtype, requires_grad=True) for _ in range(3))
+    dout = randn((1, 4, 70, 40), dtype)
+    grads = []
+    for fn in (scaled_dot_product_attention, F.scaled_dot_product_attention):
+        out = fn(q, k, v, is_causal=True)
+        grads.append(torch.autograd.grad(out, (q, k, v), dout))
+    q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    ref = torch.autograd.grad(sdpa_ref(q64, k64, v64, is_causal=True), (q64, k64, v64), dout.double())
+    factor = 3.0 if dtype == torch.bfloat16 else 2.0
+    for name, a, t, r in zip(("dq", "dk", "dv"), grads[0], grads[1], ref):
+        assert_rule(a, r, t, factor=factor, what=name)

@@ -91,3 +91,18 @@ def test_backward_empty():
     v = randn((2, 5, 2, 8), torch.float32, requires_grad=True)
     flash_attn_func(q, k, v).sum().backward()
     assert torch.equal(k.grad, torch.zeros_like(k)) and q.grad.shape == q.shape
+
+
+@pytest.mark.parametrize("window", [(0, 0), (5, 3), (16, -1), (-1, 7)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("s_q,s_k", [(130, 150), (150, 70)])
+def test_window_gradients_rule(window, causal, s_q, s_k):
+    dtype = torch.float32
+    q, k, v = randn((1, s_q, 2, 32), dtype), randn((1, s_k, 1, 32), dtype), randn((1, s_k, 1, 32), dtype)
+    dout = randn((1, s_q, 2, 32), dtype)
+    kw = dict(causal=causal, window_size=window)
+    ours = _grads(lambda q, k, v: flash_attn_func(q, k, v, **kw), q, k, v, dout)
+    ref = _grads(lambda q, k, v: attention_ref(q, k, v, **kw)[0], q.double(), k.double(), v.double(), dout.double())
+    same = _grads(lambda q, k, v: attention_ref(q, k, v, upcast=False, **kw)[0], q, k, v, dout)
+    for name, a, r, s in zip(("out", "dq", "dk", "dv"), ours, ref, same):
+        assert_rule(a, r, s, what=name)

@@ -68,8 +68,9 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
       const T* q = q_ptr(hi);
       const T* dout = do_ptr(hi);
       const Acc* lse = lse_ptr(hi);
-      for (int i0 = 0; i0 < p.s_q; i0 += BM) {
-        const int i1 = std::min(i0 + BM, p.s_q), rows = i1 - i0;
+      const KeyRange qr_range = vis.rows_of_keys(j0, j1, p.s_q);  // rows that may see this key tile
+      for (int i0 = qr_range.lo; i0 < qr_range.hi; i0 += BM) {
+        const int i1 = std::min(i0 + BM, qr_range.hi), rows = i1 - i0;
         const KeyRange kr = vis.keys_of_rows(i0, i1);
         if (kr.hi <= j0 || kr.lo >= j1) continue;  // no row of this tile sees this key tile
         const bool full = vis.tile_fully_visible(i0, i1, j0, j1);

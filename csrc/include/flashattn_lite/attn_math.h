@@ -39,12 +39,24 @@ struct Visibility {
     return raw_lo(i1 - 1) <= j0 && raw_hi(i0) >= j1;
   }
 
-  FAL_HD KeyRange clip(int64_t lo, int64_t hi) const {
+  // Query rows that see key j: raw_row_lo(j) <= i < raw_row_hi(j) (inverse of the rule above;
+  // both non-decreasing in j).
+  FAL_HD int64_t raw_row_lo(int j) const { return right >= 0 ? int64_t(j) - diag - right : INT64_MIN / 4; }
+  FAL_HD int64_t raw_row_hi(int j) const { return left >= 0 ? int64_t(j) - diag + left + 1 : INT64_MAX / 4; }
+  FAL_HD KeyRange rows_of_key(int j, int s_q) const { return clip_to(raw_row_lo(j), raw_row_hi(j), s_q); }
+  // Rows that any key in [j0, j1) may be seen by (a superset when some keys are unseen).
+  FAL_HD KeyRange rows_of_keys(int j0, int j1, int s_q) const {
+    return clip_to(raw_row_lo(j0), raw_row_hi(j1 - 1), s_q);
+  }
+
+  FAL_HD static KeyRange clip_to(int64_t lo, int64_t hi, int n) {
     if (lo < 0) lo = 0;
-    if (hi > s_k) hi = s_k;
+    if (hi > n) hi = n;
     if (hi <= lo) return KeyRange{0, 0};
     return KeyRange{int(lo), int(hi)};
   }
+
+  FAL_HD KeyRange clip(int64_t lo, int64_t hi) const { return clip_to(lo, hi, s_k); }
 };
 
 FAL_HD Visibility make_visibility(const FwdParams& p, int s_q, int s_k) {

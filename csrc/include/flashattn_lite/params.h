@@ -81,7 +81,7 @@ struct BwdParams : FwdParams {
   int64_t dv_batch_stride = 0, dv_row_stride = 0, dv_head_stride = 0;
   int64_t dlse_batch_stride = 0, dlse_head_stride = 0;
   // Scratch owned by the glue (device kernels): fp32 rowsum(dO*O) - dlse and a dQ accumulator.
-  float* dsum = nullptr;      // b x h x s_q
+  void* dsum = nullptr;       // b x h x s_q, lse dtype
   float* dq_accum = nullptr;  // b x s_q x h x d, fp32
   bool deterministic = false;
 };

@@ -232,8 +232,9 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(FwdRunner run, const at::Tensor& q_i
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(BwdRunner run, const at::Tensor& dout_in,
                                                         const OptT& dlse_in, const at::Tensor& q_in,
                                                         const at::Tensor& k_in, const at::Tensor& v_in,
-                                                        const at::Tensor& out_in, const at::Tensor& lse,
+                                                        const at::Tensor& out_in, const at::Tensor& lse_in,
                                                         const OptArgs& a, bool deterministic) {
+  const at::Tensor lse = lse_in.contiguous();  // scratch buffers of the kernels share its strides
   const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
   FwdParams fp = make_fwd_params(q, k, v, a);
   auto dq = at::empty(q.sizes(), q.options());

@@ -1,0 +1,160 @@
+"""GPU benchmark: flashattn_lite vs torch SDPA's flash / efficient / cudnn backends, bf16.
+
+Every provider is checked against an fp64 reference on a slice before it is timed. Timing: CUDA
+events, warm-up, median of repeats, an L2 flush (a 256 MB write) before each repeat. Writes a
+JSON list of rows and prints a table. FLOPs: fwd 4*B*H*N*N*D (halved for causal), fwd+bwd 3.5x.
+Decode rows report GB/s: bytes of K and V read (plus q and out), over the median time.
+Usage: python bench/gpu_bench.py [--out results.json] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import flashattn_lite as fal
+from flashattn_lite.reference import sdpa_ref
+
+BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION}
+_L2 = None
+
+
+def flush_l2() -> None:
+    global _L2
+    if _L2 is None:
+        _L2 = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    _L2.zero_()
+
+
+def time_ms(fn, repeats: int = 10, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(repeats):
+        flush_l2()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        out.append(a.elapsed_time(b))
+    return out
+
+
+def provider_fn(name: str):
+    if name == "flashattn_lite":
+        return fal.scaled_dot_product_attention
+
+    def run(q, k, v, is_causal=False):
+        with sdpa_kernel(BACKENDS[name]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    return run
+
+
+def check(fn, q, k, v, causal: bool) -> tuple[bool, float]:
+    # reference on the first batch and 2 heads, fp64
+    qs, ks, vs = q[:1, :2], k[:1, :2], v[:1, :2]
+    with torch.no_grad():
+        ref = sdpa_ref(qs, ks, vs, is_causal=causal)
+        out = fn(q, k, v, is_causal=causal)[:1, :2]
+    err = (out.double() - ref).abs().max().item()
+    return err < 3e-2, err
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--bwd-max-n", type=int, default=16384, help="largest N timed for fwd+bwd")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    seqs = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
+    providers = ["flashattn_lite", "flash", "efficient", "cudnn"]
+    for d in (64, 128):
+        for n in seqs:
+            for causal in (False, True):
+                b, h = max(1, 16384 // n), 2048 // d
+                for mode in ("fwd", "fwd+bwd"):
+                    if mode == "fwd+bwd" and n > args.bwd_max_n:
+                        continue
+                    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+                    flops = 4.0 * b * h * n * n * d * (0.5 if causal else 1.0) * (3.5 if mode == "fwd+bwd" else 1.0)
+                    for prov in providers:
+                        fn = provider_fn(prov)
+                        row = dict(provider=prov, mode=mode, b=b, h=h, n=n, d=d, causal=causal, dtype="bf16")
+                        try:
+                            ok, err = check(fn, q, k, v, causal)
+                            row["max_err"] = err
+                            if not ok:
+                                row["status"] = "WRONG"
+                                rows.append(row)
+                                continue
+                            if mode == "fwd":
+                                run = lambda: fn(q, k, v, is_causal=causal)  # noqa: E731
+                            else:
+                                qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+                                do = torch.randn_like(q)
+
+                                def run():
+                                    o = fn(qg, kg, vg, is_causal=causal)
+                                    torch.autograd.grad(o, (qg, kg, vg), do)
+                            t = time_ms(run)
+                            ms = statistics.median(t)
+                            row.update(status="ok", ms=ms, ms_min=min(t), ms_max=max(t), tflops=flops / ms / 1e9)
+                        except Exception as e:  # a backend that does not support the case
+                            row.update(status=f"n/a ({type(e).__name__})")
+                        rows.append(row)
+    # decode: 1 query vs long KV, bandwidth
+    for n in (8192, 32768):
+        b, h, d = 8, 32, 128
+        q = torch.randn(b, h, 1, d, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        nbytes = 2 * (k.numel() + v.numel() + 2 * q.numel())
+        for prov in providers:
+            fn = provider_fn(prov)
+            row = dict(provider=prov, mode="decode", b=b, h=h, n=n, d=d, causal=False, dtype="bf16")
+            try:
+                ok, err = check(fn, q, k, v, False)
+                row["max_err"] = err
+                if not ok:
+                    row["status"] = "WRONG"
+                else:
+                    t = time_ms(lambda: fn(q, k, v))
+                    ms = statistics.median(t)
+                    row.update(status="ok", ms=ms, ms_min=min(t), ms_max=max(t), gbps=nbytes / ms / 1e6)
+            except Exception as e:
+                row.update(status=f"n/a ({type(e).__name__})")
+            rows.append(row)
+    # bandwidth ceiling: device-to-device copy
+    x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    t = statistics.median(time_ms(lambda: y.copy_(x), repeats=5))
+    copy_gbps = 2 * x.numel() / t / 1e6
+    print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  copy bandwidth {copy_gbps:.0f} GB/s")
+    print(f"{'mode':8s} {'D':>4s} {'N':>6s} {'causal':>6s} " + " ".join(f"{p:>15s}" for p in providers) + "  (TFLOP/s; decode GB/s)")
+    keys = sorted({(r["mode"], r["d"], r["n"], r["causal"]) for r in rows}, key=lambda x: (x[0], x[1], x[2], x[3]))
+    for key in keys:
+        cells = []
+        for p in providers:
+            r = next((r for r in rows if (r["mode"], r["d"], r["n"], r["causal"]) == key and r["provider"] == p), None)
+            if r is None or r["status"] != "ok":
+                cells.append(f"{(r or {}).get('status', '-')[:15]:>15s}")
+            else:
+                cells.append(f"{r.get('tflops', r.get('gbps', 0)):15.1f}")
+        print(f"{key[0]:8s} {key[1]:4d} {key[2]:6d} {str(key[3]):>6s} " + " ".join(cells))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, copy_gbps=copy_gbps,
+                           time=time.strftime("%Y-%m-%d %H:%M:%S"), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

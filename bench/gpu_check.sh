@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One-shot GPU check (H100/H200, torch 2.11+cu130, nvcc 13.0, no internet):
+#   build with CUDA for sm_90 -> CUDA tests -> compute-sanitizer memcheck + racecheck -> benchmark.
+# Usage: bash bench/gpu_check.sh OUTDIR      (full logs in OUTDIR, a short summary printed last)
+# Each step is time-boxed so the whole script stays under ~8 minutes; FAL_GPU_QUICK=1 shortens
+# the benchmark.
+set -uo pipefail
+OUT=${1:?usage: bash bench/gpu_check.sh OUTDIR}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+declare -A STATUS
+step() {  # step NAME TIMEOUT CMD...
+  local name=$1 to=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$to" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  STATUS[$name]="rc=$rc $(( $(date +%s) - t0 ))s"
+  echo "== $name: ${STATUS[$name]}"
+  return $rc
+}
+{ nvidia-smi; $PY -c "import torch;print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; nvcc --version; } > "$OUT/env.log" 2>&1
+export FLASHATTN_LITE_CUDA=ON FLASHATTN_LITE_CUDA_ARCHS=${FLASHATTN_LITE_CUDA_ARCHS:-90}
+export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+step build 400 $PY -m pip install --no-build-isolation --no-deps -v . || { tail -50 "$OUT/build.log"; }
+( cd /tmp && $PY -c "import flashattn_lite as f, json; print(json.dumps(f.build_info()))" ) > "$OUT/build_info.log" 2>&1
+step pytest_cuda 300 $PY -m pytest -q -x tests/test_cuda.py -p no:cacheprovider
+step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py
+step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py
+BENCH_ARGS=(--bwd-max-n ${FAL_BWD_MAX_N:-4096})
+[ "${FAL_GPU_QUICK:-0}" = 1 ] && BENCH_ARGS+=(--quick)
+step bench 300 $PY bench/gpu_bench.py --out "$OUT/bench.json" "${BENCH_ARGS[@]}"
+echo
+echo "================ summary ================"
+cat "$OUT/build_info.log"
+for s in build pytest_cuda memcheck racecheck bench; do echo "$s: ${STATUS[$s]:-not run}"; done
+tail -3 "$OUT/pytest_cuda.log"
+grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/memcheck.log" "$OUT/racecheck.log"
+cat "$OUT/bench.log" | tail -40

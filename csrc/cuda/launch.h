@@ -1,0 +1,21 @@
+// launch.h -- the CUDA kernels' entry points as seen by the torch glue. Torch-free and
+// CUDA-header-free: the stream travels as void* and errors as cudaError_t values (int).
+#pragma once
+#include "flashattn_lite/params.h"
+
+namespace fal::cuda {
+
+// Largest head dim of the tensor-core kernels (padded internally to 32, 64, 96, 128, 192, 256).
+constexpr int kMaxTcHeadDim = 256;
+
+// True when the tensor-core forward takes these params (fp16/bf16, d == d_v, d % 8 == 0,
+// d <= 256); otherwise the SIMT kernels run.
+bool fwd_uses_tensor_cores(const FwdParams& p);
+
+int run_fwd(const FwdParams& p, void* stream);
+// Needs p.dsum: b x h x s_q in the lse dtype (scratch, written by the first pass).
+int run_bwd(const BwdParams& p, void* stream);
+
+const char* error_string(int err);
+
+}  // namespace fal::cuda

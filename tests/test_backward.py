@@ -106,3 +106,10 @@ def test_window_gradients_rule(window, causal, s_q, s_k):
     same = _grads(lambda q, k, v: attention_ref(q, k, v, upcast=False, **kw)[0], q, k, v, dout)
     for name, a, r, s in zip(("out", "dq", "dk", "dv"), ours, ref, same):
         assert_rule(a, r, s, what=name)
+
+
+def test_deterministic_flag_accepted_and_bitwise():
+    q, k, v, dout = (randn((1, 70, 2, 16), torch.float32) for _ in range(4))
+    runs = [_grads(lambda q, k, v: flash_attn_func(q, k, v, deterministic=True), q, k, v, dout) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

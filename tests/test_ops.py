@@ -9,16 +9,17 @@ from conftest import randn
 from flashattn_lite import flash_attn_func, scaled_dot_product_attention
 
 
-def _fwd_args(q, k, v, causal=False, bottom_right=True, window=(-1, -1)):
+def _fwd_args(q, k, v, causal=False, bottom_right=True, window=(-1, -1), deterministic=False):
     return (q, k, v, None, None, None, None, None, None, None, -1, -1, q.shape[-1] ** -0.5, causal,
-            bottom_right, window[0], window[1], 0.0, 0.0, 0)
+            bottom_right, window[0], window[1], 0.0, 0.0, 0, deterministic)
 
 
 def fwd_samples(requires_grad: bool):
     yield _fwd_args(*(randn((2, 17, 4, 16), torch.float32, requires_grad=requires_grad) for _ in range(3)))
     yield _fwd_args(randn((1, 9, 4, 8), torch.bfloat16, requires_grad=requires_grad),
                     randn((1, 13, 2, 8), torch.bfloat16, requires_grad=requires_grad),
-                    randn((1, 13, 2, 8), torch.bfloat16, requires_grad=requires_grad), causal=True)
+                    randn((1, 13, 2, 8), torch.bfloat16, requires_grad=requires_grad), causal=True,
+                    deterministic=True)
     yield _fwd_args(randn((1, 5, 2, 3), torch.float64, requires_grad=requires_grad),
                     randn((1, 7, 2, 3), torch.float64, requires_grad=requires_grad),
                     randn((1, 7, 2, 6), torch.float64, requires_grad=requires_grad), causal=True,
@@ -38,7 +39,7 @@ def test_opcheck_bwd(idx):
     out, lse = torch.ops.flashattn_lite.fwd.default(*args)
     dout = torch.randn_like(out)
     dlse = torch.randn_like(lse)
-    bwd_args = (dout, dlse, q, k, v, out, lse, None, None, None, None, None, None) + tuple(args[10:19]) + (False,)
+    bwd_args = (dout, dlse, q, k, v, out, lse, None, None, None, None, None, None) + tuple(args[10:19]) + (args[20],)
     torch.library.opcheck(torch.ops.flashattn_lite.bwd.default, bwd_args)
 
 

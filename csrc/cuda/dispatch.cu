@@ -14,7 +14,19 @@ int run_fwd_tc_dim(const FwdParams& p, cudaStream_t s) {
   if (p.d <= 192) return launch_fwd_tc<T, 192>(p, s);
   return launch_fwd_tc<T, 256>(p, s);
 }
+template <typename T>
+int run_bwd_tc_dim(const BwdParams& p, cudaStream_t s) {
+  if (p.d <= 32) return launch_bwd_tc<T, 32>(p, s);
+  if (p.d <= 64) return launch_bwd_tc<T, 64>(p, s);
+  if (p.d <= 96) return launch_bwd_tc<T, 96>(p, s);
+  return launch_bwd_tc<T, 128>(p, s);
+}
 }  // namespace
+
+bool bwd_uses_tensor_cores(const BwdParams& p) {
+  return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.d == p.d_v && p.d % 8 == 0 &&
+         p.d <= kMaxTcBwdHeadDim && !p.deterministic;
+}
 
 bool fwd_uses_tensor_cores(const FwdParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.d == p.d_v && p.d % 8 == 0 &&
@@ -36,6 +48,8 @@ int run_fwd(const FwdParams& p, void* stream) {
 
 int run_bwd(const BwdParams& p, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (bwd_uses_tensor_cores(p))
+    return p.dtype == DType::kFloat16 ? run_bwd_tc_dim<__half>(p, s) : run_bwd_tc_dim<__nv_bfloat16>(p, s);
   switch (p.dtype) {
     case DType::kFloat32: return launch_bwd_simt<float>(p, s);
     case DType::kFloat64: return launch_bwd_simt<double>(p, s);

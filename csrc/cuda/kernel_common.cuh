@@ -86,3 +86,8 @@ __device__ __forceinline__ float quad_sum(float x) {
 }
 
 }  // namespace fal::cuda
+
+namespace fal::cuda {
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+}  // namespace fal::cuda

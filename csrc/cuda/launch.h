@@ -12,8 +12,14 @@ constexpr int kMaxTcHeadDim = 256;
 // d <= 256); otherwise the SIMT kernels run.
 bool fwd_uses_tensor_cores(const FwdParams& p);
 
+// True when the tensor-core backward takes these params (fp16/bf16, d == d_v, d % 8 == 0,
+// d <= 128, not deterministic); otherwise the atomic-free SIMT backward runs.
+constexpr int kMaxTcBwdHeadDim = 128;
+bool bwd_uses_tensor_cores(const BwdParams& p);
+
 int run_fwd(const FwdParams& p, void* stream);
-// Needs p.dsum: b x h x s_q in the lse dtype (scratch, written by the first pass).
+// Needs p.dsum: b x h x s_q in the lse dtype (scratch, written by the first pass), and for the
+// tensor-core path p.dq_accum: fp32 zeros, b x s_q x h x d.
 int run_bwd(const BwdParams& p, void* stream);
 
 const char* error_string(int err);

@@ -9,6 +9,7 @@
 
 namespace fal::cuda {
 template <typename T, int D> int launch_fwd_tc(const FwdParams& p, cudaStream_t stream);
+template <typename T, int D> int launch_bwd_tc(const BwdParams& p, cudaStream_t stream);
 template <typename T> int launch_fwd_simt(const FwdParams& p, cudaStream_t stream);
 template <typename T> int launch_bwd_simt(const BwdParams& p, cudaStream_t stream);
 }  // namespace fal::cuda

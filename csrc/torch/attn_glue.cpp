@@ -199,7 +199,7 @@ BwdParams make_bwd_params(const FwdParams& fp, const at::Tensor& dout,
 namespace fal::glue {
 
 OptArgs make_fwd_opt_args(FAL_FWD_ARGS) {
-  (void)q; (void)k; (void)v;
+  (void)q; (void)k; (void)v; (void)deterministic;
   OptArgs a;
   a.attn_mask = attn_mask; a.alibi_slopes = alibi_slopes;
   a.cu_seqlens_q = cu_seqlens_q; a.cu_seqlens_k = cu_seqlens_k; a.seqused_k = seqused_k;
@@ -212,10 +212,10 @@ OptArgs make_fwd_opt_args(FAL_FWD_ARGS) {
 }
 
 OptArgs make_bwd_opt_args(FAL_BWD_ARGS) {
-  (void)dout; (void)dlse; (void)out; (void)softmax_lse; (void)deterministic;
+  (void)dout; (void)dlse; (void)out; (void)softmax_lse;
   return make_fwd_opt_args(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k,
                            c10::nullopt, rng_state, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                           bottom_right, window_left, window_right, softcap, dropout_p, 1);
+                           bottom_right, window_left, window_right, softcap, dropout_p, 1, deterministic);
 }
 
 std::tuple<at::Tensor, at::Tensor> fwd_impl(FwdRunner run, const at::Tensor& q_in, const at::Tensor& k_in,

@@ -71,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(BwdRunner run, const at:
       const fal::glue::OptT &block_table, const fal::glue::OptT &rng_state, int64_t max_seqlen_q,  \
       int64_t max_seqlen_k, double softmax_scale, bool causal, bool bottom_right,                  \
       int64_t window_left, int64_t window_right, double softcap, double dropout_p,                 \
-      int64_t num_splits
+      int64_t num_splits, bool deterministic
 #define FAL_BWD_ARGS                                                                               \
   const at::Tensor &dout, const fal::glue::OptT &dlse, const at::Tensor &q, const at::Tensor &k,   \
       const at::Tensor &v, const at::Tensor &out, const at::Tensor &softmax_lse,                   \
@@ -89,7 +89,7 @@ OptArgs make_bwd_opt_args(FAL_BWD_ARGS);
 #define FAL_FWD_FORWARD_ARGS                                                                       \
   q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table, rng_state, \
       max_seqlen_q, max_seqlen_k, softmax_scale, causal, bottom_right, window_left, window_right,  \
-      softcap, dropout_p, num_splits
+      softcap, dropout_p, num_splits, deterministic
 #define FAL_BWD_FORWARD_ARGS                                                                       \
   dout, dlse, q, k, v, out, softmax_lse, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,      \
       seqused_k, rng_state, max_seqlen_q, max_seqlen_k, softmax_scale, causal, bottom_right,       \

@@ -33,6 +33,11 @@ void run_bwd_cuda(BwdParams& p, const at::Tensor& q) {
   // D_i = rowsum(dO o O) - dlse_i, written by the first backward pass; strides of lse.
   auto dsum = at::empty({p.b, p.h, p.s_q}, q.options().dtype(lse_dtype(q.scalar_type())));
   p.dsum = dsum.data_ptr();
+  at::Tensor dq_accum;
+  if (fal::cuda::bwd_uses_tensor_cores(p)) {  // fp32 dQ accumulator (atomics), b x s_q x h x d
+    dq_accum = at::zeros({p.b, p.s_q, p.h, p.d}, q.options().dtype(at::kFloat));
+    p.dq_accum = dq_accum.data_ptr<float>();
+  }
   check_launch(fal::cuda::run_bwd(p, at::cuda::getCurrentCUDAStream().stream()), "backward");
 }
 
@@ -64,8 +69,27 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(FAL_FWD_ARGS) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(FAL_BWD_ARGS) {
   const c10::cuda::CUDAGuard guard(q.device());
-  return bwd_impl(run_bwd_cuda, dout, dlse, q, k, v, out, softmax_lse, make_bwd_opt_args(FAL_BWD_FORWARD_ARGS),
-                  deterministic);
+  const OptArgs a = make_bwd_opt_args(FAL_BWD_FORWARD_ARGS);
+  const at::Tensor qc = last_dim_contiguous(q), kc = last_dim_contiguous(k), vc = last_dim_contiguous(v);
+  BwdParams probe;
+  static_cast<FwdParams&>(probe) = make_fwd_params(qc, kc, vc, a);  // validates the caller's tensors
+  check_grid_limits(probe);
+  probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);
+  probe.deterministic = deterministic;
+  if (!fal::cuda::bwd_uses_tensor_cores(probe) || q.size(3) != v.size(3) || qc.numel() == 0 || kc.numel() == 0)
+    return bwd_impl(run_bwd_cuda, dout, dlse, qc, kc, vc, out, softmax_lse, a, deterministic);
+  const int64_t d = q.size(3), d8 = probe.d;
+  TORCH_CHECK_VALUE(out.dim() == 4 && dout.dim() == 4 && out.size(-1) == d && dout.size(-1) == d, kPre,
+                    "out and dout must have shape (batch, seqlen_q, heads, head_dim) like q");
+  auto [dq, dk, dv] = bwd_impl(run_bwd_cuda, tensor_core_ready(last_dim_contiguous(dout), d8), dlse,
+                               tensor_core_ready(qc, d8), tensor_core_ready(kc, d8), tensor_core_ready(vc, d8),
+                               tensor_core_ready(last_dim_contiguous(out), d8), softmax_lse, a, deterministic);
+  if (d8 != d) {
+    dq = dq.narrow(-1, 0, d).contiguous();
+    dk = dk.narrow(-1, 0, d).contiguous();
+    dv = dv.narrow(-1, 0, d).contiguous();
+  }
+  return {dq, dk, dv};
 }
 
 }  // namespace

@@ -7,6 +7,7 @@ namespace py = pybind11;
 
 // Layouts: q (b, s_q, h, d), k (b, s_k, h_kv, d), v (b, s_k, h_kv, d_v), any strides with a
 // contiguous last dim. out (b, s_q, h, d_v), softmax_lse (b, h, s_q) fp32.
+// `deterministic` of fwd is only recorded for its backward (bitwise-reproducible gradients).
 // Optional arguments are part of the schema from the start so that features extend it without
 // changing it; the ones not built yet raise NotImplementedError.
 TORCH_LIBRARY(flashattn_lite, m) {
@@ -15,7 +16,7 @@ TORCH_LIBRARY(flashattn_lite, m) {
       "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, Tensor? seqused_k, Tensor? block_table, "
       "Tensor? rng_state, int max_seqlen_q, int max_seqlen_k, float softmax_scale, bool causal, "
       "bool bottom_right, int window_left, int window_right, float softcap, float dropout_p, "
-      "int num_splits) -> (Tensor out, Tensor softmax_lse)");
+      "int num_splits, bool deterministic=False) -> (Tensor out, Tensor softmax_lse)");
   m.def(
       "bwd(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
       "Tensor? attn_mask, Tensor? alibi_slopes, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "

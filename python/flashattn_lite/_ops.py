@@ -18,6 +18,7 @@ FWD_ARG_NAMES: tuple[str, ...] = (
     "q", "k", "v", "attn_mask", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "seqused_k",
     "block_table", "rng_state", "max_seqlen_q", "max_seqlen_k", "softmax_scale", "causal",
     "bottom_right", "window_left", "window_right", "softcap", "dropout_p", "num_splits",
+    "deterministic",
 )
 
 
@@ -39,6 +40,7 @@ def _bwd_fake(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Ten
 
 def _setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor]) -> None:
     args = dict(zip(FWD_ARG_NAMES, inputs))
+    args.setdefault("deterministic", False)
     out, lse = output
     ctx.save_for_backward(args["q"], args["k"], args["v"], out, lse)
     # Non-differentiable optional tensors travel by reference (none is built yet).
@@ -46,7 +48,7 @@ def _setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor
                                             "cu_seqlens_k", "seqused_k", "rng_state")}
     ctx.scalars = {n: args[n] for n in ("max_seqlen_q", "max_seqlen_k", "softmax_scale", "causal",
                                         "bottom_right", "window_left", "window_right", "softcap",
-                                        "dropout_p")}
+                                        "dropout_p", "deterministic")}
 
 
 def _backward(ctx: Any, dout: Optional[Tensor], dlse: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
@@ -61,7 +63,8 @@ def _backward(ctx: Any, dout: Optional[Tensor], dlse: Optional[Tensor]) -> tuple
         dout, dlse, q, k, v, out, lse,
         o["attn_mask"], o["alibi_slopes"], o["cu_seqlens_q"], o["cu_seqlens_k"], o["seqused_k"],
         o["rng_state"], s["max_seqlen_q"], s["max_seqlen_k"], s["softmax_scale"], s["causal"],
-        s["bottom_right"], s["window_left"], s["window_right"], s["softcap"], s["dropout_p"], False)
+        s["bottom_right"], s["window_left"], s["window_right"], s["softcap"], s["dropout_p"],
+        s["deterministic"])
     return (dq, dk, dv) + (None,) * n_rest
 
 

@@ -44,11 +44,11 @@ def _window(window_size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _attn(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool, bottom_right: bool,
-          window: tuple[int, int]) -> tuple[Tensor, Tensor]:
+          window: tuple[int, int], deterministic: bool = False) -> tuple[Tensor, Tensor]:
     """(b, s_q, h, d) x (b, s_k, h_kv, d) x (b, s_k, h_kv, d_v) -> out (b, s_q, h, d_v), lse (b, h, s_q)."""
     return torch.ops.flashattn_lite.fwd.default(
         q, k, v, None, None, None, None, None, None, None, -1, -1, float(scale), bool(causal),
-        bool(bottom_right), window[0], window[1], 0.0, 0.0, 0)
+        bool(bottom_right), window[0], window[1], 0.0, 0.0, 0, bool(deterministic))
 
 
 def _default_scale(head_dim: int, softmax_scale: Optional[float]) -> float:
@@ -80,7 +80,7 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     _check_4d(v, "v", "(batch, seqlen_k, heads_kv, head_dim)")
     _check_unbuilt(dropout_p, softcap, alibi_slopes)
     out, lse = _attn(q, k, v, _default_scale(q.shape[-1], softmax_scale), causal, True,
-                     _window(window_size))
+                     _window(window_size), deterministic)
     if return_attn_probs:
         return out, lse, None
     return out

@@ -197,3 +197,34 @@ def test_cuda_opcheck(dtype):
     q, k, v = (randn((1, 33, 2, 64), dtype, DEV, requires_grad=True) for _ in range(3))
     args = (q, k, v, None, None, None, None, None, None, None, -1, -1, 0.125, True, True, -1, -1, 0.0, 0.0, 0)
     torch.library.opcheck(torch.ops.flashattn_lite.fwd.default, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("h,h_kv", [(8, 8), (8, 2), (32, 4)])
+@pytest.mark.parametrize("s_k", [1, 100, 5000, 40000])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_decode_split_kv_and_gqa_packing(dtype, h, h_kv, s_k, causal):
+    # few queries against a long cache: split-KV (auto) and GQA head packing
+    q = randn((2, 1, h, 128), dtype, DEV)
+    k, v = randn((2, s_k, h_kv, 128), dtype, DEV), randn((2, s_k, h_kv, 128), dtype, DEV)
+    _check(q, k, v, causal=causal)
+    _check(q, k, v, causal=causal, window_size=(50, 0))
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 7, 64])
+def test_cuda_explicit_num_splits(num_splits):
+    q, k, v = randn((1, 3, 4, 64), torch.bfloat16, DEV), randn((1, 3000, 4, 64), torch.bfloat16, DEV), randn((1, 3000, 4, 64), torch.bfloat16, DEV)
+    out, lse = torch.ops.flashattn_lite.fwd(q, k, v, None, None, None, None, None, None, None, -1, -1, 0.125, True,
+                                            True, -1, -1, 0.0, 0.0, num_splits)
+    ref, ref_lse = attention_ref(q, k, v, softmax_scale=0.125, causal=True)
+    same, _ = attention_ref(q, k, v, softmax_scale=0.125, causal=True, upcast=False)
+    assert_rule(out, ref, same, n_terms=3000)
+    assert torch.allclose(lse, ref_lse.float(), atol=2e-3)
+
+
+def test_cuda_decode_sdpa_top_left_causal():
+    # SDPA's is_causal with one query: the query sees key 0 only
+    q, k, v = randn((2, 8, 1, 64), torch.bfloat16, DEV), randn((2, 2, 500, 64), torch.bfloat16, DEV), randn((2, 2, 500, 64), torch.bfloat16, DEV)
+    out = scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    expect = v[:, :, :1].repeat_interleave(4, dim=1)
+    assert torch.allclose(out.float(), expect.float(), atol=1e-2)

@@ -1,5 +1,6 @@
 // dispatch.cu -- runtime values -> template instantiations (dtype, padded head dim).
 #include "cuda/launch.h"
+#include "cuda/attn_fwd_tc.cuh"  // FwdTcConfig (tile shapes)
 #include "cuda/launch_templates.cuh"
 
 namespace fal::cuda {
@@ -26,6 +27,13 @@ int run_bwd_tc_dim(const BwdParams& p, cudaStream_t s) {
 bool bwd_uses_tensor_cores(const BwdParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.d == p.d_v && p.d % 8 == 0 &&
          p.d <= kMaxTcBwdHeadDim && !p.deterministic;
+}
+
+int fwd_block_m(int d) {
+  return d <= 64 ? FwdTcConfig<64>::kBM : d <= 128 ? FwdTcConfig<128>::kBM : FwdTcConfig<256>::kBM;
+}
+int fwd_block_n(int d) {
+  return d <= 64 ? FwdTcConfig<64>::kBN : d <= 128 ? FwdTcConfig<128>::kBN : FwdTcConfig<256>::kBN;
 }
 
 bool fwd_uses_tensor_cores(const FwdParams& p) {

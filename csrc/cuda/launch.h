@@ -17,6 +17,12 @@ bool fwd_uses_tensor_cores(const FwdParams& p);
 constexpr int kMaxTcBwdHeadDim = 128;
 bool bwd_uses_tensor_cores(const BwdParams& p);
 
+// Query rows and key columns per block of the tensor-core forward for padded head dim d (for the
+// split-KV heuristic of the glue).
+int fwd_block_m(int d);
+int fwd_block_n(int d);
+
+// Split-KV: p.num_splits > 1 needs p.o_accum / p.lse_accum (see params.h); tensor-core path only.
 int run_fwd(const FwdParams& p, void* stream);
 // Needs p.dsum: b x h x s_q in the lse dtype (scratch, written by the first pass), and for the
 // tensor-core path p.dq_accum: fp32 zeros, b x s_q x h x d.

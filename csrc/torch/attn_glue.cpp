@@ -126,7 +126,7 @@ FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   p.window_right = int(a.window_right);
   p.softcap = float(a.softcap);
   p.dropout_p = float(a.dropout_p);
-  p.num_splits = int(a.num_splits);
+  p.num_splits = int(a.num_splits);  // 0 = the device chooses
   return p;
 }
 
@@ -225,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(FwdRunner run, const at::Tensor& q_i
   auto [out, lse] = alloc_fwd_outputs(q, v);
   if (out.numel() == 0) return {out, lse};
   set_fwd_outputs(p, out, lse);
-  run(p);
+  run(p, q);
   return {out, lse};
 }
 

@@ -51,7 +51,7 @@ namespace fal::glue {
 using OptT = c10::optional<at::Tensor>;
 
 // Device-independent bodies of the two ops: validate, allocate, then call the device runner.
-using FwdRunner = void (*)(const FwdParams&);
+using FwdRunner = void (*)(FwdParams&, const at::Tensor& q);
 using BwdRunner = void (*)(BwdParams&, const at::Tensor& q);
 
 std::tuple<at::Tensor, at::Tensor> fwd_impl(FwdRunner run, const at::Tensor& q, const at::Tensor& k,

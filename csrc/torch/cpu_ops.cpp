@@ -9,7 +9,7 @@
 namespace fal::glue {
 namespace {
 
-void run_fwd_cpu(const FwdParams& p) {
+void run_fwd_cpu(FwdParams& p, const at::Tensor& /*q*/) {
   at::parallel_for(0, cpu::fwd_num_work_items(p), 1,
                    [&](int64_t begin, int64_t end) { cpu::fwd_run(p, begin, end); });
 }

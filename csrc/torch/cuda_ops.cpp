@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda/launch.h"
@@ -23,8 +24,29 @@ void check_grid_limits(const FwdParams& p) {
                     ") must each be <= 65535");
 }
 
-void run_fwd_cuda(const FwdParams& p) {
+// Split-KV count: with num_splits = 0, split the keys when the (batch, head, query tile) blocks
+// alone cannot fill the GPU twice over (decode), keeping >= 2 key tiles per split.
+int choose_num_splits(const FwdParams& p) {
+  if (!fal::cuda::fwd_uses_tensor_cores(p)) return 1;
+  const int64_t n_k_tiles = (p.s_k + fal::cuda::fwd_block_n(p.d) - 1) / fal::cuda::fwd_block_n(p.d);
+  if (p.num_splits > 0) return int(std::max<int64_t>(1, std::min<int64_t>(p.num_splits, n_k_tiles)));
+  const int64_t blocks = int64_t(p.b) * p.h * ((p.s_q + fal::cuda::fwd_block_m(p.d) - 1) / fal::cuda::fwd_block_m(p.d));
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if (blocks >= sms || n_k_tiles < 4) return 1;
+  return int(std::min<int64_t>({(2 * sms + blocks - 1) / blocks, n_k_tiles / 2, 128}));
+}
+
+void run_fwd_cuda(FwdParams& p, const at::Tensor& q) {
   check_grid_limits(p);
+  p.num_splits = choose_num_splits(p);
+  at::Tensor o_accum, lse_accum;
+  if (p.num_splits > 1) {
+    const auto f32 = q.options().dtype(at::kFloat);
+    o_accum = at::empty({p.num_splits, p.b, p.h, p.s_q, p.d_v}, f32);
+    lse_accum = at::empty({p.num_splits, p.b, p.h, p.s_q}, f32);
+    p.o_accum = o_accum.data_ptr<float>();
+    p.lse_accum = lse_accum.data_ptr<float>();
+  }
   check_launch(fal::cuda::run_fwd(p, at::cuda::getCurrentCUDAStream().stream()), "forward");
 }
 
@@ -61,8 +83,22 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(FAL_FWD_ARGS) {
   if (!fal::cuda::fwd_uses_tensor_cores(probe) || q.size(3) != v.size(3) || qc.numel() == 0 || kc.numel() == 0)
     return fwd_impl(run_fwd_cuda, qc, kc, vc, a);
   const int64_t d = q.size(3), d8 = probe.d;
-  auto [out, lse] = fwd_impl(run_fwd_cuda, tensor_core_ready(qc, d8), tensor_core_ready(kc, d8),
-                             tensor_core_ready(vc, d8), a);
+  at::Tensor qp = tensor_core_ready(qc, d8), kp = tensor_core_ready(kc, d8), vp = tensor_core_ready(vc, d8);
+  // Decode with GQA: one query row per head and every key visible -> pack the g query heads that
+  // share a kv head as g rows of one sequence (a strided view), so each K/V tile is read once per
+  // kv head instead of once per query head.
+  const int64_t b = q.size(0), h = q.size(2), h_kv = k.size(2), g = h / h_kv;
+  const bool all_visible = a.window_left < 0 && a.window_right < 0 && (!a.causal || a.bottom_right);
+  if (q.size(1) == 1 && g > 1 && all_visible) {
+    const at::Tensor qg = qp.as_strided({b, g, h_kv, d8}, {qp.stride(0), qp.stride(2), g * qp.stride(2), 1});
+    OptArgs ag = a;
+    ag.causal = false;
+    auto [og, lg] = fwd_impl(run_fwd_cuda, qg, kp, vp, ag);  // og (b, g, h_kv, d8), lg (b, h_kv, g)
+    at::Tensor out = og.transpose(1, 2).reshape({b, 1, h, d8});
+    if (d8 != d) out = out.narrow(-1, 0, d);
+    return {out.contiguous(), lg.reshape({b, h, 1})};
+  }
+  auto [out, lse] = fwd_impl(run_fwd_cuda, qp, kp, vp, a);
   if (d8 != d) out = out.narrow(-1, 0, d).contiguous();
   return {out, lse};
 }

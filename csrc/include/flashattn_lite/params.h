@@ -66,7 +66,12 @@ struct FwdParams {
   float dropout_p = 0.f;
   uint64_t seed = 0, offset = 0;
 
-  int num_splits = 1;  // split-KV (decode)
+  // Split-KV (decode): num_splits blocks share one query tile's keys; each writes a normalised
+  // fp32 partial output and its LSE, and a combine pass merges them:
+  //   lse = log sum_s exp(lse_s),  out = sum_s exp(lse_s - lse) * out_s.
+  int num_splits = 1;
+  float* o_accum = nullptr;    // num_splits x b x h x s_q x d_v, fp32
+  float* lse_accum = nullptr;  // num_splits x b x h x s_q, fp32
 };
 
 struct BwdParams : FwdParams {

@@ -52,18 +52,19 @@ def provider_fn(name: str):
     if name == "flashattn_lite":
         return fal.scaled_dot_product_attention
 
-    def run(q, k, v, is_causal=False):
+    def run(q, k, v, is_causal=False, enable_gqa=False):
         with sdpa_kernel(BACKENDS[name]):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=enable_gqa)
     return run
 
 
 def check(fn, q, k, v, causal: bool) -> tuple[bool, float]:
-    # reference on the first batch and 2 heads, fp64
-    qs, ks, vs = q[:1, :2], k[:1, :2], v[:1, :2]
+    # reference on the first batch and the first kv head's query heads, fp64
+    g = q.shape[1] // k.shape[1]
+    qs, ks, vs = q[:1, :g], k[:1, :1], v[:1, :1]
     with torch.no_grad():
         ref = sdpa_ref(qs, ks, vs, is_causal=causal)
-        out = fn(q, k, v, is_causal=causal)[:1, :2]
+        out = fn(q, k, v, is_causal=causal, enable_gqa=g > 1)[:1, :g]
     err = (out.double() - ref).abs().max().item()
     return err < 3e-2, err
 
@@ -113,21 +114,21 @@ def main() -> None:
                             row.update(status=f"n/a ({type(e).__name__})")
                         rows.append(row)
     # decode: 1 query vs long KV, bandwidth
-    for n in (8192, 32768):
-        b, h, d = 8, 32, 128
+    for b, h, h_kv, n in ((8, 32, 32, 8192), (8, 32, 32, 32768), (1, 32, 32, 32768), (1, 32, 8, 65536)):
+        d = 128
         q = torch.randn(b, h, 1, d, device="cuda", dtype=torch.bfloat16)
-        k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        k, v = (torch.randn(b, h_kv, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         nbytes = 2 * (k.numel() + v.numel() + 2 * q.numel())
         for prov in providers:
             fn = provider_fn(prov)
-            row = dict(provider=prov, mode="decode", b=b, h=h, n=n, d=d, causal=False, dtype="bf16")
+            row = dict(provider=prov, mode="decode", b=b, h=h, h_kv=h_kv, n=n, d=d, causal=False, dtype="bf16")
             try:
                 ok, err = check(fn, q, k, v, False)
                 row["max_err"] = err
                 if not ok:
                     row["status"] = "WRONG"
                 else:
-                    t = time_ms(lambda: fn(q, k, v))
+                    t = time_ms(lambda: fn(q, k, v, enable_gqa=h_kv < h))
                     ms = statistics.median(t)
                     row.update(status="ok", ms=ms, ms_min=min(t), ms_max=max(t), gbps=nbytes / ms / 1e6)
             except Exception as e:
@@ -139,17 +140,27 @@ def main() -> None:
     t = statistics.median(time_ms(lambda: y.copy_(x), repeats=5))
     copy_gbps = 2 * x.numel() / t / 1e6
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  copy bandwidth {copy_gbps:.0f} GB/s")
-    print(f"{'mode':8s} {'D':>4s} {'N':>6s} {'causal':>6s} " + " ".join(f"{p:>15s}" for p in providers) + "  (TFLOP/s; decode GB/s)")
-    keys = sorted({(r["mode"], r["d"], r["n"], r["causal"]) for r in rows}, key=lambda x: (x[0], x[1], x[2], x[3]))
+    print(f"{'mode':8s} {'D':>4s} {'N':>6s} {'causal/shape':>12s} " + " ".join(f"{p:>15s}" for p in providers) + "  (TFLOP/s; decode GB/s)")
+    def key_of(r):
+        tag = f"B{r['b']}H{r['h']}/{r.get('h_kv', r['h'])}" if r["mode"] == "decode" else str(r["causal"])
+        return (r["mode"], r["d"], r["n"], tag)
+    keys = sorted({key_of(r) for r in rows})
     for key in keys:
         cells = []
         for p in providers:
-            r = next((r for r in rows if (r["mode"], r["d"], r["n"], r["causal"]) == key and r["provider"] == p), None)
+            r = next((r for r in rows if key_of(r) == key and r["provider"] == p), None)
             if r is None or r["status"] != "ok":
                 cells.append(f"{(r or {}).get('status', '-')[:15]:>15s}")
             else:
                 cells.append(f"{r.get('tflops', r.get('gbps', 0)):15.1f}")
-        print(f"{key[0]:8s} {key[1]:4d} {key[2]:6d} {str(key[3]):>6s} " + " ".join(cells))
+        ours = next((r for r in rows if key_of(r) == key and r["provider"] == "flashattn_lite"), {})
+        flash = next((r for r in rows if key_of(r) == key and r["provider"] == "flash"), {})
+        extra = ""
+        if ours.get("status") == "ok" and flash.get("status") == "ok":
+            extra += f"  x{flash['ms'] / ours['ms']:.2f} vs flash"
+        if key[0] == "decode" and ours.get("status") == "ok":
+            extra += f"  {100 * ours['gbps'] / copy_gbps:.0f}% of copy bw"
+        print(f"{key[0]:8s} {key[1]:4d} {key[2]:6d} {key[3]:>12s} " + " ".join(cells) + extra)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, copy_gbps=copy_gbps,

@@ -92,6 +92,7 @@ __global__ void __launch_bounds__(FwdTcConfig<D>::kThreads)
     rr[x] = vis.keys_of_row(rows[x]);
   }
   const float sl2 = p.scale_log2;
+  const bool warp_active = i0 + warp * MT * 16 < p.s_q;
 
   float o[MT][D / 8][4];
 #pragma unroll
@@ -114,99 +115,102 @@ __global__ void __launch_bounds__(FwdTcConfig<D>::kThreads)
     const T* Kst = Ks + stage * BN * LD;
     const T* Vst = Vs + stage * BN * LD;
 
-    // S = Q K^T  (16 MT x BN per warp); each K fragment feeds MT MMAs.
-    float s[MT][BN / 8][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int n = 0; n < BN / 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[MT][4];
+    // Warps whose rows all lie past s_q (decode, last query tile) only help load tiles.
+    if (warp_active) {
+      // S = Q K^T  (16 MT x BN per warp); each K fragment feeds MT MMAs.
+      float s[MT][BN / 8][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
-        ldmatrix_x4(a[mt], Qs + ((warp * MT + mt) * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + kk * 16 + (lane / 16) * 8);
 #pragma unroll
-      for (int nb = 0; nb < BN / 16; ++nb) {
-        uint32_t b[4];
-        ldmatrix_x4(b, Kst + (nb * 16 + (lane % 8) + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
+        for (int n = 0; n < BN / 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma_16816<T>(s[mt][2 * nb], a[mt], b[0], b[1]);
-          mma_16816<T>(s[mt][2 * nb + 1], a[mt], b[2], b[3]);
-        }
-      }
-    }
-
-    // Scale into the log2 domain and mask what the rows must not see.
-    const bool full = vis.tile_fully_visible(i0, i1, j0, j0 + BN) && j0 + BN <= p.s_k;
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[MT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < MT; ++mt)
+          ldmatrix_x4(a[mt], Qs + ((warp * MT + mt) * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + kk * 16 + (lane / 16) * 8);
 #pragma unroll
-      for (int n = 0; n < BN / 8; ++n)
+        for (int nb = 0; nb < BN / 16; ++nb) {
+          uint32_t b[4];
+          ldmatrix_x4(b, Kst + (nb * 16 + (lane % 8) + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[mt][n][e] * sl2;
-          if (!full) {
-            const int col = j0 + n * 8 + t4 * 2 + (e & 1);
-            const KeyRange& r = rr[2 * mt + (e >> 1)];
-            if (col < r.lo || col >= r.hi) x = -INFINITY;
-          }
-          s[mt][n][e] = x;
-        }
-
-    // Online softmax per row: m_new = max(m, rowmax(S)); acc *= exp2(m - m_new) (skipped when the
-    // max did not move); P = exp2(S - m_new).
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int x = 2 * mt + r;
-        float mx = m[x];
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
-        mx = quad_max(mx);
-        const float m_use = mx == -INFINITY ? 0.f : mx;  // a row with nothing visible yet keeps P = 0
-        float sum = 0.f;
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n) {
-          s[mt][n][2 * r] = exp2f(s[mt][n][2 * r] - m_use);
-          s[mt][n][2 * r + 1] = exp2f(s[mt][n][2 * r + 1] - m_use);
-          sum += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
-        }
-        if (mx != m[x]) {
-          const float alpha = exp2f(m[x] - m_use);
-          l[x] *= alpha;
-#pragma unroll
-          for (int y = 0; y < D / 8; ++y) {
-            o[mt][y][2 * r] *= alpha;
-            o[mt][y][2 * r + 1] *= alpha;
+          for (int mt = 0; mt < MT; ++mt) {
+            mma_16816<T>(s[mt][2 * nb], a[mt], b[0], b[1]);
+            mma_16816<T>(s[mt][2 * nb + 1], a[mt], b[2], b[3]);
           }
         }
-        l[x] += sum;
-        m[x] = mx;
       }
 
-    // O += P V: the S accumulators of key blocks (2kk, 2kk+1) are the A fragment of k-step kk;
-    // each V fragment feeds MT MMAs.
+      // Scale into the log2 domain and mask what the rows must not see.
+      const bool full = vis.tile_fully_visible(i0, i1, j0, j0 + BN) && j0 + BN <= p.s_k;
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t a[MT][4];
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        a[mt][0] = Pack<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        a[mt][1] = Pack<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        a[mt][2] = Pack<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        a[mt][3] = Pack<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
+        for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
-      for (int db = 0; db < D / 16; ++db) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, Vst + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + db * 16 + (lane / 16) * 8);
+          for (int e = 0; e < 4; ++e) {
+            float x = s[mt][n][e] * sl2;
+            if (!full) {
+              const int col = j0 + n * 8 + t4 * 2 + (e & 1);
+              const KeyRange& r = rr[2 * mt + (e >> 1)];
+              if (col < r.lo || col >= r.hi) x = -INFINITY;
+            }
+            s[mt][n][e] = x;
+          }
+
+      // Online softmax per row: m_new = max(m, rowmax(S)); acc *= exp2(m - m_new) (skipped when the
+      // max did not move); P = exp2(S - m_new).
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int x = 2 * mt + r;
+          float mx = m[x];
+#pragma unroll
+          for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
+          mx = quad_max(mx);
+          const float m_use = mx == -INFINITY ? 0.f : mx;  // a row with nothing visible yet keeps P = 0
+          float sum = 0.f;
+#pragma unroll
+          for (int n = 0; n < BN / 8; ++n) {
+            s[mt][n][2 * r] = exp2f(s[mt][n][2 * r] - m_use);
+            s[mt][n][2 * r + 1] = exp2f(s[mt][n][2 * r + 1] - m_use);
+            sum += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
+          }
+          if (mx != m[x]) {
+            const float alpha = exp2f(m[x] - m_use);
+            l[x] *= alpha;
+#pragma unroll
+            for (int y = 0; y < D / 8; ++y) {
+              o[mt][y][2 * r] *= alpha;
+              o[mt][y][2 * r + 1] *= alpha;
+            }
+          }
+          l[x] += sum;
+          m[x] = mx;
+        }
+
+      // O += P V: the S accumulators of key blocks (2kk, 2kk+1) are the A fragment of k-step kk;
+      // each V fragment feeds MT MMAs.
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        uint32_t a[MT][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          mma_16816<T>(o[mt][2 * db], a[mt], b[0], b[1]);
-          mma_16816<T>(o[mt][2 * db + 1], a[mt], b[2], b[3]);
+          a[mt][0] = Pack<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          a[mt][1] = Pack<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          a[mt][2] = Pack<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          a[mt][3] = Pack<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int db = 0; db < D / 16; ++db) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, Vst + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + db * 16 + (lane / 16) * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma_16816<T>(o[mt][2 * db], a[mt], b[0], b[1]);
+            mma_16816<T>(o[mt][2 * db + 1], a[mt], b[2], b[3]);
+          }
         }
       }
     }

@@ -50,3 +50,15 @@ def _fresh_seed(request):
     # fresh but reproducible data per test: seed from the test id
     torch.manual_seed(abs(hash(request.node.nodeid)) % (2**31))
     yield
+
+
+ISAS = flashattn_lite.available_isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs the test once per CPU ISA this machine can run (scalar, avx2, avx512)."""
+    before = flashattn_lite.cpu_isa()
+    flashattn_lite._C._set_cpu_isa(request.param)
+    yield request.param
+    flashattn_lite._C._set_cpu_isa(before)

@@ -32,7 +32,7 @@ def _check(q, k, v, **kw):
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("s_q,s_k", SEQS)
 @pytest.mark.parametrize("causal", [False, True])
-def test_forward_grid(dtype, d, s_q, s_k, causal):
+def test_forward_grid(dtype, d, s_q, s_k, causal, isa):
     b, h = 1, 2
     q, k, v = randn((b, s_q, h, d), dtype), randn((b, s_k, h, d), dtype), randn((b, s_k, h, d), dtype)
     _check(q, k, v, causal=causal)
@@ -41,14 +41,14 @@ def test_forward_grid(dtype, d, s_q, s_k, causal):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("h,h_kv", [(8, 2), (6, 1)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_gqa_mqa(dtype, h, h_kv, causal):
+def test_gqa_mqa(dtype, h, h_kv, causal, isa):
     q = randn((2, 70, h, 40), dtype)
     k, v = randn((2, 90, h_kv, 40), dtype), randn((2, 90, h_kv, 40), dtype)
     _check(q, k, v, causal=causal)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_non_contiguous_views(dtype):
+def test_non_contiguous_views(dtype, isa):
     # (b, h, s, d) storage viewed as (b, s, h, d), plus a strided batch slice and a last-dim
     # slice that forces a copy.
     base = randn((4, 3, 65, 64), dtype)
@@ -62,7 +62,7 @@ def test_non_contiguous_views(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fully_masked_rows_are_zero(dtype):
+def test_fully_masked_rows_are_zero(dtype, isa):
     # bottom-right causal with s_q > s_k: the first s_q - s_k query rows see no key.
     s_q, s_k = 50, 20
     q, k, v = randn((1, s_q, 2, 16), dtype), randn((1, s_k, 2, 16), dtype), randn((1, s_k, 2, 16), dtype)
@@ -74,7 +74,7 @@ def test_fully_masked_rows_are_zero(dtype):
 
 @pytest.mark.parametrize("window", [(0, 0), (5, 3), (16, -1), (-1, 7), (300, 300)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_sliding_window(window, causal):
+def test_sliding_window(window, causal, isa):
     q, k, v = randn((1, 130, 2, 32), torch.float32), randn((1, 150, 2, 32), torch.float32), randn((1, 150, 2, 32), torch.float32)
     _check(q, k, v, causal=causal, window_size=window)
 
@@ -98,21 +98,21 @@ def test_empty_inputs(shape_q, shape_k):
     assert out.shape == shape_q and lse.shape == (shape_q[0], shape_q[2], shape_q[1])
 
 
-def test_no_keys_gives_zero():
+def test_no_keys_gives_zero(isa):
     q = randn((1, 4, 2, 8), torch.float32)
     k = v = randn((1, 0, 2, 8), torch.float32)
     out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True)
     assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
 
 
-def test_repeatable():
+def test_repeatable(isa):
     q, k, v = (randn((2, 300, 4, 64), torch.bfloat16) for _ in range(3))
     a = flash_attn_func(q, k, v, causal=True)
     b = flash_attn_func(q, k, v, causal=True)
     assert torch.equal(a, b)
 
 
-def test_thread_count_does_not_change_result():
+def test_thread_count_does_not_change_result(isa):
     q, k, v = (randn((1, 257, 4, 64), torch.float32) for _ in range(3))
     n = torch.get_num_threads()
     try:

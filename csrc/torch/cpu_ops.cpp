@@ -4,19 +4,31 @@
 #include <torch/library.h>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/isa.h"
 #include "torch/attn_glue.h"
 
 namespace fal::glue {
 namespace {
 
+const cpu::KernelTable& active_kernels() {
+  const cpu::Isa isa = cpu::active_isa();
+  if (int(isa) < 0) {
+    std::string avail;
+    for (cpu::Isa i : cpu::available_isas()) avail += std::string(" ") + cpu::isa_name(i);
+    TORCH_CHECK_VALUE(false, "flashattn_lite: FLASHATTN_LITE_CPU_ISA names an ISA this build or CPU cannot run; "
+                      "available:", avail);
+  }
+  return cpu::kernels(isa);
+}
+
 void run_fwd_cpu(FwdParams& p, const at::Tensor& /*q*/) {
-  at::parallel_for(0, cpu::fwd_num_work_items(p), 1,
-                   [&](int64_t begin, int64_t end) { cpu::fwd_run(p, begin, end); });
+  const cpu::KernelTable& k = active_kernels();
+  at::parallel_for(0, k.fwd_num_work_items(p), 1, [&](int64_t begin, int64_t end) { k.fwd_run(p, begin, end); });
 }
 
 void run_bwd_cpu(BwdParams& p, const at::Tensor& /*q*/) {
-  at::parallel_for(0, cpu::bwd_num_work_items(p), 1,
-                   [&](int64_t begin, int64_t end) { cpu::bwd_run(p, begin, end); });
+  const cpu::KernelTable& k = active_kernels();
+  at::parallel_for(0, k.bwd_num_work_items(p), 1, [&](int64_t begin, int64_t end) { k.bwd_run(p, begin, end); });
 }
 
 std::tuple<at::Tensor, at::Tensor> fwd_cpu(FAL_FWD_ARGS) {

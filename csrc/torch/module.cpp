@@ -1,7 +1,10 @@
 // module.cpp -- the op schemas (TORCH_LIBRARY) and the pybind11 module flashattn_lite._C.
 // Device implementations live in cpu_ops.cpp / cuda_ops.cpp; fake and autograd in Python.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <torch/library.h>
+
+#include "cpu/isa.h"
 
 namespace py = pybind11;
 
@@ -68,4 +71,17 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "flashattn_lite native module: op registrations and build information";
   mod.def("build_info", &build_info, "What this build was compiled with.");
+  mod.def("cpu_isa", [] {
+    const auto isa = fal::cpu::active_isa();
+    return std::string(int(isa) < 0 ? "invalid" : fal::cpu::isa_name(isa));
+  }, "The CPU ISA the kernels use now.");
+  mod.def("available_isas", [] {
+    std::vector<std::string> v;
+    for (auto i : fal::cpu::available_isas()) v.push_back(fal::cpu::isa_name(i));
+    return v;
+  }, "CPU ISAs compiled in and supported by this CPU and OS (best last).");
+  mod.def("_set_cpu_isa", [](const std::string& name) {
+    const std::string err = fal::cpu::set_active_isa(name);
+    if (!err.empty()) throw pybind11::value_error("flashattn_lite: " + err);
+  }, "Select the CPU ISA (tests and benchmarks).");
 }

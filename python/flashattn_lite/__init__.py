@@ -20,6 +20,19 @@ from .interface import (
 )
 
 
+def cpu_isa() -> str:
+    """The CPU instruction set the kernels use: 'avx512', 'avx2' or 'scalar'.
+
+    Chosen once per process from CPUID/XCR0, or forced with FLASHATTN_LITE_CPU_ISA.
+    """
+    return str(_C.cpu_isa())
+
+
+def available_isas() -> list[str]:
+    """CPU instruction sets compiled into this build that this machine can run (best last)."""
+    return list(_C.available_isas())
+
+
 def build_info() -> dict:
     """What this build was compiled with: package and torch versions, compiler, CPU ISAs, CUDA."""
     return dict(_C.build_info())
@@ -27,7 +40,9 @@ def build_info() -> dict:
 
 __all__ = [
     "__version__",
+    "available_isas",
     "build_info",
+    "cpu_isa",
     "flash_attn_func",
     "flash_attn_kvpacked_func",
     "flash_attn_qkvpacked_func",

@@ -1,0 +1,141 @@
+// isa.cpp -- CPUID / XCR0 detection and the per-ISA kernel tables.
+#include "cpu/isa.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu/cpu_kernels.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#define FAL_X86 1
+#endif
+
+namespace fal::cpu {
+
+#define FAL_DECLARE_ISA_TABLE(ns)                                      \
+  namespace ns {                                                       \
+  int64_t fwd_num_work_items(const FwdParams& p);                      \
+  void fwd_run(const FwdParams& p, int64_t begin, int64_t end);        \
+  int64_t bwd_num_work_items(const BwdParams& p);                      \
+  void bwd_run(const BwdParams& p, int64_t begin, int64_t end);        \
+  }
+#ifdef FAL_HAVE_AVX2
+FAL_DECLARE_ISA_TABLE(avx2)
+#endif
+#ifdef FAL_HAVE_AVX512
+FAL_DECLARE_ISA_TABLE(avx512)
+#endif
+
+namespace {
+
+struct Features {
+  bool avx2_fma = false;  // AVX2 + FMA + F16C, OS saves YMM
+  bool avx512 = false;    // F + BW + VL + DQ + BF16, OS saves ZMM and opmasks
+};
+
+Features detect() {
+  Features f;
+#ifdef FAL_X86
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool osxsave = c & (1u << 27), avx = c & (1u << 28), fma = c & (1u << 12), f16c = c & (1u << 29);
+  if (!osxsave || !avx) return f;
+  unsigned xlo, xhi;
+  __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+  const bool ymm_os = (xlo & 0x6u) == 0x6u;          // SSE + AVX state
+  const bool zmm_os = (xlo & 0xe6u) == 0xe6u;        // + opmask, ZMM_Hi256, Hi16_ZMM
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+  const bool avx2 = b & (1u << 5);
+  const bool f512 = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
+  unsigned a1 = 0, b1, c1, d1;
+  __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
+  const bool bf16 = a1 & (1u << 5);
+  f.avx2_fma = ymm_os && avx2 && fma && f16c;
+  f.avx512 = f.avx2_fma && zmm_os && f512 && dq && bw && vl && bf16;
+#endif
+  return f;
+}
+
+std::atomic<int> g_active{-1};
+
+Isa best_available() { return available_isas().back(); }
+
+Isa initial_isa() {
+  const char* env = std::getenv("FLASHATTN_LITE_CPU_ISA");
+  if (env && *env) {
+    for (Isa i : available_isas())
+      if (std::strcmp(env, isa_name(i)) == 0) return i;
+    return Isa(-1);  // reported by the glue on use
+  }
+  return best_available();
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return "scalar";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+  }
+  return "unknown";
+}
+
+std::vector<Isa> compiled_isas() {
+  std::vector<Isa> v{Isa::kScalar};
+#ifdef FAL_HAVE_AVX2
+  v.push_back(Isa::kAvx2);
+#endif
+#ifdef FAL_HAVE_AVX512
+  v.push_back(Isa::kAvx512);
+#endif
+  return v;
+}
+
+std::vector<Isa> available_isas() {
+  static const Features f = detect();
+  std::vector<Isa> v;
+  for (Isa i : compiled_isas())
+    if (i == Isa::kScalar || (i == Isa::kAvx2 && f.avx2_fma) || (i == Isa::kAvx512 && f.avx512)) v.push_back(i);
+  return v;
+}
+
+Isa active_isa() {
+  int v = g_active.load();
+  if (v == -1) {
+    v = int(initial_isa());
+    g_active.store(v == -1 ? -2 : v);
+    if (v == -1) v = -2;
+  }
+  return Isa(v);
+}
+
+std::string set_active_isa(const std::string& name) {
+  for (Isa i : available_isas())
+    if (name == isa_name(i)) {
+      g_active.store(int(i));
+      return "";
+    }
+  std::string msg = "unknown or unavailable CPU ISA '" + name + "'; available:";
+  for (Isa i : available_isas()) msg += std::string(" ") + isa_name(i);
+  return msg;
+}
+
+const KernelTable& kernels(Isa isa) {
+  static const KernelTable scalar{fwd_num_work_items, fwd_run, bwd_num_work_items, bwd_run};
+#ifdef FAL_HAVE_AVX2
+  static const KernelTable t_avx2{avx2::fwd_num_work_items, avx2::fwd_run, avx2::bwd_num_work_items, avx2::bwd_run};
+  if (isa == Isa::kAvx2) return t_avx2;
+#endif
+#ifdef FAL_HAVE_AVX512
+  static const KernelTable t_avx512{avx512::fwd_num_work_items, avx512::fwd_run, avx512::bwd_num_work_items,
+                                    avx512::bwd_run};
+  if (isa == Isa::kAvx512) return t_avx512;
+#endif
+  (void)isa;
+  return scalar;
+}
+
+}  // namespace fal::cpu

@@ -1,0 +1,36 @@
+// isa.h -- CPU instruction-set selection for the attention kernels (torch-free).
+// Each SIMD variant is compiled from the same sources (csrc/cpu/simd) in its own translation
+// unit and namespace with its own -m flags; the table below is filled once per process from
+// CPUID and the OS-enabled register state (XCR0), or from FLASHATTN_LITE_CPU_ISA.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "flashattn_lite/params.h"
+
+namespace fal::cpu {
+
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+const char* isa_name(Isa isa);
+// ISAs compiled into this build (scalar always).
+std::vector<Isa> compiled_isas();
+// ISAs this CPU and OS can run, among the compiled ones, best last.
+std::vector<Isa> available_isas();
+// The ISA the kernels use: FLASHATTN_LITE_CPU_ISA if set (an error if unavailable), else the best
+// available. Resolved once; set_active_isa changes it (tests and benchmarks).
+Isa active_isa();
+// Returns an error message ("" on success).
+std::string set_active_isa(const std::string& name);
+
+// One ISA's kernels.
+struct KernelTable {
+  int64_t (*fwd_num_work_items)(const FwdParams&);
+  void (*fwd_run)(const FwdParams&, int64_t begin, int64_t end);
+  int64_t (*bwd_num_work_items)(const BwdParams&);
+  void (*bwd_run)(const BwdParams&, int64_t begin, int64_t end);
+};
+const KernelTable& kernels(Isa isa);
+
+}  // namespace fal::cpu

@@ -11,7 +11,7 @@ from flashattn_lite.reference import attention_ref
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("s_q,s_k,h,h_kv,d", [(9, 9, 2, 2, 5), (7, 12, 4, 2, 3), (13, 6, 3, 1, 8), (1, 5, 2, 1, 4)])
-def test_gradcheck_fp64(causal, s_q, s_k, h, h_kv, d):
+def test_gradcheck_fp64(causal, s_q, s_k, h, h_kv, d, isa):
     q = randn((2, s_q, h, d), torch.float64, requires_grad=True)
     k = randn((2, s_k, h_kv, d), torch.float64, requires_grad=True)
     v = randn((2, s_k, h_kv, d), torch.float64, requires_grad=True)
@@ -48,7 +48,7 @@ def _grads(fn, q, k, v, dout):
 @pytest.mark.parametrize("d", [8, 40, 59, 64, 111, 128])
 @pytest.mark.parametrize("s_q,s_k", [(97, 97), (33, 130), (130, 33)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_gradients_rule(dtype, d, s_q, s_k, causal):
+def test_gradients_rule(dtype, d, s_q, s_k, causal, isa):
     h, h_kv = 4, 2
     q, k, v = randn((1, s_q, h, d), dtype), randn((1, s_k, h_kv, d), dtype), randn((1, s_k, h_kv, d), dtype)
     dout = randn((1, s_q, h, d), dtype)
@@ -62,7 +62,7 @@ def test_gradients_rule(dtype, d, s_q, s_k, causal):
         assert_rule(a, r, s, factor=factor, what=name)
 
 
-def test_fully_masked_rows_have_zero_dq():
+def test_fully_masked_rows_have_zero_dq(isa):
     q = randn((1, 20, 2, 8), torch.float32, requires_grad=True)
     k = randn((1, 5, 2, 8), torch.float32, requires_grad=True)
     v = randn((1, 5, 2, 8), torch.float32, requires_grad=True)
@@ -72,7 +72,7 @@ def test_fully_masked_rows_have_zero_dq():
     assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
 
 
-def test_lse_gradient_matches_reference():
+def test_lse_gradient_matches_reference(isa):
     q = randn((1, 17, 2, 8), torch.float64, requires_grad=True)
     k = randn((1, 23, 2, 8), torch.float64, requires_grad=True)
     v = randn((1, 23, 2, 8), torch.float64, requires_grad=True)
@@ -96,7 +96,7 @@ def test_backward_empty():
 @pytest.mark.parametrize("window", [(0, 0), (5, 3), (16, -1), (-1, 7)])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("s_q,s_k", [(130, 150), (150, 70)])
-def test_window_gradients_rule(window, causal, s_q, s_k):
+def test_window_gradients_rule(window, causal, s_q, s_k, isa):
     dtype = torch.float32
     q, k, v = randn((1, s_q, 2, 32), dtype), randn((1, s_k, 1, 32), dtype), randn((1, s_k, 1, 32), dtype)
     dout = randn((1, s_q, 2, 32), dtype)
@@ -108,7 +108,7 @@ def test_window_gradients_rule(window, causal, s_q, s_k):
         assert_rule(a, r, s, what=name)
 
 
-def test_deterministic_flag_accepted_and_bitwise():
+def test_deterministic_flag_accepted_and_bitwise(isa):
     q, k, v, dout = (randn((1, 70, 2, 16), torch.float32) for _ in range(4))
     runs = [_grads(lambda q, k, v: flash_attn_func(q, k, v, deterministic=True), q, k, v, dout) for _ in range(2)]
     for a, b in zip(*runs):

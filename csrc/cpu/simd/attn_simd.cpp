@@ -37,8 +37,8 @@ static_assert(kBN % (kNV * kN) == 0, "key tile must be a whole number of microke
 
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-// S[r][c] = sum_x Q[r][x] * Kt[x][c]  for r < kRM, c < kBN
-inline void micro_qk(const float* q, int d, const float* kt, float* s) {
+// S[r][c] = sum_x Q[r][x] * Kt[x][c]  for r < kRM, c < kBN (Q rows ldq apart)
+inline void micro_qk(const float* q, int d, const float* kt, float* s, int ldq) {
   for (int kc = 0; kc < kBN; kc += kNV * kN) {
     VF acc[kRM][kNV];
     for (int r = 0; r < kRM; ++r)
@@ -47,7 +47,7 @@ inline void micro_qk(const float* q, int d, const float* kt, float* s) {
       VF kv[kNV];
       for (int v = 0; v < kNV; ++v) kv[v] = VF::load(kt + x * kBN + kc + v * kN);
       for (int r = 0; r < kRM; ++r) {
-        const VF qb = VF::set1(q[r * d + x]);
+        const VF qb = VF::set1(q[r * ldq + x]);
         for (int v = 0; v < kNV; ++v) acc[r][v] = fma(qb, kv[v], acc[r][v]);
       }
     }
@@ -56,7 +56,8 @@ inline void micro_qk(const float* q, int d, const float* kt, float* s) {
   }
 }
 
-// O[r][x] += sum_{c < cols} P[r][c] * V[c][x]  for r < kRM, x < dvp (dvp multiple of kNV * kN)
+// O[r][x] += sum_{c < cols} P[r][c] * V[c][x]  for r < kRM, x < dvp (dvp multiple of kNV * kN;
+// P rows kBN apart, V and O rows dvp apart)
 inline void micro_pv(const float* pr, const float* vp, int cols, int dvp, float* o) {
   for (int dc = 0; dc < dvp; dc += kNV * kN) {
     VF acc[kRM][kNV];
@@ -129,7 +130,7 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
       const int g0 = i0 + r0, g1 = std::min(g0 + kRM, i1);
       const KeyRange gr = vis.keys_of_rows(g0, g1);
       if (gr.hi <= j0 || gr.lo >= j0 + cols) continue;  // no row of the group sees this tile
-      micro_qk(w.q.data() + size_t(r0) * d, d, kt, S);
+      micro_qk(w.q.data() + size_t(r0) * d, d, kt, S, d);
       const bool full = cols == kBN && vis.tile_fully_visible(g0, g1, j0, j0 + cols);
       for (int r = 0; r < kRM; ++r) {
         float* sr = S + r * kBN;
@@ -184,6 +185,186 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
   }
 }
 
+// out[c][x] += sum_{r < rows} A[r][c] * B[r][x]   (A^T B; A rows kBN apart, B and out rows ldb
+// apart; c < kBN, x < ldb with ldb a multiple of kNV * kN). Blocks of kRM keys x kNV vectors.
+inline void micro_tn(const float* a, const float* b, int rows, int ldb, float* out) {
+  for (int c0 = 0; c0 < kBN; c0 += kRM) {
+    const int nc = std::min(kRM, kBN - c0);
+    for (int dc = 0; dc < ldb; dc += kNV * kN) {
+      VF acc[kRM][kNV];
+      for (int c = 0; c < kRM; ++c)
+        for (int v = 0; v < kNV; ++v) acc[c][v] = c < nc ? VF::load(out + (c0 + c) * ldb + dc + v * kN) : VF::zero();
+      for (int r = 0; r < rows; ++r) {
+        VF bv[kNV];
+        for (int v = 0; v < kNV; ++v) bv[v] = VF::load(b + r * ldb + dc + v * kN);
+        const float* ar = a + r * kBN + c0;
+        for (int c = 0; c < kRM; ++c) {
+          if (c >= nc) break;
+          const VF ab = VF::set1(ar[c]);
+          for (int v = 0; v < kNV; ++v) acc[c][v] = fma(ab, bv[v], acc[c][v]);
+        }
+      }
+      for (int c = 0; c < nc; ++c)
+        for (int v = 0; v < kNV; ++v) acc[c][v].store(out + (c0 + c) * ldb + dc + v * kN);
+    }
+  }
+}
+
+inline float dot(const float* a, const float* b, int n) {
+  VF acc = VF::zero();
+  int x = 0;
+  for (; x + kN <= n; x += kN) acc = fma(VF::load(a + x), VF::load(b + x), acc);
+  float s = acc.hsum();
+  for (; x < n; ++x) s += a[x] * b[x];
+  return s;
+}
+
+// Backward, one work item = (batch, kv head), as in the portable kernel (no atomics: the item owns
+// dK/dV of its kv head and dQ of the query heads that share it):
+//   for each key tile (kBN): pack K (kBN x dp), K^T (d x kBN), V^T (dv x kBN);
+//     for each query head of the group, for each block of kQB query rows that see the tile:
+//       S = (c Q) K^T, P = exp2(S - lse log2 e)   (c = scale log2 e)      micro_qk
+//       dP = dO V^T, dS = P o (dP - D)                                    micro_qk
+//       dV += P^T dO,  dK += dS^T (c Q)                                   micro_tn (inner dim kQB)
+//       dQacc += dS K                                                     micro_pv
+//   dK = dK / log2 e (= scale dS^T Q), dQ = scale dQacc, rounded once.
+// Extra memory per item: dQacc (g x s_q x dp fp32) + D (g x s_q) + O(tile) panels.
+constexpr int kQB = 4 * kRM;  // query rows per step (inner dim of micro_tn)
+
+template <typename T>
+void bwd_head(const BwdParams& p, int bi, int hk) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int d = p.d, dv = p.d_v, g = p.h / p.h_kv;
+  const int dp = round_up(d, kNV * kN), dvp = round_up(dv, kNV * kN);
+  const float c = float(p.scale) * kLog2e;
+  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+
+  std::vector<float> dq_acc(size_t(g) * p.s_q * dp, 0.f), dsum(size_t(g) * p.s_q), lse2(size_t(g) * p.s_q);
+  std::vector<float> Kp(size_t(kBN) * dp), Kt(size_t(d) * kBN), Vt(size_t(dv) * kBN);
+  std::vector<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
+  std::vector<float> Qb(size_t(kQB) * dp), dOb(size_t(kQB) * dvp), P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
+  std::vector<float> row_a(std::max(dvp, dp)), row_b(std::max(dvp, dp));
+
+  auto q_ptr = [&](int hi) { return static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride; };
+  auto do_ptr = [&](int hi) { return static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride; };
+
+  // D = rowsum(dO o O) - dlse and lse * log2 e per query row of the group.
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
+    const T* dout = do_ptr(hi);
+    const float* lse = static_cast<const float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
+    const float* dlse = p.dlse ? static_cast<const float*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride : nullptr;
+    for (int i = 0; i < p.s_q; ++i) {
+      convert_row(o + i * p.o_row_stride, dv, 1.f, row_a.data());
+      convert_row(dout + i * p.do_row_stride, dv, 1.f, row_b.data());
+      dsum[size_t(gi) * p.s_q + i] = dot(row_a.data(), row_b.data(), dv) - (dlse ? dlse[i] : 0.f);
+      lse2[size_t(gi) * p.s_q + i] = lse[i] * kLog2e;
+    }
+  }
+
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
+  T* dkp = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + hk * p.dk_head_stride;
+  T* dvp_out = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + hk * p.dv_head_stride;
+
+  for (int j0 = 0; j0 < p.s_k; j0 += kBN) {
+    const int cols = std::min(kBN, p.s_k - j0);
+    std::fill(Kp.begin(), Kp.end(), 0.f);
+    std::fill(Kt.begin(), Kt.end(), 0.f);
+    std::fill(Vt.begin(), Vt.end(), 0.f);
+    for (int cc = 0; cc < cols; ++cc) {
+      const T* kr_ = k + (j0 + cc) * p.k_row_stride;
+      const T* vr_ = v + (j0 + cc) * p.v_row_stride;
+      convert_row(kr_, d, 1.f, Kp.data() + size_t(cc) * dp);
+      for (int x = 0; x < d; ++x) Kt[x * kBN + cc] = Kp[size_t(cc) * dp + x];
+      for (int x = 0; x < dv; ++x) Vt[x * kBN + cc] = load_as_float(vr_ + x);
+    }
+    std::fill(dK.begin(), dK.end(), 0.f);
+    std::fill(dV.begin(), dV.end(), 0.f);
+    const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, p.s_q);
+
+    for (int gi = 0; gi < g; ++gi) {
+      const int hi = hk * g + gi;
+      const T* q = q_ptr(hi);
+      const T* dout = do_ptr(hi);
+      const float* Dg = dsum.data() + size_t(gi) * p.s_q;
+      const float* L2 = lse2.data() + size_t(gi) * p.s_q;
+      float* dqg = dq_acc.data() + size_t(gi) * p.s_q * dp;
+      for (int i0 = qr.lo; i0 < qr.hi; i0 += kQB) {
+        const int nr = std::min(kQB, qr.hi - i0);
+        std::fill(Qb.begin(), Qb.end(), 0.f);
+        std::fill(dOb.begin(), dOb.end(), 0.f);
+        for (int r = 0; r < nr; ++r) {
+          convert_row(q + (i0 + r) * p.q_row_stride, d, c, Qb.data() + size_t(r) * dp);
+          convert_row(dout + (i0 + r) * p.do_row_stride, dv, 1.f, dOb.data() + size_t(r) * dvp);
+        }
+        for (int r0 = 0; r0 < kQB; r0 += kRM) {
+          float* Pr = P.data() + size_t(r0) * kBN;
+          float* dSr = dS.data() + size_t(r0) * kBN;
+          if (r0 >= nr) {
+            std::fill(Pr, Pr + kRM * kBN, 0.f);
+            std::fill(dSr, dSr + kRM * kBN, 0.f);
+            continue;
+          }
+          micro_qk(Qb.data() + size_t(r0) * dp, d, Kt.data(), Pr, dp);
+          micro_qk(dOb.data() + size_t(r0) * dvp, dv, Vt.data(), dSr, dvp);
+          for (int r = 0; r < kRM; ++r) {
+            float* pr = Pr + r * kBN;
+            float* dsr = dSr + r * kBN;
+            const int i = i0 + r0 + r;
+            if (r0 + r >= nr || L2[i] == neg_inf) {
+              std::fill(pr, pr + kBN, 0.f);
+              std::fill(dsr, dsr + kBN, 0.f);
+              continue;
+            }
+            const KeyRange rk = vis.keys_of_row(i);
+            const int lo = std::max(0, rk.lo - j0), hi_ = std::min(cols, rk.hi - j0);
+            const VF lb = VF::set1(L2[i]), Db = VF::set1(Dg[i]);
+            for (int cc = 0; cc < kBN; cc += kN) {
+              const VF pv = exp2(VF::load(pr + cc) - lb);
+              pv.store(pr + cc);
+              (pv * (VF::load(dsr + cc) - Db)).store(dsr + cc);
+            }
+            if (lo > 0 || hi_ < kBN)
+              for (int cc = 0; cc < kBN; ++cc)
+                if (cc < lo || cc >= hi_) pr[cc] = dsr[cc] = 0.f;
+          }
+        }
+        micro_tn(P.data(), dOb.data(), nr, dvp, dV.data());
+        micro_tn(dS.data(), Qb.data(), nr, dp, dK.data());
+        for (int r0 = 0; r0 < nr; r0 += kRM) {
+          if (r0 + kRM <= nr) {
+            micro_pv(dS.data() + size_t(r0) * kBN, Kp.data(), cols, dp, dqg + size_t(i0 + r0) * dp);
+          } else {  // last partial group: accumulate into a padded scratch block
+            std::vector<float> tmp(size_t(kRM) * dp, 0.f);
+            micro_pv(dS.data() + size_t(r0) * kBN, Kp.data(), cols, dp, tmp.data());
+            for (int r = 0; r < nr - r0; ++r)
+              for (int x = 0; x < dp; ++x) dqg[size_t(i0 + r0 + r) * dp + x] += tmp[size_t(r) * dp + x];
+          }
+        }
+      }
+    }
+    const float kscale = 1.f / kLog2e;  // dK = scale dS^T Q = dS^T (c Q) / log2 e
+    for (int cc = 0; cc < cols; ++cc) {
+      T* dkr = dkp + (j0 + cc) * p.dk_row_stride;
+      T* dvr = dvp_out + (j0 + cc) * p.dv_row_stride;
+      for (int x = 0; x < d; ++x) dkr[x] = store_as<T, float>(dK[size_t(cc) * dp + x] * kscale);
+      for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dV[size_t(cc) * dvp + x]);
+    }
+  }
+  const float sc = float(p.scale);
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + hi * p.dq_head_stride;
+    for (int i = 0; i < p.s_q; ++i) {
+      const float* src = dq_acc.data() + (size_t(gi) * p.s_q + i) * dp;
+      T* dqr = dq + i * p.dq_row_stride;
+      for (int x = 0; x < d; ++x) dqr[x] = store_as<T, float>(src[x] * sc);
+    }
+  }
+}
+
 }  // namespace
 
 int64_t fwd_num_work_items(const FwdParams& p) {
@@ -207,7 +388,18 @@ void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
   });
 }
 
-int64_t bwd_num_work_items(const BwdParams& p) { return fal::cpu::bwd_num_work_items(p); }
-void bwd_run(const BwdParams& p, int64_t begin, int64_t end) { fal::cpu::bwd_run(p, begin, end); }
+int64_t bwd_num_work_items(const BwdParams& p) {
+  return p.dtype == DType::kFloat64 ? fal::cpu::bwd_num_work_items(p) : int64_t(p.b) * p.h_kv;
+}
+
+void bwd_run(const BwdParams& p, int64_t begin, int64_t end) {
+  if (p.dtype == DType::kFloat64) return fal::cpu::bwd_run(p, begin, end);
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, double>) {
+      for (int64_t it = begin; it < end; ++it) bwd_head<T>(p, int(it / p.h_kv), int(it % p.h_kv));
+    }
+  });
+}
 
 }  // namespace fal::cpu::FAL_CPU_NS

@@ -122,3 +122,15 @@ def test_thread_count_does_not_change_result(isa):
         torch.set_num_threads(n)
     b = flash_attn_func(q, k, v)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("s_q", [1, 3, 16])
+@pytest.mark.parametrize("b,h,h_kv", [(1, 1, 1), (2, 4, 2), (1, 8, 1)])
+@pytest.mark.parametrize("causal,window", [(False, (-1, -1)), (True, (-1, -1)), (False, (100, 7))])
+def test_decode_long_cache(dtype, s_q, b, h, h_kv, causal, window, isa):
+    # few queries against a long cache: the SIMD decode path, split over threads (b * h small)
+    s_k = 3001
+    q = randn((b, s_q, h, 72), dtype)
+    k, v = randn((b, s_k, h_kv, 72), dtype), randn((b, s_k, h_kv, 72), dtype)
+    _check(q, k, v, causal=causal, window_size=window)

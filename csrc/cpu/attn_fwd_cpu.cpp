@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
@@ -120,6 +121,36 @@ void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
       const int qt = int(w % nqt);
       const int64_t bh = w / nqt;
       fwd_tile<T>(p, int(bh / p.h), int(bh % p.h), qt, buf);
+    }
+  });
+}
+
+void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
+  // lse = log sum_s exp(lse_s); out = sum_s exp(lse_s - lse) * out_s
+  const int64_t split_stride = int64_t(p.b) * p.h * p.s_q;
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, double>) {
+      for (int64_t w = begin; w < end; ++w) {
+        const int i = int(w % p.s_q);
+        const int64_t bh = w / p.s_q;
+        const int bi = int(bh / p.h), hi = int(bh % p.h);
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int s = 0; s < p.num_splits; ++s) mx = std::max(mx, p.lse_accum[s * split_stride + w]);
+        float sum = 0.f;
+        if (mx != -std::numeric_limits<float>::infinity())
+          for (int s = 0; s < p.num_splits; ++s) sum += std::exp(p.lse_accum[s * split_stride + w] - mx);
+        const float lse = sum > 0.f ? mx + std::log(sum) : -std::numeric_limits<float>::infinity();
+        T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + int64_t(i) * p.o_row_stride;
+        for (int x = 0; x < p.d_v; ++x) {
+          float acc = 0.f;
+          if (sum > 0.f)
+            for (int s = 0; s < p.num_splits; ++s)
+              acc += std::exp(p.lse_accum[s * split_stride + w] - lse) * p.o_accum[(s * split_stride + w) * p.d_v + x];
+          o[x] = store_as<T, float>(acc);
+        }
+        static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + i] = lse;
+      }
     }
   });
 }

@@ -16,6 +16,13 @@ void fwd_run(const FwdParams& p, int64_t begin, int64_t end);
 int64_t bwd_num_work_items(const BwdParams& p);
 void bwd_run(const BwdParams& p, int64_t begin, int64_t end);
 
+// Decode (SIMD kernels): with at most kDecodeMaxRows query rows the forward streams K and V
+// directly (no packing) and may split the keys of one (batch, head) over p.num_splits work items,
+// each writing a normalised fp32 partial output and LSE to p.o_accum / p.lse_accum; then
+// fwd_combine_run merges them (one work item per (batch, head, row)).
+constexpr int kDecodeMaxRows = 16;
+void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end);
+
 // Tile sizes (rows of Q, columns of K) of the portable kernels; exposed for tests/bench.
 constexpr int kFwdBlockM = 32;
 constexpr int kFwdBlockN = 64;

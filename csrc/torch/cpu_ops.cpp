@@ -1,6 +1,8 @@
 // cpu_ops.cpp -- CPU implementations of the flashattn_lite ops: ATen's thread pool around the
 // torch-free kernels of csrc/cpu.
 #include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <torch/library.h>
 
 #include "cpu/cpu_kernels.h"
@@ -21,9 +23,31 @@ const cpu::KernelTable& active_kernels() {
   return cpu::kernels(isa);
 }
 
-void run_fwd_cpu(FwdParams& p, const at::Tensor& /*q*/) {
+// Decode split: enough (batch, head, split) items for every thread to stream memory, each split
+// keeping >= 512 keys.
+int choose_cpu_splits(const FwdParams& p, cpu::Isa isa) {
+  if (isa == cpu::Isa::kScalar || p.dtype == DType::kFloat64 || p.s_q > cpu::kDecodeMaxRows) return 1;
+  const int64_t threads = at::get_num_threads();
+  const int64_t bh = int64_t(p.b) * p.h;
+  if (bh >= 2 * threads) return 1;
+  return int(std::max<int64_t>(1, std::min<int64_t>((2 * threads + bh - 1) / bh, p.s_k / 512)));
+}
+
+void run_fwd_cpu(FwdParams& p, const at::Tensor& q) {
   const cpu::KernelTable& k = active_kernels();
+  p.num_splits = choose_cpu_splits(p, cpu::active_isa());
+  at::Tensor o_accum, lse_accum;
+  if (p.num_splits > 1) {
+    const auto f32 = q.options().dtype(at::kFloat);
+    o_accum = at::empty({p.num_splits, p.b, p.h, p.s_q, p.d_v}, f32);
+    lse_accum = at::empty({p.num_splits, p.b, p.h, p.s_q}, f32);
+    p.o_accum = o_accum.data_ptr<float>();
+    p.lse_accum = lse_accum.data_ptr<float>();
+  }
   at::parallel_for(0, k.fwd_num_work_items(p), 1, [&](int64_t begin, int64_t end) { k.fwd_run(p, begin, end); });
+  if (p.num_splits > 1)
+    at::parallel_for(0, int64_t(p.b) * p.h * p.s_q, 1,
+                     [&](int64_t begin, int64_t end) { cpu::fwd_combine_run(p, begin, end); });
 }
 
 void run_bwd_cpu(BwdParams& p, const at::Tensor& /*q*/) {

@@ -2,8 +2,10 @@
 // benchmark: independent chains of fp32 FMAs (vfmadd231ps) and of bf16 dot products
 // (vdpbf16ps, 64 FLOPs each on zmm) on every thread. Prints JSON.
 // Build: g++ -O3 -std=c++17 -mavx512f -mavx512bf16 -pthread bench/peak_fma.cpp -o peak_fma
+// (cpu_bench.py builds and runs it itself)
 #include <immintrin.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -15,11 +17,11 @@ namespace {
 constexpr int kChains = 24;       // independent accumulators: > latency x issue width
 constexpr long kIters = 20000000;  // per thread
 
-double run_fp32() {
+double run_fp32(long iters) {
   __m512 acc[kChains];
   for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(float(i) * 1e-3f);
   const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
-  for (long it = 0; it < kIters; ++it)
+  for (long it = 0; it < iters; ++it)
 #pragma GCC unroll 32
     for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
   float s = 0;
@@ -27,12 +29,12 @@ double run_fp32() {
   return double(s);
 }
 
-double run_bf16() {
+double run_bf16(long iters) {
   __m512 acc[kChains];
   for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.f);
   const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
   const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
-  for (long it = 0; it < kIters; ++it)
+  for (long it = 0; it < iters; ++it)
 #pragma GCC unroll 32
     for (int i = 0; i < kChains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
   float s = 0;
@@ -40,18 +42,29 @@ double run_bf16() {
   return double(s);
 }
 
+// Every thread warms up (clocks settle), meets the others at a barrier, then times its own loop;
+// the machine's rate is the sum of the per-thread rates.
 template <typename F>
 double gflops(F f, int threads, double flops_per_op) {
   std::vector<std::thread> ts;
-  std::vector<double> sink(threads);
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int t = 0; t < threads; ++t) ts.emplace_back([&, t] { sink[t] = f(); });
+  std::vector<double> rate(threads), sink(threads);
+  std::atomic<int> ready{0};
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back([&, t] {
+      sink[t] = f(kIters / 4);
+      ready.fetch_add(1);
+      while (ready.load() < threads) {
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      sink[t] += f(kIters);
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      rate[t] = double(kIters) * kChains * flops_per_op / sec / 1e9;
+    });
   for (auto& t : ts) t.join();
-  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  double s = 0;
-  for (double x : sink) s += x;
+  double s = 0, r = 0;
+  for (int t = 0; t < threads; ++t) s += sink[t], r += rate[t];
   if (s == 12345.678) std::printf(" ");  // keep the results alive
-  return double(threads) * kIters * kChains * flops_per_op / sec / 1e9;
+  return r;
 }
 
 }  // namespace

@@ -1,0 +1,204 @@
+"""CPU benchmark against torch's own CPU SDPA (flash backend), same process, same inputs.
+
+    python bench/cpu_bench.py [--threads 2] [--repeats 7] [--out bench/results/cpu-DATE.md] [--memory]
+
+Every case is checked first (flashattn_lite against the fp64 reference under the numerical
+rule: at most 2x torch's own error in that dtype, plus rounding noise), then timed: ours and
+torch alternately, median of the repeats. FLOPs: fwd 4*B*H*s_q*s_k*D (halved for causal), fwd+bwd
+3.5x fwd; decode reports GB/s of K and V read. "% peak" is against this machine's peak measured
+by bench/peak_fma.cpp (fp32 FMA for fp32/fp16 compute, vdpbf16ps for bf16).
+--memory also runs fwd+bwd at N=65536 (H8, D64, bf16) in a subprocess and reports its peak RSS
+beyond inputs, outputs and gradients.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import flashattn_lite as fal
+from flashattn_lite.reference import sdpa_ref
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Case:
+    name: str
+    mode: str  # fwd, fwd+bwd, decode
+    dtype: torch.dtype
+    h: int
+    n_q: int
+    n_k: int
+    d: int
+    causal: bool
+    goal: float
+
+    def flops(self) -> float:
+        f = 4.0 * self.h * self.n_q * self.n_k * self.d * (0.5 if self.causal and self.n_q == self.n_k else 1.0)
+        return f * (3.5 if self.mode == "fwd+bwd" else 1.0)
+
+    def kv_bytes(self) -> int:
+        return 2 * self.h * self.n_k * self.d * torch.tensor([], dtype=self.dtype).element_size()
+
+
+CASES = [
+    Case("fwd fp32 H8 N2048 D64", "fwd", torch.float32, 8, 2048, 2048, 64, False, 1.2),
+    Case("fwd bf16 H8 N2048 D64", "fwd", torch.bfloat16, 8, 2048, 2048, 64, False, 2.0),
+    Case("fwd fp16 H8 N2048 D64", "fwd", torch.float16, 8, 2048, 2048, 64, False, 1.6),
+    Case("fwd bf16 causal H8 N4096 D128", "fwd", torch.bfloat16, 8, 4096, 4096, 128, True, 2.0),
+    Case("fwd+bwd fp32 H8 N2048 D64", "fwd+bwd", torch.float32, 8, 2048, 2048, 64, False, 1.2),
+    Case("fwd+bwd bf16 H8 N2048 D64", "fwd+bwd", torch.bfloat16, 8, 2048, 2048, 64, False, 1.8),
+    Case("decode bf16 H32 1x32768 D128", "decode", torch.bfloat16, 32, 1, 32768, 128, False, 5.0),
+    Case("decode fp32 H32 1x32768 D128", "decode", torch.float32, 32, 1, 32768, 128, False, 2.0),
+]
+
+
+def peak_gflops(threads: int) -> dict:
+    exe = Path(tempfile.gettempdir()) / "flashattn_lite_peak_fma"
+    try:
+        if not exe.exists():
+            subprocess.run(["g++", "-O3", "-std=c++17", "-mavx512f", "-mavx512bf16", "-pthread",
+                            str(HERE / "peak_fma.cpp"), "-o", str(exe)], check=True, capture_output=True)
+        out = subprocess.run([str(exe), str(threads)], check=True, capture_output=True, text=True).stdout
+        return json.loads(out)
+    except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
+        return {}
+
+
+def torch_flash(q, k, v, is_causal=False):
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+
+
+def make_inputs(c: Case):
+    g = torch.Generator().manual_seed(0)
+    mk = lambda n: torch.randn((1, c.h, n, c.d), generator=g).to(c.dtype)  # noqa: E731
+    return mk(c.n_q), mk(c.n_k), mk(c.n_k), mk(c.n_q)
+
+
+def check(c: Case, q, k, v) -> tuple[bool, float, float]:
+    hs = slice(0, min(2, c.h))
+    qs, ks, vs = q[:, hs], k[:, hs], v[:, hs]
+    with torch.no_grad():
+        ref = sdpa_ref(qs, ks, vs, is_causal=c.causal)
+        ours = fal.scaled_dot_product_attention(qs, ks, vs, is_causal=c.causal)
+        theirs = torch_flash(qs, ks, vs, is_causal=c.causal)
+    err = (ours.double() - ref).abs().max().item()
+    err_t = (theirs.double() - ref).abs().max().item()
+    noise = (torch.finfo(c.dtype).eps + c.n_k ** 0.5 * torch.finfo(torch.float32).eps) * max(1.0, ref.abs().max().item())
+    return err <= 2 * err_t + noise, err, err_t
+
+
+def runner(fn: Callable, c: Case, q, k, v, do) -> Callable[[], None]:
+    if c.mode != "fwd+bwd":
+        return lambda: fn(q, k, v, is_causal=c.causal)
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+    def run() -> None:
+        out = fn(qg, kg, vg, is_causal=c.causal)
+        torch.autograd.grad(out, (qg, kg, vg), do)
+    return run
+
+
+def time_pair(a: Callable, b: Callable, repeats: int) -> tuple[list[float], list[float]]:
+    a(), b()  # warm-up
+    ta, tb = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter(); a(); ta.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); b(); tb.append(time.perf_counter() - t0)
+    return ta, tb
+
+
+MEMORY_SCRIPT = r"""
+import resource, torch, flashattn_lite as fal
+torch.set_num_threads({threads})
+n, h, d = 65536, 8, 64
+q, k, v = (torch.randn(1, n, h, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+do = torch.randn(1, n, h, d, dtype=torch.bfloat16)
+grads = [torch.empty_like(t) for t in (q, k, v)]
+out = torch.empty_like(do)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+del grads, out
+o = fal.flash_attn_func(q, k, v)
+o.backward(do)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - base) / 1024)
+"""
+
+
+def memory_check(threads: int) -> Optional[float]:
+    r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT.format(threads=threads)], capture_output=True, text=True)
+    try:
+        return float(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(r.stderr[-2000:], file=sys.stderr)
+        return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", default=None, help="write the table (markdown) here")
+    ap.add_argument("--memory", action="store_true", help="also measure fwd+bwd memory at N=65536")
+    ap.add_argument("--only", default=None, help="substring filter on case names")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    peak = peak_gflops(args.threads)
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+               f"flashattn_lite {fal.__version__} ISA {fal.cpu_isa()}, threads {args.threads}, "
+               f"peak fp32 FMA {peak.get('fp32_fma_gflops', 'n/a')} GFLOP/s, "
+               f"bf16 dot {peak.get('bf16_dot_gflops', 'n/a')} GFLOP/s (bench/peak_fma.cpp)")
+    lines = [f"Machine: {machine}", "",
+             "| case | check | ours ms | torch ms | ours | torch | unit | ours % peak | speedup | goal | met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    print(lines[0])
+    for c in CASES:
+        if args.only and args.only not in c.name:
+            continue
+        q, k, v, do = make_inputs(c)
+        ok, err, err_t = check(c, q, k, v)
+        if not ok:
+            lines.append(f"| {c.name} | WRONG (err {err:.2e} vs torch {err_t:.2e}) | | | | | | | | {c.goal} | no |")
+            print(lines[-1])
+            continue
+        ta, tb = time_pair(runner(fal.scaled_dot_product_attention, c, q, k, v, do),
+                           runner(torch_flash, c, q, k, v, do), args.repeats)
+        ma, mb = statistics.median(ta), statistics.median(tb)
+        if c.mode == "decode":
+            unit, ours, theirs, pct = "GB/s", c.kv_bytes() / ma / 1e9, c.kv_bytes() / mb / 1e9, ""
+        else:
+            unit, ours, theirs = "GFLOP/s", c.flops() / ma / 1e9, c.flops() / mb / 1e9
+            pk = peak.get("bf16_dot_gflops" if c.dtype == torch.bfloat16 else "fp32_fma_gflops")
+            pct = f"{100 * ours / pk:.0f}%" if pk else "n/a"
+        speed = mb / ma
+        lines.append(f"| {c.name} | ok | {ma * 1e3:.2f} | {mb * 1e3:.2f} | {ours:.1f} | {theirs:.1f} | {unit} | {pct} | "
+                     f"{speed:.2f}x | {c.goal}x | {'yes' if speed >= c.goal else 'no'} |")
+        print(lines[-1], flush=True)
+    if args.memory:
+        mb = memory_check(args.threads)
+        lines += ["", f"fwd+bwd bf16 N=65536 H8 D64: peak RSS beyond inputs/outputs/grads = "
+                      f"{'n/a' if mb is None else f'{mb:.0f} MB'} (goal <= 64 MB)"]
+        print(lines[-1])
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

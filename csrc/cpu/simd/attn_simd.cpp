@@ -649,6 +649,218 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
   }
 }
 
+#if defined(FAL_SIMD_AVX512)
+// ---- bf16 backward with vdpbf16ps ----------------------------------------------------------------
+// The five products of the backward, each fed bf16 pairs over its inner dimension:
+//   S  = Q K^T      pairs over d    (Q rows as stored; K^T packed Kd[x2][key])
+//   dP = dO V^T     pairs over dv   (dO rows as stored; V^T packed Vd[x2][key])
+//   dV += P^T dO    pairs over query rows (dO packed dOr[r2][x]; P pairs broadcast)
+//   dK += dS^T Q    pairs over query rows (Q packed Qr[r2][x]; dS pairs broadcast)
+//   dQ += dS K      pairs over keys (K packed Kk[c2][x]; dS pairs broadcast)
+// P and dS are rounded to bf16 for the products (as FA2 does on GPUs); all sums are fp32.
+
+// dst[x] = (a[x], b[x]) as a bf16 pair, x < n (n a multiple of kN; zeros past `valid` or for null rows)
+inline void pack_row_pairs(const bf16_t* a, const bf16_t* b, int valid, int n, uint32_t* dst) {
+  for (int x = 0; x < n; x += kN) {
+    const int m = std::max(0, std::min(kN, valid - x));
+    const __mmask16 mk = m == kN ? __mmask16(0xffff) : __mmask16((1u << m) - 1u);
+    const __m512i lo = a && m ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, a + x)) : _mm512_setzero_si512();
+    const __m512i hi = b && m ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, b + x)) : _mm512_setzero_si512();
+    _mm512_storeu_si512(dst + x, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
+
+// fp32 rows a, b -> bf16 pairs (a[x], b[x]) for x < n (n a multiple of kN)
+inline void pack_f32_row_pairs(const float* a, const float* b, int n, uint32_t* dst) {
+  for (int x = 0; x < n; x += kN) {
+    const __m256bh ha = _mm512_cvtneps_pbh(_mm512_loadu_ps(a + x));
+    const __m256bh hb = _mm512_cvtneps_pbh(_mm512_loadu_ps(b + x));
+    const __m512i lo = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(ha));
+    const __m512i hi = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(hb));
+    _mm512_storeu_si512(dst + x, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
+
+// fp32 row -> consecutive bf16 pairs (r[2 c2], r[2 c2 + 1]) for c2 < n / 2 (n a multiple of 2 kN)
+inline void pack_f32_consecutive(const float* r, int n, uint32_t* dst) {
+  for (int c = 0; c < n; c += 2 * kN) {
+    const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(r + c + kN), _mm512_loadu_ps(r + c));
+    _mm512_storeu_si512(dst + c / 2, reinterpret_cast<const __m512i&>(h));
+  }
+}
+
+// out[c][x] += sum_r2 a[r2][c] . b[r2][x]  (bf16 pairs over rows), c < kBN, x < ldb
+inline void micro_tn_bf16(const uint32_t* a, const uint32_t* b, int rows2, int ldb, float* out) {
+  for (int c0 = 0; c0 < kBN; c0 += kRM) {
+    const int nc = std::min(kRM, kBN - c0);
+    for (int dc = 0; dc < ldb; dc += kNV * kN) {
+      __m512 acc[kRM][kNV];
+      for (int c = 0; c < kRM; ++c)
+        for (int v = 0; v < kNV; ++v)
+          acc[c][v] = c < nc ? _mm512_loadu_ps(out + (c0 + c) * ldb + dc + v * kN) : _mm512_setzero_ps();
+      for (int r = 0; r < rows2; ++r) {
+        __m512bh bv[kNV];
+        for (int v = 0; v < kNV; ++v) bv[v] = as_bh(_mm512_loadu_si512(b + r * ldb + dc + v * kN));
+        for (int c = 0; c < kRM; ++c) {
+          if (c >= nc) break;
+          const __m512bh ab = as_bh(_mm512_set1_epi32(int(a[r * kBN + c0 + c])));
+          for (int v = 0; v < kNV; ++v) acc[c][v] = _mm512_dpbf16_ps(acc[c][v], bv[v], ab);
+        }
+      }
+      for (int c = 0; c < nc; ++c)
+        for (int v = 0; v < kNV; ++v) _mm512_storeu_ps(out + (c0 + c) * ldb + dc + v * kN, acc[c][v]);
+    }
+  }
+}
+
+void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
+  using T = bf16_t;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int d = p.d, dv = p.d_v, g = p.h / p.h_kv;
+  const int d2 = (d + 1) / 2, dv2 = (dv + 1) / 2;
+  const int dp = round_up(d, kNV * kN), dvp = round_up(dv, kNV * kN);
+  const float c = float(p.scale) * kLog2e;
+  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+
+  std::vector<float> dq_acc(size_t(g) * p.s_q * dp, 0.f), dsum(size_t(g) * p.s_q), lse2(size_t(g) * p.s_q);
+  std::vector<uint32_t> Kd(size_t(d2) * kBN), Vd(size_t(dv2) * kBN), Kk(size_t(kBN / 2) * dp);
+  std::vector<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
+  std::vector<uint32_t> Qs(size_t(kQB) * d2), dOs(size_t(kQB) * dv2), Qr(size_t(kQB / 2) * dp), dOr(size_t(kQB / 2) * dvp);
+  std::vector<float> P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
+  std::vector<uint32_t> Pp(size_t(kQB / 2) * kBN), dSp(size_t(kQB / 2) * kBN), dSk(size_t(kQB) * (kBN / 2));
+  std::vector<float> row_a(dvp), row_b(dvp);
+
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
+    const T* dout = static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride;
+    const float* lse = static_cast<const float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
+    const float* dlse = p.dlse ? static_cast<const float*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride : nullptr;
+    for (int i = 0; i < p.s_q; ++i) {
+      convert_row(o + i * p.o_row_stride, dv, 1.f, row_a.data());
+      convert_row(dout + i * p.do_row_stride, dv, 1.f, row_b.data());
+      dsum[size_t(gi) * p.s_q + i] = dot(row_a.data(), row_b.data(), dv) - (dlse ? dlse[i] : 0.f);
+      lse2[size_t(gi) * p.s_q + i] = lse[i] * kLog2e;
+    }
+  }
+
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
+  T* dkp = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + hk * p.dk_head_stride;
+  T* dvp_out = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + hk * p.dv_head_stride;
+
+  for (int j0 = 0; j0 < p.s_k; j0 += kBN) {
+    const int cols = std::min(kBN, p.s_k - j0), cols2 = (cols + 1) / 2;
+    for (int cc = 0; cc < kBN; ++cc) {
+      const T* kr_ = cc < cols ? k + (j0 + cc) * p.k_row_stride : nullptr;
+      const T* vr_ = cc < cols ? v + (j0 + cc) * p.v_row_stride : nullptr;
+      for (int x = 0; x < d2; ++x) Kd[x * kBN + cc] = kr_ ? pair_at(kr_, x, d) : 0u;
+      for (int x = 0; x < dv2; ++x) Vd[x * kBN + cc] = vr_ ? pair_at(vr_, x, dv) : 0u;
+    }
+    for (int c2 = 0; c2 < kBN / 2; ++c2) {
+      const T* a = 2 * c2 < cols ? k + (j0 + 2 * c2) * p.k_row_stride : nullptr;
+      const T* b = 2 * c2 + 1 < cols ? k + (j0 + 2 * c2 + 1) * p.k_row_stride : nullptr;
+      pack_row_pairs(a, b, d, dp, Kk.data() + size_t(c2) * dp);
+    }
+    std::fill(dK.begin(), dK.end(), 0.f);
+    std::fill(dV.begin(), dV.end(), 0.f);
+    const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, p.s_q);
+
+    for (int gi = 0; gi < g; ++gi) {
+      const int hi = hk * g + gi;
+      const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride;
+      const T* dout = static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride;
+      const float* Dg = dsum.data() + size_t(gi) * p.s_q;
+      const float* L2 = lse2.data() + size_t(gi) * p.s_q;
+      float* dqg = dq_acc.data() + size_t(gi) * p.s_q * dp;
+      for (int i0 = qr.lo; i0 < qr.hi; i0 += kQB) {
+        const int nr = std::min(kQB, qr.hi - i0);
+        for (int r = 0; r < kQB; ++r) {
+          const T* qrow = r < nr ? q + (i0 + r) * p.q_row_stride : nullptr;
+          const T* drow = r < nr ? dout + (i0 + r) * p.do_row_stride : nullptr;
+          for (int x = 0; x < d2; ++x) Qs[size_t(r) * d2 + x] = qrow ? pair_at(qrow, x, d) : 0u;
+          for (int x = 0; x < dv2; ++x) dOs[size_t(r) * dv2 + x] = drow ? pair_at(drow, x, dv) : 0u;
+        }
+        for (int r2 = 0; r2 < kQB / 2; ++r2) {
+          const int ra = 2 * r2, rb = 2 * r2 + 1;
+          pack_row_pairs(ra < nr ? q + (i0 + ra) * p.q_row_stride : nullptr, rb < nr ? q + (i0 + rb) * p.q_row_stride : nullptr,
+                         d, dp, Qr.data() + size_t(r2) * dp);
+          pack_row_pairs(ra < nr ? dout + (i0 + ra) * p.do_row_stride : nullptr,
+                         rb < nr ? dout + (i0 + rb) * p.do_row_stride : nullptr, dv, dvp, dOr.data() + size_t(r2) * dvp);
+        }
+        for (int r0 = 0; r0 < kQB; r0 += kRM) {
+          float* Pr = P.data() + size_t(r0) * kBN;
+          float* dSr = dS.data() + size_t(r0) * kBN;
+          if (r0 >= nr) {
+            std::fill(Pr, Pr + kRM * kBN, 0.f);
+            std::fill(dSr, dSr + kRM * kBN, 0.f);
+            continue;
+          }
+          micro_qk_bf16(Qs.data() + size_t(r0) * d2, d2, d2, Kd.data(), Pr);
+          micro_qk_bf16(dOs.data() + size_t(r0) * dv2, dv2, dv2, Vd.data(), dSr);
+          for (int r = 0; r < kRM; ++r) {
+            float* pr = Pr + r * kBN;
+            float* dsr = dSr + r * kBN;
+            const int i = i0 + r0 + r;
+            if (r0 + r >= nr || L2[i] == neg_inf) {
+              std::fill(pr, pr + kBN, 0.f);
+              std::fill(dsr, dsr + kBN, 0.f);
+              continue;
+            }
+            const KeyRange rk = vis.keys_of_row(i);
+            const int lo = std::max(0, rk.lo - j0), hi_ = std::min(cols, rk.hi - j0);
+            const VF cb = VF::set1(c), lb = VF::set1(L2[i]), Db = VF::set1(Dg[i]);
+            for (int cc = 0; cc < kBN; cc += kN) {
+              const VF pv = exp2(fma(VF::load(pr + cc), cb, VF::zero() - lb));
+              pv.store(pr + cc);
+              (pv * (VF::load(dsr + cc) - Db)).store(dsr + cc);
+            }
+            if (lo > 0 || hi_ < kBN)
+              for (int cc = 0; cc < kBN; ++cc)
+                if (cc < lo || cc >= hi_) pr[cc] = dsr[cc] = 0.f;
+          }
+        }
+        for (int r2 = 0; r2 < kQB / 2; ++r2) {
+          pack_f32_row_pairs(P.data() + size_t(2 * r2) * kBN, P.data() + size_t(2 * r2 + 1) * kBN, kBN, Pp.data() + size_t(r2) * kBN);
+          pack_f32_row_pairs(dS.data() + size_t(2 * r2) * kBN, dS.data() + size_t(2 * r2 + 1) * kBN, kBN, dSp.data() + size_t(r2) * kBN);
+        }
+        for (int r = 0; r < kQB; ++r) pack_f32_consecutive(dS.data() + size_t(r) * kBN, kBN, dSk.data() + size_t(r) * (kBN / 2));
+        const int nr2 = (nr + 1) / 2;
+        micro_tn_bf16(Pp.data(), dOr.data(), nr2, dvp, dV.data());
+        micro_tn_bf16(dSp.data(), Qr.data(), nr2, dp, dK.data());
+        for (int r0 = 0; r0 < nr; r0 += kRM) {
+          if (r0 + kRM <= nr) {
+            micro_pv_bf16(dSk.data() + size_t(r0) * (kBN / 2), Kk.data(), cols2, dp, dqg + size_t(i0 + r0) * dp);
+          } else {
+            std::vector<float> tmp(size_t(kRM) * dp, 0.f);
+            micro_pv_bf16(dSk.data() + size_t(r0) * (kBN / 2), Kk.data(), cols2, dp, tmp.data());
+            for (int r = 0; r < nr - r0; ++r)
+              for (int x = 0; x < dp; ++x) dqg[size_t(i0 + r0 + r) * dp + x] += tmp[size_t(r) * dp + x];
+          }
+        }
+      }
+    }
+    const float sc = float(p.scale);  // dK = scale dS^T Q (Q unscaled here)
+    for (int cc = 0; cc < cols; ++cc) {
+      T* dkr = dkp + (j0 + cc) * p.dk_row_stride;
+      T* dvr = dvp_out + (j0 + cc) * p.dv_row_stride;
+      for (int x = 0; x < d; ++x) dkr[x] = store_as<T, float>(dK[size_t(cc) * dp + x] * sc);
+      for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dV[size_t(cc) * dvp + x]);
+    }
+  }
+  const float sc = float(p.scale);
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + hi * p.dq_head_stride;
+    for (int i = 0; i < p.s_q; ++i) {
+      const float* src = dq_acc.data() + (size_t(gi) * p.s_q + i) * dp;
+      T* dqr = dq + i * p.dq_row_stride;
+      for (int x = 0; x < d; ++x) dqr[x] = store_as<T, float>(src[x] * sc);
+    }
+  }
+}
+#endif  // FAL_SIMD_AVX512
+
 }  // namespace
 
 int64_t fwd_num_work_items(const FwdParams& p) {
@@ -703,6 +915,12 @@ int64_t bwd_num_work_items(const BwdParams& p) {
 
 void bwd_run(const BwdParams& p, int64_t begin, int64_t end) {
   if (p.dtype == DType::kFloat64) return fal::cpu::bwd_run(p, begin, end);
+#if defined(FAL_SIMD_AVX512)
+  if (p.dtype == DType::kBFloat16) {
+    for (int64_t it = begin; it < end; ++it) bwd_head_bf16(p, int(it / p.h_kv), int(it % p.h_kv));
+    return;
+  }
+#endif
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, double>) {

@@ -405,6 +405,40 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, std::vector<floa
       for (int off = 0; off < krow_bytes; off += 64) _mm_prefetch(kn + off, _MM_HINT_T0);
       for (int off = 0; off < vrow_bytes; off += 64) _mm_prefetch(vn + off, _MM_HINT_T0);
     }
+    if (rows == 1) {  // single query row: read K and V rows in place, no staging copies
+      const KeyRange& rk = rr[0];
+      if (rk.hi <= jb || rk.lo >= jb + nk) continue;
+      VF acc[kN];
+      for (int jj = 0; jj < kN; ++jj) acc[jj] = VF::zero();
+      for (int x = 0; x < d; x += kN) {
+        const int w = std::min(kN, d - x);
+        const VF qv = VF::load(qf + x);
+        for (int jj = 0; jj < nk; ++jj) acc[jj] = fma(qv, load_f32(k + int64_t(jb + jj) * p.k_row_stride + x, w), acc[jj]);
+      }
+      for (int jj = 0; jj < kN; ++jj) {
+        const int j = jb + jj;
+        sc[jj] = (jj < nk && j >= rk.lo && j < rk.hi) ? acc[jj].hsum() : neg_inf;
+      }
+      const VF sv = VF::load(sc);
+      const float mx = std::max(m[0], sv.hmax());
+      const VF pv = exp2(sv - VF::set1(mx));
+      pv.store(pb);
+      if (mx != m[0]) {
+        const float alpha = std::exp2(m[0] - mx);
+        const VF ab = VF::set1(alpha);
+        for (int x = 0; x < dvp; x += kN) (VF::load(of + x) * ab).store(of + x);
+        l[0] *= alpha;
+        m[0] = mx;
+      }
+      l[0] += pv.hsum();
+      for (int x = 0; x < dv; x += kN) {
+        const int w = std::min(kN, dv - x);
+        VF o = VF::load(of + x);
+        for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(pb[jj]), load_f32(v + int64_t(jb + jj) * p.v_row_stride + x, w), o);
+        o.store(of + x);
+      }
+      continue;
+    }
     for (int jj = 0; jj < nk; ++jj) {
       const T* krow = k + int64_t(jb + jj) * p.k_row_stride;
       const T* vrow = v + int64_t(jb + jj) * p.v_row_stride;

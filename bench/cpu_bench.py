@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -125,19 +124,25 @@ def time_pair(a: Callable, b: Callable, repeats: int) -> tuple[list[float], list
 
 
 MEMORY_SCRIPT = r"""
-import resource, torch, flashattn_lite as fal
+import torch, flashattn_lite as fal
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
 torch.set_num_threads({threads})
 n, h, d = 65536, 8, 64
 q, k, v = (torch.randn(1, n, h, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
 do = torch.randn(1, n, h, d, dtype=torch.bfloat16)
-grads = [torch.empty_like(t) for t in (q, k, v)]
-out = torch.empty_like(do)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-del grads, out
-o = fal.flash_attn_func(q, k, v)
+base = status("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+o, lse, _ = fal.flash_attn_func(q, k, v, return_attn_probs=True)
 o.backward(do)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) / 1024)
+peak = status("VmHWM:")
+needed = o.nbytes + lse.nbytes + q.grad.nbytes + k.grad.nbytes + v.grad.nbytes
+print((peak - base - needed) / 2**20)
 """
 
 

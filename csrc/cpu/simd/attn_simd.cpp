@@ -18,7 +18,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
-#include <vector>
+#include <memory>
 
 #include "cpu/cpu_kernels.h"
 #include "cpu/simd/vec.h"
@@ -27,6 +27,44 @@
 
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
+
+// This file is compiled once per ISA with that ISA's -m flags. Any inline function or template
+// instantiation it shares with other translation units (Buf<float>'s members, say) is a
+// weak symbol the linker may take from *this* object for everyone, which would put AVX-512 code
+// on the scalar path of a CPU without it. So everything here lives in the per-ISA namespace:
+// no std containers or algorithms, only this Buf and fill.
+template <typename T>
+class Buf {
+ public:
+  Buf() = default;
+  explicit Buf(size_t n, T v = T()) { assign(n, v); }
+  void resize(size_t n) {  // contents unspecified
+    if (n > cap_) {
+      data_.reset(new T[n]);
+      cap_ = n;
+    }
+    n_ = n;
+  }
+  void assign(size_t n, T v) {
+    resize(n);
+    for (size_t i = 0; i < n; ++i) data_[i] = v;
+  }
+  T* data() { return data_.get(); }
+  const T* data() const { return data_.get(); }
+  T* begin() { return data_.get(); }
+  T* end() { return data_.get() + n_; }
+  size_t size() const { return n_; }
+  T& operator[](size_t i) { return data_[i]; }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  size_t n_ = 0, cap_ = 0;
+};
+
+template <typename T>
+inline void fill(T* b, T* e, T v) {
+  for (; b < e; ++b) *b = v;
+}
 
 constexpr int kRM = 6;                    // rows per microkernel
 constexpr int kNV = kN == 16 ? 4 : 2;     // vectors per row in a microkernel
@@ -77,7 +115,7 @@ inline void micro_pv(const float* pr, const float* vp, int cols, int dvp, float*
 }
 
 struct FwdScratch {
-  std::vector<float> q, kt, v, s, o, m, l;
+  Buf<float> q, kt, v, s, o, m, l;
   void resize(int rows_pad, int d, int dvp) {
     q.assign(size_t(rows_pad) * d, 0.f);
     kt.resize(size_t(d) * kBN);
@@ -103,9 +141,9 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
   const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
   const float qmul = float(p.scale) * kLog2e;
   for (int r = 0; r < rows; ++r) convert_row(q + (i0 + r) * p.q_row_stride, d, qmul, w.q.data() + size_t(r) * d);
-  std::fill(w.o.begin(), w.o.end(), 0.f);
-  std::fill(w.m.begin(), w.m.end(), neg_inf);
-  std::fill(w.l.begin(), w.l.end(), 0.f);
+  fill(w.o.begin(), w.o.end(), 0.f);
+  fill(w.m.begin(), w.m.end(), neg_inf);
+  fill(w.l.begin(), w.l.end(), 0.f);
 
   const Visibility vis = make_visibility(p, p.s_q, p.s_k);
   const KeyRange kr = vis.keys_of_rows(i0, i1);
@@ -119,11 +157,11 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
       for (int x = 0; x < d; ++x) kt[x * kBN + c] = load_as_float(kr_ + x);
     }
     if (cols < kBN)
-      for (int x = 0; x < d; ++x) std::fill(kt + x * kBN + cols, kt + (x + 1) * kBN, 0.f);
+      for (int x = 0; x < d; ++x) fill(kt + x * kBN + cols, kt + (x + 1) * kBN, 0.f);
     float* vp = w.v.data();
     for (int c = 0; c < cols; ++c) {
       convert_row(v + (j0 + c) * p.v_row_stride, dv, 1.f, vp + size_t(c) * dvp);
-      std::fill(vp + size_t(c) * dvp + dv, vp + size_t(c + 1) * dvp, 0.f);
+      fill(vp + size_t(c) * dvp + dv, vp + size_t(c + 1) * dvp, 0.f);
     }
 
     for (int r0 = 0; r0 < rows; r0 += kRM) {
@@ -136,7 +174,7 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
         float* sr = S + r * kBN;
         const int ri = r0 + r;
         if (g0 + r >= g1) {  // padding row
-          std::fill(sr, sr + kBN, 0.f);
+          fill(sr, sr + kBN, 0.f);
           continue;
         }
         if (!full) {
@@ -149,7 +187,7 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
         for (int c = 0; c < kBN; c += kN) mv = vmax(mv, VF::load(sr + c));
         const float mx = mv.hmax();
         if (mx == neg_inf) {  // the row sees nothing yet: P = 0
-          std::fill(sr, sr + kBN, 0.f);
+          fill(sr, sr + kBN, 0.f);
           continue;
         }
         const VF mb = VF::set1(mx);
@@ -238,8 +276,8 @@ inline uint32_t pair_at(const bf16_t* row, int x2, int d) {  // (row[2 x2], row[
 }
 
 struct FwdScratchBf16 {
-  std::vector<uint32_t> q, kp, vp, pb;
-  std::vector<float> s, o, m, l;
+  Buf<uint32_t> q, kp, vp, pb;
+  Buf<float> s, o, m, l;
 };
 
 void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& w) {
@@ -339,7 +377,7 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
             w.l[ri] += sum.hsum();
           }
         }
-        if (zero) std::fill(pbr, pbr + kBN / 2, 0u);
+        if (zero) fill(pbr, pbr + kBN / 2, 0u);
       }
       micro_pv_bf16(w.pb.data(), vp, cols2, dvp, w.o.data() + size_t(r0) * dvp);
     }
@@ -364,7 +402,7 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
 // reduced to one vector; max / exp2 / sum run on that vector; O += P V walks the block with the
 // O row chunks as accumulators. Memory-bound: nothing is packed across blocks.
 template <typename T>
-void decode_item(const FwdParams& p, int bi, int hi, int split, std::vector<float>& buf) {
+void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int d = p.d, dv = p.d_v, dp = round_up(d, kN), dvp = round_up(dv, kN), rows = p.s_q;
   const int hk = hi / (p.h / p.h_kv);
@@ -449,7 +487,7 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, std::vector<floa
       float* pr = pb + r * kN;
       const KeyRange& rk = rr[r];
       if (rk.hi <= jb || rk.lo >= jb + nk) {  // the row sees nothing in this block
-        std::fill(pr, pr + kN, 0.f);
+        fill(pr, pr + kN, 0.f);
         continue;
       }
       VF acc[kN];
@@ -557,11 +595,11 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
   const float c = float(p.scale) * kLog2e;
   const Visibility vis = make_visibility(p, p.s_q, p.s_k);
 
-  std::vector<float> dq_acc(size_t(g) * p.s_q * dp, 0.f), dsum(size_t(g) * p.s_q), lse2(size_t(g) * p.s_q);
-  std::vector<float> Kp(size_t(kBN) * dp), Kt(size_t(d) * kBN), Vt(size_t(dv) * kBN);
-  std::vector<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
-  std::vector<float> Qb(size_t(kQB) * dp), dOb(size_t(kQB) * dvp), P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
-  std::vector<float> row_a(std::max(dvp, dp)), row_b(std::max(dvp, dp));
+  Buf<float> dq_acc(size_t(g) * p.s_q * dp, 0.f), dsum(size_t(g) * p.s_q), lse2(size_t(g) * p.s_q);
+  Buf<float> Kp(size_t(kBN) * dp), Kt(size_t(d) * kBN), Vt(size_t(dv) * kBN);
+  Buf<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
+  Buf<float> Qb(size_t(kQB) * dp), dOb(size_t(kQB) * dvp), P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
+  Buf<float> row_a(std::max(dvp, dp)), row_b(std::max(dvp, dp));
 
   auto q_ptr = [&](int hi) { return static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride; };
   auto do_ptr = [&](int hi) { return static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride; };
@@ -588,9 +626,9 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
 
   for (int j0 = 0; j0 < p.s_k; j0 += kBN) {
     const int cols = std::min(kBN, p.s_k - j0);
-    std::fill(Kp.begin(), Kp.end(), 0.f);
-    std::fill(Kt.begin(), Kt.end(), 0.f);
-    std::fill(Vt.begin(), Vt.end(), 0.f);
+    fill(Kp.begin(), Kp.end(), 0.f);
+    fill(Kt.begin(), Kt.end(), 0.f);
+    fill(Vt.begin(), Vt.end(), 0.f);
     for (int cc = 0; cc < cols; ++cc) {
       const T* kr_ = k + (j0 + cc) * p.k_row_stride;
       const T* vr_ = v + (j0 + cc) * p.v_row_stride;
@@ -598,8 +636,8 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
       for (int x = 0; x < d; ++x) Kt[x * kBN + cc] = Kp[size_t(cc) * dp + x];
       for (int x = 0; x < dv; ++x) Vt[x * kBN + cc] = load_as_float(vr_ + x);
     }
-    std::fill(dK.begin(), dK.end(), 0.f);
-    std::fill(dV.begin(), dV.end(), 0.f);
+    fill(dK.begin(), dK.end(), 0.f);
+    fill(dV.begin(), dV.end(), 0.f);
     const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, p.s_q);
 
     for (int gi = 0; gi < g; ++gi) {
@@ -611,8 +649,8 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
       float* dqg = dq_acc.data() + size_t(gi) * p.s_q * dp;
       for (int i0 = qr.lo; i0 < qr.hi; i0 += kQB) {
         const int nr = std::min(kQB, qr.hi - i0);
-        std::fill(Qb.begin(), Qb.end(), 0.f);
-        std::fill(dOb.begin(), dOb.end(), 0.f);
+        fill(Qb.begin(), Qb.end(), 0.f);
+        fill(dOb.begin(), dOb.end(), 0.f);
         for (int r = 0; r < nr; ++r) {
           convert_row(q + (i0 + r) * p.q_row_stride, d, c, Qb.data() + size_t(r) * dp);
           convert_row(dout + (i0 + r) * p.do_row_stride, dv, 1.f, dOb.data() + size_t(r) * dvp);
@@ -621,8 +659,8 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
           float* Pr = P.data() + size_t(r0) * kBN;
           float* dSr = dS.data() + size_t(r0) * kBN;
           if (r0 >= nr) {
-            std::fill(Pr, Pr + kRM * kBN, 0.f);
-            std::fill(dSr, dSr + kRM * kBN, 0.f);
+            fill(Pr, Pr + kRM * kBN, 0.f);
+            fill(dSr, dSr + kRM * kBN, 0.f);
             continue;
           }
           micro_qk(Qb.data() + size_t(r0) * dp, d, Kt.data(), Pr, dp);
@@ -632,8 +670,8 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
             float* dsr = dSr + r * kBN;
             const int i = i0 + r0 + r;
             if (r0 + r >= nr || L2[i] == neg_inf) {
-              std::fill(pr, pr + kBN, 0.f);
-              std::fill(dsr, dsr + kBN, 0.f);
+              fill(pr, pr + kBN, 0.f);
+              fill(dsr, dsr + kBN, 0.f);
               continue;
             }
             const KeyRange rk = vis.keys_of_row(i);
@@ -655,7 +693,7 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
           if (r0 + kRM <= nr) {
             micro_pv(dS.data() + size_t(r0) * kBN, Kp.data(), cols, dp, dqg + size_t(i0 + r0) * dp);
           } else {  // last partial group: accumulate into a padded scratch block
-            std::vector<float> tmp(size_t(kRM) * dp, 0.f);
+            Buf<float> tmp(size_t(kRM) * dp, 0.f);
             micro_pv(dS.data() + size_t(r0) * kBN, Kp.data(), cols, dp, tmp.data());
             for (int r = 0; r < nr - r0; ++r)
               for (int x = 0; x < dp; ++x) dqg[size_t(i0 + r0 + r) * dp + x] += tmp[size_t(r) * dp + x];
@@ -756,13 +794,13 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
   const float c = float(p.scale) * kLog2e;
   const Visibility vis = make_visibility(p, p.s_q, p.s_k);
 
-  std::vector<float> dq_acc(size_t(g) * p.s_q * dp, 0.f), dsum(size_t(g) * p.s_q), lse2(size_t(g) * p.s_q);
-  std::vector<uint32_t> Kd(size_t(d2) * kBN), Vd(size_t(dv2) * kBN), Kk(size_t(kBN / 2) * dp);
-  std::vector<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
-  std::vector<uint32_t> Qs(size_t(kQB) * d2), dOs(size_t(kQB) * dv2), Qr(size_t(kQB / 2) * dp), dOr(size_t(kQB / 2) * dvp);
-  std::vector<float> P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
-  std::vector<uint32_t> Pp(size_t(kQB / 2) * kBN), dSp(size_t(kQB / 2) * kBN), dSk(size_t(kQB) * (kBN / 2));
-  std::vector<float> row_a(dvp), row_b(dvp);
+  Buf<float> dq_acc(size_t(g) * p.s_q * dp, 0.f), dsum(size_t(g) * p.s_q), lse2(size_t(g) * p.s_q);
+  Buf<uint32_t> Kd(size_t(d2) * kBN), Vd(size_t(dv2) * kBN), Kk(size_t(kBN / 2) * dp);
+  Buf<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
+  Buf<uint32_t> Qs(size_t(kQB) * d2), dOs(size_t(kQB) * dv2), Qr(size_t(kQB / 2) * dp), dOr(size_t(kQB / 2) * dvp);
+  Buf<float> P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
+  Buf<uint32_t> Pp(size_t(kQB / 2) * kBN), dSp(size_t(kQB / 2) * kBN), dSk(size_t(kQB) * (kBN / 2));
+  Buf<float> row_a(dvp), row_b(dvp);
 
   for (int gi = 0; gi < g; ++gi) {
     const int hi = hk * g + gi;
@@ -796,8 +834,8 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
       const T* b = 2 * c2 + 1 < cols ? k + (j0 + 2 * c2 + 1) * p.k_row_stride : nullptr;
       pack_row_pairs(a, b, d, dp, Kk.data() + size_t(c2) * dp);
     }
-    std::fill(dK.begin(), dK.end(), 0.f);
-    std::fill(dV.begin(), dV.end(), 0.f);
+    fill(dK.begin(), dK.end(), 0.f);
+    fill(dV.begin(), dV.end(), 0.f);
     const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, p.s_q);
 
     for (int gi = 0; gi < g; ++gi) {
@@ -826,8 +864,8 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
           float* Pr = P.data() + size_t(r0) * kBN;
           float* dSr = dS.data() + size_t(r0) * kBN;
           if (r0 >= nr) {
-            std::fill(Pr, Pr + kRM * kBN, 0.f);
-            std::fill(dSr, dSr + kRM * kBN, 0.f);
+            fill(Pr, Pr + kRM * kBN, 0.f);
+            fill(dSr, dSr + kRM * kBN, 0.f);
             continue;
           }
           micro_qk_bf16(Qs.data() + size_t(r0) * d2, d2, d2, Kd.data(), Pr);
@@ -837,8 +875,8 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
             float* dsr = dSr + r * kBN;
             const int i = i0 + r0 + r;
             if (r0 + r >= nr || L2[i] == neg_inf) {
-              std::fill(pr, pr + kBN, 0.f);
-              std::fill(dsr, dsr + kBN, 0.f);
+              fill(pr, pr + kBN, 0.f);
+              fill(dsr, dsr + kBN, 0.f);
               continue;
             }
             const KeyRange rk = vis.keys_of_row(i);
@@ -866,7 +904,7 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
           if (r0 + kRM <= nr) {
             micro_pv_bf16(dSk.data() + size_t(r0) * (kBN / 2), Kk.data(), cols2, dp, dqg + size_t(i0 + r0) * dp);
           } else {
-            std::vector<float> tmp(size_t(kRM) * dp, 0.f);
+            Buf<float> tmp(size_t(kRM) * dp, 0.f);
             micro_pv_bf16(dSk.data() + size_t(r0) * (kBN / 2), Kk.data(), cols2, dp, tmp.data());
             for (int r = 0; r < nr - r0; ++r)
               for (int x = 0; x < dp; ++x) dqg[size_t(i0 + r0 + r) * dp + x] += tmp[size_t(r) * dp + x];
@@ -907,7 +945,7 @@ void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
   if (p.dtype == DType::kFloat64) return fal::cpu::fwd_run(p, begin, end);
   if (use_decode(p)) {
     const int ns = std::max(1, p.num_splits);
-    std::vector<float> buf;
+    Buf<float> buf;
     dispatch_dtype(p.dtype, [&](auto tag) {
       using T = decltype(tag);
       if constexpr (!std::is_same_v<T, double>) {

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The per-ISA SIMD objects must not define weak (vague-linkage) symbols: the linker could pick
+# their AVX-512/AVX2 copy of a shared inline function for the portable path and crash a CPU
+# without those instructions. Run after a build; fails if any such symbol appears.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+found=0
+objs=$(find build -name "attn_simd.cpp.o" 2>/dev/null || true)
+[ -n "$objs" ] || { echo "check_isa_symbols: no SIMD objects under build/ (build first)"; exit 0; }
+for o in $objs; do
+  weak=$(nm -C --defined-only "$o" | awk '$2 == "W" || $2 == "V" || $2 == "u"' | grep -v "DW.ref.__gxx_personality_v0" || true)
+  if [ -n "$weak" ]; then
+    echo "check_isa_symbols: $o defines weak symbols:"; echo "$weak"; found=1
+  fi
+done
+[ $found = 0 ] && echo "check_isa_symbols: SIMD objects define no shared weak symbols"
+exit $found

@@ -6,27 +6,107 @@
 namespace fal::cuda {
 
 namespace {
+// Head dims built with tensor-core kernels (FLASHATTN_LITE_CUDA_HEADDIMS; all by default). A head
+// dim without a built tile runs on the SIMT kernels.
+#if !defined(FAL_CUDA_HDIM_32) && !defined(FAL_CUDA_HDIM_64) && !defined(FAL_CUDA_HDIM_96) && \
+    !defined(FAL_CUDA_HDIM_128) && !defined(FAL_CUDA_HDIM_192) && !defined(FAL_CUDA_HDIM_256)
+#define FAL_CUDA_HDIM_32 1
+#define FAL_CUDA_HDIM_64 1
+#define FAL_CUDA_HDIM_96 1
+#define FAL_CUDA_HDIM_128 1
+#define FAL_CUDA_HDIM_192 1
+#define FAL_CUDA_HDIM_256 1
+#endif
+
+constexpr int kTileDims[] = {32, 64, 96, 128, 192, 256};
+constexpr bool kBuilt[] = {
+#ifdef FAL_CUDA_HDIM_32
+    true,
+#else
+    false,
+#endif
+#ifdef FAL_CUDA_HDIM_64
+    true,
+#else
+    false,
+#endif
+#ifdef FAL_CUDA_HDIM_96
+    true,
+#else
+    false,
+#endif
+#ifdef FAL_CUDA_HDIM_128
+    true,
+#else
+    false,
+#endif
+#ifdef FAL_CUDA_HDIM_192
+    true,
+#else
+    false,
+#endif
+#ifdef FAL_CUDA_HDIM_256
+    true,
+#else
+    false,
+#endif
+};
+
+// Smallest built tile dim >= d (at most max_d), or 0.
+int tile_dim(int d, int max_d) {
+  for (int i = 0; i < 6; ++i)
+    if (kTileDims[i] >= d && kTileDims[i] <= max_d && kBuilt[i]) return kTileDims[i];
+  return 0;
+}
+
 template <typename T>
 int run_fwd_tc_dim(const FwdParams& p, cudaStream_t s) {
-  if (p.d <= 32) return launch_fwd_tc<T, 32>(p, s);
-  if (p.d <= 64) return launch_fwd_tc<T, 64>(p, s);
-  if (p.d <= 96) return launch_fwd_tc<T, 96>(p, s);
-  if (p.d <= 128) return launch_fwd_tc<T, 128>(p, s);
-  if (p.d <= 192) return launch_fwd_tc<T, 192>(p, s);
-  return launch_fwd_tc<T, 256>(p, s);
+  switch (tile_dim(p.d, kMaxTcHeadDim)) {
+#ifdef FAL_CUDA_HDIM_32
+    case 32: return launch_fwd_tc<T, 32>(p, s);
+#endif
+#ifdef FAL_CUDA_HDIM_64
+    case 64: return launch_fwd_tc<T, 64>(p, s);
+#endif
+#ifdef FAL_CUDA_HDIM_96
+    case 96: return launch_fwd_tc<T, 96>(p, s);
+#endif
+#ifdef FAL_CUDA_HDIM_128
+    case 128: return launch_fwd_tc<T, 128>(p, s);
+#endif
+#ifdef FAL_CUDA_HDIM_192
+    case 192: return launch_fwd_tc<T, 192>(p, s);
+#endif
+#ifdef FAL_CUDA_HDIM_256
+    case 256: return launch_fwd_tc<T, 256>(p, s);
+#endif
+    default: return int(cudaErrorInvalidValue);
+  }
 }
+
 template <typename T>
 int run_bwd_tc_dim(const BwdParams& p, cudaStream_t s) {
-  if (p.d <= 32) return launch_bwd_tc<T, 32>(p, s);
-  if (p.d <= 64) return launch_bwd_tc<T, 64>(p, s);
-  if (p.d <= 96) return launch_bwd_tc<T, 96>(p, s);
-  return launch_bwd_tc<T, 128>(p, s);
+  switch (tile_dim(p.d, kMaxTcBwdHeadDim)) {
+#ifdef FAL_CUDA_HDIM_32
+    case 32: return launch_bwd_tc<T, 32>(p, s);
+#endif
+#ifdef FAL_CUDA_HDIM_64
+    case 64: return launch_bwd_tc<T, 64>(p, s);
+#endif
+#ifdef FAL_CUDA_HDIM_96
+    case 96: return launch_bwd_tc<T, 96>(p, s);
+#endif
+#ifdef FAL_CUDA_HDIM_128
+    case 128: return launch_bwd_tc<T, 128>(p, s);
+#endif
+    default: return int(cudaErrorInvalidValue);
+  }
 }
 }  // namespace
 
 bool bwd_uses_tensor_cores(const BwdParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.d == p.d_v && p.d % 8 == 0 &&
-         p.d <= kMaxTcBwdHeadDim && !p.deterministic;
+         tile_dim(p.d, kMaxTcBwdHeadDim) != 0 && !p.deterministic;
 }
 
 int fwd_block_m(int d) {
@@ -38,7 +118,7 @@ int fwd_block_n(int d) {
 
 bool fwd_uses_tensor_cores(const FwdParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.d == p.d_v && p.d % 8 == 0 &&
-         p.d <= kMaxTcHeadDim;
+         tile_dim(p.d, kMaxTcHeadDim) != 0;
 }
 
 int run_fwd(const FwdParams& p, void* stream) {

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from . import _C  # registers torch.ops.flashattn_lite.*
-from . import _ops  # noqa: F401  (fake + autograd registrations)
-from ._version import __version__
-from .interface import (
+from ._compat import check_torch_compatible
+
+check_torch_compatible()  # a clear ImportError instead of "undefined symbol" under another torch
+
+from . import _C  # noqa: E402  (registers torch.ops.flashattn_lite.*)
+from . import _ops  # noqa: F401,E402  (fake + autograd registrations)
+from ._version import __version__  # noqa: E402
+from .interface import (  # noqa: E402
     flash_attn_func,
     flash_attn_kvpacked_func,
     flash_attn_qkvpacked_func,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashattn_lite as fal
+from flashattn_lite.bench import make_runner
 from flashattn_lite.reference import sdpa_ref
 
 HERE = Path(__file__).resolve().parent
@@ -103,17 +104,6 @@ def check(c: Case, q, k, v) -> tuple[bool, float, float]:
     return err <= 2 * err_t + noise, err, err_t
 
 
-def runner(fn: Callable, c: Case, q, k, v, do) -> Callable[[], None]:
-    if c.mode != "fwd+bwd":
-        return lambda: fn(q, k, v, is_causal=c.causal)
-    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-
-    def run() -> None:
-        out = fn(qg, kg, vg, is_causal=c.causal)
-        torch.autograd.grad(out, (qg, kg, vg), do)
-    return run
-
-
 def time_pair(a: Callable, b: Callable, repeats: int) -> tuple[list[float], list[float]]:
     a(), b()  # warm-up
     ta, tb = [], []
@@ -182,8 +172,8 @@ def main() -> int:
             lines.append(f"| {c.name} | WRONG (err {err:.2e} vs torch {err_t:.2e}) | | | | | | | | {c.goal} | no |")
             print(lines[-1])
             continue
-        ta, tb = time_pair(runner(fal.scaled_dot_product_attention, c, q, k, v, do),
-                           runner(torch_flash, c, q, k, v, do), args.repeats)
+        ta, tb = time_pair(make_runner(fal.scaled_dot_product_attention, c, q, k, v, do),
+                           make_runner(torch_flash, c, q, k, v, do), args.repeats)
         ma, mb = statistics.median(ta), statistics.median(tb)
         if c.mode == "decode":
             unit, ours, theirs, pct = "GB/s", c.kv_bytes() / ma / 1e9, c.kv_bytes() / mb / 1e9, ""

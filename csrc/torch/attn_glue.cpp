@@ -136,6 +136,16 @@ std::tuple<at::Tensor, at::Tensor> alloc_fwd_outputs(const at::Tensor& q, const 
   return {out, lse};
 }
 
+std::tuple<at::Tensor, at::Tensor> alloc_split_accum(FwdParams& p, const at::Tensor& q) {
+  if (p.num_splits <= 1) return {};
+  const auto f32 = q.options().dtype(at::kFloat);
+  auto o_accum = at::empty({p.num_splits, p.b, p.h, p.s_q, p.d_v}, f32);
+  auto lse_accum = at::empty({p.num_splits, p.b, p.h, p.s_q}, f32);
+  p.o_accum = o_accum.data_ptr<float>();
+  p.lse_accum = lse_accum.data_ptr<float>();
+  return {o_accum, lse_accum};
+}
+
 void set_fwd_outputs(FwdParams& p, const at::Tensor& out, const at::Tensor& lse) {
   p.o = out.data_ptr();
   p.o_batch_stride = out.stride(0); p.o_row_stride = out.stride(1); p.o_head_stride = out.stride(2);

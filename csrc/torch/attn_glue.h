@@ -34,6 +34,10 @@ FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Te
 // Output allocations of the forward: (out, lse).
 std::tuple<at::Tensor, at::Tensor> alloc_fwd_outputs(const at::Tensor& q, const at::Tensor& v);
 
+// Split-KV scratch: fp32 partial outputs and LSEs for p.num_splits > 1 (see params.h); points the
+// params at them and returns the owning tensors (empty when num_splits <= 1).
+std::tuple<at::Tensor, at::Tensor> alloc_split_accum(FwdParams& p, const at::Tensor& q);
+
 // Points the params at out / lse.
 void set_fwd_outputs(FwdParams& p, const at::Tensor& out, const at::Tensor& lse);
 

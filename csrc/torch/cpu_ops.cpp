@@ -36,14 +36,7 @@ int choose_cpu_splits(const FwdParams& p, cpu::Isa isa) {
 void run_fwd_cpu(FwdParams& p, const at::Tensor& q) {
   const cpu::KernelTable& k = active_kernels();
   p.num_splits = choose_cpu_splits(p, cpu::active_isa());
-  at::Tensor o_accum, lse_accum;
-  if (p.num_splits > 1) {
-    const auto f32 = q.options().dtype(at::kFloat);
-    o_accum = at::empty({p.num_splits, p.b, p.h, p.s_q, p.d_v}, f32);
-    lse_accum = at::empty({p.num_splits, p.b, p.h, p.s_q}, f32);
-    p.o_accum = o_accum.data_ptr<float>();
-    p.lse_accum = lse_accum.data_ptr<float>();
-  }
+  const auto accum = alloc_split_accum(p, q);  // alive until the kernels are done
   at::parallel_for(0, k.fwd_num_work_items(p), 1, [&](int64_t begin, int64_t end) { k.fwd_run(p, begin, end); });
   if (p.num_splits > 1)
     at::parallel_for(0, int64_t(p.b) * p.h * p.s_q, 1,

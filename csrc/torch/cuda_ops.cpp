@@ -39,14 +39,7 @@ int choose_num_splits(const FwdParams& p) {
 void run_fwd_cuda(FwdParams& p, const at::Tensor& q) {
   check_grid_limits(p);
   p.num_splits = choose_num_splits(p);
-  at::Tensor o_accum, lse_accum;
-  if (p.num_splits > 1) {
-    const auto f32 = q.options().dtype(at::kFloat);
-    o_accum = at::empty({p.num_splits, p.b, p.h, p.s_q, p.d_v}, f32);
-    lse_accum = at::empty({p.num_splits, p.b, p.h, p.s_q}, f32);
-    p.o_accum = o_accum.data_ptr<float>();
-    p.lse_accum = lse_accum.data_ptr<float>();
-  }
+  const auto accum = alloc_split_accum(p, q);  // alive until the kernels are done
   check_launch(fal::cuda::run_fwd(p, at::cuda::getCurrentCUDAStream().stream()), "forward");
 }
 

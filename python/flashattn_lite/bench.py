@@ -58,8 +58,9 @@ def _inputs(c: Case, device: str) -> tuple[torch.Tensor, ...]:
     return q, k, v, do
 
 
-def _runner(fn: Callable, c: Case, q, k, v, do) -> Callable[[], None]:
-    if c.mode == "fwd":
+def make_runner(fn: Callable, c, q, k, v, do) -> Callable[[], None]:
+    """A closure running `fn` (SDPA signature) once: forward, or forward + backward for mode 'fwd+bwd'."""
+    if c.mode != "fwd+bwd":
         return lambda: fn(q, k, v, is_causal=c.causal)
     qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
 
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             print(f"{c.label():40s} {'WRONG':>6s}  max err {err:.2e} vs torch {err_t:.2e}: not timed")
             continue
-        t_ours = statistics.median(time_ms(_runner(scaled_dot_product_attention, c, q, k, v, do), args.device, args.repeats))
-        t_torch = statistics.median(time_ms(_runner(F.scaled_dot_product_attention, c, q, k, v, do), args.device, args.repeats))
+        t_ours = statistics.median(time_ms(make_runner(scaled_dot_product_attention, c, q, k, v, do), args.device, args.repeats))
+        t_torch = statistics.median(time_ms(make_runner(F.scaled_dot_product_attention, c, q, k, v, do), args.device, args.repeats))
         gf = lambda ms: c.flops / (ms * 1e-3) / 1e9  # noqa: E731
         print(f"{c.label():40s} {'ok':>6s} {t_ours:9.2f} {t_torch:9.2f} {gf(t_ours):10.1f} {gf(t_torch):10.1f} "
               f"{t_torch / t_ours:7.2f}x")

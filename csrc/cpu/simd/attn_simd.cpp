@@ -575,6 +575,43 @@ inline float dot(const float* a, const float* b, int n) {
   return s;
 }
 
+// D = rowsum(dO o O) - dlse and lse * log2 e for every query row of the heads sharing kv head hk
+// (g x s_q each).
+template <typename T>
+void row_stats(const BwdParams& p, int bi, int hk, float* dsum, float* lse2) {
+  const int g = p.h / p.h_kv, dv = p.d_v;
+  Buf<float> row_a(round_up(dv, kN)), row_b(round_up(dv, kN));
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
+    const T* dout = static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride;
+    const float* lse = static_cast<const float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
+    const float* dlse = p.dlse ? static_cast<const float*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride : nullptr;
+    for (int i = 0; i < p.s_q; ++i) {
+      convert_row(o + i * p.o_row_stride, dv, 1.f, row_a.data());
+      convert_row(dout + i * p.do_row_stride, dv, 1.f, row_b.data());
+      dsum[size_t(gi) * p.s_q + i] = dot(row_a.data(), row_b.data(), dv) - (dlse ? dlse[i] : 0.f);
+      lse2[size_t(gi) * p.s_q + i] = lse[i] * kLog2e;
+    }
+  }
+}
+
+// dQ = scale * dQacc (g x s_q x dp fp32), rounded once into the output.
+template <typename T>
+void write_dq(const BwdParams& p, int bi, int hk, const float* dq_acc, int dp) {
+  const int g = p.h / p.h_kv;
+  const float sc = float(p.scale);
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + hi * p.dq_head_stride;
+    for (int i = 0; i < p.s_q; ++i) {
+      const float* src = dq_acc + (size_t(gi) * p.s_q + i) * dp;
+      T* dqr = dq + i * p.dq_row_stride;
+      for (int x = 0; x < p.d; ++x) dqr[x] = store_as<T, float>(src[x] * sc);
+    }
+  }
+}
+
 // Backward, one work item = (batch, kv head), as in the portable kernel (no atomics: the item owns
 // dK/dV of its kv head and dQ of the query heads that share it):
 //   for each key tile (kBN): pack K (kBN x dp), K^T (d x kBN), V^T (dv x kBN);
@@ -599,25 +636,11 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
   Buf<float> Kp(size_t(kBN) * dp), Kt(size_t(d) * kBN), Vt(size_t(dv) * kBN);
   Buf<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
   Buf<float> Qb(size_t(kQB) * dp), dOb(size_t(kQB) * dvp), P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
-  Buf<float> row_a(std::max(dvp, dp)), row_b(std::max(dvp, dp));
 
   auto q_ptr = [&](int hi) { return static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride; };
   auto do_ptr = [&](int hi) { return static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride; };
 
-  // D = rowsum(dO o O) - dlse and lse * log2 e per query row of the group.
-  for (int gi = 0; gi < g; ++gi) {
-    const int hi = hk * g + gi;
-    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
-    const T* dout = do_ptr(hi);
-    const float* lse = static_cast<const float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
-    const float* dlse = p.dlse ? static_cast<const float*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride : nullptr;
-    for (int i = 0; i < p.s_q; ++i) {
-      convert_row(o + i * p.o_row_stride, dv, 1.f, row_a.data());
-      convert_row(dout + i * p.do_row_stride, dv, 1.f, row_b.data());
-      dsum[size_t(gi) * p.s_q + i] = dot(row_a.data(), row_b.data(), dv) - (dlse ? dlse[i] : 0.f);
-      lse2[size_t(gi) * p.s_q + i] = lse[i] * kLog2e;
-    }
-  }
+  row_stats<T>(p, bi, hk, dsum.data(), lse2.data());
 
   const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
   const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
@@ -709,16 +732,7 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
       for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dV[size_t(cc) * dvp + x]);
     }
   }
-  const float sc = float(p.scale);
-  for (int gi = 0; gi < g; ++gi) {
-    const int hi = hk * g + gi;
-    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + hi * p.dq_head_stride;
-    for (int i = 0; i < p.s_q; ++i) {
-      const float* src = dq_acc.data() + (size_t(gi) * p.s_q + i) * dp;
-      T* dqr = dq + i * p.dq_row_stride;
-      for (int x = 0; x < d; ++x) dqr[x] = store_as<T, float>(src[x] * sc);
-    }
-  }
+  write_dq<T>(p, bi, hk, dq_acc.data(), dp);
 }
 
 #if defined(FAL_SIMD_AVX512)
@@ -800,21 +814,8 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
   Buf<uint32_t> Qs(size_t(kQB) * d2), dOs(size_t(kQB) * dv2), Qr(size_t(kQB / 2) * dp), dOr(size_t(kQB / 2) * dvp);
   Buf<float> P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
   Buf<uint32_t> Pp(size_t(kQB / 2) * kBN), dSp(size_t(kQB / 2) * kBN), dSk(size_t(kQB) * (kBN / 2));
-  Buf<float> row_a(dvp), row_b(dvp);
 
-  for (int gi = 0; gi < g; ++gi) {
-    const int hi = hk * g + gi;
-    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
-    const T* dout = static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride;
-    const float* lse = static_cast<const float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
-    const float* dlse = p.dlse ? static_cast<const float*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride : nullptr;
-    for (int i = 0; i < p.s_q; ++i) {
-      convert_row(o + i * p.o_row_stride, dv, 1.f, row_a.data());
-      convert_row(dout + i * p.do_row_stride, dv, 1.f, row_b.data());
-      dsum[size_t(gi) * p.s_q + i] = dot(row_a.data(), row_b.data(), dv) - (dlse ? dlse[i] : 0.f);
-      lse2[size_t(gi) * p.s_q + i] = lse[i] * kLog2e;
-    }
-  }
+  row_stats<T>(p, bi, hk, dsum.data(), lse2.data());
 
   const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
   const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
@@ -920,16 +921,7 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
       for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dV[size_t(cc) * dvp + x]);
     }
   }
-  const float sc = float(p.scale);
-  for (int gi = 0; gi < g; ++gi) {
-    const int hi = hk * g + gi;
-    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + hi * p.dq_head_stride;
-    for (int i = 0; i < p.s_q; ++i) {
-      const float* src = dq_acc.data() + (size_t(gi) * p.s_q + i) * dp;
-      T* dqr = dq + i * p.dq_row_stride;
-      for (int x = 0; x < d; ++x) dqr[x] = store_as<T, float>(src[x] * sc);
-    }
-  }
+  write_dq<T>(p, bi, hk, dq_acc.data(), dp);
 }
 #endif  // FAL_SIMD_AVX512
 

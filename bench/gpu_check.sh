@@ -21,6 +21,13 @@ step() {  # step NAME TIMEOUT CMD...
   return $rc
 }
 { nvidia-smi; $PY -c "import torch;print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; nvcc --version; } > "$OUT/env.log" 2>&1
+# The build needs scikit-build-core >= 1.0 ([[tool.dynamic-metadata]] computes the torch pin). If
+# the image has an older one, carry a wheel of it (device README: .whl + PYTHONPATH) first.
+$PY - <<'PYEOF' || echo "gpu_check: WARNING scikit-build-core < 1.0 here: the build below will fail; carry scikit_build_core>=1.0 as a wheel"
+import importlib.metadata as m, sys
+v = m.version("scikit-build-core"); print("scikit-build-core", v)
+sys.exit(0 if int(v.split(".")[0]) >= 1 else 1)
+PYEOF
 export FLASHATTN_LITE_CUDA=ON FLASHATTN_LITE_CUDA_ARCHS=${FLASHATTN_LITE_CUDA_ARCHS:-90}
 export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 step build 400 $PY -m pip install --no-build-isolation --no-deps -v . || { tail -50 "$OUT/build.log"; }

@@ -2,6 +2,8 @@
 # One-shot GPU check (H100/H200, torch 2.11+cu130, nvcc 13.0, no internet):
 #   build with CUDA for sm_90 -> CUDA tests -> compute-sanitizer memcheck + racecheck -> benchmark.
 # Usage: bash bench/gpu_check.sh OUTDIR      (full logs in OUTDIR, a short summary printed last)
+# OUTDIR receives 8 files (the device tool brings back at most 8): env.log, build.log,
+# pytest_cuda.log, sanitizers.log, bench.log, bench.json, profiler.log, profiler.json.
 # Each step is time-boxed so the whole script stays under ~8 minutes; FAL_GPU_QUICK=1 shortens
 # the benchmark.
 set -uo pipefail
@@ -31,17 +33,20 @@ PYEOF
 export FLASHATTN_LITE_CUDA=ON FLASHATTN_LITE_CUDA_ARCHS=${FLASHATTN_LITE_CUDA_ARCHS:-90}
 export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 step build 400 $PY -m pip install --no-build-isolation --no-deps -v . || { tail -50 "$OUT/build.log"; }
-( cd /tmp && $PY -c "import flashattn_lite as f, json; print(json.dumps(f.build_info()))" ) > "$OUT/build_info.log" 2>&1
+( cd /tmp && $PY -c "import flashattn_lite as f, json; print(json.dumps(f.build_info()))" ) >> "$OUT/env.log" 2>&1
 step pytest_cuda 300 $PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py -p no:cacheprovider
-step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py
-step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py
+step sanitizers 300 sh -c "compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py && compute-sanitizer --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py"
 BENCH_ARGS=(--bwd-max-n ${FAL_BWD_MAX_N:-16384})
 [ "${FAL_GPU_QUICK:-0}" = 1 ] && BENCH_ARGS+=(--quick)
 step bench 300 $PY bench/gpu_bench.py --out "$OUT/bench.json" "${BENCH_ARGS[@]}"
+# the profiler CLI's CUDA path (events, L2 flush, NVTX, every SDPA backend); raw rows kept
+prof_dir=$(mktemp -d)
+step profiler 200 $PY -m flashattn_lite.bench --preset gpu --device cuda --no-progress --out "$prof_dir"
+cp "$prof_dir/results.json" "$OUT/profiler.json" 2>/dev/null || true
 echo
 echo "================ summary ================"
-cat "$OUT/build_info.log"
-for s in build pytest_cuda memcheck racecheck bench; do echo "$s: ${STATUS[$s]:-not run}"; done
+tail -1 "$OUT/env.log"
+for s in build pytest_cuda sanitizers bench profiler; do echo "$s: ${STATUS[$s]:-not run}"; done
 tail -3 "$OUT/pytest_cuda.log"
-grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/memcheck.log" "$OUT/racecheck.log"
+grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizers.log"
 cat "$OUT/bench.log" | tail -40

@@ -20,6 +20,8 @@ namespace fal::cpu {
   void fwd_run(const FwdParams& p, int64_t begin, int64_t end);        \
   int64_t bwd_num_work_items(const BwdParams& p);                      \
   void bwd_run(const BwdParams& p, int64_t begin, int64_t end);        \
+  float peak_loop(int kind, int64_t iters);                            \
+  double peak_flops_per_iter(int kind);                                \
   }
 #ifdef FAL_HAVE_AVX2
 FAL_DECLARE_ISA_TABLE(avx2)
@@ -124,18 +126,30 @@ std::string set_active_isa(const std::string& name) {
 }
 
 const KernelTable& kernels(Isa isa) {
-  static const KernelTable scalar{fwd_num_work_items, fwd_run, bwd_num_work_items, bwd_run};
+  static const KernelTable scalar{fwd_num_work_items, fwd_run, bwd_num_work_items, bwd_run, peak_loop_scalar,
+                                  peak_flops_per_iter_scalar};
 #ifdef FAL_HAVE_AVX2
-  static const KernelTable t_avx2{avx2::fwd_num_work_items, avx2::fwd_run, avx2::bwd_num_work_items, avx2::bwd_run};
+  static const KernelTable t_avx2{avx2::fwd_num_work_items, avx2::fwd_run,   avx2::bwd_num_work_items,
+                                  avx2::bwd_run,           avx2::peak_loop, avx2::peak_flops_per_iter};
   if (isa == Isa::kAvx2) return t_avx2;
 #endif
 #ifdef FAL_HAVE_AVX512
-  static const KernelTable t_avx512{avx512::fwd_num_work_items, avx512::fwd_run, avx512::bwd_num_work_items,
-                                    avx512::bwd_run};
+  static const KernelTable t_avx512{avx512::fwd_num_work_items, avx512::fwd_run,   avx512::bwd_num_work_items,
+                                    avx512::bwd_run,           avx512::peak_loop, avx512::peak_flops_per_iter};
   if (isa == Isa::kAvx512) return t_avx512;
 #endif
   (void)isa;
   return scalar;
 }
+
+float peak_loop_scalar(int /*kind*/, int64_t iters) {
+  float acc[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  for (int64_t it = 0; it < iters; ++it)
+    for (float& a : acc) a = a * 0.999999f + 1e-7f;
+  float s = 0;
+  for (float a : acc) s += a;
+  return s;
+}
+double peak_flops_per_iter_scalar(int /*kind*/) { return 8 * 2.0; }
 
 }  // namespace fal::cpu

@@ -30,7 +30,16 @@ struct KernelTable {
   void (*fwd_run)(const FwdParams&, int64_t begin, int64_t end);
   int64_t (*bwd_num_work_items)(const BwdParams&);
   void (*bwd_run)(const BwdParams&, int64_t begin, int64_t end);
+  // Peak-throughput probe: `iters` rounds of independent FMA chains (kind 0: fp32 FMA, kind 1: the
+  // bf16 dot product where the ISA has one, else fp32). Returns a value to keep the work alive;
+  // FLOPs done = iters * peak_flops_per_iter(kind).
+  float (*peak_loop)(int kind, int64_t iters);
+  double (*peak_flops_per_iter)(int kind);
 };
 const KernelTable& kernels(Isa isa);
+
+// Portable (scalar) peak probe, the scalar table's entries.
+float peak_loop_scalar(int kind, int64_t iters);
+double peak_flops_per_iter_scalar(int kind);
 
 }  // namespace fal::cpu

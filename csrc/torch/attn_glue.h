@@ -87,6 +87,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(BwdRunner run, const at:
       bool deterministic
 
 OptArgs make_fwd_opt_args(FAL_FWD_ARGS);
+
+}  // namespace fal::glue
+namespace fal::cpu { struct KernelTable; }
+namespace fal::glue {
+// The active CPU ISA's kernel table (cpu_ops.cpp), for the peak probe of module.cpp.
+const cpu::KernelTable& active_kernels_for_probe();
 OptArgs make_bwd_opt_args(FAL_BWD_ARGS);
 
 // Calls made by every device's op functions.

@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <torch/library.h>
 
 #include "cpu/cpu_kernels.h"
@@ -33,6 +35,12 @@ int choose_cpu_splits(const FwdParams& p, cpu::Isa isa) {
   return int(std::max<int64_t>(1, std::min<int64_t>((2 * threads + bh - 1) / bh, p.s_k / 512)));
 }
 
+}  // namespace
+
+const cpu::KernelTable& active_kernels_for_probe() { return active_kernels(); }
+
+namespace {
+
 void run_fwd_cpu(FwdParams& p, const at::Tensor& q) {
   const cpu::KernelTable& k = active_kernels();
   p.num_splits = choose_cpu_splits(p, cpu::active_isa());
@@ -59,6 +67,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cpu(FAL_BWD_ARGS) {
 
 }  // namespace
 }  // namespace fal::glue
+
+// Peak probe on torch's intra-op threads: every thread runs FMA chains; the rate is the summed
+// work over the wall time. `seconds` sizes the run (calibrated from a short first run).
+double fal_cpu_peak_gflops(int kind, double seconds) {
+  const fal::cpu::KernelTable& k = fal::glue::active_kernels_for_probe();
+  const int64_t threads = at::get_num_threads();
+  auto run = [&](int64_t iters) {
+    std::atomic<int64_t> sink{0};
+    const auto t0 = std::chrono::steady_clock::now();
+    at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) sink += int64_t(k.peak_loop(kind, iters));
+    });
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return std::make_pair(sec, sink.load());
+  };
+  int64_t iters = 100000;
+  double sec = run(iters).first;
+  iters = std::max<int64_t>(iters, int64_t(double(iters) * seconds / std::max(sec, 1e-6)));
+  sec = run(iters).first;
+  return double(threads) * double(iters) * k.peak_flops_per_iter(kind) / sec / 1e9;
+}
 
 TORCH_LIBRARY_IMPL(flashattn_lite, CPU, m) {
   m.impl("fwd", &fal::glue::fwd_cpu);

@@ -8,6 +8,8 @@
 
 namespace py = pybind11;
 
+double fal_cpu_peak_gflops(int kind, double seconds);  // cpu_ops.cpp
+
 // Layouts: q (b, s_q, h, d), k (b, s_k, h_kv, d), v (b, s_k, h_kv, d_v), any strides with a
 // contiguous last dim. out (b, s_q, h, d_v), softmax_lse (b, h, s_q) fp32.
 // `deterministic` of fwd is only recorded for its backward (bitwise-reproducible gradients).
@@ -80,6 +82,10 @@ PYBIND11_MODULE(_C, mod) {
     for (auto i : fal::cpu::available_isas()) v.push_back(fal::cpu::isa_name(i));
     return v;
   }, "CPU ISAs compiled in and supported by this CPU and OS (best last).");
+  mod.def("_cpu_peak_gflops", [](const std::string& kind, double seconds) {
+    pybind11::gil_scoped_release nogil;
+    return fal_cpu_peak_gflops(kind == "bf16" ? 1 : 0, seconds);
+  }, "Measured peak GFLOP/s of the active CPU ISA on torch's threads: kind 'fp32' (FMA) or 'bf16' (dot).");
   mod.def("_set_cpu_isa", [](const std::string& name) {
     const std::string err = fal::cpu::set_active_isa(name);
     if (!err.empty()) throw pybind11::value_error("flashattn_lite: " + err);

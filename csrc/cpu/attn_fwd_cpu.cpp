@@ -74,7 +74,11 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
       }
       Acc mx = m[r];
       for (int c = 0; c < cols; ++c) mx = std::max(mx, s[c]);
-      if (mx == neg_inf) continue;  // the row sees no key yet
+      if (mx == neg_inf) {  // the row sees no key yet -- unless its scores are NaN
+        for (int c = 0; c < cols; ++c)
+          if (s[c] != s[c]) m[r] = l[r] = std::numeric_limits<Acc>::quiet_NaN();
+        continue;
+      }
       // acc *= exp(m_old - m_new); l = l * exp(m_old - m_new) + sum_j exp(s_j - m_new)
       const Acc alpha = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first visible tile
       Acc sum = 0;
@@ -97,9 +101,9 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
   }
   for (int r = 0; r < rows; ++r) {
     T* orow = o + (i0 + r) * p.o_row_stride;
-    const Acc inv = l[r] > 0 ? Acc(1) / l[r] : Acc(0);  // a row that saw no key outputs 0
+    const Acc inv = row_has_mass(l[r]) ? Acc(1) / l[r] : Acc(0);  // a row that saw no key outputs 0
     for (int x = 0; x < dv; ++x) orow[x] = store_as<T, Acc>(O[r * dv + x] * inv);
-    lse[i0 + r] = l[r] > 0 ? m[r] + std::log(l[r]) : neg_inf;
+    lse[i0 + r] = row_has_mass(l[r]) ? m[r] + std::log(l[r]) : neg_inf;
   }
 }
 
@@ -136,15 +140,22 @@ void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
         const int64_t bh = w / p.s_q;
         const int bi = int(bh / p.h), hi = int(bh % p.h);
         float mx = -std::numeric_limits<float>::infinity();
-        for (int s = 0; s < p.num_splits; ++s) mx = std::max(mx, p.lse_accum[s * split_stride + w]);
+        bool nan = false;  // a NaN in any split's scores makes the row NaN
+        for (int s = 0; s < p.num_splits; ++s) {
+          const float ls = p.lse_accum[s * split_stride + w];
+          nan |= ls != ls;
+          mx = std::max(mx, ls);
+        }
+        if (nan) mx = std::numeric_limits<float>::quiet_NaN();
         float sum = 0.f;
         if (mx != -std::numeric_limits<float>::infinity())
           for (int s = 0; s < p.num_splits; ++s) sum += std::exp(p.lse_accum[s * split_stride + w] - mx);
-        const float lse = sum > 0.f ? mx + std::log(sum) : -std::numeric_limits<float>::infinity();
+        if (nan) sum = mx;
+        const float lse = row_has_mass(sum) ? mx + std::log(sum) : -std::numeric_limits<float>::infinity();
         T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + int64_t(i) * p.o_row_stride;
         for (int x = 0; x < p.d_v; ++x) {
           float acc = 0.f;
-          if (sum > 0.f)
+          if (row_has_mass(sum))
             for (int s = 0; s < p.num_splits; ++s)
               acc += std::exp(p.lse_accum[s * split_stride + w] - lse) * p.o_accum[(s * split_stride + w) * p.d_v + x];
           o[x] = store_as<T, float>(acc);

@@ -2,7 +2,8 @@
 // kernel for now), compiled once per ISA (AVX-512, AVX2) with that ISA's flags; see vec.h.
 //
 // Forward, one work item = (batch, head, chunk of kQC query rows):
-//   Q chunk -> fp32, pre-multiplied by scale * log2(e) (scores in the log2 domain, exp2 below);
+//   Q chunk -> fp32, pre-multiplied by the softmax scale (scores in natural units; the exponent
+//   exp2((s - m) * log2 e) is formed from the difference, so large scores lose no precision);
 //   for each key tile of kBN keys: K^T and V packed once into fp32 panels (Kt: d x kBN,
 //   V: kBN x dvp) that every row group of the chunk reuses from L1; then per group of kRM rows:
 //     S = Q K^T             microkernel kRM x (kNV vectors of keys), register-blocked
@@ -64,6 +65,12 @@ class Buf {
 template <typename T>
 inline void fill(T* b, T* e, T v) {
   for (; b < e; ++b) *b = v;
+}
+
+inline bool has_nan(const float* x, int n) {
+  for (int i = 0; i < n; ++i)
+    if (x[i] != x[i]) return true;
+  return false;
 }
 
 constexpr int kRM = 6;                    // rows per microkernel
@@ -139,7 +146,10 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
   const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride;
   const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
   const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
-  const float qmul = float(p.scale) * kLog2e;
+  // Scores stay in natural units (Q scaled by `scale` only: exact for power-of-two scales); the
+  // exp2 argument is (s - m) * log2 e, so no rounding of a large score by log2 e reaches it.
+  const float qmul = float(p.scale);
+  const VF l2e = VF::set1(kLog2e);
   for (int r = 0; r < rows; ++r) convert_row(q + (i0 + r) * p.q_row_stride, d, qmul, w.q.data() + size_t(r) * d);
   fill(w.o.begin(), w.o.end(), 0.f);
   fill(w.m.begin(), w.m.end(), neg_inf);
@@ -186,19 +196,20 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
         VF mv = VF::set1(w.m[ri]);
         for (int c = 0; c < kBN; c += kN) mv = vmax(mv, VF::load(sr + c));
         const float mx = mv.hmax();
-        if (mx == neg_inf) {  // the row sees nothing yet: P = 0
+        if (mx == neg_inf) {  // the row sees nothing yet: P = 0 -- unless its scores are NaN
+          if (has_nan(sr, kBN)) w.m[ri] = w.l[ri] = std::numeric_limits<float>::quiet_NaN();
           fill(sr, sr + kBN, 0.f);
           continue;
         }
         const VF mb = VF::set1(mx);
         VF sum = VF::zero();
         for (int c = 0; c < kBN; c += kN) {
-          const VF pv = exp2(VF::load(sr + c) - mb);
+          const VF pv = exp2((VF::load(sr + c) - mb) * l2e);
           pv.store(sr + c);
           sum = sum + pv;
         }
         if (mx != w.m[ri]) {  // acc *= exp2(m_old - m_new), l likewise
-          const float alpha = std::exp2(w.m[ri] - mx);
+          const float alpha = std::exp2((w.m[ri] - mx) * kLog2e);
           const VF ab = VF::set1(alpha);
           float* orow = w.o.data() + size_t(ri) * dvp;
           for (int x = 0; x < dvp; x += kN) (VF::load(orow + x) * ab).store(orow + x);
@@ -215,11 +226,11 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
   float* lse = static_cast<float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
   for (int r = 0; r < rows; ++r) {
     const float l = w.l[r];
-    const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that saw no key outputs 0
+    const float inv = row_has_mass(l) ? 1.f / l : 0.f;  // a row that saw no key outputs 0
     T* orow = o + (i0 + r) * p.o_row_stride;
     const float* src = w.o.data() + size_t(r) * dvp;
     for (int x = 0; x < dv; ++x) orow[x] = store_as<T, float>(src[x] * inv);
-    lse[i0 + r] = l > 0.f ? (w.m[r] + std::log2(l)) * 0.69314718055994531f : neg_inf;
+    lse[i0 + r] = row_has_mass(l) ? w.m[r] + std::log(l) : neg_inf;
   }
 }
 
@@ -301,8 +312,8 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
   const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
   for (int r = 0; r < rows; ++r)
     for (int x = 0; x < d2; ++x) w.q[size_t(r) * d2 + x] = pair_at(q + (i0 + r) * p.q_row_stride, x, d);
-  const float c = float(p.scale) * kLog2e;
-  const __m512 cb = _mm512_set1_ps(c);
+  const __m512 cb = _mm512_set1_ps(float(p.scale));  // scores in natural units, as in fwd_chunk
+  const VF l2e = VF::set1(kLog2e);
 
   const Visibility vis = make_visibility(p, p.s_q, p.s_k);
   const KeyRange kr = vis.keys_of_rows(i0, i1);
@@ -357,17 +368,18 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
           for (int cc = 0; cc < kBN; cc += kN) mv = _mm512_max_ps(mv, _mm512_loadu_ps(sr + cc));
           const float mx = _mm512_reduce_max_ps(mv);
           if (mx == neg_inf) {
+            if (has_nan(sr, kBN)) w.m[ri] = w.l[ri] = std::numeric_limits<float>::quiet_NaN();
             zero = true;
           } else {
             const VF mb = VF::set1(mx);
             VF sum = VF::zero();
             for (int cc = 0; cc < kBN; cc += 2 * kN) {
-              const VF pa = exp2(VF::load(sr + cc) - mb), pc = exp2(VF::load(sr + cc + kN) - mb);
+              const VF pa = exp2((VF::load(sr + cc) - mb) * l2e), pc = exp2((VF::load(sr + cc + kN) - mb) * l2e);
               sum = sum + pa + pc;
               _mm512_storeu_si512(pbr + cc / 2, reinterpret_cast<const __m512i&>(static_cast<const __m512bh&>(_mm512_cvtne2ps_pbh(pc.v, pa.v))));
             }
             if (mx != w.m[ri]) {
-              const float alpha = std::exp2(w.m[ri] - mx);
+              const float alpha = std::exp2((w.m[ri] - mx) * kLog2e);
               const VF ab = VF::set1(alpha);
               float* orow = w.o.data() + size_t(ri) * dvp;
               for (int x = 0; x < dvp; x += kN) (VF::load(orow + x) * ab).store(orow + x);
@@ -387,11 +399,11 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
   float* lse = static_cast<float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
   for (int r = 0; r < rows; ++r) {
     const float l = w.l[r];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float inv = row_has_mass(l) ? 1.f / l : 0.f;
     T* orow = o + (i0 + r) * p.o_row_stride;
     const float* src = w.o.data() + size_t(r) * dvp;
     for (int x = 0; x < dv; ++x) orow[x] = store_as<T, float>(src[x] * inv);
-    lse[i0 + r] = l > 0.f ? (w.m[r] + std::log2(l)) * 0.69314718055994531f : neg_inf;
+    lse[i0 + r] = row_has_mass(l) ? w.m[r] + std::log(l) : neg_inf;
   }
 }
 #endif  // FAL_SIMD_AVX512
@@ -418,7 +430,8 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
   const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride;
   const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
   const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
-  const float c = float(p.scale) * kLog2e;
+  const float c = float(p.scale);  // natural-unit scores; exp2 of (s - m) * log2 e
+  const VF l2e = VF::set1(kLog2e);
   for (int r = 0; r < rows; ++r) {
     convert_row(q + r * p.q_row_stride, d, c, qf + size_t(r) * dp);
     m[r] = neg_inf;
@@ -459,10 +472,10 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
       }
       const VF sv = VF::load(sc);
       const float mx = std::max(m[0], sv.hmax());
-      const VF pv = exp2(sv - VF::set1(mx));
+      const VF pv = exp2((sv - VF::set1(mx)) * l2e);
       pv.store(pb);
       if (mx != m[0]) {
-        const float alpha = std::exp2(m[0] - mx);
+        const float alpha = std::exp2((m[0] - mx) * kLog2e);
         const VF ab = VF::set1(alpha);
         for (int x = 0; x < dvp; x += kN) (VF::load(of + x) * ab).store(of + x);
         l[0] *= alpha;
@@ -503,11 +516,11 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
       }
       const VF sv = VF::load(sc);
       const float mx = std::max(m[r], sv.hmax());
-      const VF pv = exp2(sv - VF::set1(mx));
+      const VF pv = exp2((sv - VF::set1(mx)) * l2e);
       pv.store(pr);
       float* orow = of + size_t(r) * dvp;
       if (mx != m[r]) {  // acc *= exp2(m_old - m_new)
-        const float alpha = std::exp2(m[r] - mx);
+        const float alpha = std::exp2((m[r] - mx) * kLog2e);
         const VF ab = VF::set1(alpha);
         for (int x = 0; x < dvp; x += kN) (VF::load(orow + x) * ab).store(orow + x);
         l[r] *= alpha;
@@ -524,8 +537,8 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
   const bool partial = p.num_splits > 1;
   const int64_t row0 = (int64_t(bi) * p.h + hi) * p.s_q;
   for (int r = 0; r < rows; ++r) {
-    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-    const float lse = l[r] > 0.f ? (m[r] + std::log2(l[r])) * 0.69314718055994531f : neg_inf;
+    const float inv = row_has_mass(l[r]) ? 1.f / l[r] : 0.f;
+    const float lse = row_has_mass(l[r]) ? m[r] + std::log(l[r]) : neg_inf;
     const float* src = of + size_t(r) * dvp;
     if (partial) {
       const int64_t w = int64_t(split) * p.b * p.h * p.s_q + row0 + r;
@@ -575,7 +588,7 @@ inline float dot(const float* a, const float* b, int n) {
   return s;
 }
 
-// D = rowsum(dO o O) - dlse and lse * log2 e for every query row of the heads sharing kv head hk
+// D = rowsum(dO o O) - dlse and the LSE for every query row of the heads sharing kv head hk
 // (g x s_q each).
 template <typename T>
 void row_stats(const BwdParams& p, int bi, int hk, float* dsum, float* lse2) {
@@ -591,7 +604,7 @@ void row_stats(const BwdParams& p, int bi, int hk, float* dsum, float* lse2) {
       convert_row(o + i * p.o_row_stride, dv, 1.f, row_a.data());
       convert_row(dout + i * p.do_row_stride, dv, 1.f, row_b.data());
       dsum[size_t(gi) * p.s_q + i] = dot(row_a.data(), row_b.data(), dv) - (dlse ? dlse[i] : 0.f);
-      lse2[size_t(gi) * p.s_q + i] = lse[i] * kLog2e;
+      lse2[size_t(gi) * p.s_q + i] = lse[i];
     }
   }
 }
@@ -616,11 +629,11 @@ void write_dq(const BwdParams& p, int bi, int hk, const float* dq_acc, int dp) {
 // dK/dV of its kv head and dQ of the query heads that share it):
 //   for each key tile (kBN): pack K (kBN x dp), K^T (d x kBN), V^T (dv x kBN);
 //     for each query head of the group, for each block of kQB query rows that see the tile:
-//       S = (c Q) K^T, P = exp2(S - lse log2 e)   (c = scale log2 e)      micro_qk
+//       S = (scale Q) K^T, P = exp2((S - lse) log2 e)                     micro_qk
 //       dP = dO V^T, dS = P o (dP - D)                                    micro_qk
-//       dV += P^T dO,  dK += dS^T (c Q)                                   micro_tn (inner dim kQB)
+//       dV += P^T dO,  dK += dS^T (scale Q)                               micro_tn (inner dim kQB)
 //       dQacc += dS K                                                     micro_pv
-//   dK = dK / log2 e (= scale dS^T Q), dQ = scale dQacc, rounded once.
+//   dQ = scale dQacc, rounded once.
 // Extra memory per item: dQacc (g x s_q x dp fp32) + D (g x s_q) + O(tile) panels.
 constexpr int kQB = 4 * kRM;  // query rows per step (inner dim of micro_tn)
 
@@ -629,7 +642,7 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int d = p.d, dv = p.d_v, g = p.h / p.h_kv;
   const int dp = round_up(d, kNV * kN), dvp = round_up(dv, kNV * kN);
-  const float c = float(p.scale) * kLog2e;
+  const float c = float(p.scale);  // Q scaled by `scale`: natural-unit scores
   const Visibility vis = make_visibility(p, p.s_q, p.s_k);
 
   Buf<float> dq_acc(size_t(g) * p.s_q * dp, 0.f), dsum(size_t(g) * p.s_q), lse2(size_t(g) * p.s_q);
@@ -699,9 +712,9 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
             }
             const KeyRange rk = vis.keys_of_row(i);
             const int lo = std::max(0, rk.lo - j0), hi_ = std::min(cols, rk.hi - j0);
-            const VF lb = VF::set1(L2[i]), Db = VF::set1(Dg[i]);
+            const VF lb = VF::set1(L2[i]), Db = VF::set1(Dg[i]), l2e = VF::set1(kLog2e);
             for (int cc = 0; cc < kBN; cc += kN) {
-              const VF pv = exp2(VF::load(pr + cc) - lb);
+              const VF pv = exp2((VF::load(pr + cc) - lb) * l2e);
               pv.store(pr + cc);
               (pv * (VF::load(dsr + cc) - Db)).store(dsr + cc);
             }
@@ -724,7 +737,7 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
         }
       }
     }
-    const float kscale = 1.f / kLog2e;  // dK = scale dS^T Q = dS^T (c Q) / log2 e
+    const float kscale = 1.f;  // dK = scale dS^T Q = dS^T (scale Q)
     for (int cc = 0; cc < cols; ++cc) {
       T* dkr = dkp + (j0 + cc) * p.dk_row_stride;
       T* dvr = dvp_out + (j0 + cc) * p.dv_row_stride;
@@ -805,7 +818,7 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
   const int d = p.d, dv = p.d_v, g = p.h / p.h_kv;
   const int d2 = (d + 1) / 2, dv2 = (dv + 1) / 2;
   const int dp = round_up(d, kNV * kN), dvp = round_up(dv, kNV * kN);
-  const float c = float(p.scale) * kLog2e;
+  const float c = float(p.scale);
   const Visibility vis = make_visibility(p, p.s_q, p.s_k);
 
   Buf<float> dq_acc(size_t(g) * p.s_q * dp, 0.f), dsum(size_t(g) * p.s_q), lse2(size_t(g) * p.s_q);
@@ -882,9 +895,9 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
             }
             const KeyRange rk = vis.keys_of_row(i);
             const int lo = std::max(0, rk.lo - j0), hi_ = std::min(cols, rk.hi - j0);
-            const VF cb = VF::set1(c), lb = VF::set1(L2[i]), Db = VF::set1(Dg[i]);
+            const VF cb = VF::set1(c), lb = VF::set1(L2[i]), Db = VF::set1(Dg[i]), l2e = VF::set1(kLog2e);
             for (int cc = 0; cc < kBN; cc += kN) {
-              const VF pv = exp2(fma(VF::load(pr + cc), cb, VF::zero() - lb));
+              const VF pv = exp2(fma(VF::load(pr + cc), cb, VF::zero() - lb) * l2e);  // exp(scale s - lse)
               pv.store(pr + cc);
               (pv * (VF::load(dsr + cc) - Db)).store(dsr + cc);
             }

@@ -68,6 +68,11 @@ FAL_HD Visibility make_visibility(const FwdParams& p, int s_q, int s_k) {
   return v;
 }
 
+// A query row's final state: l (the softmax denominator) is > 0 when the row saw a key, 0 when it
+// saw none (output 0, LSE -inf), and NaN when a NaN reached its scores (output and LSE NaN).
+template <typename Acc>
+FAL_HD bool row_has_mass(Acc l) { return !(l <= Acc(0)); }
+
 // Number of query tiles of `rows` rows.
 FAL_HD int num_tiles(int n, int tile) { return (n + tile - 1) / tile; }
 

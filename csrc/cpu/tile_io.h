@@ -1,10 +1,12 @@
 // tile_io.h -- strided tile loads/stores between storage types and the accumulator type.
 #pragma once
+#include "flashattn_lite/isa_ns.h"
 #include <cstdint>
 #include "flashattn_lite/numeric.h"
 #include "flashattn_lite/params.h"
 
 namespace fal::cpu {
+FAL_ISA_NS_BEGIN
 
 // Accumulator type and the type of softmax_lse for a storage type: fp32, fp64 for fp64.
 template <typename T> struct AccOf { using type = float; };
@@ -50,4 +52,5 @@ inline void dispatch_dtype(DType dt, F&& f) {
   }
 }
 
+FAL_ISA_NS_END
 }  // namespace fal::cpu

@@ -588,6 +588,34 @@ inline float dot(const float* a, const float* b, int n) {
   return s;
 }
 
+// One kRM-row group of the backward, in place: on entry pr = unscaled-or-scaled scores S (times
+// `mul` gives scale * q.k) and dsr = dP; on exit pr = P = exp(mul S - lse) and dsr = dS =
+// P o (dP - D), both 0 where a row does not see a key, for padding rows and for rows with no key.
+inline void p_ds_rows(float* Pr, float* dSr, float mul, int row0, int nrows, int j0, int cols, const Visibility& vis,
+                      const float* lse, const float* D) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int r = 0; r < kRM; ++r) {
+    float* pr = Pr + r * kBN;
+    float* dsr = dSr + r * kBN;
+    if (r >= nrows || lse[r] == neg_inf) {
+      fill(pr, pr + kBN, 0.f);
+      fill(dsr, dsr + kBN, 0.f);
+      continue;
+    }
+    const KeyRange rk = vis.keys_of_row(row0 + r);
+    const int lo = std::max(0, rk.lo - j0), hi = std::min(cols, rk.hi - j0);
+    const VF mb = VF::set1(mul), lb = VF::set1(lse[r]), Db = VF::set1(D[r]), l2e = VF::set1(kLog2e);
+    for (int cc = 0; cc < kBN; cc += kN) {
+      const VF pv = exp2(fma(VF::load(pr + cc), mb, VF::zero() - lb) * l2e);  // exp(scale q.k - lse)
+      pv.store(pr + cc);
+      (pv * (VF::load(dsr + cc) - Db)).store(dsr + cc);
+    }
+    if (lo > 0 || hi < kBN)
+      for (int cc = 0; cc < kBN; ++cc)
+        if (cc < lo || cc >= hi) pr[cc] = dsr[cc] = 0.f;
+  }
+}
+
 // D = rowsum(dO o O) - dlse and the LSE for every query row of the heads sharing kv head hk
 // (g x s_q each).
 template <typename T>
@@ -701,27 +729,7 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
           }
           micro_qk(Qb.data() + size_t(r0) * dp, d, Kt.data(), Pr, dp);
           micro_qk(dOb.data() + size_t(r0) * dvp, dv, Vt.data(), dSr, dvp);
-          for (int r = 0; r < kRM; ++r) {
-            float* pr = Pr + r * kBN;
-            float* dsr = dSr + r * kBN;
-            const int i = i0 + r0 + r;
-            if (r0 + r >= nr || L2[i] == neg_inf) {
-              fill(pr, pr + kBN, 0.f);
-              fill(dsr, dsr + kBN, 0.f);
-              continue;
-            }
-            const KeyRange rk = vis.keys_of_row(i);
-            const int lo = std::max(0, rk.lo - j0), hi_ = std::min(cols, rk.hi - j0);
-            const VF lb = VF::set1(L2[i]), Db = VF::set1(Dg[i]), l2e = VF::set1(kLog2e);
-            for (int cc = 0; cc < kBN; cc += kN) {
-              const VF pv = exp2((VF::load(pr + cc) - lb) * l2e);
-              pv.store(pr + cc);
-              (pv * (VF::load(dsr + cc) - Db)).store(dsr + cc);
-            }
-            if (lo > 0 || hi_ < kBN)
-              for (int cc = 0; cc < kBN; ++cc)
-                if (cc < lo || cc >= hi_) pr[cc] = dsr[cc] = 0.f;
-          }
+          p_ds_rows(Pr, dSr, 1.f, i0 + r0, nr - r0, j0, cols, vis, L2 + i0 + r0, Dg + i0 + r0);
         }
         micro_tn(P.data(), dOb.data(), nr, dvp, dV.data());
         micro_tn(dS.data(), Qb.data(), nr, dp, dK.data());
@@ -884,27 +892,7 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
           }
           micro_qk_bf16(Qs.data() + size_t(r0) * d2, d2, d2, Kd.data(), Pr);
           micro_qk_bf16(dOs.data() + size_t(r0) * dv2, dv2, dv2, Vd.data(), dSr);
-          for (int r = 0; r < kRM; ++r) {
-            float* pr = Pr + r * kBN;
-            float* dsr = dSr + r * kBN;
-            const int i = i0 + r0 + r;
-            if (r0 + r >= nr || L2[i] == neg_inf) {
-              fill(pr, pr + kBN, 0.f);
-              fill(dsr, dsr + kBN, 0.f);
-              continue;
-            }
-            const KeyRange rk = vis.keys_of_row(i);
-            const int lo = std::max(0, rk.lo - j0), hi_ = std::min(cols, rk.hi - j0);
-            const VF cb = VF::set1(c), lb = VF::set1(L2[i]), Db = VF::set1(Dg[i]), l2e = VF::set1(kLog2e);
-            for (int cc = 0; cc < kBN; cc += kN) {
-              const VF pv = exp2(fma(VF::load(pr + cc), cb, VF::zero() - lb) * l2e);  // exp(scale s - lse)
-              pv.store(pr + cc);
-              (pv * (VF::load(dsr + cc) - Db)).store(dsr + cc);
-            }
-            if (lo > 0 || hi_ < kBN)
-              for (int cc = 0; cc < kBN; ++cc)
-                if (cc < lo || cc >= hi_) pr[cc] = dsr[cc] = 0.f;
-          }
+          p_ds_rows(Pr, dSr, c, i0 + r0, nr - r0, j0, cols, vis, L2 + i0 + r0, Dg + i0 + r0);
         }
         for (int r2 = 0; r2 < kQB / 2; ++r2) {
           pack_f32_row_pairs(P.data() + size_t(2 * r2) * kBN, P.data() + size_t(2 * r2 + 1) * kBN, kBN, Pp.data() + size_t(r2) * kBN);

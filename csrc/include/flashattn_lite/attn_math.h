@@ -2,12 +2,14 @@
 // which keys a query row sees (causal / sliding window, both alignments) and the key range a
 // tile of rows must visit.  The CPU tests cover this code; the CUDA kernels use it unchanged.
 #pragma once
+#include "flashattn_lite/isa_ns.h"
 #include <cstdint>
 #include <climits>
 #include "flashattn_lite/numeric.h"
 #include "flashattn_lite/params.h"
 
 namespace fal {
+FAL_ISA_NS_BEGIN
 
 // Key interval [lo, hi) seen by a query row.
 struct KeyRange {
@@ -76,4 +78,5 @@ FAL_HD bool row_has_mass(Acc l) { return !(l <= Acc(0)); }
 // Number of query tiles of `rows` rows.
 FAL_HD int num_tiles(int n, int tile) { return (n + tile - 1) / tile; }
 
+FAL_ISA_NS_END
 }  // namespace fal

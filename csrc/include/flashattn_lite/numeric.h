@@ -1,6 +1,7 @@
 // numeric.h -- storage types and conversions shared by host and device code, torch-free.
 // bf16 / fp16 are carried as raw 16-bit patterns on the host; conversions round to nearest even.
 #pragma once
+#include "flashattn_lite/isa_ns.h"
 #include <cstdint>
 #include <cstring>
 
@@ -11,6 +12,7 @@
 #endif
 
 namespace fal {
+FAL_ISA_NS_BEGIN
 
 struct bf16_t { uint16_t bits; };
 struct fp16_t { uint16_t bits; };
@@ -86,4 +88,5 @@ template <> struct StoreFrom<double> { FAL_HD static double cvt(double x) { retu
 template <> struct StoreFrom<bf16_t> { FAL_HD static bf16_t cvt(float x) { return to_bf16(x); } };
 template <> struct StoreFrom<fp16_t> { FAL_HD static fp16_t cvt(float x) { return to_fp16(x); } };
 
+FAL_ISA_NS_END
 }  // namespace fal

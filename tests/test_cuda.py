@@ -230,3 +230,12 @@ def test_cuda_decode_sdpa_top_left_causal():
     out = scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     expect = v[:, :, :1].repeat_interleave(4, dim=1)
     assert torch.allclose(out.float(), expect.float(), atol=1e-2)
+
+
+@pytest.mark.parametrize("kw", [{"softcap": 2.0}, {"alibi_slopes": "slopes"}, {"dropout_p": 0.1}])
+def test_cuda_cpu_only_features_refused(kw):
+    q, k, v = (randn((1, 8, 2, 16), torch.bfloat16, device=DEV) for _ in range(3))
+    if kw.get("alibi_slopes") == "slopes":
+        kw = {"alibi_slopes": torch.rand(2, device=DEV)}
+    with pytest.raises(NotImplementedError, match=r"is not implemented on CUDA yet"):
+        flash_attn_func(q, k, v, **kw)

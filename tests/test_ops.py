@@ -9,38 +9,117 @@ from conftest import randn
 from flashattn_lite import flash_attn_func, scaled_dot_product_attention
 
 
-def _fwd_args(q, k, v, causal=False, bottom_right=True, window=(-1, -1), deterministic=False):
-    return (q, k, v, None, None, None, None, None, None, None, -1, -1, q.shape[-1] ** -0.5, causal,
-            bottom_right, window[0], window[1], 0.0, 0.0, 0, deterministic)
+FWD_NAMES = ("attn_mask", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "block_table",
+             "rng_state", "max_seqlen_q", "max_seqlen_k", "softmax_scale", "causal", "bottom_right",
+             "window_left", "window_right", "softcap", "dropout_p", "num_splits", "deterministic")
+
+
+def _fwd_args(q, k, v, causal=False, bottom_right=True, window=(-1, -1), deterministic=False, **kw):
+    a = dict(attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None,
+             block_table=None, rng_state=None, max_seqlen_q=-1, max_seqlen_k=-1,
+             softmax_scale=q.shape[-1] ** -0.5, causal=causal, bottom_right=bottom_right, window_left=window[0],
+             window_right=window[1], softcap=0.0, dropout_p=0.0, num_splits=0, deterministic=deterministic)
+    a.update(kw)
+    return (q, k, v) + tuple(a[n] for n in FWD_NAMES)
 
 
 def fwd_samples(requires_grad: bool):
-    yield _fwd_args(*(randn((2, 17, 4, 16), torch.float32, requires_grad=requires_grad) for _ in range(3)))
-    yield _fwd_args(randn((1, 9, 4, 8), torch.bfloat16, requires_grad=requires_grad),
-                    randn((1, 13, 2, 8), torch.bfloat16, requires_grad=requires_grad),
-                    randn((1, 13, 2, 8), torch.bfloat16, requires_grad=requires_grad), causal=True,
+    rg = requires_grad
+    yield _fwd_args(*(randn((2, 17, 4, 16), torch.float32, requires_grad=rg) for _ in range(3)))
+    yield _fwd_args(randn((1, 9, 4, 8), torch.bfloat16, requires_grad=rg),
+                    randn((1, 13, 2, 8), torch.bfloat16, requires_grad=rg),
+                    randn((1, 13, 2, 8), torch.bfloat16, requires_grad=rg), causal=True,
                     deterministic=True)
-    yield _fwd_args(randn((1, 5, 2, 3), torch.float64, requires_grad=requires_grad),
-                    randn((1, 7, 2, 3), torch.float64, requires_grad=requires_grad),
-                    randn((1, 7, 2, 6), torch.float64, requires_grad=requires_grad), causal=True,
+    yield _fwd_args(randn((1, 5, 2, 3), torch.float64, requires_grad=rg),
+                    randn((1, 7, 2, 3), torch.float64, requires_grad=rg),
+                    randn((1, 7, 2, 6), torch.float64, requires_grad=rg), causal=True,
                     bottom_right=False, window=(2, -1))
+    # softcap + ALiBi + GQA
+    yield _fwd_args(randn((2, 11, 4, 8), torch.float32, requires_grad=rg),
+                    randn((2, 14, 2, 8), torch.float32, requires_grad=rg),
+                    randn((2, 14, 2, 8), torch.float32, requires_grad=rg), causal=True, softcap=2.0,
+                    alibi_slopes=torch.rand(2, 4))
+    # additive mask that requires grad, broadcast over the batch
+    yield _fwd_args(randn((2, 6, 2, 8), torch.float32, requires_grad=rg),
+                    randn((2, 10, 2, 8), torch.float32, requires_grad=rg),
+                    randn((2, 10, 2, 8), torch.float32, requires_grad=rg), bottom_right=False,
+                    attn_mask=randn((1, 2, 6, 10), torch.float32, requires_grad=rg))
+    # dropout (a fixed rng_state makes it deterministic)
+    yield _fwd_args(*(randn((1, 12, 2, 8), torch.float64, requires_grad=rg) for _ in range(3)), dropout_p=0.3,
+                    rng_state=torch.tensor([1234, 5], dtype=torch.int64))
+    # varlen: packed tokens with cu_seqlens
+    yield _fwd_args(*(randn((13, 2, 8), torch.float32, requires_grad=rg) for _ in range(3)), causal=True,
+                    cu_seqlens_q=torch.tensor([0, 4, 4, 13], dtype=torch.int32),
+                    cu_seqlens_k=torch.tensor([0, 6, 9, 13], dtype=torch.int32), max_seqlen_q=9, max_seqlen_k=6)
 
 
-@pytest.mark.parametrize("idx", range(3))
+N_SAMPLES = 7
+
+
+@pytest.mark.parametrize("idx", range(N_SAMPLES))
 def test_opcheck_fwd(idx):
     args = list(fwd_samples(requires_grad=True))[idx]
     torch.library.opcheck(torch.ops.flashattn_lite.fwd.default, args)
 
 
-@pytest.mark.parametrize("idx", range(3))
+@pytest.mark.parametrize("idx", range(N_SAMPLES))
 def test_opcheck_bwd(idx):
     args = list(fwd_samples(requires_grad=False))[idx]
     q, k, v = args[:3]
     out, lse = torch.ops.flashattn_lite.fwd.default(*args)
     dout = torch.randn_like(out)
-    dlse = torch.randn_like(lse)
-    bwd_args = (dout, dlse, q, k, v, out, lse, None, None, None, None, None, None) + tuple(args[10:19]) + (args[20],)
+    dlse = torch.randn_like(lse).masked_fill(torch.isinf(lse), 0.0)
+    named = dict(zip(FWD_NAMES, args[3:]))
+    mask_grad = named["attn_mask"] is not None
+    bwd_args = ((dout, dlse, q, k, v, out, lse) + tuple(named[n] for n in FWD_NAMES[:5]) + (named["rng_state"],)
+                + tuple(named[n] for n in FWD_NAMES[7:16]) + (named["deterministic"], mask_grad))
     torch.library.opcheck(torch.ops.flashattn_lite.bwd.default, bwd_args)
+
+
+def test_opcheck_dropout_keep():
+    torch.library.opcheck(torch.ops.flashattn_lite.dropout_keep.default,
+                          (torch.tensor([3, 4], dtype=torch.int64), 2, 3, 5, 7, 0.25))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph_features(backend):
+    torch._dynamo.reset()
+    mask = torch.rand(2, 1, 33, 33) > 0.2
+    slopes = torch.rand(2)
+
+    def f(q, k, v, fmask):
+        a = flash_attn_func(q, k, v, causal=True, softcap=3.0, alibi_slopes=slopes, window_size=(9, 0))
+        b = scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        c = scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=fmask)
+        return a.sum() + b.pow(2).sum() + c.pow(2).sum()
+
+    q, k, v = (randn((2, 33, 2, 16), torch.float32, requires_grad=True) for _ in range(3))
+    fmask = randn((33, 33), torch.float32, requires_grad=True)
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
+    loss_c = compiled(q, k, v, fmask)
+    grads_c = torch.autograd.grad(loss_c, (q, k, v, fmask))
+    loss_e = f(q, k, v, fmask)
+    grads_e = torch.autograd.grad(loss_e, (q, k, v, fmask))
+    assert torch.allclose(loss_c, loss_e, rtol=1e-5)
+    for a, b in zip(grads_c, grads_e):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph_dropout_and_varlen(backend):
+    torch._dynamo.reset()
+    cu = torch.tensor([0, 5, 20], dtype=torch.int32)
+
+    def f(q, k, v):
+        a = flash_attn_func(q, k, v, dropout_p=0.2)
+        b = flashattn_lite.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, 15, 15, causal=True)
+        return a.sum() + b.pow(2).sum()
+
+    q, k, v = (randn((1, 20, 2, 8), torch.float32, requires_grad=True) for _ in range(3))
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
+    loss = compiled(q, k, v)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

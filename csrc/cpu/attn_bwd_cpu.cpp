@@ -24,39 +24,48 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
   constexpr int BM = kBwdBlockM, BN = kBwdBlockN;
   const int d = p.d, dv = p.d_v, g = p.h / p.h_kv;
   const Acc scale = Acc(p.scale);
-  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+  const SeqInfo sq = seq_info(p, bi);
+  const int s_q = sq.s_q, s_k = sq.s_k;
+  const Visibility vis = make_visibility(p, s_q, s_k);
 
-  std::vector<Acc> dq_acc(size_t(g) * p.s_q * d, Acc(0));
-  std::vector<Acc> dsum(size_t(g) * p.s_q);  // D = rowsum(dO o O) - dlse
+  std::vector<Acc> dq_acc(size_t(g) * s_q * d, Acc(0));
+  std::vector<Acc> dsum(size_t(g) * s_q);  // D = rowsum(dO o O) - dlse
   std::vector<Acc> Ks(size_t(BN) * d), Kt(size_t(d) * BN), Vt(size_t(dv) * BN);
   std::vector<Acc> dK(size_t(BN) * d), dV(size_t(BN) * dv);
   std::vector<Acc> Qs(size_t(BM) * d), dOs(size_t(BM) * dv), P(size_t(BM) * BN), dS(size_t(BM) * BN);
 
-  auto q_ptr = [&](int hi) { return static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride; };
-  auto do_ptr = [&](int hi) { return static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride; };
-  auto lse_ptr = [&](int hi) { return static_cast<const Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride; };
+  auto q_ptr = [&](int hi) {
+    return static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
+  };
+  auto do_ptr = [&](int hi) {
+    return static_cast<const T*>(p.dout) + bi * p.do_batch_stride + sq.q_row0 * p.do_row_stride + hi * p.do_head_stride;
+  };
+  auto lse_ptr = [&](int hi) {
+    return static_cast<const Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
+  };
 
   for (int gi = 0; gi < g; ++gi) {
     const int hi = hk * g + gi;
-    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
+    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
     const T* dout = do_ptr(hi);
-    const Acc* dlse = p.dlse ? static_cast<const Acc*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride : nullptr;
-    for (int i = 0; i < p.s_q; ++i) {
+    const Acc* dlse = p.dlse ? static_cast<const Acc*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride + sq.q_row0
+                             : nullptr;
+    for (int i = 0; i < s_q; ++i) {
       Acc acc = 0;
       const T* orow = o + i * p.o_row_stride;
       const T* drow = dout + i * p.do_row_stride;
       for (int x = 0; x < dv; ++x) acc += load_acc<Acc>(orow + x) * load_acc<Acc>(drow + x);
-      dsum[size_t(gi) * p.s_q + i] = acc - (dlse ? Acc(dlse[i]) : Acc(0));
+      dsum[size_t(gi) * s_q + i] = acc - (dlse ? Acc(dlse[i]) : Acc(0));
     }
   }
 
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
-  T* dk = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + hk * p.dk_head_stride;
-  T* dvp = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + hk * p.dv_head_stride;
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
+  T* dk = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + sq.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
+  T* dvp = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + sq.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
 
-  for (int j0 = 0; j0 < p.s_k; j0 += BN) {
-    const int j1 = std::min(j0 + BN, p.s_k), cols = j1 - j0;
+  for (int j0 = 0; j0 < s_k; j0 += BN) {
+    const int j1 = std::min(j0 + BN, s_k), cols = j1 - j0;
     load_rows(k + j0 * p.k_row_stride, p.k_row_stride, cols, d, Acc(1), Ks.data(), d);
     load_rows_transposed(k + j0 * p.k_row_stride, p.k_row_stride, cols, d, Kt.data(), BN);
     load_rows_transposed(v + j0 * p.v_row_stride, p.v_row_stride, cols, dv, Vt.data(), BN);
@@ -68,7 +77,9 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
       const T* q = q_ptr(hi);
       const T* dout = do_ptr(hi);
       const Acc* lse = lse_ptr(hi);
-      const KeyRange qr_range = vis.rows_of_keys(j0, j1, p.s_q);  // rows that may see this key tile
+      const ScoreMod mod = make_score_mod(p, bi, hi, s_q, s_k);
+      Acc* dmask = p.dmask ? static_cast<Acc*>(p.dmask) + bi * p.dmask_batch_stride + hi * p.dmask_head_stride : nullptr;
+      const KeyRange qr_range = vis.rows_of_keys(j0, j1, s_q);  // rows that may see this key tile
       for (int i0 = qr_range.lo; i0 < qr_range.hi; i0 += BM) {
         const int i1 = std::min(i0 + BM, qr_range.hi), rows = i1 - i0;
         const KeyRange kr = vis.keys_of_rows(i0, i1);
@@ -93,10 +104,16 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
           }
           KeyRange rr{j0, j1};
           if (!full) rr = vis.keys_of_row(i0 + r);
+          Acc dcap[BN], z[BN];  // softcap derivative, dropout factor (0 or 1 / (1 - p))
           for (int c = 0; c < cols; ++c) {
             const bool vis_c = j0 + c >= rr.lo && j0 + c < rr.hi;
-            pr[c] = vis_c ? std::exp(pr[c] - l) : Acc(0);
+            dcap[c] = Acc(1);
+            z[c] = Acc(1);
+            Acc sv = pr[c];
+            if (mod.any && vis_c) sv = mod.apply(sv, i0 + r, j0 + c, &dcap[c]);
+            pr[c] = vis_c ? std::exp(sv - l) : Acc(0);
           }
+          if (mod.drop.on) mod.drop.apply_row(i0 + r, j0, z, cols);
           // dP = dO V^T
           const Acc* dor = dOs.data() + r * dv;
           for (int x = 0; x < dv; ++x) {
@@ -104,9 +121,16 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
             const Acc* vt = Vt.data() + x * BN;
             for (int c = 0; c < cols; ++c) dsr[c] += dval * vt[c];
           }
-          // dS = P o (dP - D)
-          const Acc D = dsum[size_t(gi) * p.s_q + i0 + r];
-          for (int c = 0; c < cols; ++c) dsr[c] = pr[c] * (dsr[c] - D);
+          // dS = P o (dP o Z - D) (Z: dropout), the gradient of the transformed score; the mask's
+          // gradient is dS itself, the raw score's dS times the softcap derivative. P <- P o Z for dV.
+          const Acc D = dsum[size_t(gi) * s_q + i0 + r];
+          Acc* dmrow = dmask ? dmask + int64_t(i0 + r) * p.dmask_row_stride + j0 : nullptr;
+          for (int c = 0; c < cols; ++c) {
+            const Acc ds = pr[c] * (dsr[c] * z[c] - D);
+            if (dmrow && j0 + c >= rr.lo && j0 + c < rr.hi) dmrow[c] = ds;
+            dsr[c] = ds * dcap[c];
+            pr[c] *= z[c];
+          }
         }
         // dV += P^T dO ; dK += scale * dS^T Q ; dQ += scale * dS K
         for (int r = 0; r < rows; ++r) {
@@ -121,7 +145,7 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
             Acc* dkr = dK.data() + c * d;
             for (int x = 0; x < d; ++x) dkr[x] += dsc * qr[x];
           }
-          Acc* dqr = dq_acc.data() + (size_t(gi) * p.s_q + i0 + r) * d;
+          Acc* dqr = dq_acc.data() + (size_t(gi) * s_q + i0 + r) * d;
           for (int c = 0; c < cols; ++c) {
             const Acc dsc = dsr[c] * scale;
             const Acc* kr2 = Ks.data() + c * d;
@@ -139,10 +163,10 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
   }
   for (int gi = 0; gi < g; ++gi) {
     const int hi = hk * g + gi;
-    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + hi * p.dq_head_stride;
-    for (int i = 0; i < p.s_q; ++i) {
+    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + sq.q_row0 * p.dq_row_stride + hi * p.dq_head_stride;
+    for (int i = 0; i < s_q; ++i) {
       T* dqr = dq + i * p.dq_row_stride;
-      const Acc* src = dq_acc.data() + (size_t(gi) * p.s_q + i) * d;
+      const Acc* src = dq_acc.data() + (size_t(gi) * s_q + i) * d;
       for (int x = 0; x < d; ++x) dqr[x] = store_as<T, Acc>(src[x]);
     }
   }

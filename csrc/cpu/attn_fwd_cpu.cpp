@@ -23,7 +23,9 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
   const Acc neg_inf = -std::numeric_limits<Acc>::infinity();
   const int d = p.d, dv = p.d_v;
   const int hk = hi / (p.h / p.h_kv);
-  const int i0 = qt * BM, i1 = std::min(i0 + BM, p.s_q), rows = i1 - i0;
+  const SeqInfo sq = seq_info(p, bi);
+  const int i0 = qt * BM, i1 = std::min(i0 + BM, sq.s_q), rows = i1 - i0;
+  if (rows <= 0) return;  // a tile past this (varlen) sequence's end
 
   // scratch: Qs[BM][d], Kt[d][BN], Vs[BN][dv], S[BM][BN], O[BM][dv], m[BM], l[BM]
   Acc* Qs = buf.data();
@@ -34,11 +36,12 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
   Acc* m = O + BM * dv;
   Acc* l = m + BM;
 
-  const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride;
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
-  T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
-  Acc* lse = static_cast<Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
+  const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
+  T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
+  Acc* lse = static_cast<Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
+  const ScoreMod mod = make_score_mod(p, bi, hi, sq.s_q, sq.s_k);
 
   // Q tile, pre-multiplied by the softmax scale.
   load_rows(q + i0 * p.q_row_stride, p.q_row_stride, rows, d, Acc(p.scale), Qs, d);
@@ -46,7 +49,7 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
   std::fill(m, m + rows, neg_inf);
   std::fill(l, l + rows, Acc(0));
 
-  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+  const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
   const KeyRange kr = vis.keys_of_rows(i0, i1);
   for (int j0 = kr.lo; j0 < kr.hi; j0 += BN) {
     const int j1 = std::min(j0 + BN, kr.hi), cols = j1 - j0;
@@ -67,6 +70,7 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
     const bool full = vis.tile_fully_visible(i0, i1, j0, j1);
     for (int r = 0; r < rows; ++r) {
       Acc* s = S + r * BN;
+      if (mod.any) mod.apply_row(i0 + r, j0, s, cols);
       if (!full) {
         const KeyRange rr = vis.keys_of_row(i0 + r);
         for (int c = 0; c < cols; ++c)
@@ -91,6 +95,7 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
         for (int x = 0; x < dv; ++x) orow[x] *= alpha;
       l[r] = l[r] * alpha + sum;
       m[r] = mx;
+      if (mod.drop.on) mod.drop.apply_row(i0 + r, j0, s, cols);  // P V with the dropped P; l without
       // O += P V
       for (int c = 0; c < cols; ++c) {
         const Acc pc = s[c];
@@ -139,6 +144,8 @@ void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
         const int i = int(w % p.s_q);
         const int64_t bh = w / p.s_q;
         const int bi = int(bh / p.h), hi = int(bh % p.h);
+        const SeqInfo sq = seq_info(p, bi);
+        if (i >= sq.s_q) continue;  // past this (varlen) sequence's end
         float mx = -std::numeric_limits<float>::infinity();
         bool nan = false;  // a NaN in any split's scores makes the row NaN
         for (int s = 0; s < p.num_splits; ++s) {
@@ -152,7 +159,7 @@ void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
           for (int s = 0; s < p.num_splits; ++s) sum += std::exp(p.lse_accum[s * split_stride + w] - mx);
         if (nan) sum = mx;
         const float lse = row_has_mass(sum) ? mx + std::log(sum) : -std::numeric_limits<float>::infinity();
-        T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + int64_t(i) * p.o_row_stride;
+        T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + (sq.q_row0 + i) * p.o_row_stride;
         for (int x = 0; x < p.d_v; ++x) {
           float acc = 0.f;
           if (row_has_mass(sum))
@@ -160,7 +167,7 @@ void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
               acc += std::exp(p.lse_accum[s * split_stride + w] - lse) * p.o_accum[(s * split_stride + w) * p.d_v + x];
           o[x] = store_as<T, float>(acc);
         }
-        static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + i] = lse;
+        static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0 + i] = lse;
       }
     }
   });

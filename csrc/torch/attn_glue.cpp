@@ -59,30 +59,140 @@ at::Tensor last_dim_contiguous(const at::Tensor& t) {
   return t.contiguous();
 }
 
-FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const OptArgs& a) {
+namespace {
+
+// softmax_lse: (b, h, s_q), or (h, total_q) for packed (varlen) inputs, as flash-attn.
+std::vector<int64_t> lse_shape_of(const at::Tensor& q) {
+  if (q.dim() == 3) return {q.size(1), q.size(0)};
+  return {q.size(0), q.size(2), q.size(1)};
+}
+
+std::vector<int64_t> out_shape_of(const at::Tensor& q, const at::Tensor& v) {
+  std::vector<int64_t> s(q.sizes().begin(), q.sizes().end());
+  s.back() = v.size(-1);
+  return s;
+}
+
+// Host copy of a small int32 index tensor (cu_seqlens, seqused_k, cache indices).
+at::Tensor host_ints(const at::Tensor& t) { return t.to(at::kCPU).contiguous(); }
+
+void check_index_tensor(const at::Tensor& t, const char* name, const at::Tensor& q, int64_t numel) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, kPre, name, " must be int32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == q.device(), kPre, name, " must be on the device of q (", q.device(), "), got ",
+                    t.device());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == numel, kPre, name, " must have shape (", numel, ",), got ", t.sizes());
+  TORCH_CHECK_VALUE(t.stride(0) == 1 || numel <= 1, kPre, name, " must be contiguous");
+}
+
+// cu_seqlens: (b + 1,) int32, starting at 0, non-decreasing, ending within the `total` rows, every
+// length <= max_seqlen. Returns the longest length.
+int64_t check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& q, int64_t b, int64_t total,
+                         int64_t max_seqlen, const char* max_name) {
+  check_index_tensor(cu, name, q, b + 1);
+  const at::Tensor h = host_ints(cu);
+  const int32_t* c = h.data_ptr<int32_t>();
+  TORCH_CHECK_VALUE(c[0] == 0, kPre, name, "[0] must be 0, got ", c[0]);
+  int64_t longest = 0;
+  for (int64_t i = 0; i < b; ++i) {
+    TORCH_CHECK_VALUE(c[i + 1] >= c[i], kPre, name, " must be non-decreasing, got ", name, "[", i, "] = ", c[i],
+                      " > ", name, "[", i + 1, "] = ", c[i + 1]);
+    longest = std::max<int64_t>(longest, c[i + 1] - c[i]);
+  }
+  TORCH_CHECK_VALUE(c[b] <= total, kPre, name, "[-1] = ", c[b], " is beyond the ", total, " packed tokens");
+  TORCH_CHECK_VALUE(max_seqlen >= longest, kPre, max_name, " = ", max_seqlen, " is smaller than the longest sequence (",
+                    longest, ") in ", name);
+  return longest;
+}
+
+void set_alibi(FwdParams& p, const at::Tensor& a, const at::Tensor& q, std::vector<at::Tensor>& keep) {
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kFloat, kPre, "alibi_slopes must be float32, got ", a.scalar_type());
+  TORCH_CHECK_VALUE(a.device() == q.device(), kPre, "alibi_slopes must be on the device of q (", q.device(), "), got ",
+                    a.device());
+  const bool per_batch = a.dim() == 2;
+  TORCH_CHECK_VALUE((a.dim() == 1 && a.size(0) == p.h) || (per_batch && a.size(0) == p.b && a.size(1) == p.h), kPre,
+                    "alibi_slopes must have shape (heads,) = (", p.h, ",) or (batch, heads) = (", p.b, ", ", p.h,
+                    "), got ", a.sizes());
+  const at::Tensor c = last_dim_contiguous(a);
+  keep.push_back(c);
+  p.alibi_slopes = c.data_ptr<float>();
+  p.alibi_batch_stride = per_batch ? c.stride(0) : 0;
+}
+
+// torch SDPA's attn_mask: bool (True = attend) or floating (added to the scores), broadcastable to
+// (batch, heads, seqlen_q, seqlen_k). Floating masks are read as the LSE dtype.
+void set_mask(FwdParams& p, const at::Tensor& m_in, const at::Tensor& q, std::vector<at::Tensor>& keep) {
+  TORCH_CHECK_VALUE(m_in.device() == q.device(), kPre, "attn_mask must be on the device of q (", q.device(),
+                    "), got ", m_in.device());
+  const auto st = m_in.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kBool || at::isFloatingType(st), kPre,
+                   "attn_mask must be bool (True = attend) or a floating dtype (added to the scores), got ", st);
+  const std::vector<int64_t> target{p.b, p.h, p.s_q, p.s_k};
+  TORCH_CHECK_VALUE(m_in.dim() <= 4, kPre, "attn_mask must have at most 4 dims (batch, heads, seqlen_q, seqlen_k), "
+                    "got shape ", m_in.sizes());
+  for (int64_t i = 0; i < m_in.dim(); ++i) {
+    const int64_t t = target[4 - m_in.dim() + i], s = m_in.size(i);
+    TORCH_CHECK_VALUE(s == t || s == 1, kPre, "attn_mask of shape ", m_in.sizes(),
+                      " is not broadcastable to (batch, heads, seqlen_q, seqlen_k) = ", at::IntArrayRef(target));
+  }
+  at::Tensor m = st == at::kBool ? m_in : m_in.to(lse_dtype(q.scalar_type()));
+  while (m.dim() < 4) m = m.unsqueeze(0);
+  if (p.s_k > 1 && (m.size(3) == 1 || m.stride(3) != 1)) m = m.expand({m.size(0), m.size(1), m.size(2), p.s_k}).contiguous();
+  m = m.expand(target);
+  keep.push_back(m);
+  p.mask = m.data_ptr();
+  p.mask_kind = st == at::kBool ? MaskKind::kBool : MaskKind::kAdditive;
+  p.mask_batch_stride = m.stride(0);
+  p.mask_head_stride = m.stride(1);
+  p.mask_row_stride = m.stride(2);
+}
+
+}  // namespace
+
+void set_dropout_params(FwdParams& p, double dropout_p, const c10::optional<at::Tensor>& rng) {
+  if (dropout_p == 0) return;
+  TORCH_CHECK_VALUE(rng.has_value() && rng->defined(), kPre,
+                    "rng_state (int64 [seed, offset]) is required when dropout_p > 0");
+  const at::Tensor& r = *rng;
+  TORCH_CHECK_TYPE(r.scalar_type() == at::kLong, kPre, "rng_state must be int64, got ", r.scalar_type());
+  TORCH_CHECK_VALUE(r.numel() == 2, kPre, "rng_state must hold 2 values [seed, offset], got shape ", r.sizes());
+  const at::Tensor h = r.to(at::kCPU).contiguous();
+  p.seed = uint64_t(h.data_ptr<int64_t>()[0]);
+  p.offset = uint64_t(h.data_ptr<int64_t>()[1]);
+  p.dropout_threshold = uint32_t(std::lround(dropout_p * 16777216.0));
+  p.dropout_keep_scale = 1.0 / (1.0 - dropout_p);
+}
+
+FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptArgs& a,
+                          std::vector<at::Tensor>& keep) {
   check_float_tensor(q, "q");
   check_float_tensor(k, "k");
   check_float_tensor(v, "v");
   check_same(k, "k", q);
   check_same(v, "v", q);
-  check_not_implemented(a.cu_seqlens_q, "cu_seqlens_q (varlen)");
-  check_not_implemented(a.cu_seqlens_k, "cu_seqlens_k (varlen)");
-  check_not_implemented(a.seqused_k, "seqused_k");
   check_not_implemented(a.block_table, "block_table (paged KV cache)");
-  check_not_implemented(a.attn_mask, "attn_mask");
-  check_not_implemented(a.alibi_slopes, "alibi_slopes");
-  check_rank(q, "q", 4, "(batch, seqlen_q, heads, head_dim)");
-  check_rank(k, "k", 4, "(batch, seqlen_k, heads_kv, head_dim)");
-  check_rank(v, "v", 4, "(batch, seqlen_k, heads_kv, head_dim_v)");
-
-  const int64_t b = q.size(0), s_q = q.size(1), h = q.size(2), d = q.size(3);
-  const int64_t s_k = k.size(1), h_kv = k.size(2), d_v = v.size(3);
-  TORCH_CHECK_VALUE(k.size(0) == b && v.size(0) == b, kPre, "k and v must have the batch size of q (", b,
-                    "), got k ", k.sizes(), " and v ", v.sizes());
-  TORCH_CHECK_VALUE(v.size(1) == s_k, kPre, "v must have the seqlen of k (", s_k, "), got ", v.size(1));
-  TORCH_CHECK_VALUE(v.size(2) == h_kv, kPre, "v must have the heads of k (", h_kv, "), got ", v.size(2));
-  TORCH_CHECK_VALUE(k.size(3) == d, kPre, "k must have the head_dim of q (", d, "), got ", k.size(3));
+  const bool varlen = a.cu_seqlens_q.has_value() || a.cu_seqlens_k.has_value();
+  TORCH_CHECK_VALUE(!varlen || (a.cu_seqlens_q.has_value() && a.cu_seqlens_k.has_value()), kPre,
+                    "cu_seqlens_q and cu_seqlens_k must be given together");
+  if (varlen) {
+    check_rank(q, "q", 3, "(total_q, heads, head_dim) with cu_seqlens");
+    check_rank(k, "k", 3, "(total_k, heads_kv, head_dim) with cu_seqlens");
+    check_rank(v, "v", 3, "(total_k, heads_kv, head_dim_v) with cu_seqlens");
+  } else {
+    check_rank(q, "q", 4, "(batch, seqlen_q, heads, head_dim)");
+    check_rank(k, "k", 4, "(batch, seqlen_k, heads_kv, head_dim)");
+    check_rank(v, "v", 4, "(batch, seqlen_k, heads_kv, head_dim_v)");
+  }
+  // Views as (batch, seqlen, heads, dim); packed inputs are one "batch row" per token.
+  const int o = varlen ? 1 : 0;
+  const int64_t s_q_all = q.size(1 - o), h = q.size(2 - o), d = q.size(3 - o);
+  const int64_t s_k_all = k.size(1 - o), h_kv = k.size(2 - o), d_v = v.size(3 - o);
+  if (!varlen)
+    TORCH_CHECK_VALUE(k.size(0) == q.size(0) && v.size(0) == q.size(0), kPre, "k and v must have the batch size of q (",
+                      q.size(0), "), got k ", k.sizes(), " and v ", v.sizes());
+  TORCH_CHECK_VALUE(v.size(1 - o) == s_k_all, kPre, "v must have the ", varlen ? "tokens" : "seqlen", " of k (", s_k_all,
+                    "), got ", v.size(1 - o));
+  TORCH_CHECK_VALUE(v.size(2 - o) == h_kv, kPre, "v must have the heads of k (", h_kv, "), got ", v.size(2 - o));
+  TORCH_CHECK_VALUE(k.size(3 - o) == d, kPre, "k must have the head_dim of q (", d, "), got ", k.size(3 - o));
   TORCH_CHECK_VALUE(h_kv >= 1 && h >= 1 && h % h_kv == 0, kPre,
                     "the number of heads of q (", h, ") must be a multiple of the heads of k/v (", h_kv, ")");
   TORCH_CHECK_VALUE(d >= 1, kPre, "head_dim of q/k must be >= 1, got ", d);
@@ -90,9 +200,8 @@ FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{q, "q"}, {k, "k"}, {v, "v"}})
     TORCH_CHECK_VALUE(t.numel() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, kPre, name,
                       " must have a contiguous last dim (stride 1), got strides ", t.strides());
-  check_int_range(s_q, "seqlen_q");
-  check_int_range(s_k, "seqlen_k");
-  check_int_range(b * h, "batch * heads");
+  check_int_range(s_q_all, varlen ? "total_q" : "seqlen_q");
+  check_int_range(s_k_all, varlen ? "total_k" : "seqlen_k");
 
   TORCH_CHECK_VALUE(std::isfinite(a.softmax_scale), kPre, "softmax_scale must be finite, got ", a.softmax_scale);
   TORCH_CHECK_VALUE(a.window_left >= -1 && a.window_right >= -1, kPre,
@@ -102,18 +211,41 @@ FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   check_int_range(a.window_right, "window_size[1]");
   TORCH_CHECK_VALUE(std::isfinite(a.softcap) && a.softcap >= 0, kPre, "softcap must be >= 0 and finite, got ",
                     a.softcap);
-  TORCH_CHECK_NOT_IMPLEMENTED(a.softcap == 0, kPre, "softcap > 0 is not implemented yet (features issue)");
   TORCH_CHECK_VALUE(a.dropout_p >= 0 && a.dropout_p < 1, kPre, "dropout_p must be in [0, 1), got ", a.dropout_p);
-  TORCH_CHECK_NOT_IMPLEMENTED(a.dropout_p == 0, kPre, "dropout_p > 0 is not implemented yet (features issue)");
   TORCH_CHECK_VALUE(a.num_splits >= 0, kPre, "num_splits must be >= 0, got ", a.num_splits);
 
   FwdParams p;
   p.q = q.data_ptr();
   p.k = k.data_ptr();
   p.v = v.data_ptr();
-  p.q_batch_stride = q.stride(0); p.q_row_stride = q.stride(1); p.q_head_stride = q.stride(2);
-  p.k_batch_stride = k.stride(0); p.k_row_stride = k.stride(1); p.k_head_stride = k.stride(2);
-  p.v_batch_stride = v.stride(0); p.v_row_stride = v.stride(1); p.v_head_stride = v.stride(2);
+  if (varlen) {
+    p.q_batch_stride = 0; p.q_row_stride = q.stride(0); p.q_head_stride = q.stride(1);
+    p.k_batch_stride = 0; p.k_row_stride = k.stride(0); p.k_head_stride = k.stride(1);
+    p.v_batch_stride = 0; p.v_row_stride = v.stride(0); p.v_head_stride = v.stride(1);
+  } else {
+    p.q_batch_stride = q.stride(0); p.q_row_stride = q.stride(1); p.q_head_stride = q.stride(2);
+    p.k_batch_stride = k.stride(0); p.k_row_stride = k.stride(1); p.k_head_stride = k.stride(2);
+    p.v_batch_stride = v.stride(0); p.v_row_stride = v.stride(1); p.v_head_stride = v.stride(2);
+  }
+  int64_t b = varlen ? 0 : q.size(0), s_q = s_q_all, s_k = s_k_all;
+  if (varlen) {
+    const at::Tensor& cq = *a.cu_seqlens_q;
+    const at::Tensor& ck = *a.cu_seqlens_k;
+    TORCH_CHECK_VALUE(cq.dim() == 1 && cq.size(0) >= 1, kPre, "cu_seqlens_q must have shape (batch + 1,), got ",
+                      cq.sizes());
+    b = cq.size(0) - 1;
+    check_cu_seqlens(cq, "cu_seqlens_q", q, b, s_q_all, a.max_seqlen_q, "max_seqlen_q");
+    check_cu_seqlens(ck, "cu_seqlens_k", q, b, s_k_all, a.max_seqlen_k, "max_seqlen_k");
+    s_q = a.max_seqlen_q;
+    s_k = a.max_seqlen_k;
+    check_int_range(s_q, "max_seqlen_q");
+    check_int_range(s_k, "max_seqlen_k");
+    keep.push_back(cq.contiguous());
+    keep.push_back(ck.contiguous());
+    p.cu_seqlens_q = keep[keep.size() - 2].data_ptr<int32_t>();
+    p.cu_seqlens_k = keep.back().data_ptr<int32_t>();
+  }
+  check_int_range(b * h, "batch * heads");
   p.b = int(b); p.h = int(h); p.h_kv = int(h_kv);
   p.s_q = int(s_q); p.s_k = int(s_k);
   p.d = int(d); p.d_v = int(d_v);
@@ -124,15 +256,36 @@ FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   p.bottom_right = a.bottom_right;
   p.window_left = int(a.window_left);
   p.window_right = int(a.window_right);
-  p.softcap = float(a.softcap);
+  p.softcap = a.softcap;
   p.dropout_p = float(a.dropout_p);
   p.num_splits = int(a.num_splits);  // 0 = the device chooses
+
+  if (a.seqused_k.has_value() && a.seqused_k->defined()) {
+    const at::Tensor& su = *a.seqused_k;
+    check_index_tensor(su, "seqused_k", q, b);
+    const at::Tensor hs = host_ints(su);
+    const at::Tensor hk = varlen ? host_ints(*a.cu_seqlens_k) : at::Tensor();
+    for (int64_t i = 0; i < b; ++i) {
+      const int64_t cap = varlen ? hk.data_ptr<int32_t>()[i + 1] - hk.data_ptr<int32_t>()[i] : s_k;
+      const int32_t u = hs.data_ptr<int32_t>()[i];
+      TORCH_CHECK_VALUE(u >= 0 && u <= cap, kPre, "seqused_k[", i, "] = ", u, " must be in [0, ", cap,
+                        "] (the keys of that sequence)");
+    }
+    keep.push_back(su.contiguous());
+    p.seqused_k = keep.back().data_ptr<int32_t>();
+  }
+  if (a.alibi_slopes.has_value() && a.alibi_slopes->defined()) set_alibi(p, *a.alibi_slopes, q, keep);
+  if (a.attn_mask.has_value() && a.attn_mask->defined()) {
+    TORCH_CHECK_VALUE(!varlen, kPre, "attn_mask cannot be combined with cu_seqlens (varlen)");
+    set_mask(p, *a.attn_mask, q, keep);
+  }
+  set_dropout_params(p, a.dropout_p, a.rng_state);
   return p;
 }
 
 std::tuple<at::Tensor, at::Tensor> alloc_fwd_outputs(const at::Tensor& q, const at::Tensor& v) {
-  auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
-  auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(lse_dtype(q.scalar_type())));
+  auto out = at::empty(out_shape_of(q, v), q.options());
+  auto lse = at::empty(lse_shape_of(q), q.options().dtype(lse_dtype(q.scalar_type())));
   return {out, lse};
 }
 
@@ -146,19 +299,38 @@ std::tuple<at::Tensor, at::Tensor> alloc_split_accum(FwdParams& p, const at::Ten
   return {o_accum, lse_accum};
 }
 
+namespace {
+// (batch, row, head) strides of a (b, s, h, d) or packed (total, h, d) tensor.
+void strides3(const at::Tensor& t, int64_t& batch, int64_t& row, int64_t& head) {
+  if (t.dim() == 3) {
+    batch = 0; row = t.stride(0); head = t.stride(1);
+  } else {
+    batch = t.stride(0); row = t.stride(1); head = t.stride(2);
+  }
+}
+// (batch, head) strides of a (b, h, s_q) or packed (h, total_q) LSE-shaped tensor.
+void lse_strides(const at::Tensor& t, int64_t& batch, int64_t& head) {
+  if (t.dim() == 2) {
+    batch = 0; head = t.stride(0);
+  } else {
+    batch = t.stride(0); head = t.stride(1);
+  }
+}
+}  // namespace
+
 void set_fwd_outputs(FwdParams& p, const at::Tensor& out, const at::Tensor& lse) {
   p.o = out.data_ptr();
-  p.o_batch_stride = out.stride(0); p.o_row_stride = out.stride(1); p.o_head_stride = out.stride(2);
+  strides3(out, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
   p.lse = lse.data_ptr();
-  p.lse_batch_stride = lse.stride(0); p.lse_head_stride = lse.stride(1);
+  lse_strides(lse, p.lse_batch_stride, p.lse_head_stride);
 }
 
 BwdParams make_bwd_params(const FwdParams& fp, const at::Tensor& dout,
                           const c10::optional<at::Tensor>& dlse, const at::Tensor& out,
                           const at::Tensor& lse, const at::Tensor& dq, const at::Tensor& dk,
                           const at::Tensor& dv, bool deterministic) {
-  const std::vector<int64_t> out_shape{fp.b, fp.s_q, fp.h, fp.d_v};
-  const std::vector<int64_t> lse_shape{fp.b, fp.h, fp.s_q};
+  const std::vector<int64_t> out_shape = out_shape_of(dq, dv);
+  const std::vector<int64_t> lse_shape = lse_shape_of(dq);
   check_float_tensor(dout, "dout");
   check_float_tensor(out, "out");
   check_same(dout, "dout", dq);
@@ -179,11 +351,11 @@ BwdParams make_bwd_params(const FwdParams& fp, const at::Tensor& dout,
   BwdParams p;
   static_cast<FwdParams&>(p) = fp;
   p.o = const_cast<void*>(out.data_ptr());
-  p.o_batch_stride = out.stride(0); p.o_row_stride = out.stride(1); p.o_head_stride = out.stride(2);
+  strides3(out, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
   p.lse = const_cast<void*>(lse.data_ptr());
-  p.lse_batch_stride = lse.stride(0); p.lse_head_stride = lse.stride(1);
+  lse_strides(lse, p.lse_batch_stride, p.lse_head_stride);
   p.dout = dout.data_ptr();
-  p.do_batch_stride = dout.stride(0); p.do_row_stride = dout.stride(1); p.do_head_stride = dout.stride(2);
+  strides3(dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
   if (dlse.has_value() && dlse->defined()) {
     const auto& g = *dlse;
     TORCH_CHECK_TYPE(g.scalar_type() == lse_st, kPre, "dlse must be ", lse_st, ", got ", g.scalar_type());
@@ -192,14 +364,14 @@ BwdParams make_bwd_params(const FwdParams& fp, const at::Tensor& dout,
                       ", got ", g.sizes());
     TORCH_CHECK_VALUE(g.stride(-1) == 1 || fp.s_q <= 1, kPre, "dlse must have a contiguous last dim");
     p.dlse = g.data_ptr();
-    p.dlse_batch_stride = g.stride(0); p.dlse_head_stride = g.stride(1);
+    lse_strides(g, p.dlse_batch_stride, p.dlse_head_stride);
   }
   p.dq = dq.data_ptr();
-  p.dq_batch_stride = dq.stride(0); p.dq_row_stride = dq.stride(1); p.dq_head_stride = dq.stride(2);
+  strides3(dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
   p.dk = dk.data_ptr();
-  p.dk_batch_stride = dk.stride(0); p.dk_row_stride = dk.stride(1); p.dk_head_stride = dk.stride(2);
+  strides3(dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
   p.dv = dv.data_ptr();
-  p.dv_batch_stride = dv.stride(0); p.dv_row_stride = dv.stride(1); p.dv_head_stride = dv.stride(2);
+  strides3(dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
   p.deterministic = deterministic;
   return p;
 }
@@ -222,7 +394,7 @@ OptArgs make_fwd_opt_args(FAL_FWD_ARGS) {
 }
 
 OptArgs make_bwd_opt_args(FAL_BWD_ARGS) {
-  (void)dout; (void)dlse; (void)out; (void)softmax_lse;
+  (void)dout; (void)dlse; (void)out; (void)softmax_lse; (void)mask_grad;
   return make_fwd_opt_args(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k,
                            c10::nullopt, rng_state, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
                            bottom_right, window_left, window_right, softcap, dropout_p, 1, deterministic);
@@ -231,22 +403,27 @@ OptArgs make_bwd_opt_args(FAL_BWD_ARGS) {
 std::tuple<at::Tensor, at::Tensor> fwd_impl(FwdRunner run, const at::Tensor& q_in, const at::Tensor& k_in,
                                             const at::Tensor& v_in, const OptArgs& a) {
   const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
-  FwdParams p = make_fwd_params(q, k, v, a);
+  std::vector<at::Tensor> keep;  // converted optional tensors the params point into
+  FwdParams p = make_fwd_params(q, k, v, a, keep);
   auto [out, lse] = alloc_fwd_outputs(q, v);
   if (out.numel() == 0) return {out, lse};
   set_fwd_outputs(p, out, lse);
+  if (p.cu_seqlens_q) {  // packed rows no sequence owns
+    out.zero_();
+    lse.fill_(-std::numeric_limits<double>::infinity());
+  }
   run(p, q);
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(BwdRunner run, const at::Tensor& dout_in,
-                                                        const OptT& dlse_in, const at::Tensor& q_in,
-                                                        const at::Tensor& k_in, const at::Tensor& v_in,
-                                                        const at::Tensor& out_in, const at::Tensor& lse_in,
-                                                        const OptArgs& a, bool deterministic) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_impl(
+    BwdRunner run, const at::Tensor& dout_in, const OptT& dlse_in, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in, const OptArgs& a, bool deterministic,
+    bool mask_grad) {
   const at::Tensor lse = lse_in.contiguous();  // scratch buffers of the kernels share its strides
   const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
-  FwdParams fp = make_fwd_params(q, k, v, a);
+  std::vector<at::Tensor> keep;
+  FwdParams fp = make_fwd_params(q, k, v, a, keep);
   auto dq = at::empty(q.sizes(), q.options());
   auto dk = at::empty(k.sizes(), k.options());
   auto dv = at::empty(v.sizes(), v.options());
@@ -254,13 +431,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(BwdRunner run, const at:
   OptT dlse = dlse_in;
   if (dlse.has_value() && dlse->defined()) dlse = last_dim_contiguous(*dlse);
   BwdParams p = make_bwd_params(fp, dout, dlse, out, lse, dq, dk, dv, deterministic);
+  // Gradient of a floating attn_mask: dS at every (batch, head, row, key), summed to the mask's shape.
+  at::Tensor dmask_full, dmask = at::empty({0}, q.options());
+  if (mask_grad) {
+    TORCH_CHECK_VALUE(a.attn_mask.has_value() && a.attn_mask->defined() &&
+                          at::isFloatingType(a.attn_mask->scalar_type()),
+                      kPre, "mask_grad needs a floating attn_mask");
+    dmask_full = at::zeros({p.b, p.h, p.s_q, p.s_k}, q.options().dtype(lse_dtype(q.scalar_type())));
+    p.dmask = dmask_full.data_ptr();
+    p.dmask_batch_stride = dmask_full.stride(0);
+    p.dmask_head_stride = dmask_full.stride(1);
+    p.dmask_row_stride = dmask_full.stride(2);
+  }
+  auto finish_mask = [&] {
+    if (mask_grad) dmask = at::sum_to(dmask_full, a.attn_mask->sizes()).to(a.attn_mask->scalar_type());
+  };
   if (dk.numel() > 0 && dq.numel() == 0) dk.zero_(), dv.zero_();
   if (dq.numel() == 0 || dk.numel() == 0) {
     dq.zero_();
-    return {dq, dk, dv};
+    finish_mask();
+    return {dq, dk, dv, dmask};
   }
+  if (p.cu_seqlens_k || p.seqused_k) {  // keys no sequence uses get zero gradients
+    dk.zero_();
+    dv.zero_();
+  }
+  if (p.cu_seqlens_q) dq.zero_();
   run(p, q);
-  return {dq, dk, dv};
+  finish_mask();
+  return {dq, dk, dv, dmask};
 }
 
 }  // namespace fal::glue

@@ -28,8 +28,14 @@ at::Tensor last_dim_contiguous(const at::Tensor& t);
 
 // Validates q/k/v and the optional arguments (raises ValueError / TypeError /
 // NotImplementedError naming the argument) and fills the shape, stride and option fields.
+// q/k/v are (batch, seqlen, heads, dim), or packed (total, heads, dim) with cu_seqlens_q/k.
+// Tensors the params point into that had to be converted (masks, index copies) are appended to
+// `keep`, which must outlive the kernels.
 FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const OptArgs& a);
+                          const OptArgs& a, std::vector<at::Tensor>& keep);
+
+// Dropout fields of the params from dropout_p and rng_state (int64 [seed, offset]); validates both.
+void set_dropout_params(FwdParams& p, double dropout_p, const c10::optional<at::Tensor>& rng_state);
 
 // Output allocations of the forward: (out, lse).
 std::tuple<at::Tensor, at::Tensor> alloc_fwd_outputs(const at::Tensor& q, const at::Tensor& v);
@@ -61,11 +67,11 @@ using BwdRunner = void (*)(BwdParams&, const at::Tensor& q);
 std::tuple<at::Tensor, at::Tensor> fwd_impl(FwdRunner run, const at::Tensor& q, const at::Tensor& k,
                                             const at::Tensor& v, const OptArgs& a);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(BwdRunner run, const at::Tensor& dout,
-                                                        const OptT& dlse, const at::Tensor& q,
-                                                        const at::Tensor& k, const at::Tensor& v,
-                                                        const at::Tensor& out, const at::Tensor& lse,
-                                                        const OptArgs& a, bool deterministic);
+// Returns (dq, dk, dv, dmask); dmask has the attn_mask's shape and dtype when mask_grad, else is empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_impl(
+    BwdRunner run, const at::Tensor& dout, const OptT& dlse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const OptArgs& a, bool deterministic,
+    bool mask_grad);
 
 // Op signatures (must match the schema strings in module.cpp).
 #define FAL_FWD_ARGS                                                                               \
@@ -84,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(BwdRunner run, const at:
       const fal::glue::OptT &seqused_k, const fal::glue::OptT &rng_state, int64_t max_seqlen_q,    \
       int64_t max_seqlen_k, double softmax_scale, bool causal, bool bottom_right,                  \
       int64_t window_left, int64_t window_right, double softcap, double dropout_p,                 \
-      bool deterministic
+      bool deterministic, bool mask_grad
 
 OptArgs make_fwd_opt_args(FAL_FWD_ARGS);
 
@@ -103,6 +109,6 @@ OptArgs make_bwd_opt_args(FAL_BWD_ARGS);
 #define FAL_BWD_FORWARD_ARGS                                                                       \
   dout, dlse, q, k, v, out, softmax_lse, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,      \
       seqused_k, rng_state, max_seqlen_q, max_seqlen_k, softmax_scale, causal, bottom_right,       \
-      window_left, window_right, softcap, dropout_p, deterministic
+      window_left, window_right, softcap, dropout_p, deterministic, mask_grad
 
 }  // namespace fal::glue

@@ -9,6 +9,7 @@
 
 #include "cpu/cpu_kernels.h"
 #include "cpu/isa.h"
+#include "flashattn_lite/attn_math.h"
 #include "torch/attn_glue.h"
 
 namespace fal::glue {
@@ -60,9 +61,32 @@ std::tuple<at::Tensor, at::Tensor> fwd_cpu(FAL_FWD_ARGS) {
   return fwd_impl(run_fwd_cpu, q, k, v, make_fwd_opt_args(FAL_FWD_FORWARD_ARGS));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cpu(FAL_BWD_ARGS) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cpu(FAL_BWD_ARGS) {
   return bwd_impl(run_bwd_cpu, dout, dlse, q, k, v, out, softmax_lse, make_bwd_opt_args(FAL_BWD_FORWARD_ARGS),
-                  deterministic);
+                  deterministic, mask_grad);
+}
+
+at::Tensor dropout_keep_cpu(const at::Tensor& rng_state, int64_t batch, int64_t heads, int64_t s_q, int64_t s_k,
+                            double dropout_p) {
+  TORCH_CHECK_VALUE(batch >= 0 && heads >= 0 && s_q >= 0 && s_k >= 0, "flashattn_lite: dropout_keep sizes must be >= 0");
+  TORCH_CHECK_VALUE(dropout_p > 0 && dropout_p < 1, "flashattn_lite: dropout_p must be in (0, 1), got ", dropout_p);
+  auto keep = at::empty({batch, heads, s_q, s_k}, rng_state.options().dtype(at::kBool).device(at::kCPU));
+  if (keep.numel() == 0) return keep;
+  // The same params path as the kernels (validation of rng_state included).
+  FwdParams p;
+  p.h = int(heads);
+  set_dropout_params(p, dropout_p, rng_state);
+  p.dropout_p = float(dropout_p);
+  bool* out = keep.data_ptr<bool>();
+  at::parallel_for(0, batch * heads, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      Dropout d = make_dropout(p);
+      d.bh = uint32_t(bh);
+      for (int64_t i = 0; i < s_q; ++i)
+        for (int64_t j = 0; j < s_k; ++j) out[(bh * s_q + i) * s_k + j] = d.keep(int(i), int(j));
+    }
+  });
+  return keep;
 }
 
 }  // namespace
@@ -92,4 +116,5 @@ double fal_cpu_peak_gflops(int kind, double seconds) {
 TORCH_LIBRARY_IMPL(flashattn_lite, CPU, m) {
   m.impl("fwd", &fal::glue::fwd_cpu);
   m.impl("bwd", &fal::glue::bwd_cpu);
+  m.impl("dropout_keep", &fal::glue::dropout_keep_cpu);
 }

@@ -19,7 +19,22 @@ void check_launch(int err, const char* what) {
   TORCH_CHECK(err == 0, kPre, "CUDA ", what, " kernel failed: ", fal::cuda::error_string(err));
 }
 
+// Features the CUDA kernels do not implement yet (the CPU kernels do): refuse them clearly
+// rather than ignore them.
+void check_cuda_features(const FwdParams& p) {
+  const char* missing = p.mask ? "attn_mask"
+                        : p.alibi_slopes ? "alibi_slopes"
+                        : p.softcap > 0.f ? "softcap > 0"
+                        : p.dropout_p > 0.f ? "dropout_p > 0"
+                        : (p.cu_seqlens_q || p.cu_seqlens_k) ? "cu_seqlens (varlen)"
+                        : p.seqused_k ? "seqused_k / cache_seqlens"
+                        : nullptr;
+  TORCH_CHECK_NOT_IMPLEMENTED(missing == nullptr, kPre, missing,
+                              " is not implemented on CUDA yet (it is on the CPU); tracked by the CUDA issue");
+}
+
 void check_grid_limits(const FwdParams& p) {
+  check_cuda_features(p);
   TORCH_CHECK_VALUE(p.b <= 65535 && p.h <= 65535, kPre, "on CUDA, batch (", p.b, ") and heads (", p.h,
                     ") must each be <= 65535");
 }
@@ -70,7 +85,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(FAL_FWD_ARGS) {
   const c10::cuda::CUDAGuard guard(q.device());
   const OptArgs a = make_fwd_opt_args(FAL_FWD_FORWARD_ARGS);
   const at::Tensor qc = last_dim_contiguous(q), kc = last_dim_contiguous(k), vc = last_dim_contiguous(v);
-  FwdParams probe = make_fwd_params(qc, kc, vc, a);  // validates the caller's tensors
+  std::vector<at::Tensor> keep;
+  FwdParams probe = make_fwd_params(qc, kc, vc, a, keep);  // validates the caller's tensors
   check_grid_limits(probe);
   probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);
   if (!fal::cuda::fwd_uses_tensor_cores(probe) || q.size(3) != v.size(3) || qc.numel() == 0 || kc.numel() == 0)
@@ -96,29 +112,30 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(FAL_FWD_ARGS) {
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(FAL_BWD_ARGS) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cuda(FAL_BWD_ARGS) {
   const c10::cuda::CUDAGuard guard(q.device());
   const OptArgs a = make_bwd_opt_args(FAL_BWD_FORWARD_ARGS);
   const at::Tensor qc = last_dim_contiguous(q), kc = last_dim_contiguous(k), vc = last_dim_contiguous(v);
   BwdParams probe;
-  static_cast<FwdParams&>(probe) = make_fwd_params(qc, kc, vc, a);  // validates the caller's tensors
+  std::vector<at::Tensor> keep;
+  static_cast<FwdParams&>(probe) = make_fwd_params(qc, kc, vc, a, keep);  // validates the caller's tensors
   check_grid_limits(probe);
   probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);
   probe.deterministic = deterministic;
   if (!fal::cuda::bwd_uses_tensor_cores(probe) || q.size(3) != v.size(3) || qc.numel() == 0 || kc.numel() == 0)
-    return bwd_impl(run_bwd_cuda, dout, dlse, qc, kc, vc, out, softmax_lse, a, deterministic);
+    return bwd_impl(run_bwd_cuda, dout, dlse, qc, kc, vc, out, softmax_lse, a, deterministic, mask_grad);
   const int64_t d = q.size(3), d8 = probe.d;
   TORCH_CHECK_VALUE(out.dim() == 4 && dout.dim() == 4 && out.size(-1) == d && dout.size(-1) == d, kPre,
                     "out and dout must have shape (batch, seqlen_q, heads, head_dim) like q");
-  auto [dq, dk, dv] = bwd_impl(run_bwd_cuda, tensor_core_ready(last_dim_contiguous(dout), d8), dlse,
+  auto [dq, dk, dv, dmask] = bwd_impl(run_bwd_cuda, tensor_core_ready(last_dim_contiguous(dout), d8), dlse,
                                tensor_core_ready(qc, d8), tensor_core_ready(kc, d8), tensor_core_ready(vc, d8),
-                               tensor_core_ready(last_dim_contiguous(out), d8), softmax_lse, a, deterministic);
+                               tensor_core_ready(last_dim_contiguous(out), d8), softmax_lse, a, deterministic, mask_grad);
   if (d8 != d) {
     dq = dq.narrow(-1, 0, d).contiguous();
     dk = dk.narrow(-1, 0, d).contiguous();
     dv = dv.narrow(-1, 0, d).contiguous();
   }
-  return {dq, dk, dv};
+  return {dq, dk, dv, dmask};
 }
 
 }  // namespace

@@ -11,7 +11,9 @@ namespace py = pybind11;
 double fal_cpu_peak_gflops(int kind, double seconds);  // cpu_ops.cpp
 
 // Layouts: q (b, s_q, h, d), k (b, s_k, h_kv, d), v (b, s_k, h_kv, d_v), any strides with a
-// contiguous last dim. out (b, s_q, h, d_v), softmax_lse (b, h, s_q) fp32.
+// contiguous last dim. out (b, s_q, h, d_v), softmax_lse (b, h, s_q) fp32. With cu_seqlens_q/k
+// (varlen): q (total_q, h, d), k/v (total_k, h_kv, d), out (total_q, h, d_v), lse (h, total_q).
+// bwd returns dmask (the attn_mask's shape) when mask_grad, else an empty tensor.
 // `deterministic` of fwd is only recorded for its backward (bitwise-reproducible gradients).
 // Optional arguments are part of the schema from the start so that features extend it without
 // changing it; the ones not built yet raise NotImplementedError.
@@ -27,7 +29,11 @@ TORCH_LIBRARY(flashattn_lite, m) {
       "Tensor? attn_mask, Tensor? alibi_slopes, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
       "Tensor? seqused_k, Tensor? rng_state, int max_seqlen_q, int max_seqlen_k, float softmax_scale, "
       "bool causal, bool bottom_right, int window_left, int window_right, float softcap, "
-      "float dropout_p, bool deterministic) -> (Tensor dq, Tensor dk, Tensor dv)");
+      "float dropout_p, bool deterministic, bool mask_grad=False) -> (Tensor dq, Tensor dk, Tensor dv, "
+      "Tensor dmask)");
+  // The dropout keep pattern (bool, batch x heads x seqlen_q x seqlen_k) for an rng_state: what the
+  // kernels draw (Philox4x32-10, see attn_math.h), for tests and return_attn_probs.
+  m.def("dropout_keep(Tensor rng_state, int batch, int heads, int seqlen_q, int seqlen_k, float dropout_p) -> Tensor");
 }
 
 namespace {

@@ -14,23 +14,11 @@ import torch
 Tensor = torch.Tensor
 
 
-def _not_built(name: str) -> NotImplementedError:
-    return NotImplementedError(
-        f"flashattn_lite: {name} is not implemented yet (tracked by the features issue); "
-        "leave it at its default")
-
-
-def _check_unbuilt(dropout_p: float, softcap: float, alibi_slopes: Optional[Tensor]) -> None:
+def _check_features(dropout_p: float, softcap: float) -> None:
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"flashattn_lite: dropout_p must be in [0, 1), got {dropout_p}")
-    if dropout_p > 0.0:
-        raise _not_built("dropout_p > 0")
-    if softcap < 0.0:
-        raise ValueError(f"flashattn_lite: softcap must be >= 0, got {softcap}")
-    if softcap > 0.0:
-        raise _not_built("softcap > 0")
-    if alibi_slopes is not None:
-        raise _not_built("alibi_slopes")
+    if not softcap >= 0.0 or math.isinf(softcap):
+        raise ValueError(f"flashattn_lite: softcap must be >= 0 and finite, got {softcap}")
 
 
 def _window(window_size: tuple[int, int]) -> tuple[int, int]:
@@ -43,12 +31,41 @@ def _window(window_size: tuple[int, int]) -> tuple[int, int]:
     return left, right
 
 
+def rng_state_for(dropout_p: float, device: torch.device) -> Optional[Tensor]:
+    """[seed, offset] (int64) for the dropout RNG, drawn from the default generator of `device`
+    (so torch.manual_seed reproduces a call); None without dropout."""
+    if dropout_p == 0.0:
+        return None
+    return torch.randint(-(2 ** 63), 2 ** 63 - 1, (2,), dtype=torch.int64, device=device)
+
+
 def _attn(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool, bottom_right: bool,
-          window: tuple[int, int], deterministic: bool = False) -> tuple[Tensor, Tensor]:
-    """(b, s_q, h, d) x (b, s_k, h_kv, d) x (b, s_k, h_kv, d_v) -> out (b, s_q, h, d_v), lse (b, h, s_q)."""
+          window: tuple[int, int], deterministic: bool = False, *, attn_mask: Optional[Tensor] = None,
+          alibi_slopes: Optional[Tensor] = None, softcap: float = 0.0, dropout_p: float = 0.0,
+          rng_state: Optional[Tensor] = None, cu_seqlens_q: Optional[Tensor] = None,
+          cu_seqlens_k: Optional[Tensor] = None, max_seqlen_q: int = -1, max_seqlen_k: int = -1,
+          seqused_k: Optional[Tensor] = None, num_splits: int = 0) -> tuple[Tensor, Tensor]:
+    """(b, s_q, h, d) x (b, s_k, h_kv, d) x (b, s_k, h_kv, d_v) -> out (b, s_q, h, d_v), lse (b, h, s_q);
+    packed (total, h, d) inputs with cu_seqlens -> out (total_q, h, d_v), lse (h, total_q)."""
     return torch.ops.flashattn_lite.fwd.default(
-        q, k, v, None, None, None, None, None, None, None, -1, -1, float(scale), bool(causal),
-        bool(bottom_right), window[0], window[1], 0.0, 0.0, 0, bool(deterministic))
+        q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, None, rng_state,
+        int(max_seqlen_q), int(max_seqlen_k), float(scale), bool(causal), bool(bottom_right),
+        window[0], window[1], float(softcap), float(dropout_p), int(num_splits), bool(deterministic))
+
+
+def _attn_probs(q: Tensor, k: Tensor, lse: Tensor, rng_state: Optional[Tensor], dropout_p: float,
+                **score_kwargs: object) -> Tensor:
+    """flash-attn's S_dmask for return_attn_probs: the softmax probabilities (b, h, s_q, s_k), fp32,
+    negated where dropout drops them (O(s^2): for tests and debugging)."""
+    from .reference import transformed_scores
+    with torch.no_grad():
+        s = transformed_scores(q.float(), k.float(), **score_kwargs)  # type: ignore[arg-type]
+        probs = torch.exp(s - lse.float().unsqueeze(-1)).nan_to_num(nan=0.0)
+        if rng_state is not None:
+            b, s_q, h, _ = q.shape
+            keep = torch.ops.flashattn_lite.dropout_keep(rng_state, b, h, s_q, k.shape[1], dropout_p)
+            probs = torch.where(keep.to(probs.device), probs, -probs)
+    return probs
 
 
 def _default_scale(head_dim: int, softmax_scale: Optional[float]) -> float:
@@ -71,18 +88,29 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     """flash-attn 2's ``flash_attn_func``.
 
     q: (batch, seqlen_q, heads, head_dim); k, v: (batch, seqlen_k, heads_kv, head_dim), heads a
-    multiple of heads_kv (GQA/MQA). Causal and window are aligned bottom-right.
-    Returns out (batch, seqlen_q, heads, head_dim), or (out, softmax_lse (batch, heads, seqlen_q)
-    fp32, None) with return_attn_probs=True (the probabilities are only defined with dropout).
+    multiple of heads_kv (GQA/MQA). Causal and window are aligned bottom-right. softcap: scores
+    s <- softcap * tanh(s / softcap); alibi_slopes fp32 (heads,) or (batch, heads): bias
+    -slope * |i + seqlen_k - seqlen_q - j|; dropout_p: dropout on the probabilities, seeded from
+    torch's default generator of q's device.
+    Returns out (batch, seqlen_q, heads, head_dim), or with return_attn_probs=True
+    (out, softmax_lse (batch, heads, seqlen_q) fp32, S_dmask): with dropout_p > 0, S_dmask is the
+    probabilities (batch, heads, seqlen_q, seqlen_k), negative where dropped (O(seqlen^2): for
+    tests), else None, as in flash-attn.
     """
     _check_4d(q, "q", "(batch, seqlen_q, heads, head_dim)")
     _check_4d(k, "k", "(batch, seqlen_k, heads_kv, head_dim)")
     _check_4d(v, "v", "(batch, seqlen_k, heads_kv, head_dim)")
-    _check_unbuilt(dropout_p, softcap, alibi_slopes)
-    out, lse = _attn(q, k, v, _default_scale(q.shape[-1], softmax_scale), causal, True,
-                     _window(window_size), deterministic)
-    if return_attn_probs:
-        return out, lse, None
+    _check_features(dropout_p, softcap)
+    scale = _default_scale(q.shape[-1], softmax_scale)
+    window = _window(window_size)
+    rng = rng_state_for(dropout_p, q.device)
+    out, lse = _attn(q, k, v, scale, causal, True, window, deterministic, alibi_slopes=alibi_slopes,
+                     softcap=softcap, dropout_p=dropout_p, rng_state=rng)
+    if return_attn_probs:  # as flash-attn: the probabilities only with dropout (O(s^2), for tests)
+        probs = None if rng is None else _attn_probs(q, k, lse, rng, dropout_p, softmax_scale=scale,
+                                                     causal=causal, window_size=window, softcap=softcap,
+                                                     alibi_slopes=alibi_slopes)
+        return out, lse, probs
     return out
 
 
@@ -116,6 +144,81 @@ def flash_attn_kvpacked_func(q: Tensor, kv: Tensor, dropout_p: float = 0.0,
                            alibi_slopes, deterministic, return_attn_probs)
 
 
+def _check_3d(t: Tensor, name: str, layout: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"flashattn_lite: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 3:
+        raise ValueError(f"flashattn_lite: {name} must have 3 dims {layout}, got shape {tuple(t.shape)}")
+
+
+def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                           max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
+                           softmax_scale: Optional[float] = None, causal: bool = False,
+                           window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                           alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
+                           return_attn_probs: bool = False, block_table: Optional[Tensor] = None
+                           ) -> Union[Tensor, tuple[Tensor, Tensor, Optional[Tensor]]]:
+    """flash-attn 2's ``flash_attn_varlen_func``: sequences of different lengths packed without padding.
+
+    q: (total_q, heads, head_dim), k/v: (total_k, heads_kv, head_dim); cu_seqlens_q/k: int32
+    (batch + 1,) cumulative lengths starting at 0; max_seqlen_q/k bound the lengths. Sequence i is
+    q[cu_seqlens_q[i]:cu_seqlens_q[i+1]] against k/v[cu_seqlens_k[i]:cu_seqlens_k[i+1]]; causal and
+    window are aligned bottom-right per sequence. Returns out (total_q, heads, head_dim), or
+    (out, softmax_lse (heads, total_q), None) with return_attn_probs=True.
+    """
+    _check_3d(q, "q", "(total_q, heads, head_dim)")
+    _check_3d(k, "k", "(total_k, heads_kv, head_dim)")
+    _check_3d(v, "v", "(total_k, heads_kv, head_dim)")
+    for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"flashattn_lite: {name} must be an int32 torch.Tensor, got {type(t).__name__}")
+    if block_table is not None:
+        raise NotImplementedError("flashattn_lite: block_table with flash_attn_varlen_func is not implemented; "
+                                  "use flash_attn_with_kvcache for a paged cache")
+    _check_features(dropout_p, softcap)
+    rng = rng_state_for(dropout_p, q.device)
+    out, lse = _attn(q, k, v, _default_scale(q.shape[-1], softmax_scale), causal, True, _window(window_size),
+                     deterministic, alibi_slopes=alibi_slopes, softcap=softcap, dropout_p=dropout_p,
+                     rng_state=rng, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                     max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
+    if return_attn_probs:
+        return out, lse, None
+    return out
+
+
+def flash_attn_varlen_qkvpacked_func(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = 0.0,
+                                     softmax_scale: Optional[float] = None, causal: bool = False,
+                                     window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                                     alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
+                                     return_attn_probs: bool = False
+                                     ) -> Union[Tensor, tuple[Tensor, Tensor, Optional[Tensor]]]:
+    """flash-attn 2's ``flash_attn_varlen_qkvpacked_func``: qkv is (total, 3, heads, head_dim)."""
+    if not isinstance(qkv, Tensor) or qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError("flashattn_lite: qkv must have shape (total, 3, heads, head_dim), "
+                         f"got {tuple(qkv.shape) if isinstance(qkv, Tensor) else type(qkv).__name__}")
+    q, k, v = qkv.unbind(1)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
+                                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                                  return_attn_probs)
+
+
+def flash_attn_varlen_kvpacked_func(q: Tensor, kv: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                                    max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
+                                    softmax_scale: Optional[float] = None, causal: bool = False,
+                                    window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                                    alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
+                                    return_attn_probs: bool = False
+                                    ) -> Union[Tensor, tuple[Tensor, Tensor, Optional[Tensor]]]:
+    """flash-attn 2's ``flash_attn_varlen_kvpacked_func``: kv is (total_k, 2, heads_kv, head_dim)."""
+    if not isinstance(kv, Tensor) or kv.dim() != 4 or kv.shape[1] != 2:
+        raise ValueError("flashattn_lite: kv must have shape (total_k, 2, heads_kv, head_dim), "
+                         f"got {tuple(kv.shape) if isinstance(kv, Tensor) else type(kv).__name__}")
+    k, v = kv.unbind(1)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                                  return_attn_probs)
+
+
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                  attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale: Optional[float] = None,
@@ -124,6 +227,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
 
     query (batch, heads, L, E), key (batch, heads_kv, S, E), value (batch, heads_kv, S, Ev); 3-D
     inputs (heads, L, E) are accepted too. is_causal is aligned top-left (query i sees keys j <= i).
+    attn_mask: bool (True = attend) or floating (added to the scores), broadcastable to
+    (batch, heads, L, S); a floating mask that requires grad gets its gradient. A row that sees no
+    key outputs 0. dropout_p is seeded from torch's default generator of query's device.
     """
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor):
@@ -137,8 +243,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     if attn_mask is not None:
         if is_causal:
             raise ValueError("flashattn_lite: attn_mask and is_causal=True cannot both be set")
-        raise _not_built("attn_mask")
-    _check_unbuilt(dropout_p, 0.0, None)
+        if not isinstance(attn_mask, Tensor):
+            raise TypeError(f"flashattn_lite: attn_mask must be a torch.Tensor, got {type(attn_mask).__name__}")
+    _check_features(dropout_p, 0.0)
     if query.shape[-3] != key.shape[-3] and not enable_gqa:
         raise ValueError(f"flashattn_lite: key has {key.shape[-3]} heads but query has {query.shape[-3]}; "
                          "pass enable_gqa=True for grouped-query attention")
@@ -146,6 +253,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     if squeeze:
         query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
     out, _ = _attn(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                   _default_scale(query.shape[-1], scale), is_causal, False, (-1, -1))
+                   _default_scale(query.shape[-1], scale), is_causal, False, (-1, -1),
+                   attn_mask=attn_mask, dropout_p=dropout_p,
+                   rng_state=rng_state_for(dropout_p, query.device))
     out = out.transpose(1, 2)
     return out.squeeze(0) if squeeze else out

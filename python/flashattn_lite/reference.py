@@ -36,40 +36,94 @@ def visibility_mask(s_q: int, s_k: int, causal: bool = False, window_size: tuple
     return vis
 
 
-def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, softmax_scale: Optional[float] = None,
-                  causal: bool = False, window_size: tuple[int, int] = (-1, -1),
-                  bottom_right: bool = True, upcast: bool = True) -> tuple[Tensor, Tensor]:
-    """Attention in flash-attn layout. Returns (out (b, s_q, h, d_v) in q's dtype, lse (b, h, s_q) fp32, fp64 for fp64 inputs).
-
-    GQA: head i of q uses kv head i // (h / h_kv). A query row that sees no key outputs 0 and has
-    lse = -inf.
-    """
-    dtype = q.dtype
-    if upcast:
-        q, k, v = q.double(), k.double(), v.double()
+def transformed_scores(q: Tensor, k: Tensor, *, softmax_scale: Optional[float] = None, causal: bool = False,
+                       window_size: tuple[int, int] = (-1, -1), bottom_right: bool = True,
+                       softcap: float = 0.0, alibi_slopes: Optional[Tensor] = None,
+                       attn_mask: Optional[Tensor] = None) -> Tensor:
+    """Scores (b, h, s_q, s_k) in q's dtype after every transform, in flash-attn's order:
+    scale, softcap (s <- c tanh(s / c)), ALiBi (-slope |i + s_k - s_q - j|), attn_mask (bool:
+    False -> -inf; float: added), then the visibility rule (causal / window) -> -inf."""
     b, s_q, h, d = q.shape
     s_k, h_kv = k.shape[1], k.shape[2]
     if h % h_kv:
         raise ValueError(f"heads of q ({h}) must be a multiple of heads of k ({h_kv})")
-    g = h // h_kv
-    k = k.repeat_interleave(g, dim=2)
-    v = v.repeat_interleave(g, dim=2)
+    k = k.repeat_interleave(h // h_kv, dim=2)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q * scale if not upcast else q, k)
-    if upcast:
-        scores = scores * scale
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(scores.dtype)
+        slopes = slopes.view(1, h, 1, 1) if slopes.dim() == 1 else slopes.view(b, h, 1, 1)
+        i = torch.arange(s_q, device=q.device).view(-1, 1)
+        j = torch.arange(s_k, device=q.device).view(1, -1)
+        scores = scores - slopes * (i + s_k - s_q - j).abs().to(scores.dtype)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask.to(scores.dtype)
     vis = visibility_mask(s_q, s_k, causal, window_size, bottom_right, q.device)
-    scores = scores.masked_fill(~vis, float("-inf"))
+    return scores.masked_fill(~vis, float("-inf"))
+
+
+def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, softmax_scale: Optional[float] = None,
+                  causal: bool = False, window_size: tuple[int, int] = (-1, -1),
+                  bottom_right: bool = True, upcast: bool = True, softcap: float = 0.0,
+                  alibi_slopes: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
+                  dropout_p: float = 0.0, dropout_keep: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Attention in flash-attn layout. Returns (out (b, s_q, h, d_v) in q's dtype, lse (b, h, s_q) fp32, fp64 for fp64 inputs).
+
+    GQA: head i of q uses kv head i // (h / h_kv). A query row that sees no key outputs 0 and has
+    lse = -inf. attn_mask broadcasts to (b, h, s_q, s_k) (SDPA's semantics). Dropout: the kept
+    probabilities (dropout_keep, bool (b, h, s_q, s_k)) are scaled by 1 / (1 - dropout_p); the LSE
+    is the undropped softmax's.
+    """
+    dtype = q.dtype
+    if upcast:
+        q, k, v = q.double(), k.double(), v.double()
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.double()
+    scores = transformed_scores(q, k, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                                bottom_right=bottom_right, softcap=softcap, alibi_slopes=alibi_slopes,
+                                attn_mask=attn_mask)
+    v = v.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
+    seen = ~(scores == float("-inf")).all(-1, keepdim=True)  # NaN rows stay NaN
     lse = torch.logsumexp(scores.float() if not upcast else scores, dim=-1)
-    probs = torch.softmax(scores, dim=-1)
-    probs = torch.where(vis.any(-1, keepdim=True), probs, torch.zeros_like(probs))
+    # rows that see no key: probabilities 0, gradients 0 (softmax of all -inf would give NaN)
+    probs = torch.softmax(torch.where(seen, scores, torch.zeros_like(scores)), dim=-1)
+    probs = torch.where(seen, probs, torch.zeros_like(probs))
+    if dropout_keep is not None:
+        probs = probs * dropout_keep.to(probs.dtype) / (1.0 - dropout_p)
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v)
     return out.to(dtype), lse.to(torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def sdpa_ref(query: Tensor, key: Tensor, value: Tensor, *, is_causal: bool = False,
-             scale: Optional[float] = None, upcast: bool = True) -> Tensor:
-    """torch SDPA semantics (layout (b, h, s, d), top-left causal, GQA by head groups)."""
+def varlen_ref(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+               **kwargs: object) -> tuple[Tensor, Tensor]:
+    """attention_ref per sequence of packed (total, h, d) inputs. Returns out (total_q, h, d_v)
+    (rows outside every sequence are 0) and lse (h, total_q) (-inf there)."""
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    alibi = kwargs.pop("alibi_slopes", None)
+    out = q.new_zeros(q.shape[:-1] + (v.shape[-1],))
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=lse_dtype)
+    for i in range(len(cq) - 1):
+        qs, ks = q[cq[i]:cq[i + 1]].unsqueeze(0), k[ck[i]:ck[i + 1]].unsqueeze(0)
+        vs = v[ck[i]:ck[i + 1]].unsqueeze(0)
+        a = None if alibi is None else (alibi if alibi.dim() == 1 else alibi[i])
+        o, l = attention_ref(qs, ks, vs, alibi_slopes=a, **kwargs)  # type: ignore[arg-type]
+        out[cq[i]:cq[i + 1]] = o[0]
+        lse[:, cq[i]:cq[i + 1]] = l[0]
+    return out, lse
+
+
+def sdpa_ref(query: Tensor, key: Tensor, value: Tensor, *, attn_mask: Optional[Tensor] = None,
+             is_causal: bool = False, scale: Optional[float] = None, upcast: bool = True,
+             dropout_p: float = 0.0, dropout_keep: Optional[Tensor] = None) -> Tensor:
+    """torch SDPA semantics (layout (b, h, s, d), top-left causal, GQA by head groups; a fully
+    masked row gives 0)."""
     out, _ = attention_ref(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                           softmax_scale=scale, causal=is_causal, bottom_right=False, upcast=upcast)
+                           softmax_scale=scale, causal=is_causal, bottom_right=False, upcast=upcast,
+                           attn_mask=attn_mask, dropout_p=dropout_p, dropout_keep=dropout_keep)
     return out.transpose(1, 2)

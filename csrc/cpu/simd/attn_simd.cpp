@@ -139,13 +139,16 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int d = p.d, dv = p.d_v, dvp = round_up(dv, kNV * kN);
   const int hk = hi / (p.h / p.h_kv);
-  const int i0 = qc * kQC, i1 = std::min(i0 + kQC, p.s_q), rows = i1 - i0;
+  const SeqInfo sq = seq_info(p, bi);
+  const int i0 = qc * kQC, i1 = std::min(i0 + kQC, sq.s_q), rows = i1 - i0;
+  if (rows <= 0) return;  // a chunk past this (varlen) sequence's end
   const int rows_pad = round_up(rows, kRM);
+  const ScoreMod mod = make_score_mod(p, bi, hi, sq.s_q, sq.s_k);
   w.resize(rows_pad, d, dvp);
 
-  const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride;
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
+  const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
   // Scores stay in natural units (Q scaled by `scale` only: exact for power-of-two scales); the
   // exp2 argument is (s - m) * log2 e, so no rounding of a large score by log2 e reaches it.
   const float qmul = float(p.scale);
@@ -155,7 +158,7 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
   fill(w.m.begin(), w.m.end(), neg_inf);
   fill(w.l.begin(), w.l.end(), 0.f);
 
-  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+  const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
   const KeyRange kr = vis.keys_of_rows(i0, i1);
   float* S = w.s.data();
   for (int j0 = kr.lo; j0 < kr.hi; j0 += kBN) {
@@ -187,6 +190,7 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
           fill(sr, sr + kBN, 0.f);
           continue;
         }
+        if (mod.any) mod.apply_row(g0 + r, j0, sr, cols);
         if (!full) {
           const KeyRange rk = vis.keys_of_row(g0 + r);
           const int lo = std::max(0, rk.lo - j0), hi_ = std::min(cols, rk.hi - j0);
@@ -217,13 +221,14 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
           w.m[ri] = mx;
         }
         w.l[ri] += sum.hsum();
+        if (mod.drop.on) mod.drop.apply_row(g0 + r, j0, sr, cols);  // P V with the dropped P; l without
       }
       micro_pv(S, vp, cols, dvp, w.o.data() + size_t(r0) * dvp);
     }
   }
 
-  T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
-  float* lse = static_cast<float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
+  T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
+  float* lse = static_cast<float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
   for (int r = 0; r < rows; ++r) {
     const float l = w.l[r];
     const float inv = row_has_mass(l) ? 1.f / l : 0.f;  // a row that saw no key outputs 0
@@ -296,8 +301,11 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int d = p.d, d2 = (d + 1) / 2, dv = p.d_v, dvp = round_up(dv, kNV * kN);
   const int hk = hi / (p.h / p.h_kv);
-  const int i0 = qc * kQC, i1 = std::min(i0 + kQC, p.s_q), rows = i1 - i0;
+  const SeqInfo sq = seq_info(p, bi);
+  const int i0 = qc * kQC, i1 = std::min(i0 + kQC, sq.s_q), rows = i1 - i0;
+  if (rows <= 0) return;  // a chunk past this (varlen) sequence's end
   const int rows_pad = round_up(rows, kRM);
+  const ScoreMod mod = make_score_mod(p, bi, hi, sq.s_q, sq.s_k);
   w.q.assign(size_t(rows_pad) * d2, 0u);
   w.kp.resize(size_t(d2) * kBN);
   w.vp.resize(size_t(kBN / 2) * dvp);
@@ -307,15 +315,15 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
   w.m.assign(rows_pad, neg_inf);
   w.l.assign(rows_pad, 0.f);
 
-  const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride;
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
+  const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
   for (int r = 0; r < rows; ++r)
     for (int x = 0; x < d2; ++x) w.q[size_t(r) * d2 + x] = pair_at(q + (i0 + r) * p.q_row_stride, x, d);
   const __m512 cb = _mm512_set1_ps(float(p.scale));  // scores in natural units, as in fwd_chunk
   const VF l2e = VF::set1(kLog2e);
 
-  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+  const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
   const KeyRange kr = vis.keys_of_rows(i0, i1);
   float* S = w.s.data();
   for (int j0 = kr.lo; j0 < kr.hi; j0 += kBN) {
@@ -358,6 +366,7 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
         bool zero = g0 + r >= g1;
         if (!zero) {
           for (int cc = 0; cc < kBN; cc += kN) _mm512_storeu_ps(sr + cc, _mm512_mul_ps(_mm512_loadu_ps(sr + cc), cb));
+          if (mod.any) mod.apply_row(g0 + r, j0, sr, cols);
           if (!full) {
             const KeyRange rk = vis.keys_of_row(g0 + r);
             const int lo = std::max(0, rk.lo - j0), hi_ = std::min(cols, rk.hi - j0);
@@ -376,7 +385,12 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
             for (int cc = 0; cc < kBN; cc += 2 * kN) {
               const VF pa = exp2((VF::load(sr + cc) - mb) * l2e), pc = exp2((VF::load(sr + cc + kN) - mb) * l2e);
               sum = sum + pa + pc;
-              _mm512_storeu_si512(pbr + cc / 2, reinterpret_cast<const __m512i&>(static_cast<const __m512bh&>(_mm512_cvtne2ps_pbh(pc.v, pa.v))));
+              if (mod.drop.on) {  // keep fp32 P for the dropout pass below
+                pa.store(sr + cc);
+                pc.store(sr + cc + kN);
+              } else {
+                _mm512_storeu_si512(pbr + cc / 2, reinterpret_cast<const __m512i&>(static_cast<const __m512bh&>(_mm512_cvtne2ps_pbh(pc.v, pa.v))));
+              }
             }
             if (mx != w.m[ri]) {
               const float alpha = std::exp2((w.m[ri] - mx) * kLog2e);
@@ -387,6 +401,13 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
               w.m[ri] = mx;
             }
             w.l[ri] += sum.hsum();
+            if (mod.drop.on) {
+              mod.drop.apply_row(g0 + r, j0, sr, cols);
+              for (int cc = 0; cc < kBN; cc += 2 * kN) {
+                const __m512bh h2 = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(sr + cc + kN), _mm512_loadu_ps(sr + cc));
+                _mm512_storeu_si512(pbr + cc / 2, reinterpret_cast<const __m512i&>(h2));
+              }
+            }
           }
         }
         if (zero) fill(pbr, pbr + kBN / 2, 0u);
@@ -395,8 +416,8 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
     }
   }
 
-  T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
-  float* lse = static_cast<float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
+  T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
+  float* lse = static_cast<float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
   for (int r = 0; r < rows; ++r) {
     const float l = w.l[r];
     const float inv = row_has_mass(l) ? 1.f / l : 0.f;
@@ -416,8 +437,11 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
 template <typename T>
 void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  const int d = p.d, dv = p.d_v, dp = round_up(d, kN), dvp = round_up(dv, kN), rows = p.s_q;
+  const SeqInfo sq = seq_info(p, bi);
+  const int d = p.d, dv = p.d_v, dp = round_up(d, kN), dvp = round_up(dv, kN), rows = sq.s_q;
   const int hk = hi / (p.h / p.h_kv);
+  if (rows <= 0) return;
+  const ScoreMod mod = make_score_mod(p, bi, hi, sq.s_q, sq.s_k);
   buf.assign(size_t(rows) * (dp + dvp + 2 + kN) + size_t(kN) * (dp + dvp), 0.f);
   float* qf = buf.data();                    // rows x dp (scaled by c)
   float* of = qf + size_t(rows) * dp;        // rows x dvp
@@ -427,16 +451,16 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
   float* kb = pb + size_t(rows) * kN;        // kN x dp
   float* vb = kb + size_t(kN) * dp;          // kN x dvp
 
-  const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride;
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
+  const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
   const float c = float(p.scale);  // natural-unit scores; exp2 of (s - m) * log2 e
   const VF l2e = VF::set1(kLog2e);
   for (int r = 0; r < rows; ++r) {
     convert_row(q + r * p.q_row_stride, d, c, qf + size_t(r) * dp);
     m[r] = neg_inf;
   }
-  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+  const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
   const KeyRange kr = vis.keys_of_rows(0, rows);
   const int n = kr.hi - kr.lo, per = (n + p.num_splits - 1) / p.num_splits;
   const int j_begin = kr.lo + std::min(n, split * per), j_end = kr.lo + std::min(n, (split + 1) * per);
@@ -469,9 +493,14 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
       for (int jj = 0; jj < kN; ++jj) {
         const int j = jb + jj;
         sc[jj] = (jj < nk && j >= rk.lo && j < rk.hi) ? acc[jj].hsum() : neg_inf;
+        if (mod.any && sc[jj] != neg_inf) sc[jj] = mod.apply(sc[jj], 0, j, static_cast<float*>(nullptr));
       }
       const VF sv = VF::load(sc);
       const float mx = std::max(m[0], sv.hmax());
+      if (mx == neg_inf) {  // every score so far masked (attn_mask): P = 0 -- unless one is NaN
+        if (has_nan(sc, kN)) m[0] = l[0] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
       const VF pv = exp2((sv - VF::set1(mx)) * l2e);
       pv.store(pb);
       if (mx != m[0]) {
@@ -482,6 +511,7 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
         m[0] = mx;
       }
       l[0] += pv.hsum();
+      if (mod.drop.on) mod.drop.apply_row(0, jb, pb, nk);
       for (int x = 0; x < dv; x += kN) {
         const int w = std::min(kN, dv - x);
         VF o = VF::load(of + x);
@@ -513,9 +543,15 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
       for (int jj = 0; jj < kN; ++jj) {
         const int j = jb + jj;
         sc[jj] = (jj < nk && j >= rk.lo && j < rk.hi) ? acc[jj].hsum() : neg_inf;
+        if (mod.any && sc[jj] != neg_inf) sc[jj] = mod.apply(sc[jj], r, j, static_cast<float*>(nullptr));
       }
       const VF sv = VF::load(sc);
       const float mx = std::max(m[r], sv.hmax());
+      if (mx == neg_inf) {
+        if (has_nan(sc, kN)) m[r] = l[r] = std::numeric_limits<float>::quiet_NaN();
+        fill(pr, pr + kN, 0.f);
+        continue;
+      }
       const VF pv = exp2((sv - VF::set1(mx)) * l2e);
       pv.store(pr);
       float* orow = of + size_t(r) * dvp;
@@ -527,6 +563,7 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
         m[r] = mx;
       }
       l[r] += pv.hsum();
+      if (mod.drop.on) mod.drop.apply_row(r, jb, pr, nk);
       for (int x = 0; x < dvp; x += kN) {
         VF o = VF::load(orow + x);
         for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(pr[jj]), VF::load(vb + jj * dvp + x), o);
@@ -545,9 +582,9 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
       for (int x = 0; x < dv; ++x) p.o_accum[w * dv + x] = src[x] * inv;
       p.lse_accum[w] = lse;
     } else {
-      T* orow = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + int64_t(r) * p.o_row_stride;
+      T* orow = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + (sq.q_row0 + r) * p.o_row_stride;
       for (int x = 0; x < dv; ++x) orow[x] = store_as<T, float>(src[x] * inv);
-      static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + r] = lse;
+      static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0 + r] = lse;
     }
   }
 }
@@ -591,8 +628,48 @@ inline float dot(const float* a, const float* b, int n) {
 // One kRM-row group of the backward, in place: on entry pr = unscaled-or-scaled scores S (times
 // `mul` gives scale * q.k) and dsr = dP; on exit pr = P = exp(mul S - lse) and dsr = dS =
 // P o (dP - D), both 0 where a row does not see a key, for padding rows and for rows with no key.
+// With score transforms / dropout (mod) the elements go one by one: s' = mod(mul S), P = exp(s' - lse),
+// dS' = P o (dP o Z - D) (Z: dropout factor), the mask gradient dmask = dS' (when dmask is given: rows
+// from row0, dm_stride apart, columns from key 0), dS = dS' * softcap'(S), and pr = P o Z for dV.
+inline void p_ds_rows_mod(float* Pr, float* dSr, float mul, int row0, int nrows, int j0, int cols, const Visibility& vis,
+                          const float* lse, const float* D, const ScoreMod& mod, float* dmask, int64_t dm_stride) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  float z[kBN];
+  for (int r = 0; r < kRM; ++r) {
+    float* pr = Pr + r * kBN;
+    float* dsr = dSr + r * kBN;
+    if (r >= nrows || lse[r] == neg_inf) {
+      fill(pr, pr + kBN, 0.f);
+      fill(dsr, dsr + kBN, 0.f);
+      continue;
+    }
+    const int i = row0 + r;
+    const KeyRange rk = vis.keys_of_row(i);
+    const int lo = std::max(0, rk.lo - j0), hi = std::min(cols, rk.hi - j0);
+    fill(z, z + kBN, 1.f);
+    if (mod.drop.on) mod.drop.apply_row(i, j0, z, cols);
+    float* dmrow = dmask ? dmask + int64_t(i) * dm_stride + j0 : nullptr;
+    for (int cc = 0; cc < kBN; ++cc) {
+      if (cc < lo || cc >= hi) {
+        pr[cc] = dsr[cc] = 0.f;
+        continue;
+      }
+      float g = 1.f;
+      float sv = pr[cc] * mul;
+      if (mod.any) sv = mod.apply(sv, i, j0 + cc, &g);
+      const float pv = std::exp(sv - lse[r]);
+      const float ds = pv * (dsr[cc] * z[cc] - D[r]);
+      if (dmrow) dmrow[cc] = ds;
+      dsr[cc] = ds * g;
+      pr[cc] = pv * z[cc];
+    }
+  }
+}
+
 inline void p_ds_rows(float* Pr, float* dSr, float mul, int row0, int nrows, int j0, int cols, const Visibility& vis,
-                      const float* lse, const float* D) {
+                      const float* lse, const float* D, const ScoreMod& mod, float* dmask, int64_t dm_stride) {
+  if (mod.any || mod.drop.on || dmask)
+    return p_ds_rows_mod(Pr, dSr, mul, row0, nrows, j0, cols, vis, lse, D, mod, dmask, dm_stride);
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int r = 0; r < kRM; ++r) {
     float* pr = Pr + r * kBN;
@@ -621,18 +698,20 @@ inline void p_ds_rows(float* Pr, float* dSr, float mul, int row0, int nrows, int
 template <typename T>
 void row_stats(const BwdParams& p, int bi, int hk, float* dsum, float* lse2) {
   const int g = p.h / p.h_kv, dv = p.d_v;
+  const SeqInfo sq = seq_info(p, bi);
   Buf<float> row_a(round_up(dv, kN)), row_b(round_up(dv, kN));
   for (int gi = 0; gi < g; ++gi) {
     const int hi = hk * g + gi;
-    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride;
-    const T* dout = static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride;
-    const float* lse = static_cast<const float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
-    const float* dlse = p.dlse ? static_cast<const float*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride : nullptr;
-    for (int i = 0; i < p.s_q; ++i) {
+    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
+    const T* dout = static_cast<const T*>(p.dout) + bi * p.do_batch_stride + sq.q_row0 * p.do_row_stride + hi * p.do_head_stride;
+    const float* lse = static_cast<const float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
+    const float* dlse = p.dlse ? static_cast<const float*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride + sq.q_row0
+                               : nullptr;
+    for (int i = 0; i < sq.s_q; ++i) {
       convert_row(o + i * p.o_row_stride, dv, 1.f, row_a.data());
       convert_row(dout + i * p.do_row_stride, dv, 1.f, row_b.data());
-      dsum[size_t(gi) * p.s_q + i] = dot(row_a.data(), row_b.data(), dv) - (dlse ? dlse[i] : 0.f);
-      lse2[size_t(gi) * p.s_q + i] = lse[i];
+      dsum[size_t(gi) * sq.s_q + i] = dot(row_a.data(), row_b.data(), dv) - (dlse ? dlse[i] : 0.f);
+      lse2[size_t(gi) * sq.s_q + i] = lse[i];
     }
   }
 }
@@ -642,11 +721,12 @@ template <typename T>
 void write_dq(const BwdParams& p, int bi, int hk, const float* dq_acc, int dp) {
   const int g = p.h / p.h_kv;
   const float sc = float(p.scale);
+  const SeqInfo sq = seq_info(p, bi);
   for (int gi = 0; gi < g; ++gi) {
     const int hi = hk * g + gi;
-    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + hi * p.dq_head_stride;
-    for (int i = 0; i < p.s_q; ++i) {
-      const float* src = dq_acc + (size_t(gi) * p.s_q + i) * dp;
+    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + sq.q_row0 * p.dq_row_stride + hi * p.dq_head_stride;
+    for (int i = 0; i < sq.s_q; ++i) {
+      const float* src = dq_acc + (size_t(gi) * sq.s_q + i) * dp;
       T* dqr = dq + i * p.dq_row_stride;
       for (int x = 0; x < p.d; ++x) dqr[x] = store_as<T, float>(src[x] * sc);
     }
@@ -671,25 +751,31 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
   const int d = p.d, dv = p.d_v, g = p.h / p.h_kv;
   const int dp = round_up(d, kNV * kN), dvp = round_up(dv, kNV * kN);
   const float c = float(p.scale);  // Q scaled by `scale`: natural-unit scores
-  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+  const SeqInfo sq = seq_info(p, bi);
+  const int s_q = sq.s_q, s_k = sq.s_k;
+  const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
 
-  Buf<float> dq_acc(size_t(g) * p.s_q * dp, 0.f), dsum(size_t(g) * p.s_q), lse2(size_t(g) * p.s_q);
+  Buf<float> dq_acc(size_t(g) * s_q * dp, 0.f), dsum(size_t(g) * s_q), lse2(size_t(g) * s_q);
   Buf<float> Kp(size_t(kBN) * dp), Kt(size_t(d) * kBN), Vt(size_t(dv) * kBN);
   Buf<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
   Buf<float> Qb(size_t(kQB) * dp), dOb(size_t(kQB) * dvp), P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
 
-  auto q_ptr = [&](int hi) { return static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride; };
-  auto do_ptr = [&](int hi) { return static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride; };
+  auto q_ptr = [&](int hi) {
+    return static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
+  };
+  auto do_ptr = [&](int hi) {
+    return static_cast<const T*>(p.dout) + bi * p.do_batch_stride + sq.q_row0 * p.do_row_stride + hi * p.do_head_stride;
+  };
 
   row_stats<T>(p, bi, hk, dsum.data(), lse2.data());
 
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
-  T* dkp = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + hk * p.dk_head_stride;
-  T* dvp_out = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + hk * p.dv_head_stride;
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
+  T* dkp = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + sq.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
+  T* dvp_out = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + sq.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
 
-  for (int j0 = 0; j0 < p.s_k; j0 += kBN) {
-    const int cols = std::min(kBN, p.s_k - j0);
+  for (int j0 = 0; j0 < s_k; j0 += kBN) {
+    const int cols = std::min(kBN, s_k - j0);
     fill(Kp.begin(), Kp.end(), 0.f);
     fill(Kt.begin(), Kt.end(), 0.f);
     fill(Vt.begin(), Vt.end(), 0.f);
@@ -702,15 +788,17 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
     }
     fill(dK.begin(), dK.end(), 0.f);
     fill(dV.begin(), dV.end(), 0.f);
-    const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, p.s_q);
+    const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, s_q);
 
     for (int gi = 0; gi < g; ++gi) {
       const int hi = hk * g + gi;
       const T* q = q_ptr(hi);
       const T* dout = do_ptr(hi);
-      const float* Dg = dsum.data() + size_t(gi) * p.s_q;
-      const float* L2 = lse2.data() + size_t(gi) * p.s_q;
-      float* dqg = dq_acc.data() + size_t(gi) * p.s_q * dp;
+      const float* Dg = dsum.data() + size_t(gi) * s_q;
+      const float* L2 = lse2.data() + size_t(gi) * s_q;
+      float* dqg = dq_acc.data() + size_t(gi) * s_q * dp;
+      const ScoreMod mod = make_score_mod(p, bi, hi, s_q, s_k);
+      float* dmask = p.dmask ? static_cast<float*>(p.dmask) + bi * p.dmask_batch_stride + hi * p.dmask_head_stride : nullptr;
       for (int i0 = qr.lo; i0 < qr.hi; i0 += kQB) {
         const int nr = std::min(kQB, qr.hi - i0);
         fill(Qb.begin(), Qb.end(), 0.f);
@@ -729,7 +817,7 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
           }
           micro_qk(Qb.data() + size_t(r0) * dp, d, Kt.data(), Pr, dp);
           micro_qk(dOb.data() + size_t(r0) * dvp, dv, Vt.data(), dSr, dvp);
-          p_ds_rows(Pr, dSr, 1.f, i0 + r0, nr - r0, j0, cols, vis, L2 + i0 + r0, Dg + i0 + r0);
+          p_ds_rows(Pr, dSr, 1.f, i0 + r0, nr - r0, j0, cols, vis, L2 + i0 + r0, Dg + i0 + r0, mod, dmask, p.dmask_row_stride);
         }
         micro_tn(P.data(), dOb.data(), nr, dvp, dV.data());
         micro_tn(dS.data(), Qb.data(), nr, dp, dK.data());
@@ -827,9 +915,11 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
   const int d2 = (d + 1) / 2, dv2 = (dv + 1) / 2;
   const int dp = round_up(d, kNV * kN), dvp = round_up(dv, kNV * kN);
   const float c = float(p.scale);
-  const Visibility vis = make_visibility(p, p.s_q, p.s_k);
+  const SeqInfo sq = seq_info(p, bi);
+  const int s_q = sq.s_q, s_k = sq.s_k;
+  const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
 
-  Buf<float> dq_acc(size_t(g) * p.s_q * dp, 0.f), dsum(size_t(g) * p.s_q), lse2(size_t(g) * p.s_q);
+  Buf<float> dq_acc(size_t(g) * s_q * dp, 0.f), dsum(size_t(g) * s_q), lse2(size_t(g) * s_q);
   Buf<uint32_t> Kd(size_t(d2) * kBN), Vd(size_t(dv2) * kBN), Kk(size_t(kBN / 2) * dp);
   Buf<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
   Buf<uint32_t> Qs(size_t(kQB) * d2), dOs(size_t(kQB) * dv2), Qr(size_t(kQB / 2) * dp), dOr(size_t(kQB / 2) * dvp);
@@ -838,13 +928,13 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
 
   row_stats<T>(p, bi, hk, dsum.data(), lse2.data());
 
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
-  T* dkp = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + hk * p.dk_head_stride;
-  T* dvp_out = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + hk * p.dv_head_stride;
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
+  T* dkp = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + sq.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
+  T* dvp_out = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + sq.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
 
-  for (int j0 = 0; j0 < p.s_k; j0 += kBN) {
-    const int cols = std::min(kBN, p.s_k - j0), cols2 = (cols + 1) / 2;
+  for (int j0 = 0; j0 < s_k; j0 += kBN) {
+    const int cols = std::min(kBN, s_k - j0), cols2 = (cols + 1) / 2;
     for (int cc = 0; cc < kBN; ++cc) {
       const T* kr_ = cc < cols ? k + (j0 + cc) * p.k_row_stride : nullptr;
       const T* vr_ = cc < cols ? v + (j0 + cc) * p.v_row_stride : nullptr;
@@ -858,15 +948,17 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
     }
     fill(dK.begin(), dK.end(), 0.f);
     fill(dV.begin(), dV.end(), 0.f);
-    const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, p.s_q);
+    const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, s_q);
 
     for (int gi = 0; gi < g; ++gi) {
       const int hi = hk * g + gi;
-      const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride;
-      const T* dout = static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride;
-      const float* Dg = dsum.data() + size_t(gi) * p.s_q;
-      const float* L2 = lse2.data() + size_t(gi) * p.s_q;
-      float* dqg = dq_acc.data() + size_t(gi) * p.s_q * dp;
+      const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
+      const T* dout = static_cast<const T*>(p.dout) + bi * p.do_batch_stride + sq.q_row0 * p.do_row_stride + hi * p.do_head_stride;
+      const float* Dg = dsum.data() + size_t(gi) * s_q;
+      const float* L2 = lse2.data() + size_t(gi) * s_q;
+      float* dqg = dq_acc.data() + size_t(gi) * s_q * dp;
+      const ScoreMod mod = make_score_mod(p, bi, hi, s_q, s_k);
+      float* dmask = p.dmask ? static_cast<float*>(p.dmask) + bi * p.dmask_batch_stride + hi * p.dmask_head_stride : nullptr;
       for (int i0 = qr.lo; i0 < qr.hi; i0 += kQB) {
         const int nr = std::min(kQB, qr.hi - i0);
         for (int r = 0; r < kQB; ++r) {
@@ -892,7 +984,7 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
           }
           micro_qk_bf16(Qs.data() + size_t(r0) * d2, d2, d2, Kd.data(), Pr);
           micro_qk_bf16(dOs.data() + size_t(r0) * dv2, dv2, dv2, Vd.data(), dSr);
-          p_ds_rows(Pr, dSr, c, i0 + r0, nr - r0, j0, cols, vis, L2 + i0 + r0, Dg + i0 + r0);
+          p_ds_rows(Pr, dSr, c, i0 + r0, nr - r0, j0, cols, vis, L2 + i0 + r0, Dg + i0 + r0, mod, dmask, p.dmask_row_stride);
         }
         for (int r2 = 0; r2 < kQB / 2; ++r2) {
           pack_f32_row_pairs(P.data() + size_t(2 * r2) * kBN, P.data() + size_t(2 * r2 + 1) * kBN, kBN, Pp.data() + size_t(r2) * kBN);

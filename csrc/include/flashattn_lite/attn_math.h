@@ -5,6 +5,7 @@
 #include "flashattn_lite/isa_ns.h"
 #include <cstdint>
 #include <climits>
+#include <cmath>
 #include "flashattn_lite/numeric.h"
 #include "flashattn_lite/params.h"
 
@@ -74,6 +75,159 @@ FAL_HD Visibility make_visibility(const FwdParams& p, int s_q, int s_k) {
 // saw none (output 0, LSE -inf), and NaN when a NaN reached its scores (output and LSE NaN).
 template <typename Acc>
 FAL_HD bool row_has_mass(Acc l) { return !(l <= Acc(0)); }
+
+// ---- Variable-length batches (varlen, KV cache) ------------------------------------------------
+// Sequence bi of a packed batch: its query rows start at row q_row0 of q/out (and of its LSE row),
+// its keys at row k_row0 of k/v; s_q / s_k are its lengths (max lengths bound them).
+struct SeqInfo {
+  int s_q, s_k;
+  int64_t q_row0, k_row0;
+};
+
+FAL_HD SeqInfo seq_info(const FwdParams& p, int bi) {
+  SeqInfo s{p.s_q, p.s_k, 0, 0};
+  if (p.cu_seqlens_q) {
+    s.q_row0 = p.cu_seqlens_q[bi];
+    s.s_q = p.cu_seqlens_q[bi + 1] - p.cu_seqlens_q[bi];
+  }
+  if (p.cu_seqlens_k) {
+    s.k_row0 = p.cu_seqlens_k[bi];
+    s.s_k = p.cu_seqlens_k[bi + 1] - p.cu_seqlens_k[bi];
+  }
+  if (p.seqused_k) s.s_k = p.seqused_k[bi];
+  return s;
+}
+
+// ---- Dropout: a counter-based RNG, replayable by the backward and identical on every device ----
+// Philox4x32-10 (Salmon et al., SC'11): 10 rounds of two 32x32->64 multiplies on a 128-bit
+// counter under a 64-bit key. Keep bit of element (batch b, query head h, row i, key j):
+//   r = Philox(counter = (j / 4, i, b * heads + h, uint32(offset)),
+//              key = (uint32(seed), uint32(seed >> 32) ^ uint32(offset >> 32)))[j % 4]
+//   keep  <=>  (r >> 8) >= threshold,  threshold = round(dropout_p * 2^24)
+// (24-bit uniform, so keep probability = 1 - threshold / 2^24). Kept probabilities are scaled by
+// 1 / (1 - dropout_p); the LSE is that of the undropped softmax (as in flash-attn).
+struct U32x4 {
+  uint32_t x[4];
+};
+
+FAL_HD U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = uint64_t(0xD2511F53u) * c.x[0];
+    const uint64_t p1 = uint64_t(0xCD9E8D57u) * c.x[2];
+    const uint32_t hi0 = uint32_t(p0 >> 32), lo0 = uint32_t(p0);
+    const uint32_t hi1 = uint32_t(p1 >> 32), lo1 = uint32_t(p1);
+    c = U32x4{{hi1 ^ c.x[1] ^ k0, lo1, hi0 ^ c.x[3] ^ k1, lo0}};
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return c;
+}
+
+struct Dropout {
+  bool on = false;
+  uint32_t k0 = 0, k1 = 0, off = 0;  // key and counter word 3, from (seed, offset)
+  uint32_t threshold = 0;            // drop iff (r >> 8) < threshold
+  double keep_scale = 1.0;           // 1 / (1 - p), rounded to the kernel's type
+  uint32_t bh = 0;                   // b * heads + h of the current (batch, head)
+
+  // Four keep bits (bit t for key 4 * j4 + t) of row i.
+  FAL_HD uint32_t keep4(int i, int j4) const {
+    const U32x4 r = philox4x32_10(U32x4{{uint32_t(j4), uint32_t(i), bh, off}}, k0, k1);
+    uint32_t bits = 0;
+    for (int t = 0; t < 4; ++t) bits |= uint32_t((r.x[t] >> 8) >= threshold) << t;
+    return bits;
+  }
+  FAL_HD bool keep(int i, int j) const { return (keep4(i, j >> 2) >> (j & 3)) & 1u; }
+
+  // p[c] *= keep(i, j0 + c) ? keep_scale : 0   for c < n
+  template <typename A>
+  FAL_HD void apply_row(int i, int j0, A* p, int n) const {
+    uint32_t bits = 0;
+    for (int c = 0; c < n; ++c) {
+      const int j = j0 + c;
+      if (c == 0 || (j & 3) == 0) bits = keep4(i, j >> 2);
+      p[c] = ((bits >> (j & 3)) & 1u) ? p[c] * A(keep_scale) : A(0);
+    }
+  }
+};
+
+FAL_HD Dropout make_dropout(const FwdParams& p) {
+  Dropout d;
+  d.on = p.dropout_p > 0.f;
+  if (!d.on) return d;
+  d.k0 = uint32_t(p.seed);
+  d.k1 = uint32_t(p.seed >> 32) ^ uint32_t(p.offset >> 32);
+  d.off = uint32_t(p.offset);
+  d.threshold = p.dropout_threshold;
+  d.keep_scale = p.dropout_keep_scale;
+  return d;
+}
+
+FAL_HD float fal_tanh(float x) { return tanhf(x); }
+FAL_HD double fal_tanh(double x) { return ::tanh(x); }
+
+// ---- Score transforms, in natural units (s = scale * q.k), in flash-attn's order ------------
+//   s <- softcap * tanh(s / softcap)                       (softcap > 0)
+//   s <- s - slope * |i + s_k - s_q - j|                   (ALiBi, bottom-right aligned)
+//   s <- mask[i, j] ? s : -inf   or   s + mask[i, j]       (bool / additive attn_mask)
+// then the visibility rule (causal / window) sets -inf.  One ScoreMod per (batch, head).
+struct ScoreMod {
+  bool any = false;  // some transform is active (else kernels skip the call)
+  double softcap = 0.0, inv_softcap = 0.0;  // kernels round them to their type
+  float slope = 0.f;
+  int64_t alibi_diag = 0;  // s_k - s_q
+  const uint8_t* mask_b = nullptr;
+  const float* mask_f = nullptr;
+  const double* mask_d = nullptr;  // additive mask of fp64 inputs
+  int64_t mask_row = 0;  // row stride of the mask (the last dim is contiguous)
+  Dropout drop;
+
+  // Transformed score of (row i, key j); *dcap = d(result)/ds (the softcap derivative).
+  template <typename A>
+  FAL_HD A apply(A s, int i, int j, A* dcap) const {
+    A x = s, g = A(1);
+    if (softcap > 0.0) {
+      const A t = fal_tanh(x * A(inv_softcap));
+      x = A(softcap) * t;
+      g = A(1) - t * t;
+    }
+    if (slope != 0.f) {
+      const int64_t dist = int64_t(i) + alibi_diag - j;
+      x -= A(slope) * A(dist < 0 ? -dist : dist);
+    }
+    if (mask_b != nullptr && mask_b[int64_t(i) * mask_row + j] == 0) x = -A(INFINITY);
+    if (mask_f != nullptr) x += A(mask_f[int64_t(i) * mask_row + j]);
+    if (mask_d != nullptr) x += A(mask_d[int64_t(i) * mask_row + j]);
+    if (dcap) *dcap = g;
+    return x;
+  }
+
+  // s[c] <- apply(s[c], i, j0 + c)  for c < n
+  template <typename A>
+  FAL_HD void apply_row(int i, int j0, A* s, int n) const {
+    for (int c = 0; c < n; ++c) s[c] = apply(s[c], i, j0 + c, static_cast<A*>(nullptr));
+  }
+};
+
+// s_q / s_k: the lengths of this batch's sequences (varlen); bi, hi: batch and query head.
+FAL_HD ScoreMod make_score_mod(const FwdParams& p, int bi, int hi, int s_q, int s_k) {
+  ScoreMod m;
+  m.softcap = p.softcap;
+  m.inv_softcap = p.softcap > 0.0 ? 1.0 / p.softcap : 0.0;
+  if (p.alibi_slopes) m.slope = p.alibi_slopes[bi * p.alibi_batch_stride + hi];
+  m.alibi_diag = int64_t(s_k) - int64_t(s_q);
+  if (p.mask) {
+    const int64_t off = bi * p.mask_batch_stride + hi * p.mask_head_stride;
+    if (p.mask_kind == MaskKind::kBool) m.mask_b = static_cast<const uint8_t*>(p.mask) + off;
+    else if (p.dtype == DType::kFloat64) m.mask_d = static_cast<const double*>(p.mask) + off;
+    else m.mask_f = static_cast<const float*>(p.mask) + off;
+    m.mask_row = p.mask_row_stride;
+  }
+  m.any = m.softcap > 0.0 || p.alibi_slopes != nullptr || p.mask != nullptr;
+  m.drop = make_dropout(p);
+  m.drop.bh = uint32_t(int64_t(bi) * p.h + hi);
+  return m;
+}
 
 // Number of query tiles of `rows` rows.
 FAL_HD int num_tiles(int n, int tile) { return (n + tile - 1) / tile; }

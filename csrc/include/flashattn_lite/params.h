@@ -47,10 +47,10 @@ struct FwdParams {
   int window_left = -1, window_right = -1;
 
   // Score transforms and masks (features issue; validated as "not implemented" until then).
-  float softcap = 0.f;                 // 0 = off; else s <- softcap * tanh(s / softcap)
+  double softcap = 0.0;                // 0 = off; else s <- softcap * tanh(s / softcap)
   const float* alibi_slopes = nullptr; // (b, h) or (h,) fp32; nullptr = off
   int64_t alibi_batch_stride = 0;
-  const void* mask = nullptr;          // broadcast to (b, h, s_q, s_k) through strides
+  const void* mask = nullptr;          // (b, h, s_q, s_k) through strides: uint8 (bool) or the LSE dtype
   MaskKind mask_kind = MaskKind::kNone;
   int64_t mask_batch_stride = 0, mask_head_stride = 0, mask_row_stride = 0;
 
@@ -64,7 +64,9 @@ struct FwdParams {
 
   // Dropout with a replayable counter-based RNG (features issue).
   float dropout_p = 0.f;
-  uint64_t seed = 0, offset = 0;
+  uint64_t seed = 0, offset = 0;       // from rng_state; see Dropout in attn_math.h
+  uint32_t dropout_threshold = 0;      // round(dropout_p * 2^24)
+  double dropout_keep_scale = 1.0;     // 1 / (1 - dropout_p)
 
   // Split-KV (decode): num_splits blocks share one query tile's keys; each writes a normalised
   // fp32 partial output and its LSE, and a combine pass merges them:
@@ -89,6 +91,10 @@ struct BwdParams : FwdParams {
   void* dsum = nullptr;       // b x h x s_q, lse dtype
   float* dq_accum = nullptr;  // b x s_q x h x d, fp32
   bool deterministic = false;
+  // Gradient of an additive attn_mask (b x h x s_q x s_k in the LSE dtype, zero-initialised by the
+  // glue; the kernels write dS at every visible element); nullptr = not requested.
+  void* dmask = nullptr;
+  int64_t dmask_batch_stride = 0, dmask_head_stride = 0, dmask_row_stride = 0;
 };
 
 }  // namespace fal

@@ -37,8 +37,10 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
   Acc* l = m + BM;
 
   const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
+  const T* k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
+  const T* v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
+  const KvRows krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);
+  const KvRows vrows = kv_rows(p, sq, bi, p.v_row_stride, p.v_batch_stride);
   T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
   Acc* lse = static_cast<Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
   const ScoreMod mod = make_score_mod(p, bi, hi, sq.s_q, sq.s_k);
@@ -53,8 +55,10 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
   const KeyRange kr = vis.keys_of_rows(i0, i1);
   for (int j0 = kr.lo; j0 < kr.hi; j0 += BN) {
     const int j1 = std::min(j0 + BN, kr.hi), cols = j1 - j0;
-    load_rows_transposed(k + j0 * p.k_row_stride, p.k_row_stride, cols, d, Kt, BN);
-    load_rows(v + j0 * p.v_row_stride, p.v_row_stride, cols, dv, Acc(1), Vs, dv);
+    for (int c = 0; c < cols; ++c) {  // row by row: the rows may live in different pages
+      load_rows_transposed(k + krows.at(j0 + c), 0, 1, d, Kt + c, BN);
+      load_rows(v + vrows.at(j0 + c), 0, 1, dv, Acc(1), Vs + c * dv, dv);
+    }
 
     // S = (scale * Q) K^T : rows x cols
     for (int r = 0; r < rows; ++r) {

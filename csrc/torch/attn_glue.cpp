@@ -283,6 +283,151 @@ FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   return p;
 }
 
+FwdParams make_kvcache_params(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                              const at::Tensor& cache_seqlens, const OptT& cache_batch_idx, const OptT& cache_leftpad,
+                              const OptT& block_table, const OptT& alibi_slopes, double softmax_scale, bool causal,
+                              int64_t window_left, int64_t window_right, double softcap,
+                              std::vector<at::Tensor>& keep) {
+  check_float_tensor(q, "q");
+  check_float_tensor(k_cache, "k_cache");
+  check_float_tensor(v_cache, "v_cache");
+  check_same(k_cache, "k_cache", q);
+  check_same(v_cache, "v_cache", q);
+  check_rank(q, "q", 4, "(batch, seqlen_q, heads, head_dim)");
+  const bool paged = block_table.has_value() && block_table->defined();
+  const char* layout = paged ? "(num_blocks, page_size, heads_kv, head_dim)" : "(batch_cache, seqlen_cache, heads_kv, head_dim)";
+  check_rank(k_cache, "k_cache", 4, layout);
+  check_rank(v_cache, "v_cache", 4, layout);
+  const int64_t b = q.size(0), s_q = q.size(1), h = q.size(2), d = q.size(3);
+  const int64_t h_kv = k_cache.size(2), d_v = v_cache.size(3);
+  TORCH_CHECK_VALUE(v_cache.size(0) == k_cache.size(0) && v_cache.size(1) == k_cache.size(1) && v_cache.size(2) == h_kv,
+                    kPre, "v_cache must match k_cache in its first three dims, got k_cache ", k_cache.sizes(),
+                    " and v_cache ", v_cache.sizes());
+  TORCH_CHECK_VALUE(k_cache.size(3) == d, kPre, "k_cache must have the head_dim of q (", d, "), got ", k_cache.size(3));
+  TORCH_CHECK_VALUE(h_kv >= 1 && h % h_kv == 0, kPre, "the number of heads of q (", h,
+                    ") must be a multiple of the heads of k_cache/v_cache (", h_kv, ")");
+  TORCH_CHECK_VALUE(d >= 1 && d_v >= 1, kPre, "head dims must be >= 1");
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{q, "q"}, {k_cache, "k_cache"}, {v_cache, "v_cache"}})
+    TORCH_CHECK_VALUE(t.numel() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, kPre, name,
+                      " must have a contiguous last dim (stride 1), got strides ", t.strides());
+  TORCH_CHECK_VALUE(std::isfinite(softmax_scale), kPre, "softmax_scale must be finite, got ", softmax_scale);
+  TORCH_CHECK_VALUE(window_left >= -1 && window_right >= -1, kPre,
+                    "window_size must be (left, right) with each >= -1 (-1 = unbounded), got (", window_left, ", ",
+                    window_right, ")");
+  TORCH_CHECK_VALUE(std::isfinite(softcap) && softcap >= 0, kPre, "softcap must be >= 0 and finite, got ", softcap);
+
+  int64_t capacity = k_cache.size(1), page_size = 0, num_blocks = 0;
+  size_t bt_index = 0;
+  at::Tensor bt_host;
+  if (paged) {
+    const at::Tensor& bt = *block_table;
+    TORCH_CHECK_TYPE(bt.scalar_type() == at::kInt, kPre, "block_table must be int32, got ", bt.scalar_type());
+    TORCH_CHECK_VALUE(bt.device() == q.device(), kPre, "block_table must be on the device of q");
+    TORCH_CHECK_VALUE(bt.dim() == 2 && bt.size(0) == b, kPre, "block_table must have shape (batch, max_blocks) with batch = ",
+                      b, ", got ", bt.sizes());
+    TORCH_CHECK_VALUE(!cache_batch_idx.has_value() || !cache_batch_idx->defined(), kPre,
+                      "cache_batch_idx cannot be combined with a paged cache (block_table)");
+    page_size = k_cache.size(1);
+    num_blocks = k_cache.size(0);
+    TORCH_CHECK_VALUE(page_size >= 1, kPre, "the page size (k_cache.shape[1]) must be >= 1");
+    capacity = bt.size(1) * page_size;
+    bt_index = keep.size();
+    keep.push_back(bt.stride(1) == 1 ? bt : bt.contiguous());
+    bt_host = host_ints(keep.back());
+  }
+  check_index_tensor(cache_seqlens, "cache_seqlens", q, b);
+  const at::Tensor sl = host_ints(cache_seqlens);
+  at::Tensor lp;
+  if (cache_leftpad.has_value() && cache_leftpad->defined()) {
+    check_index_tensor(*cache_leftpad, "cache_leftpad", q, b);
+    lp = host_ints(*cache_leftpad);
+  }
+  at::Tensor bi_host;
+  if (cache_batch_idx.has_value() && cache_batch_idx->defined()) {
+    check_index_tensor(*cache_batch_idx, "cache_batch_idx", q, b);
+    bi_host = host_ints(*cache_batch_idx);
+  } else if (!paged) {
+    TORCH_CHECK_VALUE(k_cache.size(0) == b, kPre, "k_cache must have the batch size of q (", b,
+                      ") without cache_batch_idx, got ", k_cache.size(0));
+  }
+  for (int64_t i = 0; i < b; ++i) {
+    const int32_t n = sl.data_ptr<int32_t>()[i];
+    const int32_t lpad = lp.defined() ? lp.data_ptr<int32_t>()[i] : 0;
+    TORCH_CHECK_VALUE(lpad >= 0, kPre, "cache_leftpad[", i, "] = ", lpad, " must be >= 0");
+    TORCH_CHECK_VALUE(n >= lpad && n <= capacity, kPre, "cache_seqlens[", i, "] = ", n, " must be in [",
+                      lpad, ", ", capacity, "] (cache_leftpad .. the cache capacity): KV cache overflow");
+    if (bi_host.defined()) {
+      const int32_t cb = bi_host.data_ptr<int32_t>()[i];
+      TORCH_CHECK_VALUE(cb >= 0 && cb < k_cache.size(0), kPre, "cache_batch_idx[", i, "] = ", cb,
+                        " is outside the cache's batch [0, ", k_cache.size(0), ")");
+    }
+    if (paged) {
+      const int32_t* row = bt_host.data_ptr<int32_t>() + i * bt_host.size(1);
+      for (int64_t pg = lpad / page_size; pg < (n + page_size - 1) / page_size; ++pg)
+        TORCH_CHECK_VALUE(row[pg] >= 0 && row[pg] < num_blocks, kPre, "block_table[", i, ", ", pg, "] = ", row[pg],
+                          " is outside the cache's blocks [0, ", num_blocks, ")");
+    }
+  }
+  check_int_range(capacity, "cache capacity");
+  check_int_range(s_q, "seqlen_q");
+  check_int_range(b * h, "batch * heads");
+
+  FwdParams p;
+  p.q = q.data_ptr();
+  p.k = k_cache.data_ptr();
+  p.v = v_cache.data_ptr();
+  p.q_batch_stride = q.stride(0); p.q_row_stride = q.stride(1); p.q_head_stride = q.stride(2);
+  p.k_batch_stride = k_cache.stride(0); p.k_row_stride = k_cache.stride(1); p.k_head_stride = k_cache.stride(2);
+  p.v_batch_stride = v_cache.stride(0); p.v_row_stride = v_cache.stride(1); p.v_head_stride = v_cache.stride(2);
+  p.b = int(b); p.h = int(h); p.h_kv = int(h_kv);
+  p.s_q = int(s_q); p.s_k = int(capacity);
+  p.d = int(d); p.d_v = int(d_v);
+  p.dtype = to_dtype(q.scalar_type());
+  p.scale = softmax_scale;
+  p.scale_log2 = float(softmax_scale * M_LOG2E);
+  p.causal = causal;
+  p.bottom_right = true;
+  p.window_left = int(window_left);
+  p.window_right = int(window_right);
+  p.softcap = softcap;
+  keep.push_back(cache_seqlens.contiguous());
+  p.seqused_k = keep.back().data_ptr<int32_t>();
+  if (lp.defined()) {
+    keep.push_back(cache_leftpad->contiguous());
+    p.leftpad_k = keep.back().data_ptr<int32_t>();
+  }
+  if (bi_host.defined()) {
+    keep.push_back(cache_batch_idx->contiguous());
+    p.kv_batch_idx = keep.back().data_ptr<int32_t>();
+  }
+  if (paged) {
+    const at::Tensor& bt = keep[bt_index];
+    p.block_table = bt.data_ptr<int32_t>();
+    p.block_table_batch_stride = bt.stride(0);
+    p.page_size = int(page_size);
+  }
+  if (alibi_slopes.has_value() && alibi_slopes->defined()) set_alibi(p, *alibi_slopes, q, keep);
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> fwd_kvcache_impl(FwdRunner run, const at::Tensor& q_in, const at::Tensor& k_cache,
+                                                    const at::Tensor& v_cache, const at::Tensor& cache_seqlens,
+                                                    const OptT& cache_batch_idx, const OptT& cache_leftpad,
+                                                    const OptT& block_table, const OptT& alibi_slopes,
+                                                    double softmax_scale, bool causal, int64_t window_left,
+                                                    int64_t window_right, double softcap) {
+  const at::Tensor q = last_dim_contiguous(q_in);
+  std::vector<at::Tensor> keep;
+  FwdParams p = make_kvcache_params(q, k_cache, v_cache, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
+                                    alibi_slopes, softmax_scale, causal, window_left, window_right, softcap, keep);
+  auto out = at::empty({q.size(0), q.size(1), q.size(2), v_cache.size(3)}, q.options());
+  auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(lse_dtype(q.scalar_type())));
+  if (out.numel() == 0) return {out, lse};
+  set_fwd_outputs(p, out, lse);
+  run(p, q);
+  return {out, lse};
+}
+
 std::tuple<at::Tensor, at::Tensor> alloc_fwd_outputs(const at::Tensor& q, const at::Tensor& v) {
   auto out = at::empty(out_shape_of(q, v), q.options());
   auto lse = at::empty(lse_shape_of(q), q.options().dtype(lse_dtype(q.scalar_type())));

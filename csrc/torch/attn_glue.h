@@ -73,6 +73,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_impl(
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const OptArgs& a, bool deterministic,
     bool mask_grad);
 
+// flash_attn_with_kvcache's attention (inference): q against k/v caches, contiguous
+// (batch_cache, seqlen_cache, h_kv, d) or paged (num_blocks, page_size, h_kv, d) with block_table;
+// cache_seqlens = keys in use per sequence (after any append), from cache_leftpad on. Validates
+// every index against the cache before a kernel runs.
+FwdParams make_kvcache_params(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                              const at::Tensor& cache_seqlens, const OptT& cache_batch_idx, const OptT& cache_leftpad,
+                              const OptT& block_table, const OptT& alibi_slopes, double softmax_scale, bool causal,
+                              int64_t window_left, int64_t window_right, double softcap,
+                              std::vector<at::Tensor>& keep);
+std::tuple<at::Tensor, at::Tensor> fwd_kvcache_impl(FwdRunner run, const at::Tensor& q, const at::Tensor& k_cache,
+                                                    const at::Tensor& v_cache, const at::Tensor& cache_seqlens,
+                                                    const OptT& cache_batch_idx, const OptT& cache_leftpad,
+                                                    const OptT& block_table, const OptT& alibi_slopes,
+                                                    double softmax_scale, bool causal, int64_t window_left,
+                                                    int64_t window_right, double softcap);
+
 // Op signatures (must match the schema strings in module.cpp).
 #define FAL_FWD_ARGS                                                                               \
   const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const fal::glue::OptT &attn_mask,  \

@@ -66,6 +66,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cpu(FAL_BWD_ARGS)
                   deterministic, mask_grad);
 }
 
+std::tuple<at::Tensor, at::Tensor> fwd_kvcache_cpu(const at::Tensor& q, const at::Tensor& k_cache,
+                                                   const at::Tensor& v_cache, const at::Tensor& cache_seqlens,
+                                                   const OptT& cache_batch_idx, const OptT& cache_leftpad,
+                                                   const OptT& block_table, const OptT& alibi_slopes,
+                                                   double softmax_scale, bool causal, int64_t window_left,
+                                                   int64_t window_right, double softcap) {
+  return fwd_kvcache_impl(run_fwd_cpu, q, k_cache, v_cache, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
+                          alibi_slopes, softmax_scale, causal, window_left, window_right, softcap);
+}
+
 at::Tensor dropout_keep_cpu(const at::Tensor& rng_state, int64_t batch, int64_t heads, int64_t s_q, int64_t s_k,
                             double dropout_p) {
   TORCH_CHECK_VALUE(batch >= 0 && heads >= 0 && s_q >= 0 && s_k >= 0, "flashattn_lite: dropout_keep sizes must be >= 0");
@@ -117,4 +127,5 @@ TORCH_LIBRARY_IMPL(flashattn_lite, CPU, m) {
   m.impl("fwd", &fal::glue::fwd_cpu);
   m.impl("bwd", &fal::glue::bwd_cpu);
   m.impl("dropout_keep", &fal::glue::dropout_keep_cpu);
+  m.impl("fwd_kvcache", &fal::glue::fwd_kvcache_cpu);
 }

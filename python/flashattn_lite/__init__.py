@@ -25,6 +25,7 @@ from .interface import (  # noqa: E402
     flash_attn_varlen_qkvpacked_func,
     scaled_dot_product_attention,
 )
+from .kvcache import flash_attn_with_kvcache  # noqa: E402
 
 
 def cpu_isa() -> str:
@@ -56,5 +57,6 @@ __all__ = [
     "flash_attn_varlen_func",
     "flash_attn_varlen_kvpacked_func",
     "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_with_kvcache",
     "scaled_dot_product_attention",
 ]

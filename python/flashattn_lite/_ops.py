@@ -94,3 +94,10 @@ def _backward(ctx: Any, dout: Optional[Tensor], dlse: Optional[Tensor]) -> tuple
 
 
 torch.library.register_autograd("flashattn_lite::fwd", _backward, setup_context=_setup_context)
+
+
+@torch.library.register_fake("flashattn_lite::fwd_kvcache")
+def _fwd_kvcache_fake(q: Tensor, k_cache: Tensor, v_cache: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    b, s_q, h, _ = q.shape
+    out = q.new_empty((b, s_q, h, v_cache.shape[-1]))
+    return out, q.new_empty((b, h, s_q), dtype=_lse_dtype(q))

@@ -147,8 +147,10 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
   w.resize(rows_pad, d, dvp);
 
   const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
+  const T* k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
+  const T* v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
+  const KvRows krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);
+  const KvRows vrows = kv_rows(p, sq, bi, p.v_row_stride, p.v_batch_stride);
   // Scores stay in natural units (Q scaled by `scale` only: exact for power-of-two scales); the
   // exp2 argument is (s - m) * log2 e, so no rounding of a large score by log2 e reaches it.
   const float qmul = float(p.scale);
@@ -166,14 +168,14 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, FwdScratch& w) {
     // pack K^T (d x kBN) and V (kBN x dvp), zero-padded
     float* kt = w.kt.data();
     for (int c = 0; c < cols; ++c) {
-      const T* kr_ = k + (j0 + c) * p.k_row_stride;
+      const T* kr_ = k + krows.at(j0 + c);
       for (int x = 0; x < d; ++x) kt[x * kBN + c] = load_as_float(kr_ + x);
     }
     if (cols < kBN)
       for (int x = 0; x < d; ++x) fill(kt + x * kBN + cols, kt + (x + 1) * kBN, 0.f);
     float* vp = w.v.data();
     for (int c = 0; c < cols; ++c) {
-      convert_row(v + (j0 + c) * p.v_row_stride, dv, 1.f, vp + size_t(c) * dvp);
+      convert_row(v + vrows.at(j0 + c), dv, 1.f, vp + size_t(c) * dvp);
       fill(vp + size_t(c) * dvp + dv, vp + size_t(c + 1) * dvp, 0.f);
     }
 
@@ -316,8 +318,10 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
   w.l.assign(rows_pad, 0.f);
 
   const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
+  const T* k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
+  const T* v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
+  const KvRows krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);
+  const KvRows vrows = kv_rows(p, sq, bi, p.v_row_stride, p.v_batch_stride);
   for (int r = 0; r < rows; ++r)
     for (int x = 0; x < d2; ++x) w.q[size_t(r) * d2 + x] = pair_at(q + (i0 + r) * p.q_row_stride, x, d);
   const __m512 cb = _mm512_set1_ps(float(p.scale));  // scores in natural units, as in fwd_chunk
@@ -331,7 +335,7 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
     uint32_t* kp = w.kp.data();
     for (int cc = 0; cc < kBN; ++cc) {
       if (cc < cols) {
-        const T* krow = k + (j0 + cc) * p.k_row_stride;
+        const T* krow = k + krows.at(j0 + cc);
         for (int x = 0; x < d2; ++x) kp[x * kBN + cc] = pair_at(krow, x, d);
       } else {
         for (int x = 0; x < d2; ++x) kp[x * kBN + cc] = 0u;
@@ -339,8 +343,8 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
     }
     uint32_t* vp = w.vp.data();
     for (int j = 0; j < kBN / 2; ++j) {
-      const T* r0p = 2 * j < cols ? v + (j0 + 2 * j) * p.v_row_stride : nullptr;
-      const T* r1p = 2 * j + 1 < cols ? v + (j0 + 2 * j + 1) * p.v_row_stride : nullptr;
+      const T* r0p = 2 * j < cols ? v + vrows.at(j0 + 2 * j) : nullptr;
+      const T* r1p = 2 * j + 1 < cols ? v + vrows.at(j0 + 2 * j + 1) : nullptr;
       uint32_t* dst = vp + size_t(j) * dvp;
       int x = 0;
       const __mmask16 all = 0xffff;
@@ -452,8 +456,10 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
   float* vb = kb + size_t(kN) * dp;          // kN x dvp
 
   const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
-  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
+  const T* k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
+  const T* v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
+  const KvRows krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);
+  const KvRows vrows = kv_rows(p, sq, bi, p.v_row_stride, p.v_batch_stride);
   const float c = float(p.scale);  // natural-unit scores; exp2 of (s - m) * log2 e
   const VF l2e = VF::set1(kLog2e);
   for (int r = 0; r < rows; ++r) {
@@ -475,20 +481,26 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
     // stride of heads * d elements defeat the hardware prefetcher's distance (measured: 6-9 GB/s
     // per core without, against ~40 GB/s for a plain read)
     for (int jj = 0; jj < kN && jb + 4 * kN + jj < j_end; ++jj) {
-      const char* kn = reinterpret_cast<const char*>(k + int64_t(jb + 4 * kN + jj) * p.k_row_stride);
-      const char* vn = reinterpret_cast<const char*>(v + int64_t(jb + 4 * kN + jj) * p.v_row_stride);
+      const char* kn = reinterpret_cast<const char*>(k + krows.at(jb + 4 * kN + jj));
+      const char* vn = reinterpret_cast<const char*>(v + vrows.at(jb + 4 * kN + jj));
       for (int off = 0; off < krow_bytes; off += 64) _mm_prefetch(kn + off, _MM_HINT_T0);
       for (int off = 0; off < vrow_bytes; off += 64) _mm_prefetch(vn + off, _MM_HINT_T0);
     }
     if (rows == 1) {  // single query row: read K and V rows in place, no staging copies
       const KeyRange& rk = rr[0];
       if (rk.hi <= jb || rk.lo >= jb + nk) continue;
+      const T* kp[kN];
+      const T* vp[kN];
+      for (int jj = 0; jj < nk; ++jj) {
+        kp[jj] = k + krows.at(jb + jj);
+        vp[jj] = v + vrows.at(jb + jj);
+      }
       VF acc[kN];
       for (int jj = 0; jj < kN; ++jj) acc[jj] = VF::zero();
       for (int x = 0; x < d; x += kN) {
         const int w = std::min(kN, d - x);
         const VF qv = VF::load(qf + x);
-        for (int jj = 0; jj < nk; ++jj) acc[jj] = fma(qv, load_f32(k + int64_t(jb + jj) * p.k_row_stride + x, w), acc[jj]);
+        for (int jj = 0; jj < nk; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + x, w), acc[jj]);
       }
       for (int jj = 0; jj < kN; ++jj) {
         const int j = jb + jj;
@@ -515,14 +527,14 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
       for (int x = 0; x < dv; x += kN) {
         const int w = std::min(kN, dv - x);
         VF o = VF::load(of + x);
-        for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(pb[jj]), load_f32(v + int64_t(jb + jj) * p.v_row_stride + x, w), o);
+        for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(pb[jj]), load_f32(vp[jj] + x, w), o);
         o.store(of + x);
       }
       continue;
     }
     for (int jj = 0; jj < nk; ++jj) {
-      const T* krow = k + int64_t(jb + jj) * p.k_row_stride;
-      const T* vrow = v + int64_t(jb + jj) * p.v_row_stride;
+      const T* krow = k + krows.at(jb + jj);
+      const T* vrow = v + vrows.at(jb + jj);
       for (int x = 0; x < dp; x += kN) load_f32(krow + x, std::max(0, std::min(kN, d - x))).store(kb + jj * dp + x);
       for (int x = 0; x < dvp; x += kN) load_f32(vrow + x, std::max(0, std::min(kN, dv - x))).store(vb + jj * dvp + x);
     }

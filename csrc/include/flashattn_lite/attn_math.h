@@ -79,13 +79,17 @@ FAL_HD bool row_has_mass(Acc l) { return !(l <= Acc(0)); }
 // ---- Variable-length batches (varlen, KV cache) ------------------------------------------------
 // Sequence bi of a packed batch: its query rows start at row q_row0 of q/out (and of its LSE row),
 // its keys at row k_row0 of k/v; s_q / s_k are its lengths (max lengths bound them).
+// kv_batch: the batch of k/v it reads (cache_batch_idx); with leftpad_k its keys start at row
+// leftpad_k[bi] and end at seqused_k[bi].
 struct SeqInfo {
   int s_q, s_k;
   int64_t q_row0, k_row0;
+  int kv_batch;
 };
 
 FAL_HD SeqInfo seq_info(const FwdParams& p, int bi) {
-  SeqInfo s{p.s_q, p.s_k, 0, 0};
+  SeqInfo s{p.s_q, p.s_k, 0, 0, bi};
+  if (p.kv_batch_idx) s.kv_batch = p.kv_batch_idx[bi];
   if (p.cu_seqlens_q) {
     s.q_row0 = p.cu_seqlens_q[bi];
     s.s_q = p.cu_seqlens_q[bi + 1] - p.cu_seqlens_q[bi];
@@ -95,7 +99,43 @@ FAL_HD SeqInfo seq_info(const FwdParams& p, int bi) {
     s.s_k = p.cu_seqlens_k[bi + 1] - p.cu_seqlens_k[bi];
   }
   if (p.seqused_k) s.s_k = p.seqused_k[bi];
+  if (p.leftpad_k) {
+    s.k_row0 = p.leftpad_k[bi];
+    s.s_k -= p.leftpad_k[bi];
+  }
   return s;
+}
+
+// Element offsets of the K (or V) rows of one sequence: key j (0 <= j < s_k) at at(j) from the
+// head's base pointer; contiguous rows, or the pages of a paged cache.
+struct KvRows {
+  int64_t row0 = 0, row_stride = 0;
+  const int32_t* pages = nullptr;  // nullptr = contiguous
+  int page_size = 1;
+  int64_t page_stride = 0;
+  FAL_HD int64_t at(int j) const {
+    const int64_t r = row0 + j;
+    if (pages == nullptr) return r * row_stride;
+    return int64_t(pages[r / page_size]) * page_stride + (r % page_size) * row_stride;
+  }
+};
+
+// K / V of sequence sq, kv head hk: the head's base pointer and its rows.
+template <typename T>
+FAL_HD const T* kv_head_ptr(const void* base, int64_t batch_stride, int64_t head_stride, const FwdParams& p,
+                            const SeqInfo& sq, int hk) {
+  return static_cast<const T*>(base) + (p.block_table ? 0 : sq.kv_batch * batch_stride) + hk * head_stride;
+}
+FAL_HD KvRows kv_rows(const FwdParams& p, const SeqInfo& sq, int bi, int64_t row_stride, int64_t batch_stride) {
+  KvRows r;
+  r.row0 = sq.k_row0;
+  r.row_stride = row_stride;
+  if (p.block_table) {
+    r.pages = p.block_table + bi * p.block_table_batch_stride;
+    r.page_size = p.page_size;
+    r.page_stride = batch_stride;
+  }
+  return r;
 }
 
 // ---- Dropout: a counter-based RNG, replayable by the backward and identical on every device ----

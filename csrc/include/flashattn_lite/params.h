@@ -58,6 +58,12 @@ struct FwdParams {
   const int32_t* cu_seqlens_q = nullptr;  // (b + 1,)
   const int32_t* cu_seqlens_k = nullptr;  // (b + 1,)
   const int32_t* seqused_k = nullptr;     // (b,)
+  // KV cache (flash_attn_with_kvcache, inference): sequence bi reads k/v batch kv_batch_idx[bi]
+  // (cache_batch_idx), keys from row leftpad_k[bi] (cache_leftpad) to seqused_k[bi]; with a paged
+  // cache, k/v are (num_blocks, page_size, h_kv, d) and key row r of sequence bi lives in page
+  // block_table[bi][r / page_size], row r % page_size (k_batch_stride = the page stride).
+  const int32_t* kv_batch_idx = nullptr;  // (b,)
+  const int32_t* leftpad_k = nullptr;     // (b,)
   const int32_t* block_table = nullptr;   // (b, max_blocks) paged KV
   int64_t block_table_batch_stride = 0;
   int page_size = 0;

@@ -1,0 +1,239 @@
+"""flash_attn_with_kvcache on the CPU, every ISA: contiguous and paged caches (any page size),
+in-place append, rotary (both layouts), cache_batch_idx, cache_leftpad, split-KV for long caches."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_rule, max_err, randn
+from flashattn_lite import flash_attn_with_kvcache
+from flashattn_lite.reference import attention_ref
+
+
+def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, interleaved: bool):
+    """Rotation as a complex product in fp64: pairs (a, b) -> (a + ib) * (cos + i sin)."""
+    rd = 2 * cos.shape[1]
+    xd = x.double()
+    if interleaved:
+        z = torch.complex(xd[..., 0:rd:2], xd[..., 1:rd:2])
+    else:
+        z = torch.complex(xd[..., : rd // 2], xd[..., rd // 2: rd])
+    w = torch.complex(cos.double()[pos], sin.double()[pos]).unsqueeze(2)
+    r = z * w
+    if interleaved:
+        rot = torch.stack((r.real, r.imag), -1).flatten(-2)
+    else:
+        rot = torch.cat((r.real, r.imag), -1)
+    return torch.cat((rot, xd[..., rd:]), -1).to(x.dtype)
+
+
+def make_case(b, s_q, h, h_kv, d, cap, dtype, page_size=None, n_new=0, batch_idx=False, leftpad=False,
+              rotary_dim=0):
+    seqlens = torch.randint(0, cap - n_new + 1, (b,), dtype=torch.int32)
+    lp = None
+    if leftpad:
+        lp = (torch.rand(b) * seqlens.float()).to(torch.int32)
+    q = randn((b, s_q, h, d), dtype)
+    k_new = randn((b, n_new, h_kv, d), dtype) if n_new else None
+    v_new = randn((b, n_new, h_kv, d), dtype) if n_new else None
+    cache_b = b + 3 if batch_idx else b
+    kc, vc = randn((cache_b, cap, h_kv, d), dtype), randn((cache_b, cap, h_kv, d), dtype)
+    bidx = torch.randperm(cache_b)[:b].to(torch.int32) if batch_idx else None
+    rot = None
+    if rotary_dim:
+        theta = torch.rand(cap + s_q, rotary_dim // 2) * 6
+        rot = (theta.cos(), theta.sin())
+    return dict(q=q, kc=kc, vc=vc, k=k_new, v=v_new, seqlens=seqlens, leftpad=lp, bidx=bidx, rot=rot)
+
+
+def to_paged(kc, vc, page_size, b_rows):
+    """Scatter contiguous caches (b, cap, ...) into shuffled pages; returns k_pages, v_pages, block_table."""
+    b, cap = kc.shape[:2]
+    n_pages = (cap + page_size - 1) // page_size
+    total = b * n_pages + 5
+    perm = torch.randperm(total)[: b * n_pages].view(b, n_pages).to(torch.int32)
+    kp = randn((total, page_size) + tuple(kc.shape[2:]), kc.dtype)
+    vp = randn((total, page_size) + tuple(vc.shape[2:]), vc.dtype)
+    for i in range(b):
+        for pg in range(n_pages):
+            lo, hi = pg * page_size, min(cap, (pg + 1) * page_size)
+            kp[perm[i, pg], : hi - lo] = kc[b_rows[i], lo:hi]
+            vp[perm[i, pg], : hi - lo] = vc[b_rows[i], lo:hi]
+    return kp, vp, perm
+
+
+def expected(c, causal, interleaved, upcast, **kw):
+    """Reference: rotate, append to copies of the caches, attend per sequence over [leftpad, used)."""
+    q, kc, vc = c["q"], c["kc"].clone(), c["vc"].clone()
+    b, s_q = q.shape[:2]
+    rows = c["bidx"].long() if c["bidx"] is not None else torch.arange(b)
+    seqlens = c["seqlens"].long()
+    lp = c["leftpad"].long() if c["leftpad"] is not None else torch.zeros(b, dtype=torch.long)
+    k, v = c["k"], c["v"]
+    n_new = 0 if k is None else k.shape[1]
+    if c["rot"] is not None:
+        cos, sin = c["rot"]
+        off = seqlens - lp
+        qpos = off[:, None] + (torch.arange(s_q)[None] if causal else 0 * torch.arange(s_q)[None])
+        q = rotary_ref(q, cos, sin, qpos, interleaved)
+        if k is not None:
+            k = rotary_ref(k, cos, sin, off[:, None] + torch.arange(n_new)[None], interleaved)
+    outs, lses = [], []
+    for i in range(b):
+        if k is not None:
+            kc[rows[i], seqlens[i]: seqlens[i] + n_new] = k[i]
+            vc[rows[i], seqlens[i]: seqlens[i] + n_new] = v[i]
+        lo, hi = int(lp[i]), int(seqlens[i]) + n_new
+        o, l = attention_ref(q[i:i + 1], kc[rows[i]:rows[i] + 1, lo:hi], vc[rows[i]:rows[i] + 1, lo:hi],
+                             causal=causal, upcast=upcast,
+                             **{n: (a[i] if (n == "alibi_slopes" and a is not None and a.dim() == 2) else a)
+                                for n, a in kw.items()})
+        outs.append(o)
+        lses.append(l)
+    return torch.cat(outs), torch.cat(lses), kc, vc
+
+
+def run(c, causal, interleaved, page_size=None, **kw):
+    kc, vc = c["kc"].clone(), c["vc"].clone()
+    bt = None
+    if page_size:
+        rows = c["bidx"].long() if c["bidx"] is not None else torch.arange(c["q"].shape[0])
+        kc, vc, bt = to_paged(kc, vc, page_size, rows)
+    cos, sin = c["rot"] if c["rot"] is not None else (None, None)
+    out, lse = flash_attn_with_kvcache(c["q"], kc, vc, c["k"], c["v"], rotary_cos=cos, rotary_sin=sin,
+                                       cache_seqlens=c["seqlens"], cache_batch_idx=None if page_size else c["bidx"],
+                                       cache_leftpad=c["leftpad"], block_table=bt, causal=causal,
+                                       rotary_interleaved=interleaved, return_softmax_lse=True, **kw)
+    return out, lse, kc, vc, bt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("s_q,n_new", [(1, 0), (1, 1), (4, 4), (19, 19), (3, 0)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("opts", ["plain", "batch_idx", "leftpad", "rotary", "rotary_gptj"])
+def test_kvcache_contiguous(dtype, s_q, n_new, causal, opts, isa):
+    c = make_case(3, s_q, 4, 2, 40, 97, dtype, n_new=n_new, batch_idx=opts == "batch_idx",
+                  leftpad=opts == "leftpad", rotary_dim=24 if opts.startswith("rotary") else 0)
+    inter = opts == "rotary_gptj"
+    out, lse, kc, vc, _ = run(c, causal, inter)
+    ref, ref_lse, kc_ref, vc_ref = expected(c, causal, inter, upcast=True)
+    same, _, _, _ = expected(c, causal, inter, upcast=False)
+    assert_rule(out, ref, same, factor=3.0 if dtype != torch.float32 else 2.0)
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), fin)
+    assert max_err(lse[fin], ref_lse[fin]) < 2e-3
+    # the append happened in place, rotated
+    tol = 0 if not opts.startswith("rotary") else (1e-6 if dtype == torch.float32 else 1e-2)
+    assert max_err(kc, kc_ref) <= tol * max(1.0, kc_ref.abs().max().item())
+    assert torch.equal(vc, vc_ref)
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 16, 64, 256])
+@pytest.mark.parametrize("s_q,n_new", [(1, 1), (5, 0), (20, 20)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kvcache_paged_equals_contiguous(page_size, s_q, n_new, dtype, isa):
+    c = make_case(3, s_q, 4, 1, 64, 300, dtype, n_new=n_new, leftpad=page_size == 3, rotary_dim=64)
+    out_c, lse_c, kc, vc, _ = run(c, True, False)
+    out_p, lse_p, kp, vp, bt = run(c, True, False, page_size=page_size)
+    assert torch.equal(out_p, out_c)
+    assert torch.equal(lse_p, lse_c)
+    # the appended rows landed in the right pages
+    for i in range(3):
+        for j in range(int(c["seqlens"][i]), int(c["seqlens"][i]) + n_new):
+            assert torch.equal(kp[bt[i, j // page_size], j % page_size], kc[i, j])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kvcache_long_split(dtype, isa):
+    # one query against thousands of keys: the CPU splits the keys over threads and merges by LSE
+    c = make_case(1, 1, 8, 2, 128, 5000, dtype, n_new=1)
+    c["seqlens"][:] = 4990
+    slopes = torch.rand(8) * 0.01
+    out, lse, _, _, _ = run(c, False, False, softcap=20.0, alibi_slopes=slopes)
+    ref, ref_lse, _, _ = expected(c, False, False, upcast=True, softcap=20.0, alibi_slopes=slopes)
+    same, _, _, _ = expected(c, False, False, upcast=False, softcap=20.0, alibi_slopes=slopes)
+    assert_rule(out, ref, same, factor=3.0, n_terms=5000)
+    assert max_err(lse, ref_lse) < 2e-3
+
+
+def test_kvcache_window_and_int_seqlens(isa):
+    c = make_case(2, 6, 2, 2, 32, 50, torch.float32, n_new=6)
+    c["seqlens"][:] = 30
+    kw = dict(window_size=(10, 0))
+    kc, vc = c["kc"].clone(), c["vc"].clone()
+    out = flash_attn_with_kvcache(c["q"], kc, vc, c["k"], c["v"], cache_seqlens=30, causal=True, **kw)
+    ref, _, _, _ = expected(c, True, False, upcast=True, **kw)
+    assert max_err(out, ref) < 1e-5
+
+
+def test_kvcache_no_grad_and_compile():
+    c = make_case(2, 1, 2, 2, 16, 40, torch.float32, n_new=1)
+    q = c["q"].requires_grad_(True)
+    out = flash_attn_with_kvcache(q, c["kc"].clone(), c["vc"].clone(), c["k"], c["v"], cache_seqlens=c["seqlens"])
+    assert not out.requires_grad
+    torch._dynamo.reset()
+    f = torch.compile(lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=s), fullgraph=True)
+    kc = c["kc"].clone()
+    assert max_err(f(c["q"].detach(), kc, c["vc"], c["seqlens"]),
+                   flash_attn_with_kvcache(c["q"].detach(), kc, c["vc"], cache_seqlens=c["seqlens"])) < 1e-6
+
+
+def test_opcheck_fwd_kvcache():
+    c = make_case(2, 3, 4, 2, 16, 40, torch.float32, leftpad=True)
+    kp, vp, bt = to_paged(c["kc"], c["vc"], 7, torch.arange(2))
+    for kc, vc, table in ((c["kc"], c["vc"], None), (kp, vp, bt)):
+        torch.library.opcheck(torch.ops.flashattn_lite.fwd_kvcache.default,
+                              (c["q"], kc, vc, c["seqlens"], None, c["leftpad"], table, torch.rand(4), 0.25, True,
+                               -1, -1, 0.0))
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+def _base():
+    return make_case(2, 1, 2, 2, 16, 20, torch.float32, n_new=1)
+
+
+@pytest.mark.parametrize("mutate,exc,msg", [
+    (lambda c: c.update(seqlens=torch.tensor([20, 3], dtype=torch.int32)), ValueError,
+     r"overflows the KV cache: cache_seqlens \+ seqlen_new reaches 21 > capacity 20"),
+    (lambda c: c.update(seqlens=torch.tensor([2, 3])), TypeError, r"cache_seqlens must be int32"),
+    (lambda c: c.update(seqlens=torch.tensor([2, 3, 4], dtype=torch.int32)), ValueError,
+     r"cache_seqlens must have shape \(2,\)"),
+    (lambda c: c.update(bidx=torch.tensor([0, 2], dtype=torch.int32)), ValueError,
+     r"cache_batch_idx points outside the cache"),
+    (lambda c: c.update(k=c["k"].double()), TypeError, r"k must have the dtype of its cache"),
+    (lambda c: c.update(k=c["k"][:, :, :1]), ValueError, r"k must have shape \(batch=2, seqlen_new"),
+])
+def test_kvcache_bad_input(mutate, exc, msg):
+    c = _base()
+    mutate(c)
+    with pytest.raises(exc, match=msg):
+        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], c["k"], c["v"], cache_seqlens=c["seqlens"],
+                                cache_batch_idx=c["bidx"])
+
+
+def test_kvcache_bad_leftpad_and_block_table():
+    c = make_case(2, 1, 2, 2, 16, 20, torch.float32)
+    with pytest.raises(ValueError, match=r"cache_seqlens\[0\] = 3 must be in \[5, 20\]"):
+        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], cache_seqlens=torch.tensor([3, 4], dtype=torch.int32),
+                                cache_leftpad=torch.tensor([5, 0], dtype=torch.int32))
+    kp, vp, bt = to_paged(c["kc"], c["vc"], 4, torch.arange(2))
+    bad = bt.clone()
+    bad[1, 2] = kp.shape[0]
+    with pytest.raises(ValueError, match=r"block_table\[1, 2\] = \d+ is outside the cache's blocks"):
+        flash_attn_with_kvcache(c["q"], kp, vp, cache_seqlens=torch.tensor([20, 20], dtype=torch.int32),
+                                block_table=bad)
+    bad[1, 2] = -1
+    with pytest.raises(ValueError, match=r"block_table\[1, 2\] = -1 is outside"):
+        flash_attn_with_kvcache(c["q"], kp, vp, cache_seqlens=torch.tensor([20, 20], dtype=torch.int32),
+                                block_table=bad)
+    with pytest.raises(ValueError, match=r"block_table points outside the cache"):
+        flash_attn_with_kvcache(c["q"], kp, vp, randn((2, 1, 2, 16), torch.float32),
+                                randn((2, 1, 2, 16), torch.float32),
+                                cache_seqlens=torch.tensor([9, 9], dtype=torch.int32), block_table=bad)
+    with pytest.raises(ValueError, match=r"rotary_dim \(18\) must be <= head_dim \(16\)"):
+        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], rotary_cos=torch.ones(30, 9), rotary_sin=torch.ones(30, 9),
+                                cache_seqlens=3)
+    with pytest.raises(ValueError, match=r"rotary_cos/rotary_sin have 2 positions, position 3 is needed"):
+        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], rotary_cos=torch.ones(2, 4), rotary_sin=torch.ones(2, 4),
+                                cache_seqlens=3)

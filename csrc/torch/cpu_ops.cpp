@@ -42,8 +42,31 @@ const cpu::KernelTable& active_kernels_for_probe() { return active_kernels(); }
 
 namespace {
 
+// Decode with GQA: one query row per head -> the g query heads sharing a kv head become g rows of
+// one sequence (the same memory, other strides), so the decode kernel streams each K/V row once
+// per kv head instead of once per query head. Only where that is the same computation: one query
+// row, every key visible to it (bottom-right causal / right window are then no-ops), no per-head
+// transform (ALiBi, attn_mask, dropout) and a contiguous LSE row (its row stride is 1).
+void pack_gqa_decode(FwdParams& p) {
+  const int g = p.h / p.h_kv;
+  if (g <= 1 || g > cpu::kDecodeMaxRows || p.s_q != 1 || p.cu_seqlens_q || p.alibi_slopes || p.mask ||
+      p.dropout_p > 0.f || p.window_left >= 0 || p.lse_head_stride != 1)
+    return;
+  if (!p.bottom_right && (p.causal || p.window_right >= 0)) return;
+  p.causal = false;
+  p.window_right = -1;
+  p.s_q = g;
+  p.h = p.h_kv;
+  p.q_row_stride = p.q_head_stride;
+  p.q_head_stride *= g;
+  p.o_row_stride = p.o_head_stride;
+  p.o_head_stride *= g;
+  p.lse_head_stride *= g;  // rows of a packed head are consecutive in the (b, h, 1) LSE
+}
+
 void run_fwd_cpu(FwdParams& p, const at::Tensor& q) {
   const cpu::KernelTable& k = active_kernels();
+  pack_gqa_decode(p);
   p.num_splits = choose_cpu_splits(p, cpu::active_isa());
   const auto accum = alloc_split_accum(p, q);  // alive until the kernels are done
   at::parallel_for(0, k.fwd_num_work_items(p), 1, [&](int64_t begin, int64_t end) { k.fwd_run(p, begin, end); });

@@ -2,6 +2,7 @@
 //   FAL_SIMD_AVX512: VF = 16 x fp32 in a zmm;  FAL_SIMD_AVX2: VF = 8 x fp32 in a ymm (+FMA, F16C).
 // Only included by translation units compiled with the matching -m flags.
 #pragma once
+#include <limits>
 #include <immintrin.h>
 
 #include <cstdint>
@@ -34,6 +35,15 @@ inline VF operator+(VF a, VF b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline VF operator-(VF a, VF b) { return {_mm512_sub_ps(a.v, b.v)}; }
 inline VF operator*(VF a, VF b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline VF vmax(VF a, VF b) { return {_mm512_max_ps(a.v, b.v)}; }
+inline VF vmin(VF a, VF b) { return {_mm512_min_ps(a.v, b.v)}; }
+inline VF operator/(VF a, VF b) { return {_mm512_div_ps(a.v, b.v)}; }
+inline VF vabs(VF a) { return {_mm512_abs_ps(a.v)}; }
+// x where m[lane] != 0, -inf where m[lane] == 0 (a bool attn_mask row, N bytes)
+inline VF keep_where(VF x, const uint8_t* m) {
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)));
+  const __mmask16 z = _mm512_cmpeq_epi32_mask(b, _mm512_setzero_si512());
+  return {_mm512_mask_mov_ps(x.v, z, _mm512_set1_ps(-std::numeric_limits<float>::infinity()))};
+}
 
 // 2^x: n = round(x), f = x - n in [-1/2, 1/2], 2^f by a degree-6 polynomial, scaled by 2^n with
 // vscalefps. x < -126 (masked scores, -inf) gives exactly 0; NaN stays NaN.
@@ -89,6 +99,14 @@ inline VF operator+(VF a, VF b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline VF operator-(VF a, VF b) { return {_mm256_sub_ps(a.v, b.v)}; }
 inline VF operator*(VF a, VF b) { return {_mm256_mul_ps(a.v, b.v)}; }
 inline VF vmax(VF a, VF b) { return {_mm256_max_ps(a.v, b.v)}; }
+inline VF vmin(VF a, VF b) { return {_mm256_min_ps(a.v, b.v)}; }
+inline VF operator/(VF a, VF b) { return {_mm256_div_ps(a.v, b.v)}; }
+inline VF vabs(VF a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.f), a.v)}; }
+inline VF keep_where(VF x, const uint8_t* m) {
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
+  const __m256 z = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, _mm256_setzero_si256()));
+  return {_mm256_blendv_ps(x.v, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), z)};
+}
 
 inline VF exp2(VF x) {
   const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-127.f), x.v);

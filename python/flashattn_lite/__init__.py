@@ -26,6 +26,7 @@ from .interface import (  # noqa: E402
     scaled_dot_product_attention,
 )
 from .kvcache import flash_attn_with_kvcache  # noqa: E402
+from . import nn  # noqa: E402  (flashattn_lite.nn.MultiheadAttention, SelfAttention)
 
 
 def cpu_isa() -> str:

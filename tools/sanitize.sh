@@ -10,6 +10,7 @@ FLASHATTN_LITE_SANITIZE=ON FLASHATTN_LITE_CUDA=OFF \
   $PY -m pip install --no-build-isolation --no-deps -q . --config-settings=build-dir=build/sanitize
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(tests/test_forward.py tests/test_backward.py tests/test_isa.py tests/test_errors.py
+                                 tests/test_features.py tests/test_kvcache.py
                                  tests/test_properties.py tests/test_robustness.py)
 rc=0
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \

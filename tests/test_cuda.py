@@ -239,3 +239,14 @@ def test_cuda_cpu_only_features_refused(kw):
         kw = {"alibi_slopes": torch.rand(2, device=DEV)}
     with pytest.raises(NotImplementedError, match=r"is not implemented on CUDA yet"):
         flash_attn_func(q, k, v, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("s_q,s_k", [(4, 64), (1, 8192)])  # (1, 8192): split-KV + combine
+def test_cuda_nan_row_gives_nan_lse(dtype, s_q, s_k):
+    q = randn((1, s_q, 2, 64), dtype, device=DEV)
+    k, v = randn((1, s_k, 2, 64), dtype, device=DEV), randn((1, s_k, 2, 64), dtype, device=DEV)
+    q[0, 0, 0] = float("nan")
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True)
+    assert torch.isnan(out[0, 0, 0]).all() and torch.isnan(lse[0, 0, 0])
+    assert torch.isfinite(out[0, :, 1]).all() and torch.isfinite(lse[0, 1]).all()

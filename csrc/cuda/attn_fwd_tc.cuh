@@ -229,8 +229,9 @@ __global__ void __launch_bounds__(FwdTcConfig<D>::kThreads)
       const float lt = quad_sum(l[x]);
       const int row = rows[x];
       if (row >= p.s_q) continue;
-      const float inv = lt > 0.f ? 1.f / lt : 0.f;
-      const float row_lse = lt > 0.f ? (m[x] + __log2f(lt)) * 0.69314718055994531f : -INFINITY;
+      // row_has_mass: l > 0 saw keys, 0 saw none (out 0, lse -inf), NaN had a NaN score (both NaN)
+      const float inv = row_has_mass(lt) ? 1.f / lt : 0.f;
+      const float row_lse = row_has_mass(lt) ? (m[x] + __log2f(lt)) * 0.69314718055994531f : -INFINITY;
       if (p.num_splits > 1) {  // normalised fp32 partial output + its LSE, merged by the combine pass
         const int64_t prow = ((int64_t(split) * p.b + bi) * p.h + hi) * p.s_q + row;
         float* po = p.o_accum + prow * p.d_v;
@@ -261,11 +262,17 @@ __global__ void __launch_bounds__(128) attn_fwd_combine_kernel(const FwdParams p
   const int64_t stride = int64_t(p.b) * p.h * p.s_q;  // between splits
   const int64_t prow = (int64_t(bi) * p.h + hi) * p.s_q + row;
   float mx = -INFINITY;
-  for (int s = 0; s < p.num_splits; ++s) mx = fmaxf(mx, p.lse_accum[s * stride + prow]);
+  bool nan = false;  // a NaN in any split's scores makes the row NaN (fmaxf alone would drop it)
+  for (int s = 0; s < p.num_splits; ++s) {
+    const float ls = p.lse_accum[s * stride + prow];
+    nan |= ls != ls;
+    mx = fmaxf(mx, ls);
+  }
   float sum = 0.f;
   if (mx != -INFINITY)
     for (int s = 0; s < p.num_splits; ++s) sum += exp2f((p.lse_accum[s * stride + prow] - mx) * 1.4426950408889634f);
-  const float lse = sum > 0.f ? mx + __logf(sum) : -INFINITY;
+  if (nan) sum = __int_as_float(0x7fc00000);
+  const float lse = row_has_mass(sum) ? mx + __logf(sum) : -INFINITY;
   T* out = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + int64_t(row) * p.o_row_stride;
   for (int x = threadIdx.x; x < p.d_v; x += 128) {
     float acc = 0.f;

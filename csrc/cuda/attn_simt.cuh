@@ -97,11 +97,11 @@ __global__ void __launch_bounds__(kSimtThreads) attn_fwd_simt_kernel(const FwdPa
     __syncthreads();  // ps is rewritten by the next chunk
   }
   T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + int64_t(i) * p.o_row_stride;
-  const Acc inv = l > 0 ? Acc(1) / l : Acc(0);
+  const Acc inv = row_has_mass(l) ? Acc(1) / l : Acc(0);
   for (int x = tid; x < p.d_v; x += kSimtThreads) o[x] = from_acc<T>(os[x] * inv);
   if (tid == 0) {
     Acc* lse = static_cast<Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride;
-    lse[i] = l > 0 ? m + acc_log(l) : ninf;
+    lse[i] = row_has_mass(l) ? m + acc_log(l) : ninf;  // NaN scores: NaN
   }
 }
 

@@ -314,3 +314,22 @@ def test_gradcheck_varlen_fp64(isa):
     v = randn((12, 1, 3), torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda q, k, v: flash_attn_varlen_func(q, k, v, cq, ck, 5, 6, causal=True, window_size=(2, 1)), (q, k, v))
+
+
+# ---- decode over interleaved heads (groups of heads walk the keys together) -------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("h,h_kv,d,s_k", [(48, 48, 256, 700), (40, 8, 16, 1025), (6, 2, 59, 97), (33, 11, 128, 300)])
+@pytest.mark.parametrize("extra", ["plain", "alibi_softcap", "window"])
+def test_decode_head_groups(dtype, h, h_kv, d, s_k, extra, isa):
+    q, k, v = _qkv(2, 1, s_k, h, h_kv, d, dtype)  # k/v (b, s_k, h_kv, d): heads interleaved in a row
+    kw = {}
+    if extra == "alibi_softcap":
+        kw = dict(alibi_slopes=torch.rand(h) * 0.05, softcap=5.0)
+    if extra == "window":
+        kw = dict(window_size=(200, 0), causal=True)
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True, **kw)
+    ref, ref_lse = attention_ref(q, k, v, **kw)
+    same, _ = attention_ref(q, k, v, upcast=False, **kw)
+    assert_rule(out, ref, same, n_terms=s_k)
+    assert max_err(lse, ref_lse) < 1e-3

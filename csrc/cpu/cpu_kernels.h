@@ -2,6 +2,7 @@
 // The glue splits [0, num_work_items) over threads (ATen's parallel_for) and calls *_run on
 // each chunk; the kernels own no threads and allocate only per-chunk scratch of O(tile * d).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include "flashattn_lite/params.h"
 
@@ -21,6 +22,26 @@ void bwd_run(const BwdParams& p, int64_t begin, int64_t end);
 // each writing a normalised fp32 partial output and LSE to p.o_accum / p.lse_accum; then
 // fwd_combine_run merges them (one work item per (batch, head, row)).
 constexpr int kDecodeMaxRows = 16;
+// Decode work items are (batch, group of query heads, split). When K/V heads are interleaved in a
+// row ((batch, seqlen, heads, dim), the flash-attn / KV-cache layout), a group of heads walks the
+// keys together, so each K/V row is read as one contiguous span of the group's heads rather than
+// as one strided stream per head; the group is as large as keeps its per-head state (Q, O rows)
+// within ~32 KB of L1. Head-contiguous layouts use groups of one. (static: no shared symbol
+// between the per-ISA objects)
+static inline int decode_group_heads(const FwdParams& p) {
+  const bool interleaved = p.h_kv > 1 && p.k_head_stride < p.k_row_stride && p.v_head_stride < p.v_row_stride;
+  // one query row per head only: the multi-row path stages K/V per head and measured slower grouped
+  if (!interleaved || p.s_q != 1) return 1;
+  const int64_t per_head = int64_t(p.d + p.d_v) * 4;
+  const int g = p.h / p.h_kv;  // keep the query heads of a kv head together
+  int64_t heads = std::max<int64_t>(1, (32 * 1024) / std::max<int64_t>(1, per_head));
+  heads = std::max<int64_t>(g, heads / g * g);
+  return int(std::min<int64_t>(heads, p.h));
+}
+static inline int decode_head_groups(const FwdParams& p) {
+  const int per = decode_group_heads(p);
+  return (p.h + per - 1) / per;
+}
 void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end);
 
 // Tile sizes (rows of Q, columns of K) of the portable kernels; exposed for tests/bench.

@@ -237,3 +237,36 @@ def test_kvcache_bad_leftpad_and_block_table():
     with pytest.raises(ValueError, match=r"rotary_cos/rotary_sin have 2 positions, position 3 is needed"):
         flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], rotary_cos=torch.ones(2, 4), rotary_sin=torch.ones(2, 4),
                                 cache_seqlens=3)
+
+
+@pytest.mark.parametrize("page_size", [1, 5, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_varlen_with_block_table_equals_packed(page_size, dtype, isa):
+    from flashattn_lite import flash_attn_varlen_func
+    lq, lk = [3, 1, 20], [17, 0, 40]
+    cq = torch.tensor([0, 3, 4, 24], dtype=torch.int32)
+    ck = torch.tensor([0, 17, 17, 57], dtype=torch.int32)
+    q = randn((24, 4, 32), dtype)
+    k, v = randn((57, 2, 32), dtype), randn((57, 2, 32), dtype)
+    ref = flash_attn_varlen_func(q, k, v, cq, ck, 20, 40, causal=True)
+    n_pages = [(n + page_size - 1) // page_size for n in lk]
+    perm = torch.randperm(sum(n_pages) + 3)
+    kp = randn((len(perm), page_size, 2, 32), dtype)
+    vp = randn((len(perm), page_size, 2, 32), dtype)
+    table = torch.zeros(3, max(n_pages), dtype=torch.int32)
+    used = 0
+    for i, n in enumerate(lk):
+        for pg in range(n_pages[i]):
+            blk = int(perm[used]); used += 1
+            table[i, pg] = blk
+            lo, hi = pg * page_size, min(n, (pg + 1) * page_size)
+            kp[blk, : hi - lo] = k[int(ck[i]) + lo: int(ck[i]) + hi]
+            vp[blk, : hi - lo] = v[int(ck[i]) + lo: int(ck[i]) + hi]
+    out = flash_attn_varlen_func(q, kp, vp, cq, ck, 20, 40, causal=True, block_table=table)
+    assert torch.equal(out, ref)
+    bad = table.clone()
+    bad[2, 0] = len(perm)
+    with pytest.raises(ValueError, match=r"block_table\[2, 0\] = \d+ is outside the cache's blocks"):
+        flash_attn_varlen_func(q, kp, vp, cq, ck, 20, 40, block_table=bad)
+    with pytest.raises(ValueError, match=r"more than its block_table row holds"):
+        flash_attn_varlen_func(q, kp, vp, cq, ck, 20, 40, block_table=table[:, :1] if page_size < 40 else table[:, :0])

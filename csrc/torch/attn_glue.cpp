@@ -146,6 +146,32 @@ void set_mask(FwdParams& p, const at::Tensor& m_in, const at::Tensor& q, std::ve
   p.mask_row_stride = m.stride(2);
 }
 
+// block_table (b, max_blocks) int32 of a paged K/V: every page a sequence uses (its cu_seqlens_k
+// length) inside [0, num_blocks), the length within the table's capacity.
+void set_block_table(FwdParams& p, const at::Tensor& bt, const at::Tensor& q, int64_t b, int64_t num_blocks,
+                     int64_t page_size, const at::Tensor& cu_k_host, std::vector<at::Tensor>& keep) {
+  TORCH_CHECK_TYPE(bt.scalar_type() == at::kInt, kPre, "block_table must be int32, got ", bt.scalar_type());
+  TORCH_CHECK_VALUE(bt.device() == q.device(), kPre, "block_table must be on the device of q");
+  TORCH_CHECK_VALUE(bt.dim() == 2 && bt.size(0) == b, kPre, "block_table must have shape (batch, max_blocks) with batch = ",
+                    b, ", got ", bt.sizes());
+  TORCH_CHECK_VALUE(page_size >= 1, kPre, "the page size (k.shape[1]) must be >= 1");
+  keep.push_back(bt.stride(1) == 1 ? bt : bt.contiguous());
+  const at::Tensor t = host_ints(keep.back());
+  const int32_t* c = cu_k_host.data_ptr<int32_t>();
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t n = c[i + 1] - c[i];
+    TORCH_CHECK_VALUE(n <= bt.size(1) * page_size, kPre, "sequence ", i, " has ", n, " keys, more than its block_table row holds (",
+                      bt.size(1), " pages of ", page_size, ")");
+    const int32_t* row = t.data_ptr<int32_t>() + i * t.size(1);
+    for (int64_t pg = 0; pg < (n + page_size - 1) / page_size; ++pg)
+      TORCH_CHECK_VALUE(row[pg] >= 0 && row[pg] < num_blocks, kPre, "block_table[", i, ", ", pg, "] = ", row[pg],
+                        " is outside the cache's blocks [0, ", num_blocks, ")");
+  }
+  p.block_table = keep.back().data_ptr<int32_t>();
+  p.block_table_batch_stride = keep.back().stride(0);
+  p.page_size = int(page_size);
+}
+
 }  // namespace
 
 void set_dropout_params(FwdParams& p, double dropout_p, const c10::optional<at::Tensor>& rng) {
@@ -169,30 +195,40 @@ FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   check_float_tensor(v, "v");
   check_same(k, "k", q);
   check_same(v, "v", q);
-  check_not_implemented(a.block_table, "block_table (paged KV cache)");
   const bool varlen = a.cu_seqlens_q.has_value() || a.cu_seqlens_k.has_value();
   TORCH_CHECK_VALUE(!varlen || (a.cu_seqlens_q.has_value() && a.cu_seqlens_k.has_value()), kPre,
                     "cu_seqlens_q and cu_seqlens_k must be given together");
+  // varlen with a paged K/V (flash-attn's block_table): k/v (num_blocks, page_size, h_kv, d)
+  const bool paged = a.block_table.has_value() && a.block_table->defined();
+  TORCH_CHECK_VALUE(!paged || varlen, kPre,
+                    "block_table needs cu_seqlens (flash_attn_varlen_func); or use flash_attn_with_kvcache");
   if (varlen) {
     check_rank(q, "q", 3, "(total_q, heads, head_dim) with cu_seqlens");
-    check_rank(k, "k", 3, "(total_k, heads_kv, head_dim) with cu_seqlens");
-    check_rank(v, "v", 3, "(total_k, heads_kv, head_dim_v) with cu_seqlens");
+    if (paged) {
+      check_rank(k, "k", 4, "(num_blocks, page_size, heads_kv, head_dim) with block_table");
+      check_rank(v, "v", 4, "(num_blocks, page_size, heads_kv, head_dim_v) with block_table");
+    } else {
+      check_rank(k, "k", 3, "(total_k, heads_kv, head_dim) with cu_seqlens");
+      check_rank(v, "v", 3, "(total_k, heads_kv, head_dim_v) with cu_seqlens");
+    }
   } else {
     check_rank(q, "q", 4, "(batch, seqlen_q, heads, head_dim)");
     check_rank(k, "k", 4, "(batch, seqlen_k, heads_kv, head_dim)");
     check_rank(v, "v", 4, "(batch, seqlen_k, heads_kv, head_dim_v)");
   }
   // Views as (batch, seqlen, heads, dim); packed inputs are one "batch row" per token.
-  const int o = varlen ? 1 : 0;
+  const int o = varlen ? 1 : 0, ok = varlen && !paged ? 1 : 0;
   const int64_t s_q_all = q.size(1 - o), h = q.size(2 - o), d = q.size(3 - o);
-  const int64_t s_k_all = k.size(1 - o), h_kv = k.size(2 - o), d_v = v.size(3 - o);
+  const int64_t s_k_all = k.size(1 - ok), h_kv = k.size(2 - ok), d_v = v.size(3 - ok);
+  if (paged)
+    TORCH_CHECK_VALUE(v.size(0) == k.size(0), kPre, "v must have the blocks of k (", k.size(0), "), got ", v.size(0));
   if (!varlen)
     TORCH_CHECK_VALUE(k.size(0) == q.size(0) && v.size(0) == q.size(0), kPre, "k and v must have the batch size of q (",
                       q.size(0), "), got k ", k.sizes(), " and v ", v.sizes());
-  TORCH_CHECK_VALUE(v.size(1 - o) == s_k_all, kPre, "v must have the ", varlen ? "tokens" : "seqlen", " of k (", s_k_all,
-                    "), got ", v.size(1 - o));
-  TORCH_CHECK_VALUE(v.size(2 - o) == h_kv, kPre, "v must have the heads of k (", h_kv, "), got ", v.size(2 - o));
-  TORCH_CHECK_VALUE(k.size(3 - o) == d, kPre, "k must have the head_dim of q (", d, "), got ", k.size(3 - o));
+  TORCH_CHECK_VALUE(v.size(1 - ok) == s_k_all, kPre, "v must have the ", varlen ? "tokens" : "seqlen", " of k (",
+                    s_k_all, "), got ", v.size(1 - ok));
+  TORCH_CHECK_VALUE(v.size(2 - ok) == h_kv, kPre, "v must have the heads of k (", h_kv, "), got ", v.size(2 - ok));
+  TORCH_CHECK_VALUE(k.size(3 - ok) == d, kPre, "k must have the head_dim of q (", d, "), got ", k.size(3 - ok));
   TORCH_CHECK_VALUE(h_kv >= 1 && h >= 1 && h % h_kv == 0, kPre,
                     "the number of heads of q (", h, ") must be a multiple of the heads of k/v (", h_kv, ")");
   TORCH_CHECK_VALUE(d >= 1, kPre, "head_dim of q/k must be >= 1, got ", d);
@@ -220,8 +256,13 @@ FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Te
   p.v = v.data_ptr();
   if (varlen) {
     p.q_batch_stride = 0; p.q_row_stride = q.stride(0); p.q_head_stride = q.stride(1);
-    p.k_batch_stride = 0; p.k_row_stride = k.stride(0); p.k_head_stride = k.stride(1);
-    p.v_batch_stride = 0; p.v_row_stride = v.stride(0); p.v_head_stride = v.stride(1);
+    if (paged) {  // batch stride = the page stride
+      p.k_batch_stride = k.stride(0); p.k_row_stride = k.stride(1); p.k_head_stride = k.stride(2);
+      p.v_batch_stride = v.stride(0); p.v_row_stride = v.stride(1); p.v_head_stride = v.stride(2);
+    } else {
+      p.k_batch_stride = 0; p.k_row_stride = k.stride(0); p.k_head_stride = k.stride(1);
+      p.v_batch_stride = 0; p.v_row_stride = v.stride(0); p.v_head_stride = v.stride(1);
+    }
   } else {
     p.q_batch_stride = q.stride(0); p.q_row_stride = q.stride(1); p.q_head_stride = q.stride(2);
     p.k_batch_stride = k.stride(0); p.k_row_stride = k.stride(1); p.k_head_stride = k.stride(2);
@@ -235,7 +276,8 @@ FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Te
                       cq.sizes());
     b = cq.size(0) - 1;
     check_cu_seqlens(cq, "cu_seqlens_q", q, b, s_q_all, a.max_seqlen_q, "max_seqlen_q");
-    check_cu_seqlens(ck, "cu_seqlens_k", q, b, s_k_all, a.max_seqlen_k, "max_seqlen_k");
+    check_cu_seqlens(ck, "cu_seqlens_k", q, b, paged ? std::numeric_limits<int32_t>::max() : s_k_all, a.max_seqlen_k,
+                     "max_seqlen_k");
     s_q = a.max_seqlen_q;
     s_k = a.max_seqlen_k;
     check_int_range(s_q, "max_seqlen_q");
@@ -244,6 +286,7 @@ FwdParams make_fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Te
     keep.push_back(ck.contiguous());
     p.cu_seqlens_q = keep[keep.size() - 2].data_ptr<int32_t>();
     p.cu_seqlens_k = keep.back().data_ptr<int32_t>();
+    if (paged) set_block_table(p, *a.block_table, q, b, k.size(0), k.size(1), host_ints(ck), keep);
   }
   check_int_range(b * h, "batch * heads");
   p.b = int(b); p.h = int(h); p.h_kv = int(h_kv);

@@ -36,7 +36,8 @@ def _lse_dtype(q: Tensor) -> torch.dtype:
 @torch.library.register_fake("flashattn_lite::fwd")
 def _fwd_fake(q: Tensor, k: Tensor, v: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
     torch._check(q.dim() in (3, 4), lambda: f"flashattn_lite: q must have 4 dims (3 packed), got {q.dim()}")
-    torch._check(v.dim() == q.dim(), lambda: f"flashattn_lite: v must have {q.dim()} dims, got {v.dim()}")
+    torch._check(v.dim() == q.dim() or (q.dim() == 3 and v.dim() == 4),  # 4-D: paged K/V of varlen
+                 lambda: f"flashattn_lite: v must have {q.dim()} dims, got {v.dim()}")
     out = q.new_empty(tuple(q.shape[:-1]) + (v.shape[-1],))
     if q.dim() == 3:  # packed (total_q, h, d): lse (h, total_q)
         lse = q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q))

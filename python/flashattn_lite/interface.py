@@ -44,11 +44,12 @@ def _attn(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool, bottom_ri
           alibi_slopes: Optional[Tensor] = None, softcap: float = 0.0, dropout_p: float = 0.0,
           rng_state: Optional[Tensor] = None, cu_seqlens_q: Optional[Tensor] = None,
           cu_seqlens_k: Optional[Tensor] = None, max_seqlen_q: int = -1, max_seqlen_k: int = -1,
-          seqused_k: Optional[Tensor] = None, num_splits: int = 0) -> tuple[Tensor, Tensor]:
+          seqused_k: Optional[Tensor] = None, num_splits: int = 0,
+          block_table: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """(b, s_q, h, d) x (b, s_k, h_kv, d) x (b, s_k, h_kv, d_v) -> out (b, s_q, h, d_v), lse (b, h, s_q);
     packed (total, h, d) inputs with cu_seqlens -> out (total_q, h, d_v), lse (h, total_q)."""
     return torch.ops.flashattn_lite.fwd.default(
-        q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, None, rng_state,
+        q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table, rng_state,
         int(max_seqlen_q), int(max_seqlen_k), float(scale), bool(causal), bool(bottom_right),
         window[0], window[1], float(softcap), float(dropout_p), int(num_splits), bool(deterministic))
 
@@ -163,24 +164,32 @@ def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor
     q: (total_q, heads, head_dim), k/v: (total_k, heads_kv, head_dim); cu_seqlens_q/k: int32
     (batch + 1,) cumulative lengths starting at 0; max_seqlen_q/k bound the lengths. Sequence i is
     q[cu_seqlens_q[i]:cu_seqlens_q[i+1]] against k/v[cu_seqlens_k[i]:cu_seqlens_k[i+1]]; causal and
-    window are aligned bottom-right per sequence. Returns out (total_q, heads, head_dim), or
-    (out, softmax_lse (heads, total_q), None) with return_attn_probs=True.
+    window are aligned bottom-right per sequence. block_table (batch, max_blocks) int32: k/v are
+    a paged cache (num_blocks, page_size, heads_kv, head_dim) and sequence i's keys are its
+    cu_seqlens_k length from the pages in block_table[i] (forward only, as in flash-attn). Returns
+    out (total_q, heads, head_dim), or (out, softmax_lse (heads, total_q), None) with
+    return_attn_probs=True.
     """
     _check_3d(q, "q", "(total_q, heads, head_dim)")
-    _check_3d(k, "k", "(total_k, heads_kv, head_dim)")
-    _check_3d(v, "v", "(total_k, heads_kv, head_dim)")
     for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if not isinstance(t, Tensor):
             raise TypeError(f"flashattn_lite: {name} must be an int32 torch.Tensor, got {type(t).__name__}")
-    if block_table is not None:
-        raise NotImplementedError("flashattn_lite: block_table with flash_attn_varlen_func is not implemented; "
-                                  "use flash_attn_with_kvcache for a paged cache")
+    if block_table is not None:  # paged K/V: forward only, as in flash-attn
+        if k.dim() != 4 or v.dim() != 4:
+            raise ValueError("flashattn_lite: with block_table, k and v are paged: (num_blocks, page_size, heads_kv, "
+                             f"head_dim), got k {tuple(k.shape)}, v {tuple(v.shape)}")
+        if dropout_p > 0:
+            raise ValueError("flashattn_lite: block_table (paged K/V) is inference only: dropout_p must be 0")
+        q, k, v = q.detach(), k.detach(), v.detach()
+    else:
+        _check_3d(k, "k", "(total_k, heads_kv, head_dim)")
+        _check_3d(v, "v", "(total_k, heads_kv, head_dim)")
     _check_features(dropout_p, softcap)
     rng = rng_state_for(dropout_p, q.device)
     out, lse = _attn(q, k, v, _default_scale(q.shape[-1], softmax_scale), causal, True, _window(window_size),
                      deterministic, alibi_slopes=alibi_slopes, softcap=softcap, dropout_p=dropout_p,
                      rng_state=rng, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                     max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
+                     max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, block_table=block_table)
     if return_attn_probs:
         return out, lse, None
     return out

@@ -94,8 +94,8 @@ FAL_HD SeqInfo seq_info(const FwdParams& p, int bi) {
     s.q_row0 = p.cu_seqlens_q[bi];
     s.s_q = p.cu_seqlens_q[bi + 1] - p.cu_seqlens_q[bi];
   }
-  if (p.cu_seqlens_k) {
-    s.k_row0 = p.cu_seqlens_k[bi];
+  if (p.cu_seqlens_k) {  // with a paged K/V the keys start in the sequence's first page
+    s.k_row0 = p.block_table ? 0 : p.cu_seqlens_k[bi];
     s.s_k = p.cu_seqlens_k[bi + 1] - p.cu_seqlens_k[bi];
   }
   if (p.seqused_k) s.s_k = p.seqused_k[bi];

@@ -250,3 +250,12 @@ def test_cuda_nan_row_gives_nan_lse(dtype, s_q, s_k):
     out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True)
     assert torch.isnan(out[0, 0, 0]).all() and torch.isnan(lse[0, 0, 0])
     assert torch.isfinite(out[0, :, 1]).all() and torch.isfinite(lse[0, 1]).all()
+
+
+def test_cuda_dropout_bits_equal_cpu():
+    # the same rng_state draws the same keep pattern on both devices (one Philox in attn_math.h)
+    rng = torch.tensor([0x1234567890ABCDEF, 77], dtype=torch.int64)
+    cpu = torch.ops.flashattn_lite.dropout_keep(rng, 2, 3, 37, 101, 0.3)
+    gpu = torch.ops.flashattn_lite.dropout_keep(rng.to(DEV), 2, 3, 37, 101, 0.3)
+    assert gpu.device.type == "cuda"
+    assert torch.equal(cpu, gpu.cpu())

@@ -28,6 +28,10 @@ int run_fwd(const FwdParams& p, void* stream);
 // tensor-core path p.dq_accum: fp32 zeros, b x s_q x h x d.
 int run_bwd(const BwdParams& p, void* stream);
 
+// The dropout keep pattern (batch x p.h x s_q x s_k bytes, 1 = keep) from p's dropout fields,
+// the same bits as the CPU (Dropout in attn_math.h).
+int run_dropout_keep(const FwdParams& p, int batch, int s_q, int s_k, unsigned char* out, void* stream);
+
 const char* error_string(int err);
 
 }  // namespace fal::cuda

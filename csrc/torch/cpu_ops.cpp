@@ -106,7 +106,7 @@ at::Tensor dropout_keep_cpu(const at::Tensor& rng_state, int64_t batch, int64_t 
                             double dropout_p) {
   TORCH_CHECK_VALUE(batch >= 0 && heads >= 0 && s_q >= 0 && s_k >= 0, "flashattn_lite: dropout_keep sizes must be >= 0");
   TORCH_CHECK_VALUE(dropout_p > 0 && dropout_p < 1, "flashattn_lite: dropout_p must be in (0, 1), got ", dropout_p);
-  auto keep = at::empty({batch, heads, s_q, s_k}, rng_state.options().dtype(at::kBool).device(at::kCPU));
+  auto keep = at::empty({batch, heads, s_q, s_k}, rng_state.options().dtype(at::kBool));
   if (keep.numel() == 0) return keep;
   // The same params path as the kernels (validation of rng_state included).
   FwdParams p;

@@ -138,10 +138,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cuda(FAL_BWD_ARGS
   return {dq, dk, dv, dmask};
 }
 
+at::Tensor dropout_keep_cuda(const at::Tensor& rng_state, int64_t batch, int64_t heads, int64_t s_q, int64_t s_k,
+                             double dropout_p) {
+  TORCH_CHECK_VALUE(batch >= 0 && heads >= 0 && s_q >= 0 && s_k >= 0, kPre, "dropout_keep sizes must be >= 0");
+  TORCH_CHECK_VALUE(dropout_p > 0 && dropout_p < 1, kPre, "dropout_p must be in (0, 1), got ", dropout_p);
+  const c10::cuda::CUDAGuard guard(rng_state.device());
+  FwdParams p;
+  p.h = int(heads);
+  set_dropout_params(p, dropout_p, rng_state);
+  p.dropout_p = float(dropout_p);
+  auto keep = at::empty({batch, heads, s_q, s_k}, rng_state.options().dtype(at::kBool));
+  if (keep.numel() == 0) return keep;
+  check_launch(fal::cuda::run_dropout_keep(p, int(batch), int(s_q), int(s_k),
+                                           reinterpret_cast<unsigned char*>(keep.data_ptr<bool>()),
+                                           at::cuda::getCurrentCUDAStream().stream()),
+               "dropout_keep");
+  return keep;
+}
+
 }  // namespace
 }  // namespace fal::glue
 
 TORCH_LIBRARY_IMPL(flashattn_lite, CUDA, m) {
+  m.impl("dropout_keep", &fal::glue::dropout_keep_cuda);
   m.impl("fwd", &fal::glue::fwd_cuda);
   m.impl("bwd", &fal::glue::bwd_cuda);
 }

@@ -58,7 +58,7 @@ def _bwd_fake(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Ten
 @torch.library.register_fake("flashattn_lite::dropout_keep")
 def _dropout_keep_fake(rng_state: Tensor, batch: int, heads: int, seqlen_q: int, seqlen_k: int,
                        dropout_p: float) -> Tensor:
-    return rng_state.new_empty((batch, heads, seqlen_q, seqlen_k), dtype=torch.bool, device="cpu")
+    return rng_state.new_empty((batch, heads, seqlen_q, seqlen_k), dtype=torch.bool)
 
 
 def _setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor]) -> None:

@@ -13,6 +13,17 @@ import torch.multiprocessing as mp
 from conftest import assert_rule, max_err
 
 
+CHUNK = 37  # tokens per rank
+
+
+def _data(world: int, dtype: torch.dtype, h_kv: int):
+    """The whole sequence's q, k, v, dout: the same in every process (fixed generator)."""
+    g = torch.Generator().manual_seed(1234)
+    n = world * CHUNK
+    return (torch.randn(2, n, 4, 24, generator=g).to(dtype), torch.randn(2, n, h_kv, 24, generator=g).to(dtype),
+            torch.randn(2, n, h_kv, 24, generator=g).to(dtype), torch.randn(2, n, 4, 24, generator=g).to(dtype))
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str, causal: bool, dtype: torch.dtype,
             h_kv: int) -> None:
     import flashattn_lite  # noqa: F401  (registers the ops in the child)
@@ -21,12 +32,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, causal: bool, d
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        g = torch.Generator().manual_seed(1234)
-        s = 37
-        q = torch.randn(2, world * s, 4, 24, generator=g).to(dtype)
-        k = torch.randn(2, world * s, h_kv, 24, generator=g).to(dtype)
-        v = torch.randn(2, world * s, h_kv, 24, generator=g).to(dtype)
-        dout = torch.randn(2, world * s, 4, 24, generator=g).to(dtype)
+        q, k, v, dout = _data(world, dtype, h_kv)
+        s = CHUNK
         chunk = slice(rank * s, (rank + 1) * s)
         ql, kl, vl = (t[:, chunk].clone().requires_grad_(True) for t in (q, k, v))
         out = ring_attention(ql, kl, vl, causal=causal)
@@ -50,12 +57,7 @@ def test_ring_attention_matches_single_process(world, causal, dtype, h_kv):
         parts = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
     got = {n: torch.cat([p[n] for p in parts], dim=1) for n in ("out", "dq", "dk", "dv")}
 
-    g = torch.Generator().manual_seed(1234)
-    s = 37
-    q = torch.randn(2, world * s, 4, 24, generator=g).to(dtype)
-    k = torch.randn(2, world * s, h_kv, 24, generator=g).to(dtype)
-    v = torch.randn(2, world * s, h_kv, 24, generator=g).to(dtype)
-    dout = torch.randn(2, world * s, 4, 24, generator=g).to(dtype)
+    q, k, v, dout = _data(world, dtype, h_kv)
 
     def grads(fn, tensors, do):
         ts = [t.detach().clone().requires_grad_(True) for t in tensors]

@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) against the fp64 reference: random shapes, dtypes, strides,
-visibility rules and CPU ISAs. CI runs the bounded profile (>= 500 examples);
-FAL_HYPOTHESIS_PROFILE=long runs 10x more."""
+visibility rules, score transforms (softcap, ALiBi), SDPA masks, NaN inputs and CPU ISAs. CI runs
+the bounded profile (>= 500 examples for the forward); FAL_HYPOTHESIS_PROFILE=long runs 10x more."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import flashattn_lite
 from conftest import DTYPES, assert_rule
-from flashattn_lite.reference import attention_ref
+from flashattn_lite.reference import attention_ref, sdpa_ref
 
 settings.register_profile("ci", max_examples=500, deadline=None, derandomize=False,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -39,6 +39,28 @@ def cases(draw):
     return b, h, h_kv, s_q, s_k, d, d_v, dtype, causal, window, transposed, isa, seed
 
 
+@st.composite
+def transforms(draw, b: int, h: int):
+    """softcap and ALiBi slopes ((h,) or (b, h)), each present or not."""
+    softcap = draw(st.sampled_from([0.0, 0.0, 0.5, 5.0, 50.0]))
+    alibi = draw(st.sampled_from([None, "h", "bh"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    slopes = None
+    if alibi is not None:
+        gen = torch.Generator().manual_seed(seed)
+        slopes = torch.rand((h,) if alibi == "h" else (b, h), generator=gen) * 0.5
+    return softcap, slopes
+
+
+def _on_isa(isa, fn):
+    before = flashattn_lite.cpu_isa()
+    flashattn_lite._C._set_cpu_isa(isa)
+    try:
+        return fn()
+    finally:
+        flashattn_lite._C._set_cpu_isa(before)
+
+
 def _make(shape, dtype, transposed, gen):
     b, s, h, d = shape
     if transposed:
@@ -46,26 +68,76 @@ def _make(shape, dtype, transposed, gen):
     return torch.randn(shape, generator=gen).to(dtype)
 
 
-@given(cases())
-def test_forward_matches_reference(case):
+@given(cases(), st.data())
+def test_forward_matches_reference(case, data):
     b, h, h_kv, s_q, s_k, d, d_v, dtype, causal, window, transposed, isa, seed = case
+    softcap, slopes = data.draw(transforms(b, h))
     gen = torch.Generator().manual_seed(seed)
     q = _make((b, s_q, h, d), dtype, transposed, gen)
     k = _make((b, s_k, h_kv, d), dtype, transposed, gen)
     v = _make((b, s_k, h_kv, d_v), dtype, transposed, gen)
-    before = flashattn_lite.cpu_isa()
-    flashattn_lite._C._set_cpu_isa(isa)
-    try:
-        out, lse, _ = flashattn_lite.flash_attn_func(q, k, v, causal=causal, window_size=window, return_attn_probs=True)
-    finally:
-        flashattn_lite._C._set_cpu_isa(before)
-    ref, ref_lse = attention_ref(q, k, v, causal=causal, window_size=window)
-    same, _ = attention_ref(q, k, v, causal=causal, window_size=window, upcast=False)
-    assert_rule(out, ref, same, what=str(case))
+    kw = dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=slopes)
+    out, lse, _ = _on_isa(isa, lambda: flashattn_lite.flash_attn_func(q, k, v, return_attn_probs=True, **kw))
+    ref, ref_lse = attention_ref(q, k, v, **kw)
+    same, _ = attention_ref(q, k, v, upcast=False, **kw)
+    assert_rule(out, ref, same, what=f"{case} softcap={softcap} alibi={None if slopes is None else slopes.shape}")
     fin = torch.isfinite(ref_lse)
     assert torch.equal(fin, torch.isfinite(lse))
     tol = 1e-10 if dtype == torch.float64 else 1e-3
     assert torch.allclose(lse[fin].double(), ref_lse[fin].double(), rtol=tol, atol=tol)
+
+
+@st.composite
+def sdpa_cases(draw):
+    b, h_kv = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    h = h_kv * draw(st.integers(1, 2))
+    s_q, s_k, d = draw(st.integers(1, 70)), draw(st.integers(1, 70)), draw(st.integers(1, 70))
+    dtype = draw(st.sampled_from(DTYPES))
+    # mask broadcast shape: any of b, h, s_q may be 1
+    mshape = (draw(st.sampled_from([1, b])), draw(st.sampled_from([1, h])), draw(st.sampled_from([1, s_q])), s_k)
+    kind = draw(st.sampled_from(["bool", "float"]))
+    isa = draw(st.sampled_from(ISAS))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return b, h, h_kv, s_q, s_k, d, dtype, mshape, kind, isa, seed
+
+
+@settings(max_examples=max(100, settings().max_examples // 3))
+@given(sdpa_cases())
+def test_sdpa_masks_match_reference(case):
+    b, h, h_kv, s_q, s_k, d, dtype, mshape, kind, isa, seed = case
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(shape, generator=gen).to(dtype) for shape in ((b, h, s_q, d), (b, h_kv, s_k, d), (b, h_kv, s_k, d)))
+    keep = torch.rand(mshape, generator=gen) > 0.3
+    mask = keep if kind == "bool" else torch.where(keep, torch.randn(mshape, generator=gen), torch.tensor(float("-inf"))).to(
+        dtype if dtype != torch.float16 else torch.float32)
+    kw = dict(attn_mask=mask)  # (SDPA refuses a mask with is_causal)
+    out = _on_isa(isa, lambda: flashattn_lite.scaled_dot_product_attention(q, k, v, enable_gqa=h != h_kv, **kw))
+    ref = sdpa_ref(q, k, v, **kw)
+    same = sdpa_ref(q, k, v, upcast=False, **kw)
+    assert_rule(out, ref, same, what=str(case))
+
+
+@settings(max_examples=max(100, settings().max_examples // 5))
+@given(cases(), st.sampled_from(["q", "k", "v"]), st.data())
+def test_nan_input_matches_reference_pattern(case, where, data):
+    b, h, h_kv, s_q, s_k, d, d_v, dtype, causal, window, transposed, isa, seed = case
+    if s_k == 0:
+        s_k = 1
+    gen = torch.Generator().manual_seed(seed)
+    q = _make((b, s_q, h, d), dtype, transposed, gen)
+    k = _make((b, s_k, h_kv, d), dtype, transposed, gen)
+    v = _make((b, s_k, h_kv, d_v), dtype, transposed, gen)
+    t = {"q": q, "k": k, "v": v}[where]
+    idx = tuple(data.draw(st.integers(0, n - 1)) for n in t.shape)
+    t[idx] = float("nan")
+    kw = dict(causal=causal, window_size=window)
+    out, lse, _ = _on_isa(isa, lambda: flashattn_lite.flash_attn_func(q, k, v, return_attn_probs=True, **kw))
+    ref, ref_lse = attention_ref(q, k, v, **kw)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), (case, where, idx)
+    assert torch.equal(torch.isnan(lse), torch.isnan(ref_lse)), (case, where, idx)
+    same, _ = attention_ref(q, k, v, upcast=False, **kw)
+    fin = ~torch.isnan(ref)
+    assert_rule(out[fin], ref[fin], same[fin], what=f"{case} NaN in {where}{idx}")
 
 
 @settings(max_examples=max(100, settings().max_examples // 5))

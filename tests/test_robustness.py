@@ -9,7 +9,7 @@ import torch
 
 import flashattn_lite as fal
 from conftest import assert_rule, randn  # noqa: F401
-from flashattn_lite.reference import attention_ref
+from flashattn_lite.reference import attention_ref, sdpa_ref, varlen_ref
 
 SANITIZED = os.environ.get("FAL_SANITIZED") == "1"
 
@@ -108,16 +108,57 @@ def test_fp16_near_overflow(isa):
     assert (out.double() - ref).abs().max() <= 4 * torch.finfo(torch.float16).eps * ref.abs().max()
 
 
-@pytest.mark.parametrize("where", ["q", "k"])
-@pytest.mark.parametrize("causal", [False, True])
-def test_nan_appears_exactly_where_the_reference_has_it(where, causal, isa):
-    q, k, v = randn((1, 40, 2, 24), torch.float32), randn((1, 40, 2, 24), torch.float32), randn((1, 40, 2, 24), torch.float32)
-    (q if where == "q" else k)[0, 7, 1, 3] = float("nan")
-    out = fal.flash_attn_func(q, k, v, causal=causal)
-    ref, _ = attention_ref(q, k, v, causal=causal)
-    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+def _nan_matches(out: torch.Tensor, ref: torch.Tensor, atol: float) -> None:
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), (
+        f"NaN at {torch.isnan(out).sum().item()} places, the reference at {torch.isnan(ref).sum().item()}")
     fin = ~torch.isnan(ref)
-    assert torch.allclose(out[fin], ref[fin].float(), atol=1e-5)
+    assert torch.allclose(out[fin].double(), ref[fin].double(), atol=atol)
+
+
+# A NaN in q or k makes the rows whose scores see it NaN; a NaN in v[j] reaches exactly the rows
+# that see key j (a masked key -- causal, window, mask -- never reaches a row), in its column only.
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_appears_exactly_where_the_reference_has_it(where, causal, dtype, isa):
+    q, k, v = (randn((1, 97, 2, 40), dtype) for _ in range(3))
+    (q if where == "q" else k if where == "k" else v)[0, 37, 1, 3] = float("nan")
+    out, lse, _ = fal.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
+    ref, ref_lse = attention_ref(q, k, v, causal=causal)
+    _nan_matches(out, ref, 1e-5 if dtype == torch.float32 else 2e-2)
+    assert torch.equal(torch.isnan(lse), torch.isnan(ref_lse))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("s_q", [1, 3, 16])
+@pytest.mark.parametrize("layout", ["interleaved", "head_major"])
+def test_nan_in_v_decode_reaches_only_rows_that_see_it(dtype, s_q, layout, isa):
+    # decode path (few rows, split keys, GQA 4:2), causal bottom-right: the first rows do not see the last keys
+    q, k, v = randn((2, s_q, 4, 64), dtype), randn((2, 700, 2, 64), dtype), randn((2, 700, 2, 64), dtype)
+    v[0, 699, 0, 5] = float("nan")  # seen by the last query row only (when s_q > 1)
+    v[1, 10, 1, 7] = float("nan")   # seen by every row of batch 1, kv head 1
+    if layout == "head_major":
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    out = fal.flash_attn_func(q, k, v, causal=True)
+    ref, _ = attention_ref(q, k, v, causal=True)
+    _nan_matches(out, ref, 1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def test_nan_in_v_with_masks_window_and_varlen(isa):
+    q, k, v = (randn((2, 150, 2, 24), torch.float32) for _ in range(3))
+    v[0, 60, 0, 2] = v[1, 149, 1, 0] = float("nan")
+    mask = torch.rand(2, 2, 150, 150, generator=torch.Generator().manual_seed(1)) > 0.3
+    out = fal.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    ref = sdpa_ref(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    _nan_matches(out, ref, 1e-5)
+    out = fal.flash_attn_func(q, k, v, window_size=(20, 5))
+    ref, _ = attention_ref(q, k, v, window_size=(20, 5))
+    _nan_matches(out, ref, 1e-5)
+    cu = torch.tensor([0, 60, 61, 150], dtype=torch.int32)
+    qp, kp, vp = (t.reshape(300, 2, 24)[:150] for t in (q, k, v))
+    out = fal.flash_attn_varlen_func(qp, kp, vp, cu, cu, 89, 89, causal=True)
+    ref, _ = varlen_ref(qp, kp, vp, cu, cu, causal=True)
+    _nan_matches(out, ref, 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

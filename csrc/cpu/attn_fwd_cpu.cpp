@@ -90,7 +90,9 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
       // acc *= exp(m_old - m_new); l = l * exp(m_old - m_new) + sum_j exp(s_j - m_new)
       const Acc alpha = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first visible tile
       Acc sum = 0;
+      bool seen[BN];  // key visible to the row (its score not -inf): only those take part in P V
       for (int c = 0; c < cols; ++c) {
+        seen[c] = s[c] != neg_inf;
         s[c] = std::exp(s[c] - mx);
         sum += s[c];
       }
@@ -100,8 +102,9 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
       l[r] = l[r] * alpha + sum;
       m[r] = mx;
       if (mod.drop.on) mod.drop.apply_row(i0 + r, j0, s, cols);  // P V with the dropped P; l without
-      // O += P V
+      // O += P V over the visible keys: a masked key's value (even NaN) does not reach the row
       for (int c = 0; c < cols; ++c) {
+        if (!seen[c]) continue;
         const Acc pc = s[c];
         const Acc* vr = Vs + c * dv;
         for (int x = 0; x < dv; ++x) orow[x] += pc * vr[x];
@@ -134,6 +137,37 @@ void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
       const int qt = int(w % nqt);
       const int64_t bh = w / nqt;
       fwd_tile<T>(p, int(bh / p.h), int(bh % p.h), qt, buf);
+    }
+  });
+}
+
+void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end) {
+  const int nqt = num_tiles(p.s_q, kFwdBlockM);
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename AccOf<T>::type;
+    constexpr int BM = kFwdBlockM, BN = kFwdBlockN;
+    std::vector<Acc> buf;
+    for (int64_t w = begin; w < end; ++w) {
+      const int qt = int(w % nqt);
+      const int64_t bh = w / nqt;
+      const int bi = int(bh / p.h), hi = int(bh % p.h);
+      const SeqInfo sq = seq_info(p, bi);
+      const int i0 = qt * BM, i1 = std::min(i0 + BM, sq.s_q);
+      const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
+      const Acc* lse = static_cast<const Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
+      int redo = 0;
+      for (int i = i0; i < i1; ++i) {
+        if (lse[i] != lse[i]) continue;  // a NaN score: the whole row is NaN, as in the reference
+        const T* orow = o + int64_t(i) * p.o_row_stride;
+        for (int x = 0; x < p.d_v; ++x) {  // no early exit: an OR-reduction the compiler vectorises
+          const Acc ox = load_acc<Acc>(orow + x);
+          redo |= int(ox != ox);
+        }
+      }
+      if (!redo) continue;
+      buf.resize(size_t(BM) * p.d + size_t(p.d) * BN + size_t(BN) * p.d_v + BM * BN + size_t(BM) * p.d_v + 2 * BM);
+      fwd_tile<T>(p, bi, hi, qt, buf);
     }
   });
 }

@@ -11,6 +11,12 @@ namespace fal::cpu {
 // Forward: one work item = (batch, head, query tile).
 int64_t fwd_num_work_items(const FwdParams& p);
 void fwd_run(const FwdParams& p, int64_t begin, int64_t end);
+// NaN fix-up after a SIMD forward (same work items as fwd_run): a tile whose output has a NaN in
+// a row with a finite LSE (a NaN value, not a NaN score) is computed again here, where a key
+// masked for a row never reaches it -- the SIMD kernels multiply the 0 probability of a masked
+// key inside a visible tile by its value, so a NaN there would spread to neighbouring rows.
+// Reads the output once; recomputes nothing for inputs without NaN.
+void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end);
 
 // Backward: one work item = (batch, kv head); it owns dK/dV of that head and dQ of the query
 // heads that share it (GQA), so threads never write the same memory and need no atomics.

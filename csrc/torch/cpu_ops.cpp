@@ -76,6 +76,11 @@ void run_fwd_cpu(FwdParams& p, const at::Tensor& q) {
   if (p.num_splits > 1)
     at::parallel_for(0, int64_t(p.b) * p.h * p.s_q, 1,
                      [&](int64_t begin, int64_t end) { cpu::fwd_combine_run(p, begin, end); });
+  // a NaN value must reach only the rows that see its key (cpu_kernels.h); the portable kernel
+  // (scalar ISA, fp64) already keeps to that
+  if (k.fwd_run != &cpu::fwd_run && p.dtype != DType::kFloat64)
+    at::parallel_for(0, cpu::fwd_num_work_items(p), std::max<int64_t>(1, (1 << 16) / (int64_t(cpu::kFwdBlockM) * p.d_v)),
+                     [&](int64_t begin, int64_t end) { cpu::fwd_redo_nan_tiles(p, begin, end); });
 }
 
 void run_bwd_cpu(BwdParams& p, const at::Tensor& /*q*/) {

@@ -95,7 +95,14 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, softmax_scale: Optional[fl
     probs = torch.where(seen, probs, torch.zeros_like(probs))
     if dropout_keep is not None:
         probs = probs * dropout_keep.to(probs.dtype) / (1.0 - dropout_p)
-    out = torch.einsum("bhqk,bkhd->bqhd", probs, v)
+    v_nan = torch.isnan(v)
+    out = torch.einsum("bhqk,bkhd->bqhd", probs, torch.where(v_nan, torch.zeros_like(v), v))
+    # a NaN in v[j] reaches exactly the rows that see key j (the matmul would also spread 0 x NaN
+    # to rows for which key j is masked): NaN where a visible key's value is NaN
+    if v_nan.any():
+        visible = (scores != float("-inf")).to(v.dtype)
+        out = torch.where(torch.einsum("bhqk,bkhd->bqhd", visible, v_nan.to(v.dtype)) > 0,
+                          torch.full_like(out, float("nan")), out)
     return out.to(dtype), lse.to(torch.float64 if dtype == torch.float64 else torch.float32)
 
 

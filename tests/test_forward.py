@@ -134,3 +134,16 @@ def test_decode_long_cache(dtype, s_q, b, h, h_kv, causal, window, isa):
     q = randn((b, s_q, h, 72), dtype)
     k, v = randn((b, s_k, h_kv, 72), dtype), randn((b, s_k, h_kv, 72), dtype)
     _check(q, k, v, causal=causal, window_size=window)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("s_q", [2, 5, 9, 13, 16])
+@pytest.mark.parametrize("d,d_v", [(1, 1), (17, 40), (59, 59), (111, 64), (128, 128), (300, 257)])
+def test_decode_multi_row_blocks(dtype, s_q, d, d_v, isa):
+    # several query rows per head (speculative decoding; GQA heads packed as rows): rows go in
+    # register blocks of up to 8 (QK) and 4 (PV), K staged transposed -- every remainder and tail
+    q = randn((1, s_q, 4, d), dtype)
+    k, v = randn((1, 530, 2, d), dtype), randn((1, 530, 2, d_v), dtype)
+    _check(q, k, v, causal=True)
+    _check(q.transpose(1, 2).contiguous().transpose(1, 2), k.transpose(1, 2).contiguous().transpose(1, 2),
+           v.transpose(1, 2).contiguous().transpose(1, 2))

@@ -559,6 +559,90 @@ void fwd_chunk_bf16(const FwdParams& p, int bi, int hi, int qc, FwdScratchBf16& 
 #endif  // FAL_SIMD_AVX512
 
 // ---- decode: few query rows against a long KV range, K and V streamed once ------------------
+// Several query rows (GQA heads packed as rows, speculative decoding) share each block of kN
+// keys: K is staged transposed (dp x kN, one vector = kN keys of one dim), so a row's kN scores
+// are one vector built by d broadcast-FMAs -- no horizontal sums -- and R rows share each K load;
+// P V is blocked R rows x 4 vectors of O, so each V load feeds R FMAs.
+// Registers (zmm / ymm): QK 2R accumulators (two dims in flight) + 2 K vectors: R = 8 -> 18 of
+// 32 on AVX-512, R = 4 -> 10 of 16 on AVX2; PV R x 4 accumulators + 4 V vectors + 1 broadcast:
+// R = 4 -> 21 of 32, R = 2 -> 13 of 16.
+constexpr int kQkRows = kN == 16 ? 8 : 4;
+constexpr int kPvRows = kN == 16 ? 4 : 2;
+
+// sc[r][0..kN) = q_r . k_j for the block's keys; q rows dp apart (zero past d), kT = dp x kN.
+template <int R>
+inline void decode_qk_rows(const float* qf, int dp, const float* kT, int d, float* sc) {
+  VF a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = VF::zero();
+  int x = 0;
+  for (; x + 1 < d; x += 2) {
+    const VF k0 = VF::load(kT + size_t(x) * kN), k1 = VF::load(kT + size_t(x + 1) * kN);
+    for (int r = 0; r < R; ++r) {
+      a0[r] = fma(VF::set1(qf[size_t(r) * dp + x]), k0, a0[r]);
+      a1[r] = fma(VF::set1(qf[size_t(r) * dp + x + 1]), k1, a1[r]);
+    }
+  }
+  if (x < d) {
+    const VF k0 = VF::load(kT + size_t(x) * kN);
+    for (int r = 0; r < R; ++r) a0[r] = fma(VF::set1(qf[size_t(r) * dp + x]), k0, a0[r]);
+  }
+  for (int r = 0; r < R; ++r) (a0[r] + a1[r]).store(sc + r * kN);
+}
+
+// o[r][0..dv) += sum_{jj < nk} p[r][jj] v_jj[0..dv), the V rows read in place (converted to fp32
+// on the fly: each load feeds R FMAs); o rows dvp apart, p rows kN apart.
+template <int R, typename T>
+inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, float* o, int dvp) {
+  int x0 = 0;
+  for (; x0 + 4 * kN <= dv; x0 += 4 * kN) {
+    VF acc[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < 4; ++c) acc[r][c] = VF::load(o + size_t(r) * dvp + x0 + c * kN);
+    for (int jj = 0; jj < nk; ++jj) {
+      const T* vr = vp[jj] + x0;
+      const VF v0 = load_f32(vr, kN), v1 = load_f32(vr + kN, kN), v2 = load_f32(vr + 2 * kN, kN),
+               v3 = load_f32(vr + 3 * kN, kN);
+      for (int r = 0; r < R; ++r) {
+        const VF pr = VF::set1(p[r * kN + jj]);
+        acc[r][0] = fma(pr, v0, acc[r][0]);
+        acc[r][1] = fma(pr, v1, acc[r][1]);
+        acc[r][2] = fma(pr, v2, acc[r][2]);
+        acc[r][3] = fma(pr, v3, acc[r][3]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < 4; ++c) acc[r][c].store(o + size_t(r) * dvp + x0 + c * kN);
+  }
+  for (; x0 < dv; x0 += kN) {
+    const int w = std::min(kN, dv - x0);
+    VF acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = VF::load(o + size_t(r) * dvp + x0);
+    for (int jj = 0; jj < nk; ++jj) {
+      const VF vv = load_f32(vp[jj] + x0, w);
+      for (int r = 0; r < R; ++r) acc[r] = fma(VF::set1(p[r * kN + jj]), vv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) acc[r].store(o + size_t(r) * dvp + x0);
+  }
+}
+
+// Runtime row count -> the templates above (rows 1..R_max in blocks of R_max).
+template <int RMax, typename F>
+inline void for_row_blocks(int rows, F&& f) {
+  for (int r0 = 0; r0 < rows; r0 += RMax) {
+    const int n = std::min(RMax, rows - r0);
+    switch (n) {
+      case 1: f(r0, std::integral_constant<int, 1>{}); break;
+      case 2: f(r0, std::integral_constant<int, 2>{}); break;
+      case 3: if constexpr (RMax >= 3) f(r0, std::integral_constant<int, 3>{}); break;
+      case 4: if constexpr (RMax >= 4) f(r0, std::integral_constant<int, 4>{}); break;
+      case 5: if constexpr (RMax >= 5) f(r0, std::integral_constant<int, 5>{}); break;
+      case 6: if constexpr (RMax >= 6) f(r0, std::integral_constant<int, 6>{}); break;
+      case 7: if constexpr (RMax >= 7) f(r0, std::integral_constant<int, 7>{}); break;
+      default: if constexpr (RMax >= 8) f(r0, std::integral_constant<int, 8>{}); break;
+    }
+  }
+}
+
 // One work item = (batch, head, split of the keys). Keys go in blocks of kN: the block's K and V
 // rows are converted to fp32 once (L1), the kN scores of a row are kN independent FMA chains,
 // reduced to one vector; max / exp2 / sum run on that vector; O += P V walks the block with the
@@ -696,35 +780,45 @@ struct DecodeHead {
         }
         continue;
       }
-      for (int jj = 0; jj < nk; ++jj) {
-        const T* krow = k + krows.at(jb + jj);
-        const T* vrow = v + vrows.at(jb + jj);
-        for (int x = 0; x < dp; x += kN) load_f32(krow + x, std::max(0, std::min(kN, d - x))).store(kb + jj * dp + x);
-        for (int x = 0; x < dvp; x += kN) load_f32(vrow + x, std::max(0, std::min(kN, dv - x))).store(vb + jj * dvp + x);
+      // K transposed (kT = kb: dp x kN, keys past nk zero); V read in place by the P V below
+      const T* vp[kN];
+      {
+        const T* kp[kN];
+        for (int jj = 0; jj < nk; ++jj) {
+          kp[jj] = k + krows.at(jb + jj);
+          vp[jj] = v + vrows.at(jb + jj);
+        }
+        float* const kT = kb;
+        const int dd = d;
+        VF blk[kN];
+        for (int x = 0; x < dp; x += kN) {
+          const int w = std::max(0, std::min(kN, dd - x));
+          for (int jj = 0; jj < kN; ++jj) blk[jj] = jj < nk ? load_f32(kp[jj] + x, w) : VF::zero();
+          transpose_store(blk, kT + size_t(x) * kN, kN);
+        }
       }
+      alignas(64) float sall[kDecodeMaxRows * kN];
+      for_row_blocks<kQkRows>(rows, [&](int r0, auto rn) {
+        decode_qk_rows<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kb, d, sall + r0 * kN);
+      });
       for (int r = 0; r < rows; ++r) {
         float* pr = pb + r * kN;
+        float* srow = sall + r * kN;
         const KeyRange& rk = rr[r];
         if (rk.hi <= jb || rk.lo >= jb + nk) {  // the row sees nothing in this block
           fill(pr, pr + kN, 0.f);
           continue;
         }
-        VF acc[kN];
-        for (int jj = 0; jj < kN; ++jj) acc[jj] = VF::zero();
-        const float* qr = qf + size_t(r) * dp;
-        for (int x = 0; x < dp; x += kN) {
-          const VF qv = VF::load(qr + x);
-          for (int jj = 0; jj < kN; ++jj) acc[jj] = fma(qv, VF::load(kb + jj * dp + x), acc[jj]);
-        }
-        for (int jj = 0; jj < kN; ++jj) {
-          const int j = jb + jj;
-          sc[jj] = (jj < nk && j >= rk.lo && j < rk.hi) ? acc[jj].hsum() : neg_inf;
-          if (mod.any && sc[jj] != neg_inf) sc[jj] = mod.apply(sc[jj], r, j, static_cast<float*>(nullptr));
-        }
-        const VF sv = VF::load(sc);
+        if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
+          for (int jj = 0; jj < kN; ++jj) {
+            const int j = jb + jj;
+            if (!(jj < nk && j >= rk.lo && j < rk.hi)) srow[jj] = neg_inf;
+            else if (mod.any) srow[jj] = mod.apply(srow[jj], r, j, static_cast<float*>(nullptr));
+          }
+        const VF sv = VF::load(srow);
         const float mx = std::max(m[r], sv.hmax());
         if (mx == neg_inf) {
-          if (has_nan(sc, kN)) m[r] = l[r] = std::numeric_limits<float>::quiet_NaN();
+          if (has_nan(srow, kN)) m[r] = l[r] = std::numeric_limits<float>::quiet_NaN();
           fill(pr, pr + kN, 0.f);
           continue;
         }
@@ -740,12 +834,10 @@ struct DecodeHead {
         }
         l[r] += pv.hsum();
         if (mod.drop.on) mod.drop.apply_row(r, jb, pr, nk);
-        for (int x = 0; x < dvp; x += kN) {
-          VF o = VF::load(orow + x);
-          for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(pr[jj]), VF::load(vb + jj * dvp + x), o);
-          o.store(orow + x);
-        }
       }
+      for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
+        decode_pv_rows<decltype(rn)::value>(pb + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
+      });
     }
   }
 

@@ -133,12 +133,15 @@ inline VF load_f32(const float* p, int n) {
   return {_mm256_load_ps(t)};
 }
 inline VF load_f32(const bf16_t* p, int n) {
+  if (n == 8)
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16))};
   alignas(16) uint16_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int i = 0; i < n; ++i) t[i] = p[i].bits;
   const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(t));
   return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
 }
 inline VF load_f32(const fp16_t* p, int n) {
+  if (n == 8) return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
   alignas(16) uint16_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int i = 0; i < n; ++i) t[i] = p[i].bits;
   return {_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(t)))};
@@ -146,6 +149,51 @@ inline VF load_f32(const fp16_t* p, int n) {
 #endif
 
 constexpr int kN = VF::N;
+
+// Transposes the kN x kN block held in r (r[i] = row i) and stores column c as row c at
+// dst + c * ld. AVX-512: 32-bit and 64-bit unpacks within 128-bit lanes, then two rounds of
+// 128-bit lane shuffles (64 shuffles); AVX2: unpacks, shuffles and 128-bit permutes (24).
+inline void transpose_store(VF* r, float* dst, int ld) {
+#if defined(FAL_SIMD_AVX512)
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i].v, r[2 * i + 1].v);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i].v, r[2 * i + 1].v);
+  }
+  for (int g = 0; g < 4; ++g) {  // u[4g + c], 128-bit lane l: column 4l + c of rows 4g..4g+3
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 2]);
+    const __m512d e = _mm512_castps_pd(t[4 * g + 1]), f = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(e, f));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(e, f));
+  }
+  for (int c = 0; c < 4; ++c) {  // row 4l + c = lane l of u[c], u[4 + c], u[8 + c], u[12 + c]
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+    _mm512_storeu_ps(dst + (0 + c) * ld, _mm512_shuffle_f32x4(v0, w0, 0x88));
+    _mm512_storeu_ps(dst + (4 + c) * ld, _mm512_shuffle_f32x4(v0, w0, 0xDD));
+    _mm512_storeu_ps(dst + (8 + c) * ld, _mm512_shuffle_f32x4(v1, w1, 0x88));
+    _mm512_storeu_ps(dst + (12 + c) * ld, _mm512_shuffle_f32x4(v1, w1, 0xDD));
+  }
+#else
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i].v, r[2 * i + 1].v);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i].v, r[2 * i + 1].v);
+  }
+  for (int g = 0; g < 2; ++g) {  // u[4g + c], 128-bit lane l: column 4l + c of rows 4g..4g+3
+    u[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    _mm256_storeu_ps(dst + c * ld, _mm256_permute2f128_ps(u[c], u[4 + c], 0x20));
+    _mm256_storeu_ps(dst + (4 + c) * ld, _mm256_permute2f128_ps(u[c], u[4 + c], 0x31));
+  }
+#endif
+}
 
 // dst[0..n) = src[0..n) * mul as fp32 (any n), vectorised.
 template <typename T>

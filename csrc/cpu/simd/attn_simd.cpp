@@ -750,11 +750,13 @@ struct DecodeHead {
           const VF qv = VF::load(qf + x);
           for (int jj = 0; jj < nk; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + x, w), acc[jj]);
         }
-        for (int jj = 0; jj < kN; ++jj) {
-          const int j = jb + jj;
-          sc[jj] = (jj < nk && j >= rk.lo && j < rk.hi) ? acc[jj].hsum() : neg_inf;
-          if (mod.any && sc[jj] != neg_inf) sc[jj] = mod.apply(sc[jj], 0, j, static_cast<float*>(nullptr));
-        }
+        hsum_each(acc).store(sc);  // (keys past nk: zero accumulators, masked below)
+        if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
+          for (int jj = 0; jj < kN; ++jj) {
+            const int j = jb + jj;
+            if (!(jj < nk && j >= rk.lo && j < rk.hi)) sc[jj] = neg_inf;
+            else if (mod.any) sc[jj] = mod.apply(sc[jj], 0, j, static_cast<float*>(nullptr));
+          }
         const VF sv = VF::load(sc);
         const float mx = std::max(m[0], sv.hmax());
         if (mx == neg_inf) {  // every score so far masked (attn_mask): P = 0 -- unless one is NaN

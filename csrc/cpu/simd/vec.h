@@ -150,6 +150,30 @@ inline VF load_f32(const fp16_t* p, int n) {
 
 constexpr int kN = VF::N;
 
+// s[i] = sum of the lanes of a[i], for kN vectors at once: a transpose-and-add tree (45 shuffles
+// and adds on AVX-512, 21 on AVX2, against ~8 per single horizontal sum).
+inline VF hsum_each(const VF* a) {
+#if defined(FAL_SIMD_AVX512)
+  __m512 b[8], c[4];
+  for (int i = 0; i < 8; ++i)
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i].v, a[2 * i + 1].v), _mm512_unpackhi_ps(a[2 * i].v, a[2 * i + 1].v));
+  for (int i = 0; i < 4; ++i) {  // lane l of c[i]: the lane-l sums of a[4i .. 4i+3]
+    const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+    c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const __m512 e0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x44), _mm512_shuffle_f32x4(c[0], c[1], 0xEE));
+  const __m512 e1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x44), _mm512_shuffle_f32x4(c[2], c[3], 0xEE));
+  return {_mm512_add_ps(_mm512_shuffle_f32x4(e0, e1, 0x88), _mm512_shuffle_f32x4(e0, e1, 0xDD))};
+#else
+  __m256 b[4], c[2];
+  for (int i = 0; i < 4; ++i)
+    b[i] = _mm256_add_ps(_mm256_unpacklo_ps(a[2 * i].v, a[2 * i + 1].v), _mm256_unpackhi_ps(a[2 * i].v, a[2 * i + 1].v));
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm256_add_ps(_mm256_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44), _mm256_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
+  return {_mm256_add_ps(_mm256_permute2f128_ps(c[0], c[1], 0x20), _mm256_permute2f128_ps(c[0], c[1], 0x31))};
+#endif
+}
+
 // Transposes the kN x kN block held in r (r[i] = row i) and stores column c as row c at
 // dst + c * ld. AVX-512: 32-bit and 64-bit unpacks within 128-bit lanes, then two rounds of
 // 128-bit lane shuffles (64 shuffles); AVX2: unpacks, shuffles and 128-bit permutes (24).

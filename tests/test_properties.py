@@ -163,5 +163,8 @@ def test_gradients_match_reference(case):
     qs, ks, vs = (t.detach().requires_grad_(True) for t in (q, k, v))
     same = torch.autograd.grad(attention_ref(qs, ks, vs, causal=causal, window_size=window, upcast=False)[0],
                                (qs, ks, vs), dout)
+    # a gradient sums over the query rows of a kv head and the head dims: rounding noise grows with
+    # that length, also where the true gradient cancels to ~0 (e.g. s_k = 1: dS = P (dP - D) = 0)
+    n_terms = max(1024, s_q * (h // h_kv) * max(d, d_v))
     for name, a, r, s in zip(("dq", "dk", "dv"), grads, ref, same):
-        assert_rule(a, r, s, what=f"{name} {case}")
+        assert_rule(a, r, s, what=f"{name} {case}", n_terms=n_terms)

@@ -125,50 +125,56 @@ int64_t fwd_num_work_items(const FwdParams& p) {
   return int64_t(p.b) * p.h * num_tiles(p.s_q, kFwdBlockM);
 }
 
-void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
+namespace {
+
+// Calls f(tag, bi, hi, qt, buf) for the work items [begin, end), with one tile's scratch.
+template <typename F>
+void for_each_tile(const FwdParams& p, int64_t begin, int64_t end, F&& f) {
   const int nqt = num_tiles(p.s_q, kFwdBlockM);
   dispatch_dtype(p.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using Acc = typename AccOf<T>::type;
+    using Acc = typename AccOf<decltype(tag)>::type;
     constexpr int BM = kFwdBlockM, BN = kFwdBlockN;
     std::vector<Acc> buf(size_t(BM) * p.d + size_t(p.d) * BN + size_t(BN) * p.d_v + BM * BN +
                          size_t(BM) * p.d_v + 2 * BM);
     for (int64_t w = begin; w < end; ++w) {
-      const int qt = int(w % nqt);
       const int64_t bh = w / nqt;
-      fwd_tile<T>(p, int(bh / p.h), int(bh % p.h), qt, buf);
+      f(tag, int(bh / p.h), int(bh % p.h), int(w % nqt), buf);
     }
   });
 }
 
-void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end) {
-  const int nqt = num_tiles(p.s_q, kFwdBlockM);
-  dispatch_dtype(p.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using Acc = typename AccOf<T>::type;
-    constexpr int BM = kFwdBlockM, BN = kFwdBlockN;
-    std::vector<Acc> buf;
-    for (int64_t w = begin; w < end; ++w) {
-      const int qt = int(w % nqt);
-      const int64_t bh = w / nqt;
-      const int bi = int(bh / p.h), hi = int(bh % p.h);
-      const SeqInfo sq = seq_info(p, bi);
-      const int i0 = qt * BM, i1 = std::min(i0 + BM, sq.s_q);
-      const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
-      const Acc* lse = static_cast<const Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
-      int redo = 0;
-      for (int i = i0; i < i1; ++i) {
-        if (lse[i] != lse[i]) continue;  // a NaN score: the whole row is NaN, as in the reference
-        const T* orow = o + int64_t(i) * p.o_row_stride;
-        for (int x = 0; x < p.d_v; ++x) {  // no early exit: an OR-reduction the compiler vectorises
-          const Acc ox = load_acc<Acc>(orow + x);
-          redo |= int(ox != ox);
-        }
-      }
-      if (!redo) continue;
-      buf.resize(size_t(BM) * p.d + size_t(p.d) * BN + size_t(BN) * p.d_v + BM * BN + size_t(BM) * p.d_v + 2 * BM);
-      fwd_tile<T>(p, bi, hi, qt, buf);
+// Whether the tile's output has a NaN in a row whose LSE is finite (a NaN value, not a NaN score).
+template <typename T>
+bool tile_has_nan_value(const FwdParams& p, int bi, int hi, int qt) {
+  using Acc = typename AccOf<T>::type;
+  const SeqInfo sq = seq_info(p, bi);
+  const int i0 = qt * kFwdBlockM, i1 = std::min(i0 + kFwdBlockM, sq.s_q);
+  const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
+  const Acc* lse = static_cast<const Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
+  int nan = 0;
+  for (int i = i0; i < i1; ++i) {
+    if (lse[i] != lse[i]) continue;  // a NaN score: the whole row is NaN, as in the reference
+    const T* orow = o + int64_t(i) * p.o_row_stride;
+    for (int x = 0; x < p.d_v; ++x) {  // no early exit: an OR-reduction the compiler vectorises
+      const Acc ox = load_acc<Acc>(orow + x);
+      nan |= int(ox != ox);
     }
+  }
+  return nan != 0;
+}
+
+}  // namespace
+
+void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
+  for_each_tile(p, begin, end, [&](auto tag, int bi, int hi, int qt, auto& buf) {
+    fwd_tile<decltype(tag)>(p, bi, hi, qt, buf);
+  });
+}
+
+void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end) {
+  for_each_tile(p, begin, end, [&](auto tag, int bi, int hi, int qt, auto& buf) {
+    using T = decltype(tag);
+    if (tile_has_nan_value<T>(p, bi, hi, qt)) fwd_tile<T>(p, bi, hi, qt, buf);
   });
 }
 

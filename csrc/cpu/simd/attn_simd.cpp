@@ -657,7 +657,7 @@ struct DecodeHead {
   bool prefetch = true;  // software prefetch of the rows 4 blocks ahead (per-head streams)
   SeqInfo sq{};
   ScoreMod mod;
-  float *qf = nullptr, *of = nullptr, *m = nullptr, *l = nullptr, *pb = nullptr, *kb = nullptr, *vb = nullptr;
+  float *qf = nullptr, *of = nullptr, *m = nullptr, *l = nullptr, *pb = nullptr, *kb = nullptr;
   const T *k = nullptr, *v = nullptr;
   KvRows krows, vrows;
   KeyRange rr[kDecodeMaxRows];
@@ -668,7 +668,7 @@ struct DecodeHead {
   static size_t floats(const FwdParams& p) {
     return size_t(p.s_q) * (round_up(p.d, kN) + round_up(p.d_v, kN) + 2 + kN);
   }
-  static size_t scratch_floats(const FwdParams& p) { return size_t(kN) * (round_up(p.d, kN) + round_up(p.d_v, kN)); }
+  static size_t scratch_floats(const FwdParams& p) { return size_t(kN) * round_up(p.d, kN); }
 
   // Points the state at mem (its layout: floats(p)) without touching it; false when the sequence
   // has no query row.
@@ -686,8 +686,7 @@ struct DecodeHead {
     m = of + size_t(rows) * dvp;       // rows
     l = m + rows;                      // rows
     pb = l + rows;                     // rows x kN probabilities of the block
-    kb = scratch;                      // kN x dp
-    vb = kb + size_t(kN) * dp;         // kN x dvp
+    kb = scratch;                      // K of a block, transposed: dp x kN
     k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
     v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
     krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);

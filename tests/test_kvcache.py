@@ -73,7 +73,9 @@ def expected(c, causal, interleaved, upcast, **kw):
     n_new = 0 if k is None else k.shape[1]
     if c["rot"] is not None:
         cos, sin = c["rot"]
-        off = seqlens - lp
+        # flash-attn: "The key @k will be rotated by rotary_cos and rotary_sin at indices cache_seqlens,
+        # cache_seqlens + 1, etc." -- absolute cache indices, cache_leftpad or not
+        off = seqlens
         qpos = off[:, None] + (torch.arange(s_q)[None] if causal else 0 * torch.arange(s_q)[None])
         q = rotary_ref(q, cos, sin, qpos, interleaved)
         if k is not None:
@@ -110,11 +112,16 @@ def run(c, causal, interleaved, page_size=None, **kw):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("s_q,n_new", [(1, 0), (1, 1), (4, 4), (19, 19), (3, 0)])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("opts", ["plain", "batch_idx", "leftpad", "rotary", "rotary_gptj"])
+@pytest.mark.parametrize("opts", ["plain", "batch_idx", "leftpad", "rotary", "rotary_gptj", "rotary_leftpad"])
 def test_kvcache_contiguous(dtype, s_q, n_new, causal, opts, isa):
     c = make_case(3, s_q, 4, 2, 40, 97, dtype, n_new=n_new, batch_idx=opts == "batch_idx",
-                  leftpad=opts == "leftpad", rotary_dim=24 if opts.startswith("rotary") else 0)
+                  leftpad=opts in ("leftpad", "rotary_leftpad"), rotary_dim=24 if opts.startswith("rotary") else 0)
     inter = opts == "rotary_gptj"
+    if c["rot"] is not None and n_new == 0:
+        # flash-attn: rotary_cos "Only applicable if k and v are passed in." (it raises RuntimeError)
+        with pytest.raises(RuntimeError, match=r"rotary_cos/rotary_sin need the new k and v"):
+            run(c, causal, inter)
+        return
     out, lse, kc, vc, _ = run(c, causal, inter)
     ref, ref_lse, kc_ref, vc_ref = expected(c, causal, inter, upcast=True)
     same, _, _, _ = expected(c, causal, inter, upcast=False)
@@ -132,7 +139,7 @@ def test_kvcache_contiguous(dtype, s_q, n_new, causal, opts, isa):
 @pytest.mark.parametrize("s_q,n_new", [(1, 1), (5, 0), (20, 20)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kvcache_paged_equals_contiguous(page_size, s_q, n_new, dtype, isa):
-    c = make_case(3, s_q, 4, 1, 64, 300, dtype, n_new=n_new, leftpad=page_size == 3, rotary_dim=64)
+    c = make_case(3, s_q, 4, 1, 64, 300, dtype, n_new=n_new, leftpad=page_size == 3, rotary_dim=64 if n_new else 0)
     out_c, lse_c, kc, vc, _ = run(c, True, False)
     out_p, lse_p, kp, vp, bt = run(c, True, False, page_size=page_size)
     assert torch.equal(out_p, out_c)
@@ -195,7 +202,7 @@ def _base():
 
 @pytest.mark.parametrize("mutate,exc,msg", [
     (lambda c: c.update(seqlens=torch.tensor([20, 3], dtype=torch.int32)), ValueError,
-     r"overflows the KV cache: cache_seqlens \+ seqlen_new reaches 21 > capacity 20"),
+     r"KV cache overflow: max\(cache_seqlens\) \+ seqlen_new = 21 exceeds the capacity of k_cache \(seqlen_cache = 20\)"),
     (lambda c: c.update(seqlens=torch.tensor([2, 3])), TypeError, r"cache_seqlens must be int32"),
     (lambda c: c.update(seqlens=torch.tensor([2, 3, 4], dtype=torch.int32)), ValueError,
      r"cache_seqlens must have shape \(2,\)"),
@@ -214,7 +221,7 @@ def test_kvcache_bad_input(mutate, exc, msg):
 
 def test_kvcache_bad_leftpad_and_block_table():
     c = make_case(2, 1, 2, 2, 16, 20, torch.float32)
-    with pytest.raises(ValueError, match=r"cache_seqlens\[0\] = 3 must be in \[5, 20\]"):
+    with pytest.raises(ValueError, match=r"cache_seqlens\[0\] = 3 must be >= cache_leftpad\[0\] = 5"):
         flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], cache_seqlens=torch.tensor([3, 4], dtype=torch.int32),
                                 cache_leftpad=torch.tensor([5, 0], dtype=torch.int32))
     kp, vp, bt = to_paged(c["kc"], c["vc"], 4, torch.arange(2))
@@ -231,12 +238,13 @@ def test_kvcache_bad_leftpad_and_block_table():
         flash_attn_with_kvcache(c["q"], kp, vp, randn((2, 1, 2, 16), torch.float32),
                                 randn((2, 1, 2, 16), torch.float32),
                                 cache_seqlens=torch.tensor([9, 9], dtype=torch.int32), block_table=bad)
+    kn, vn = randn((2, 1, 2, 16), torch.float32), randn((2, 1, 2, 16), torch.float32)
     with pytest.raises(ValueError, match=r"rotary_dim \(18\) must be <= head_dim \(16\)"):
-        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], rotary_cos=torch.ones(30, 9), rotary_sin=torch.ones(30, 9),
-                                cache_seqlens=3)
+        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], kn, vn, rotary_cos=torch.ones(30, 9),
+                                rotary_sin=torch.ones(30, 9), cache_seqlens=3)
     with pytest.raises(ValueError, match=r"rotary_cos/rotary_sin have 2 positions, position 3 is needed"):
-        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], rotary_cos=torch.ones(2, 4), rotary_sin=torch.ones(2, 4),
-                                cache_seqlens=3)
+        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], kn, vn, rotary_cos=torch.ones(2, 4),
+                                rotary_sin=torch.ones(2, 4), cache_seqlens=3)
 
 
 @pytest.mark.parametrize("page_size", [1, 5, 16])

@@ -32,6 +32,15 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
   std::vector<Acc> dsum(size_t(g) * s_q);  // D = rowsum(dO o O) - dlse
   std::vector<Acc> Ks(size_t(BN) * d), Kt(size_t(d) * BN), Vt(size_t(dv) * BN);
   std::vector<Acc> dK(size_t(BN) * d), dV(size_t(BN) * dv);
+  // dK/dV summed over the query rows in three levels (blocked summation, as a GEMM's K loop): a
+  // query tile's terms (dKt/dVt), 16 tiles (dKm/dVm), then the total. A running sum over all s_q
+  // rows would grow the rounding error with s_q instead of ~BM + 16 + s_q / (16 BM).
+  std::vector<Acc> dKt(size_t(BN) * d), dVt(size_t(BN) * dv), dKm(size_t(BN) * d), dVm(size_t(BN) * dv);
+  int mid_tiles = 0;
+  auto add_into = [](std::vector<Acc>& to, std::vector<Acc>& from) {
+    for (size_t x = 0; x < to.size(); ++x) to[x] += from[x];
+    std::fill(from.begin(), from.end(), Acc(0));
+  };
   std::vector<Acc> Qs(size_t(BM) * d), dOs(size_t(BM) * dv), P(size_t(BM) * BN), dS(size_t(BM) * BN);
 
   auto q_ptr = [&](int hi) {
@@ -71,6 +80,9 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
     load_rows_transposed(v + j0 * p.v_row_stride, p.v_row_stride, cols, dv, Vt.data(), BN);
     std::fill(dK.begin(), dK.end(), Acc(0));
     std::fill(dV.begin(), dV.end(), Acc(0));
+    std::fill(dKm.begin(), dKm.end(), Acc(0));
+    std::fill(dVm.begin(), dVm.end(), Acc(0));
+    mid_tiles = 0;
 
     for (int gi = 0; gi < g; ++gi) {
       const int hi = hk * g + gi;
@@ -140,9 +152,9 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
           const Acc* qr = Qs.data() + r * d;
           for (int c = 0; c < cols; ++c) {
             const Acc pc = pr[c], dsc = dsr[c] * scale;
-            Acc* dvr = dV.data() + c * dv;
+            Acc* dvr = dVt.data() + c * dv;
             for (int x = 0; x < dv; ++x) dvr[x] += pc * dor[x];
-            Acc* dkr = dK.data() + c * d;
+            Acc* dkr = dKt.data() + c * d;
             for (int x = 0; x < d; ++x) dkr[x] += dsc * qr[x];
           }
           Acc* dqr = dq_acc.data() + (size_t(gi) * s_q + i0 + r) * d;
@@ -152,8 +164,17 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
             for (int x = 0; x < d; ++x) dqr[x] += dsc * kr2[x];
           }
         }
+        add_into(dVm, dVt);
+        add_into(dKm, dKt);
+        if (++mid_tiles == 16) {
+          add_into(dV, dVm);
+          add_into(dK, dKm);
+          mid_tiles = 0;
+        }
       }
     }
+    add_into(dV, dVm);
+    add_into(dK, dKm);
     for (int c = 0; c < cols; ++c) {
       T* dkr = dk + (j0 + c) * p.dk_row_stride;
       T* dvr = dvp + (j0 + c) * p.dv_row_stride;

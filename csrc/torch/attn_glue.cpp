@@ -397,8 +397,11 @@ FwdParams make_kvcache_params(const at::Tensor& q, const at::Tensor& k_cache, co
     const int32_t n = sl.data_ptr<int32_t>()[i];
     const int32_t lpad = lp.defined() ? lp.data_ptr<int32_t>()[i] : 0;
     TORCH_CHECK_VALUE(lpad >= 0, kPre, "cache_leftpad[", i, "] = ", lpad, " must be >= 0");
-    TORCH_CHECK_VALUE(n >= lpad && n <= capacity, kPre, "cache_seqlens[", i, "] = ", n, " must be in [",
-                      lpad, ", ", capacity, "] (cache_leftpad .. the cache capacity): KV cache overflow");
+    TORCH_CHECK_VALUE(n >= lpad, kPre, "cache_seqlens[", i, "] = ", n, " must be >= cache_leftpad[", i, "] = ", lpad);
+    TORCH_CHECK_VALUE(n <= capacity, kPre, "KV cache overflow: cache_seqlens[", i, "] = ", n, " exceeds ",
+                      paged ? "the capacity addressable by block_table (max_num_blocks_per_seq * page_size = "
+                            : "the capacity of k_cache (seqlen_cache = ",
+                      capacity, ")");
     if (bi_host.defined()) {
       const int32_t cb = bi_host.data_ptr<int32_t>()[i];
       TORCH_CHECK_VALUE(cb >= 0 && cb < k_cache.size(0), kPre, "cache_batch_idx[", i, "] = ", cb,
@@ -458,11 +461,13 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_impl(FwdRunner run, const at::Ten
                                                     const OptT& cache_batch_idx, const OptT& cache_leftpad,
                                                     const OptT& block_table, const OptT& alibi_slopes,
                                                     double softmax_scale, bool causal, int64_t window_left,
-                                                    int64_t window_right, double softcap) {
+                                                    int64_t window_right, double softcap, int64_t num_splits) {
   const at::Tensor q = last_dim_contiguous(q_in);
+  TORCH_CHECK_VALUE(num_splits >= 0, kPre, "num_splits must be >= 0 (0 = the kernel chooses), got ", num_splits);
   std::vector<at::Tensor> keep;
   FwdParams p = make_kvcache_params(q, k_cache, v_cache, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
                                     alibi_slopes, softmax_scale, causal, window_left, window_right, softcap, keep);
+  p.num_splits = int(std::min<int64_t>(num_splits, 1 << 20));
   auto out = at::empty({q.size(0), q.size(1), q.size(2), v_cache.size(3)}, q.options());
   auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (out.numel() == 0) return {out, lse};

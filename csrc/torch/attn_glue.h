@@ -87,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_impl(FwdRunner run, const at::Ten
                                                     const OptT& cache_batch_idx, const OptT& cache_leftpad,
                                                     const OptT& block_table, const OptT& alibi_slopes,
                                                     double softmax_scale, bool causal, int64_t window_left,
-                                                    int64_t window_right, double softcap);
+                                                    int64_t window_right, double softcap, int64_t num_splits);
 
 // Op signatures (must match the schema strings in module.cpp).
 #define FAL_FWD_ARGS                                                                               \

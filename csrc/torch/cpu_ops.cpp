@@ -26,10 +26,12 @@ const cpu::KernelTable& active_kernels() {
   return cpu::kernels(isa);
 }
 
-// Decode split: enough (batch, head, split) items for every thread to stream memory, each split
-// keeping >= 512 keys.
+// Decode split (only the SIMD decode path splits): p.num_splits > 0 is the caller's count
+// (flash-attn's num_splits: 1 = no split), at most one split per key; 0 = enough (batch, head,
+// split) items for every thread to stream memory, each split keeping >= 512 keys.
 int choose_cpu_splits(const FwdParams& p, cpu::Isa isa) {
   if (isa == cpu::Isa::kScalar || p.dtype == DType::kFloat64 || p.s_q > cpu::kDecodeMaxRows) return 1;
+  if (p.num_splits > 0) return std::max(1, std::min(p.num_splits, p.s_k));
   const int64_t threads = at::get_num_threads();
   const int64_t items = int64_t(p.b) * cpu::decode_head_groups(p);  // per split
   if (items >= 2 * threads) return 1;
@@ -102,9 +104,9 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_cpu(const at::Tensor& q, const at
                                                    const OptT& cache_batch_idx, const OptT& cache_leftpad,
                                                    const OptT& block_table, const OptT& alibi_slopes,
                                                    double softmax_scale, bool causal, int64_t window_left,
-                                                   int64_t window_right, double softcap) {
+                                                   int64_t window_right, double softcap, int64_t num_splits) {
   return fwd_kvcache_impl(run_fwd_cpu, q, k_cache, v_cache, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
-                          alibi_slopes, softmax_scale, causal, window_left, window_right, softcap);
+                          alibi_slopes, softmax_scale, causal, window_left, window_right, softcap, num_splits);
 }
 
 at::Tensor dropout_keep_cpu(const at::Tensor& rng_state, int64_t batch, int64_t heads, int64_t s_q, int64_t s_k,

@@ -37,7 +37,7 @@ TORCH_LIBRARY(flashattn_lite, m) {
   m.def(
       "fwd_kvcache(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, Tensor? cache_batch_idx, "
       "Tensor? cache_leftpad, Tensor? block_table, Tensor? alibi_slopes, float softmax_scale, bool causal, "
-      "int window_left, int window_right, float softcap) -> (Tensor out, Tensor softmax_lse)");
+      "int window_left, int window_right, float softcap, int num_splits=0) -> (Tensor out, Tensor softmax_lse)");
   m.def("dropout_keep(Tensor rng_state, int batch, int heads, int seqlen_q, int seqlen_k, float dropout_p) -> Tensor");
 }
 

@@ -16,6 +16,7 @@ check_torch_compatible()  # a clear ImportError instead of "undefined symbol" un
 from . import _C  # noqa: E402  (registers torch.ops.flashattn_lite.*)
 from . import _ops  # noqa: F401,E402  (fake + autograd registrations)
 from ._version import __version__  # noqa: E402
+from .errors import ArgumentError, ArgumentTypeError  # noqa: E402
 from .interface import (  # noqa: E402
     flash_attn_func,
     flash_attn_kvpacked_func,
@@ -48,6 +49,8 @@ def build_info() -> dict:
 
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "__version__",
     "available_isas",
     "build_info",

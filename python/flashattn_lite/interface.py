@@ -11,6 +11,8 @@ from typing import Optional, Union
 
 import torch
 
+from .errors import flash_attn_errors
+
 Tensor = torch.Tensor
 
 
@@ -54,19 +56,40 @@ def _attn(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool, bottom_ri
         window[0], window[1], float(softcap), float(dropout_p), int(num_splits), bool(deterministic))
 
 
-def _attn_probs(q: Tensor, k: Tensor, lse: Tensor, rng_state: Optional[Tensor], dropout_p: float,
-                **score_kwargs: object) -> Tensor:
-    """flash-attn's S_dmask for return_attn_probs: the softmax probabilities (b, h, s_q, s_k), fp32,
-    negated where dropout drops them (O(s^2): for tests and debugging)."""
+def _attn_probs(q: Tensor, k: Tensor, lse: Tensor, keep: Optional[Tensor], **score_kwargs: object) -> Tensor:
+    """flash-attn's S_dmask for return_attn_probs: the normalised softmax probabilities
+    (b, h, s_q, s_k) in fp32, negated where dropout drops them (keep: bool (b, h, s_q, s_k));
+    O(s^2), for tests and debugging. flash-attn's own S_dmask holds block-wise unnormalised
+    probabilities padded to its CUDA tile; ours is exact (README, "Semantics")."""
     from .reference import transformed_scores
     with torch.no_grad():
         s = transformed_scores(q.float(), k.float(), **score_kwargs)  # type: ignore[arg-type]
         probs = torch.exp(s - lse.float().unsqueeze(-1)).nan_to_num(nan=0.0)
-        if rng_state is not None:
-            b, s_q, h, _ = q.shape
-            keep = torch.ops.flashattn_lite.dropout_keep(rng_state, b, h, s_q, k.shape[1], dropout_p)
+        if keep is not None:
             probs = torch.where(keep.to(probs.device), probs, -probs)
     return probs
+
+
+def _keep_pattern(rng_state: Tensor, b: int, h: int, s_q: int, s_k: int, dropout_p: float) -> Tensor:
+    return torch.ops.flashattn_lite.dropout_keep(rng_state, b, h, s_q, s_k, dropout_p)
+
+
+def _attn_probs_varlen(q: Tensor, k: Tensor, lse: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int,
+                       rng_state: Tensor, dropout_p: float, alibi_slopes: Optional[Tensor],
+                       **score_kwargs: object) -> Tensor:
+    """S_dmask of the varlen functions: (batch, heads, max_seqlen_q, max_seqlen_k), sequence i's
+    probabilities in [:len_q_i, :len_k_i] (negative where dropped), zero beyond."""
+    b, h = cu_q.numel() - 1, q.shape[1]
+    keep = _keep_pattern(rng_state, b, h, max_q, max_k, dropout_p)
+    out = q.new_zeros((b, h, max_q, max_k), dtype=torch.float32)
+    cq, ck = cu_q.tolist(), cu_k.tolist()
+    for i in range(b):
+        nq, nk = cq[i + 1] - cq[i], ck[i + 1] - ck[i]
+        slopes = alibi_slopes[i] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
+        out[i, :, :nq, :nk] = _attn_probs(q[cq[i]:cq[i + 1]].unsqueeze(0), k[ck[i]:ck[i + 1]].unsqueeze(0),
+                                          lse[:, cq[i]:cq[i + 1]].unsqueeze(0), keep[i:i + 1, :, :nq, :nk],
+                                          alibi_slopes=slopes, **score_kwargs)[0]
+    return out
 
 
 def _default_scale(head_dim: int, softmax_scale: Optional[float]) -> float:
@@ -80,6 +103,7 @@ def _check_4d(t: Tensor, name: str, layout: str) -> None:
         raise ValueError(f"flashattn_lite: {name} must have 4 dims {layout}, got shape {tuple(t.shape)}")
 
 
+@flash_attn_errors
 def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
                     softmax_scale: Optional[float] = None, causal: bool = False,
                     window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
@@ -94,9 +118,14 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     -slope * |i + seqlen_k - seqlen_q - j|; dropout_p: dropout on the probabilities, seeded from
     torch's default generator of q's device.
     Returns out (batch, seqlen_q, heads, head_dim), or with return_attn_probs=True
-    (out, softmax_lse (batch, heads, seqlen_q) fp32, S_dmask): with dropout_p > 0, S_dmask is the
-    probabilities (batch, heads, seqlen_q, seqlen_k), negative where dropped (O(seqlen^2): for
-    tests), else None, as in flash-attn.
+    (out, softmax_lse (batch, heads, seqlen_q) fp32, S_dmask). S_dmask is None without dropout (as
+    flash-attn); with dropout_p > 0 it is the normalised softmax probabilities P (batch, heads,
+    seqlen_q, seqlen_k) in fp32 at the exact shape, negated where dropout drops them: the keep mask
+    is ``S_dmask >= 0`` and P is ``S_dmask.abs()``; out = (P * keep / (1 - dropout_p)) @ v.
+    (flash-attn's holds block-wise unnormalised probabilities in q's dtype padded to its tile size,
+    which its docstring allows: "might have different scaling".) O(seqlen^2): for tests.
+    Bad arguments raise ArgumentError / ArgumentTypeError (catchable as RuntimeError, as
+    flash-attn's).
     """
     _check_4d(q, "q", "(batch, seqlen_q, heads, head_dim)")
     _check_4d(k, "k", "(batch, seqlen_k, heads_kv, head_dim)")
@@ -108,13 +137,14 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     out, lse = _attn(q, k, v, scale, causal, True, window, deterministic, alibi_slopes=alibi_slopes,
                      softcap=softcap, dropout_p=dropout_p, rng_state=rng)
     if return_attn_probs:  # as flash-attn: the probabilities only with dropout (O(s^2), for tests)
-        probs = None if rng is None else _attn_probs(q, k, lse, rng, dropout_p, softmax_scale=scale,
-                                                     causal=causal, window_size=window, softcap=softcap,
-                                                     alibi_slopes=alibi_slopes)
+        probs = None if rng is None else _attn_probs(
+            q, k, lse, _keep_pattern(rng, q.shape[0], q.shape[2], q.shape[1], k.shape[1], dropout_p),
+            softmax_scale=scale, causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi_slopes)
         return out, lse, probs
     return out
 
 
+@flash_attn_errors
 def flash_attn_qkvpacked_func(qkv: Tensor, dropout_p: float = 0.0,
                               softmax_scale: Optional[float] = None, causal: bool = False,
                               window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
@@ -130,6 +160,7 @@ def flash_attn_qkvpacked_func(qkv: Tensor, dropout_p: float = 0.0,
                            alibi_slopes, deterministic, return_attn_probs)
 
 
+@flash_attn_errors
 def flash_attn_kvpacked_func(q: Tensor, kv: Tensor, dropout_p: float = 0.0,
                              softmax_scale: Optional[float] = None, causal: bool = False,
                              window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
@@ -152,6 +183,7 @@ def _check_3d(t: Tensor, name: str, layout: str) -> None:
         raise ValueError(f"flashattn_lite: {name} must have 3 dims {layout}, got shape {tuple(t.shape)}")
 
 
+@flash_attn_errors
 def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                            max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
                            softmax_scale: Optional[float] = None, causal: bool = False,
@@ -167,8 +199,9 @@ def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor
     window are aligned bottom-right per sequence. block_table (batch, max_blocks) int32: k/v are
     a paged cache (num_blocks, page_size, heads_kv, head_dim) and sequence i's keys are its
     cu_seqlens_k length from the pages in block_table[i] (forward only, as in flash-attn). Returns
-    out (total_q, heads, head_dim), or (out, softmax_lse (heads, total_q), None) with
-    return_attn_probs=True.
+    out (total_q, heads, head_dim), or with return_attn_probs=True (out, softmax_lse (heads, total_q),
+    S_dmask): S_dmask as in flash_attn_func, shaped (batch, heads, max_seqlen_q, max_seqlen_k) with
+    sequence i in [i, :, :seqlen_q_i, :seqlen_k_i] and zeros beyond; None without dropout.
     """
     _check_3d(q, "q", "(total_q, heads, head_dim)")
     for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
@@ -186,15 +219,20 @@ def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor
         _check_3d(v, "v", "(total_k, heads_kv, head_dim)")
     _check_features(dropout_p, softcap)
     rng = rng_state_for(dropout_p, q.device)
-    out, lse = _attn(q, k, v, _default_scale(q.shape[-1], softmax_scale), causal, True, _window(window_size),
+    scale, window = _default_scale(q.shape[-1], softmax_scale), _window(window_size)
+    out, lse = _attn(q, k, v, scale, causal, True, window,
                      deterministic, alibi_slopes=alibi_slopes, softcap=softcap, dropout_p=dropout_p,
                      rng_state=rng, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                      max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, block_table=block_table)
-    if return_attn_probs:
-        return out, lse, None
+    if return_attn_probs:  # as flash-attn: the probabilities only with dropout (O(s^2), for tests)
+        probs = None if rng is None else _attn_probs_varlen(
+            q, k, lse, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), rng, dropout_p,
+            alibi_slopes, softmax_scale=scale, causal=causal, window_size=window, softcap=softcap)
+        return out, lse, probs
     return out
 
 
+@flash_attn_errors
 def flash_attn_varlen_qkvpacked_func(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = 0.0,
                                      softmax_scale: Optional[float] = None, causal: bool = False,
                                      window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
@@ -211,6 +249,7 @@ def flash_attn_varlen_qkvpacked_func(qkv: Tensor, cu_seqlens: Tensor, max_seqlen
                                   return_attn_probs)
 
 
+@flash_attn_errors
 def flash_attn_varlen_kvpacked_func(q: Tensor, kv: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                                     max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
                                     softmax_scale: Optional[float] = None, causal: bool = False,
@@ -228,6 +267,7 @@ def flash_attn_varlen_kvpacked_func(q: Tensor, kv: Tensor, cu_seqlens_q: Tensor,
                                   return_attn_probs)
 
 
+@flash_attn_errors
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                  attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale: Optional[float] = None,

@@ -12,6 +12,8 @@ from typing import Optional, Union
 
 import torch
 
+from .errors import flash_attn_errors
+
 Tensor = torch.Tensor
 
 
@@ -59,6 +61,7 @@ def _cache_rows(b: int, n_new: int, start: Tensor, block_table: Optional[Tensor]
     return rows.unsqueeze(1).expand(b, n_new), pos
 
 
+@flash_attn_errors
 def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor] = None,
                             v: Optional[Tensor] = None, rotary_cos: Optional[Tensor] = None,
                             rotary_sin: Optional[Tensor] = None,
@@ -78,11 +81,15 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
     (after rotary, if any). cache_seqlens (int or (batch,) int32; None = the whole cache) are the
     cached lengths before the append; cache_batch_idx (batch,) picks the cache row of each
     sequence; cache_leftpad (batch,) = where each sequence's keys start. rotary_cos / rotary_sin
-    (seqlen_ro, rotary_dim / 2) rotate q and the new k at their positions (cache_seqlens -
-    cache_leftpad + i; q all at cache_seqlens - cache_leftpad unless causal or windowed).
-    Attention: q against keys [cache_leftpad, cache_seqlens + seqlen_new), causal aligned
-    bottom-right. num_splits is accepted for compatibility (the CPU chooses its own split of long
-    caches over threads). Returns out, or (out, softmax_lse (batch, heads, seqlen_q)).
+    (seqlen_ro, rotary_dim / 2), only with k and v: the new k is rotated at the cache indices
+    cache_seqlens, cache_seqlens + 1, ...; q at the same indices if causal or windowed, else all
+    of q at cache_seqlens (absolute cache indices: cache_leftpad does not shift them, as in
+    flash-attn). Attention: q against keys [cache_leftpad, cache_seqlens + seqlen_new), causal
+    and ALiBi aligned bottom-right on that range. num_splits: on the decode path (seqlen_q <= 16,
+    a SIMD CPU ISA) 1 = no split, n > 1 = the keys of each (batch, head) split into n chunks
+    merged by their LSE, 0 = the kernel's heuristic; other shapes never split. Returns out, or
+    (out, softmax_lse (batch, heads, seqlen_q)). Bad arguments raise ArgumentError /
+    ArgumentTypeError (catchable as RuntimeError, as flash-attn's).
     """
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if not isinstance(t, Tensor):
@@ -103,6 +110,10 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
         raise ValueError("flashattn_lite: k and v must be given together (the tokens to append)")
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("flashattn_lite: rotary_cos and rotary_sin must be given together")
+    if rotary_cos is not None and k is None:  # flash-attn: "Only applicable if k and v are passed in."
+        raise ValueError("flashattn_lite: rotary_cos/rotary_sin need the new k and v to append (k is None)")
+    if not isinstance(num_splits, int) or num_splits < 0:
+        raise ValueError(f"flashattn_lite: num_splits must be an int >= 0 (0 = heuristic), got {num_splits!r}")
     n_new = 0
     if k is not None:
         for name, t, cache in (("k", k, k_cache), ("v", v, v_cache)):
@@ -116,9 +127,12 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
         n_new = k.shape[1]
         top = int((seqlens.long() + n_new).max().item()) if b else 0
         if top > capacity:
-            raise ValueError(f"flashattn_lite: appending {n_new} tokens overflows the KV cache: cache_seqlens + "
-                             f"seqlen_new reaches {top} > capacity {capacity}")
-    offsets = seqlens if leftpad is None else seqlens - leftpad  # rotary position of the first new token
+            where = (f"the capacity addressable by block_table (max_num_blocks_per_seq * page_size = {capacity})"
+                     if paged else f"the capacity of k_cache (seqlen_cache = {capacity})")
+            raise ValueError(f"flashattn_lite: KV cache overflow: max(cache_seqlens) + seqlen_new = {top} exceeds {where}")
+    # flash-attn: "The key @k will be rotated by rotary_cos and rotary_sin at indices cache_seqlens,
+    # cache_seqlens + 1, etc." -- absolute cache indices, with or without cache_leftpad
+    offsets = seqlens
     if rotary_cos is not None:
         if rotary_cos.dim() != 2 or rotary_cos.shape != rotary_sin.shape:
             raise ValueError("flashattn_lite: rotary_cos and rotary_sin must both have shape (seqlen_ro, rotary_dim / 2), "
@@ -151,5 +165,5 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     out, lse = torch.ops.flashattn_lite.fwd_kvcache.default(
         q.detach(), k_cache.detach(), v_cache.detach(), used, cache_batch_idx, leftpad, block_table, alibi_slopes,
-        scale, bool(causal), window[0], window[1], float(softcap))
+        scale, bool(causal), window[0], window[1], float(softcap), num_splits)
     return (out, lse) if return_softmax_lse else out

@@ -939,13 +939,15 @@ inline bool use_decode(const FwdParams& p) { return p.s_q <= kDecodeMaxRows; }
 
 // out[c][x] += sum_{r < rows} A[r][c] * B[r][x]   (A^T B; A rows kBN apart, B and out rows ldb
 // apart; c < kBN, x < ldb with ldb a multiple of kNV * kN). Blocks of kRM keys x kNV vectors.
+// The block's sum starts from zero and is added to out once (blocked summation: dK/dV sum s_q
+// rows, and a running sum would grow their rounding error with s_q instead of s_q / rows).
 inline void micro_tn(const float* a, const float* b, int rows, int ldb, float* out) {
   for (int c0 = 0; c0 < kBN; c0 += kRM) {
     const int nc = std::min(kRM, kBN - c0);
     for (int dc = 0; dc < ldb; dc += kNV * kN) {
       VF acc[kRM][kNV];
       for (int c = 0; c < kRM; ++c)
-        for (int v = 0; v < kNV; ++v) acc[c][v] = c < nc ? VF::load(out + (c0 + c) * ldb + dc + v * kN) : VF::zero();
+        for (int v = 0; v < kNV; ++v) acc[c][v] = VF::zero();
       for (int r = 0; r < rows; ++r) {
         VF bv[kNV];
         for (int v = 0; v < kNV; ++v) bv[v] = VF::load(b + r * ldb + dc + v * kN);
@@ -957,10 +959,45 @@ inline void micro_tn(const float* a, const float* b, int rows, int ldb, float* o
         }
       }
       for (int c = 0; c < nc; ++c)
-        for (int v = 0; v < kNV; ++v) acc[c][v].store(out + (c0 + c) * ldb + dc + v * kN);
+        for (int v = 0; v < kNV; ++v) {
+          float* o = out + (c0 + c) * ldb + dc + v * kN;
+          (VF::load(o) + acc[c][v]).store(o);
+        }
     }
   }
 }
+
+// dK / dV summed over the query rows in levels (blocked summation, as a GEMM's K loop): micro_tn
+// sums a block of kQB rows from zero and adds it into `part`; every kPartSteps blocks (and before
+// the key tile is written) `part` is added into `total` and cleared. The rounding error then grows
+// with kQB + kPartSteps + s_q / (kQB kPartSteps) terms instead of s_q (measured, fp32 dV with
+// s_k = 1: 4000 rows 2.9e-4 -> below torch's GEMM).
+constexpr int kPartSteps = 16;
+struct LeveledSum {
+  Buf<float> total, part;
+  int steps = 0;
+  explicit LeveledSum(size_t n) : total(n), part(n) {}
+  void clear() {
+    fill(total.begin(), total.end(), 0.f);
+    fill(part.begin(), part.end(), 0.f);
+    steps = 0;
+  }
+  float* block() { return part.data(); }
+  void step() {
+    if (++steps == kPartSteps) flush();
+  }
+  const float* flush() {
+    float* t = total.data();
+    float* q = part.data();
+    const size_t n = total.size();
+    for (size_t x = 0; x + kN <= n; x += kN) {
+      (VF::load(t + x) + VF::load(q + x)).store(t + x);
+      VF::zero().store(q + x);
+    }
+    steps = 0;
+    return t;
+  }
+};
 
 inline float dot(const float* a, const float* b, int n) {
   VF acc = VF::zero();
@@ -1115,7 +1152,7 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
 
   Buf<float> dq_acc(size_t(g) * s_q * dp, 0.f), dsum(size_t(g) * s_q), lse2(size_t(g) * s_q);
   Buf<float> Kp(size_t(kBN) * dp), Kt(size_t(d) * kBN), Vt(size_t(dv) * kBN);
-  Buf<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
+  LeveledSum dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
   Buf<float> Qb(size_t(kQB) * dp), dOb(size_t(kQB) * dvp), P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
 
   auto q_ptr = [&](int hi) {
@@ -1144,8 +1181,8 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
       for (int x = 0; x < d; ++x) Kt[x * kBN + cc] = Kp[size_t(cc) * dp + x];
       for (int x = 0; x < dv; ++x) Vt[x * kBN + cc] = load_as_float(vr_ + x);
     }
-    fill(dK.begin(), dK.end(), 0.f);
-    fill(dV.begin(), dV.end(), 0.f);
+    dK.clear();
+    dV.clear();
     const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, s_q);
 
     for (int gi = 0; gi < g; ++gi) {
@@ -1177,8 +1214,10 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
           micro_qk(dOb.data() + size_t(r0) * dvp, dv, Vt.data(), dSr, dvp);
           p_ds_rows(Pr, dSr, 1.f, i0 + r0, nr - r0, j0, cols, vis, L2 + i0 + r0, Dg + i0 + r0, mod, dmask, p.dmask_row_stride);
         }
-        micro_tn(P.data(), dOb.data(), nr, dvp, dV.data());
-        micro_tn(dS.data(), Qb.data(), nr, dp, dK.data());
+        micro_tn(P.data(), dOb.data(), nr, dvp, dV.block());
+        micro_tn(dS.data(), Qb.data(), nr, dp, dK.block());
+        dV.step();
+        dK.step();
         for (int r0 = 0; r0 < nr; r0 += kRM) {
           if (r0 + kRM <= nr) {
             micro_pv(dS.data() + size_t(r0) * kBN, Kp.data(), cols, dp, dqg + size_t(i0 + r0) * dp);
@@ -1191,12 +1230,13 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
         }
       }
     }
-    const float kscale = 1.f;  // dK = scale dS^T Q = dS^T (scale Q)
+    const float* dKs = dK.flush();  // dK = scale dS^T Q = dS^T (scale Q)
+    const float* dVs = dV.flush();
     for (int cc = 0; cc < cols; ++cc) {
       T* dkr = dkp + (j0 + cc) * p.dk_row_stride;
       T* dvr = dvp_out + (j0 + cc) * p.dv_row_stride;
-      for (int x = 0; x < d; ++x) dkr[x] = store_as<T, float>(dK[size_t(cc) * dp + x] * kscale);
-      for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dV[size_t(cc) * dvp + x]);
+      for (int x = 0; x < d; ++x) dkr[x] = store_as<T, float>(dKs[size_t(cc) * dp + x]);
+      for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dVs[size_t(cc) * dvp + x]);
     }
   }
   write_dq<T>(p, bi, hk, dq_acc.data(), dp);
@@ -1242,15 +1282,15 @@ inline void pack_f32_consecutive(const float* r, int n, uint32_t* dst) {
   }
 }
 
-// out[c][x] += sum_r2 a[r2][c] . b[r2][x]  (bf16 pairs over rows), c < kBN, x < ldb
+// out[c][x] += sum_r2 a[r2][c] . b[r2][x]  (bf16 pairs over rows), c < kBN, x < ldb; blocked
+// summation as micro_tn
 inline void micro_tn_bf16(const uint32_t* a, const uint32_t* b, int rows2, int ldb, float* out) {
   for (int c0 = 0; c0 < kBN; c0 += kRM) {
     const int nc = std::min(kRM, kBN - c0);
     for (int dc = 0; dc < ldb; dc += kNV * kN) {
       __m512 acc[kRM][kNV];
       for (int c = 0; c < kRM; ++c)
-        for (int v = 0; v < kNV; ++v)
-          acc[c][v] = c < nc ? _mm512_loadu_ps(out + (c0 + c) * ldb + dc + v * kN) : _mm512_setzero_ps();
+        for (int v = 0; v < kNV; ++v) acc[c][v] = _mm512_setzero_ps();
       for (int r = 0; r < rows2; ++r) {
         __m512bh bv[kNV];
         for (int v = 0; v < kNV; ++v) bv[v] = as_bh(_mm512_loadu_si512(b + r * ldb + dc + v * kN));
@@ -1261,7 +1301,10 @@ inline void micro_tn_bf16(const uint32_t* a, const uint32_t* b, int rows2, int l
         }
       }
       for (int c = 0; c < nc; ++c)
-        for (int v = 0; v < kNV; ++v) _mm512_storeu_ps(out + (c0 + c) * ldb + dc + v * kN, acc[c][v]);
+        for (int v = 0; v < kNV; ++v) {
+          float* o = out + (c0 + c) * ldb + dc + v * kN;
+          _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[c][v]));
+        }
     }
   }
 }
@@ -1279,7 +1322,7 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
 
   Buf<float> dq_acc(size_t(g) * s_q * dp, 0.f), dsum(size_t(g) * s_q), lse2(size_t(g) * s_q);
   Buf<uint32_t> Kd(size_t(d2) * kBN), Vd(size_t(dv2) * kBN), Kk(size_t(kBN / 2) * dp);
-  Buf<float> dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
+  LeveledSum dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
   Buf<uint32_t> Qs(size_t(kQB) * d2), dOs(size_t(kQB) * dv2), Qr(size_t(kQB / 2) * dp), dOr(size_t(kQB / 2) * dvp);
   Buf<float> P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN);
   Buf<uint32_t> Pp(size_t(kQB / 2) * kBN), dSp(size_t(kQB / 2) * kBN), dSk(size_t(kQB) * (kBN / 2));
@@ -1304,8 +1347,8 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
       const T* b = 2 * c2 + 1 < cols ? k + (j0 + 2 * c2 + 1) * p.k_row_stride : nullptr;
       pack_row_pairs(a, b, d, dp, Kk.data() + size_t(c2) * dp);
     }
-    fill(dK.begin(), dK.end(), 0.f);
-    fill(dV.begin(), dV.end(), 0.f);
+    dK.clear();
+    dV.clear();
     const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, s_q);
 
     for (int gi = 0; gi < g; ++gi) {
@@ -1350,8 +1393,10 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
         }
         for (int r = 0; r < kQB; ++r) pack_f32_consecutive(dS.data() + size_t(r) * kBN, kBN, dSk.data() + size_t(r) * (kBN / 2));
         const int nr2 = (nr + 1) / 2;
-        micro_tn_bf16(Pp.data(), dOr.data(), nr2, dvp, dV.data());
-        micro_tn_bf16(dSp.data(), Qr.data(), nr2, dp, dK.data());
+        micro_tn_bf16(Pp.data(), dOr.data(), nr2, dvp, dV.block());
+        micro_tn_bf16(dSp.data(), Qr.data(), nr2, dp, dK.block());
+        dV.step();
+        dK.step();
         for (int r0 = 0; r0 < nr; r0 += kRM) {
           if (r0 + kRM <= nr) {
             micro_pv_bf16(dSk.data() + size_t(r0) * (kBN / 2), Kk.data(), cols2, dp, dqg + size_t(i0 + r0) * dp);
@@ -1365,11 +1410,13 @@ void bwd_head_bf16(const BwdParams& p, int bi, int hk) {
       }
     }
     const float sc = float(p.scale);  // dK = scale dS^T Q (Q unscaled here)
+    const float* dKs = dK.flush();
+    const float* dVs = dV.flush();
     for (int cc = 0; cc < cols; ++cc) {
       T* dkr = dkp + (j0 + cc) * p.dk_row_stride;
       T* dvr = dvp_out + (j0 + cc) * p.dv_row_stride;
-      for (int x = 0; x < d; ++x) dkr[x] = store_as<T, float>(dK[size_t(cc) * dp + x] * sc);
-      for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dV[size_t(cc) * dvp + x]);
+      for (int x = 0; x < d; ++x) dkr[x] = store_as<T, float>(dKs[size_t(cc) * dp + x] * sc);
+      for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dVs[size_t(cc) * dvp + x]);
     }
   }
   write_dq<T>(p, bi, hk, dq_acc.data(), dp);

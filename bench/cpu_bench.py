@@ -14,6 +14,7 @@ beyond inputs, outputs and gradients, after a small warm-up fwd+bwd (the process
 tensor.backward(grad) imports sympy through torch.autograd's _make_grads: ~36 MB of Python
 modules, once per process, torch's and not the kernels'); the cold number is printed too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,9 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +80,11 @@ def peak_gflops(threads: int) -> dict:
     exe = Path(tempfile.gettempdir()) / f"flashattn_lite_peak_fma_{tag:08x}"
     try:
         if not exe.exists():
-            subprocess.run(["g++", "-O3", "-std=c++17", "-mavx512f", "-mavx512bf16", "-pthread",
-                            str(src), "-o", str(exe)], check=True, capture_output=True)
+            subprocess.run(
+                ["g++", "-O3", "-std=c++17", "-mavx512f", "-mavx512bf16", "-pthread", str(src), "-o", str(exe)],
+                check=True,
+                capture_output=True,
+            )
         out = subprocess.run([str(exe), str(threads)], check=True, capture_output=True, text=True).stdout
         return json.loads(out)
     except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
@@ -107,7 +111,7 @@ def check(c: Case, q, k, v) -> tuple[bool, float, float]:
         theirs = torch_flash(qs, ks, vs, is_causal=c.causal)
     err = (ours.double() - ref).abs().max().item()
     err_t = (theirs.double() - ref).abs().max().item()
-    noise = (torch.finfo(c.dtype).eps + c.n_k ** 0.5 * torch.finfo(torch.float32).eps) * max(1.0, ref.abs().max().item())
+    noise = (torch.finfo(c.dtype).eps + c.n_k**0.5 * torch.finfo(torch.float32).eps) * max(1.0, ref.abs().max().item())
     return err <= 2 * err_t + noise, err, err_t
 
 
@@ -115,8 +119,12 @@ def time_pair(a: Callable, b: Callable, repeats: int) -> tuple[list[float], list
     a(), b()  # warm-up
     ta, tb = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter(); a(); ta.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); b(); tb.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        a()
+        ta.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b()
+        tb.append(time.perf_counter() - t0)
     return ta, tb
 
 
@@ -147,10 +155,11 @@ print(cold, extra_mb({n}))
 """
 
 
-def memory_check(threads: int, n: int = 65536) -> Optional[tuple[float, float]]:
+def memory_check(threads: int, n: int = 65536) -> tuple[float, float] | None:
     """(first fwd+bwd of the process at N=128, fwd+bwd at N after it) in MB beyond inputs/outputs/grads."""
-    r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT.format(threads=threads, n=n)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT.format(threads=threads, n=n)], capture_output=True, text=True
+    )
     try:
         cold, warm = (float(x) for x in r.stdout.strip().splitlines()[-1].split())
         return cold, warm
@@ -168,14 +177,19 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     peak = peak_gflops(args.threads)
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-               f"flashattn_lite {fal.__version__} ISA {fal.cpu_isa()}, threads {args.threads}, "
-               f"peak fp32 FMA {peak.get('fp32_fma_gflops', 'n/a')} GFLOP/s, "
-               f"bf16 dot {peak.get('bf16_dot_gflops', 'n/a')} GFLOP/s, read {peak.get('read_gbs', 'n/a')} GB/s "
-               f"(bench/peak_fma.cpp)")
-    lines = [f"Machine: {machine}", "",
-             "| case | check | ours ms | torch ms | ours | torch | unit | ours % peak | speedup | goal | met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"flashattn_lite {fal.__version__} ISA {fal.cpu_isa()}, threads {args.threads}, "
+        f"peak fp32 FMA {peak.get('fp32_fma_gflops', 'n/a')} GFLOP/s, "
+        f"bf16 dot {peak.get('bf16_dot_gflops', 'n/a')} GFLOP/s, read {peak.get('read_gbs', 'n/a')} GB/s "
+        f"(bench/peak_fma.cpp)"
+    )
+    lines = [
+        f"Machine: {machine}",
+        "",
+        "| case | check | ours ms | torch ms | ours | torch | unit | ours % peak | speedup | goal | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     print(lines[0])
     for c in CASES:
         if args.only and args.only not in c.name:
@@ -186,8 +200,11 @@ def main() -> int:
             lines.append(f"| {c.name} | WRONG (err {err:.2e} vs torch {err_t:.2e}) | | | | | | | | {c.goal} | no |")
             print(lines[-1])
             continue
-        ta, tb = time_pair(make_runner(fal.scaled_dot_product_attention, c, q, k, v, do),
-                           make_runner(torch_flash, c, q, k, v, do), args.repeats)
+        ta, tb = time_pair(
+            make_runner(fal.scaled_dot_product_attention, c, q, k, v, do),
+            make_runner(torch_flash, c, q, k, v, do),
+            args.repeats,
+        )
         ma, mb = statistics.median(ta), statistics.median(tb)
         if c.mode == "decode":
             unit, ours, theirs = "GB/s", c.kv_bytes() / ma / 1e9, c.kv_bytes() / mb / 1e9
@@ -198,8 +215,10 @@ def main() -> int:
             pk = peak.get("bf16_dot_gflops" if c.dtype == torch.bfloat16 else "fp32_fma_gflops")
             pct = f"{100 * ours / pk:.0f}%" if pk else "n/a"
         speed = mb / ma
-        lines.append(f"| {c.name} | ok | {ma * 1e3:.2f} | {mb * 1e3:.2f} | {ours:.1f} | {theirs:.1f} | {unit} | {pct} | "
-                     f"{speed:.2f}x | {c.goal}x | {'yes' if speed >= c.goal else 'no'} |")
+        lines.append(
+            f"| {c.name} | ok | {ma * 1e3:.2f} | {mb * 1e3:.2f} | {ours:.1f} | {theirs:.1f} | {unit} | {pct} | "
+            f"{speed:.2f}x | {c.goal}x | {'yes' if speed >= c.goal else 'no'} |"
+        )
         print(lines[-1], flush=True)
     if args.memory:
         res = memory_check(args.threads)
@@ -207,11 +226,14 @@ def main() -> int:
             lines += ["", "fwd+bwd bf16 N=65536 H8 D64: memory measurement failed"]
         else:
             cold, mb = res
-            lines += ["", f"fwd+bwd bf16 N=65536 H8 D64: peak RSS beyond inputs/outputs/grads = {mb:.0f} MB "
-                          f"(goal <= 64 MB; {'met' if mb <= 64 else 'NOT met'}), measured after one small fwd+bwd "
-                          f"(N=128), whose own cost was {cold:.0f} MB: the process's first tensor.backward(grad) "
-                          f"imports sympy via torch.autograd (once per process, torch's, not the kernels'). "
-                          f"What remains grows with N: the fp32 dQ accumulator, 16 MB per thread at this size."]
+            lines += [
+                "",
+                f"fwd+bwd bf16 N=65536 H8 D64: peak RSS beyond inputs/outputs/grads = {mb:.0f} MB "
+                f"(goal <= 64 MB; {'met' if mb <= 64 else 'NOT met'}), measured after one small fwd+bwd "
+                f"(N=128), whose own cost was {cold:.0f} MB: the process's first tensor.backward(grad) "
+                f"imports sympy via torch.autograd (once per process, torch's, not the kernels'). "
+                f"What remains grows with N: the fp32 dQ accumulator, 16 MB per thread at this size.",
+            ]
         print(lines[-1])
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")

@@ -11,14 +11,16 @@ Rows:
 * KV cache: paged (page sizes 1, 16, 256) against a contiguous cache, decode of one query.
 Every timed call is first checked against the fp64 reference (or against its plain twin).
 """
+
 from __future__ import annotations
 
 import argparse
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -53,7 +55,7 @@ def window_rows(repeats: int) -> list[str]:
         ref = attention_ref(q[:, small], k[:, small], v[:, small], causal=True, window_size=(w, 0))[0]
         got = fal.flash_attn_func(q[:, small], k[:, small], v[:, small], causal=True, window_size=(w, 0))
         check_close(got, ref, 3e-2, f"window {w}")
-        t = timeit(lambda: fal.flash_attn_func(q, k, v, causal=True, window_size=(w, 0)), repeats)
+        t = timeit(partial(fal.flash_attn_func, q, k, v, causal=True, window_size=(w, 0)), repeats)
         rows.append(f"| ({w}, 0) | {t * 1e3:.1f} | {t / (n * w) * 1e9:.3f} |")
     t = timeit(lambda: fal.flash_attn_func(q, k, v, causal=True), repeats)
     rows.append(f"| causal, no window (w = N) | {t * 1e3:.1f} | {t / (n * n / 2) * 1e9:.3f} (per N²/2) |")
@@ -65,39 +67,60 @@ def _fwd_bwd(fn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, 
     fn(qq, kk, vv).sum().backward()
 
 
+def _feature_cases(
+    slopes: torch.Tensor, bmask: torch.Tensor, fmask: torch.Tensor
+) -> list[tuple[str, Callable[..., torch.Tensor]]]:
+    return [
+        ("plain", lambda q, k, v: fal.flash_attn_func(q, k, v)),
+        ("softcap 30", lambda q, k, v: fal.flash_attn_func(q, k, v, softcap=30.0)),
+        ("ALiBi", lambda q, k, v: fal.flash_attn_func(q, k, v, alibi_slopes=slopes)),
+        (
+            "bool mask (N, N)",
+            lambda q, k, v: fal.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bmask[: q.shape[1], : k.shape[1]]
+            ).transpose(1, 2),
+        ),
+        (
+            "float mask (N, N)",
+            lambda q, k, v: fal.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=fmask[: q.shape[1], : k.shape[1]]
+            ).transpose(1, 2),
+        ),
+        ("dropout 0.1", lambda q, k, v: fal.flash_attn_func(q, k, v, dropout_p=0.1)),
+    ]
+
+
 def feature_rows(repeats: int) -> list[str]:
     n, h, d = 2048, 8, 64
-    rows = ["| feature (B1 H8 N2048 D64) | dtype | fwd ms | × plain | fwd+bwd ms | × plain |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| feature (B1 H8 N2048 D64) | dtype | fwd ms | × plain | fwd+bwd ms | × plain |",
+        "|---|---|---|---|---|---|",
+    ]
     for dtype in (torch.float32, torch.bfloat16):
         q, k, v = (torch.randn(1, n, h, d, dtype=dtype) for _ in range(3))
         qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))
         bmask = torch.rand(n, n) > 0.1
         fmask = torch.randn(n, n, dtype=dtype)
         slopes = torch.rand(h) * 0.1
-        cases: list[tuple[str, Callable[..., torch.Tensor]]] = [
-            ("plain", lambda q, k, v: fal.flash_attn_func(q, k, v)),
-            ("softcap 30", lambda q, k, v: fal.flash_attn_func(q, k, v, softcap=30.0)),
-            ("ALiBi", lambda q, k, v: fal.flash_attn_func(q, k, v, alibi_slopes=slopes)),
-            ("bool mask (N, N)", lambda q, k, v: fal.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                attn_mask=bmask[: q.shape[1], : k.shape[1]]).transpose(1, 2)),
-            ("float mask (N, N)", lambda q, k, v: fal.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                attn_mask=fmask[: q.shape[1], : k.shape[1]]).transpose(1, 2)),
-            ("dropout 0.1", lambda q, k, v: fal.flash_attn_func(q, k, v, dropout_p=0.1)),
-        ]
+        cases = _feature_cases(slopes, bmask, fmask)
         small = (q[:, :256], k[:, :256], v[:, :256])
         check_close(cases[1][1](*small), attention_ref(*small, softcap=30.0)[0], 3e-2, "softcap")
-        check_close(cases[3][1](*small), attention_ref(*small, attn_mask=bmask[:256, :256], bottom_right=False)[0],
-                    3e-2, "bool mask")
+        check_close(
+            cases[3][1](*small),
+            attention_ref(*small, attn_mask=bmask[:256, :256], bottom_right=False)[0],
+            3e-2,
+            "bool mask",
+        )
         base_f = base_b = 0.0
         for name, fn in cases:
-            tf = timeit(lambda: fn(q, k, v), repeats)
-            tb = timeit(lambda: _fwd_bwd(fn, q, k, v), max(3, repeats // 2))
+            tf = timeit(partial(fn, q, k, v), repeats)
+            tb = timeit(partial(_fwd_bwd, fn, q, k, v), max(3, repeats // 2))
             if name == "plain":
                 base_f, base_b = tf, tb
-            rows.append(f"| {name} | {str(dtype).replace('torch.', '')} | {tf * 1e3:.1f} | {tf / base_f:.2f} | "
-                        f"{tb * 1e3:.1f} | {tb / base_b:.2f} |")
+            rows.append(
+                f"| {name} | {str(dtype).replace('torch.', '')} | {tf * 1e3:.1f} | {tf / base_f:.2f} | "
+                f"{tb * 1e3:.1f} | {tb / base_b:.2f} |"
+            )
         del qs, ks, vs
     return rows
 
@@ -111,21 +134,27 @@ def varlen_rows(repeats: int) -> list[str]:
     pad = [torch.zeros(len(lens), mx, h, d, dtype=torch.bfloat16) for _ in range(3)]
     for i, n in enumerate(lens):
         for t, src in zip(pad, (q, k, v)):
-            t[i, :n] = src[cu[i]:cu[i + 1]]
+            t[i, :n] = src[cu[i] : cu[i + 1]]
     out = fal.flash_attn_varlen_func(q, k, v, cu, cu, mx, mx, causal=True)
     one = fal.flash_attn_func(q[None, : lens[0]], k[None, : lens[0]], v[None, : lens[0]], causal=True)[0]
     check_close(out[: lens[0]], one, 1e-2, "varlen")
     tv = timeit(lambda: fal.flash_attn_varlen_func(q, k, v, cu, cu, mx, mx, causal=True), repeats)
     tp = timeit(lambda: fal.flash_attn_func(*pad, causal=True), repeats)
-    return ["| varlen, 8 sequences (16..2048 tokens), causal bf16 H8 D64 | ms |", "|---|---|",
-            f"| packed (flash_attn_varlen_func) | {tv * 1e3:.1f} |",
-            f"| padded to 2048 (flash_attn_func) | {tp * 1e3:.1f} |",
-            f"| padded / packed | {tp / tv:.2f}× |"]
+    return [
+        "| varlen, 8 sequences (16..2048 tokens), causal bf16 H8 D64 | ms |",
+        "|---|---|",
+        f"| packed (flash_attn_varlen_func) | {tv * 1e3:.1f} |",
+        f"| padded to 2048 (flash_attn_func) | {tp * 1e3:.1f} |",
+        f"| padded / packed | {tp / tv:.2f}× |",
+    ]
 
 
 def kvcache_rows(repeats: int) -> list[str]:
     b, h, h_kv, d, n = 4, 32, 8, 128, 8192
-    rows = ["| KV cache decode, B4 H32 (H_kv 8) D128, 8192 keys, bf16 | µs | GB/s | × contiguous |", "|---|---|---|---|"]
+    rows = [
+        "| KV cache decode, B4 H32 (H_kv 8) D128, 8192 keys, bf16 | µs | GB/s | × contiguous |",
+        "|---|---|---|---|",
+    ]
     q = torch.randn(b, 1, h, d, dtype=torch.bfloat16)
     kc, vc = (torch.randn(b, n, h_kv, d, dtype=torch.bfloat16) for _ in range(2))
     seqlens = torch.full((b,), n, dtype=torch.int32)
@@ -142,8 +171,9 @@ def kvcache_rows(repeats: int) -> list[str]:
         vp[perm.flatten().long()] = vc.reshape(b * npg, ps, h_kv, d)
         got = fal.flash_attn_with_kvcache(q, kp, vp, cache_seqlens=seqlens, block_table=perm)
         check_close(got, base, 0.0, f"paged {ps}")
-        t = timeit(lambda: fal.flash_attn_with_kvcache(q, kp, vp, cache_seqlens=seqlens, block_table=perm),
-                   repeats * 4)
+        t = timeit(
+            partial(fal.flash_attn_with_kvcache, q, kp, vp, cache_seqlens=seqlens, block_table=perm), repeats * 4
+        )
         rows.append(f"| paged, page size {ps} | {t * 1e6:.0f} | {nbytes / t / 1e9:.1f} | {t / tc:.2f} |")
     return rows
 
@@ -156,10 +186,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    lines = [f"# flashattn_lite feature costs ({time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
-             f"ISA {fal.cpu_isa()}, torch {torch.__version__}; median of {args.repeats}.",
-             "Command: `python bench/feature_bench.py`", ""]
+    lines = [
+        f"# flashattn_lite feature costs ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"ISA {fal.cpu_isa()}, torch {torch.__version__}; median of {args.repeats}.",
+        "Command: `python bench/feature_bench.py`",
+        "",
+    ]
     for part in (window_rows, feature_rows, varlen_rows, kvcache_rows):
         rows = part(args.repeats)
         print("\n".join(rows), flush=True)

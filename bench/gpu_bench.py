@@ -6,12 +6,14 @@ JSON list of rows and prints a table. FLOPs: fwd 4*B*H*N*N*D (halved for causal)
 Decode rows report GB/s: bytes of K and V read (plus q and out), over the median time.
 Usage: python bench/gpu_bench.py [--out results.json] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +22,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import flashattn_lite as fal
 from flashattn_lite.reference import sdpa_ref
 
-BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-            "cudnn": SDPBackend.CUDNN_ATTENTION}
+BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
 _L2 = None
 
 
@@ -55,7 +60,13 @@ def provider_fn(name: str):
     def run(q, k, v, is_causal=False, enable_gqa=False):
         with sdpa_kernel(BACKENDS[name]):
             return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=enable_gqa)
+
     return run
+
+
+def _fwd_bwd(fn, qg, kg, vg, do, causal: bool) -> None:
+    o = fn(qg, kg, vg, is_causal=causal)
+    torch.autograd.grad(o, (qg, kg, vg), do)
 
 
 def check(fn, q, k, v, causal: bool) -> tuple[bool, float]:
@@ -99,14 +110,10 @@ def main() -> None:
                                 rows.append(row)
                                 continue
                             if mode == "fwd":
-                                run = lambda: fn(q, k, v, is_causal=causal)  # noqa: E731
+                                run = partial(fn, q, k, v, is_causal=causal)
                             else:
                                 qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-                                do = torch.randn_like(q)
-
-                                def run():
-                                    o = fn(qg, kg, vg, is_causal=causal)
-                                    torch.autograd.grad(o, (qg, kg, vg), do)
+                                run = partial(_fwd_bwd, fn, qg, kg, vg, torch.randn_like(q), causal)
                             t = time_ms(run)
                             ms = statistics.median(t)
                             row.update(status="ok", ms=ms, ms_min=min(t), ms_max=max(t), tflops=flops / ms / 1e9)
@@ -128,7 +135,7 @@ def main() -> None:
                 if not ok:
                     row["status"] = "WRONG"
                 else:
-                    t = time_ms(lambda: fn(q, k, v, enable_gqa=h_kv < h))
+                    t = time_ms(partial(fn, q, k, v, enable_gqa=h_kv < h))
                     ms = statistics.median(t)
                     row.update(status="ok", ms=ms, ms_min=min(t), ms_max=max(t), gbps=nbytes / ms / 1e6)
             except Exception as e:
@@ -140,10 +147,16 @@ def main() -> None:
     t = statistics.median(time_ms(lambda: y.copy_(x), repeats=5))
     copy_gbps = 2 * x.numel() / t / 1e6
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  copy bandwidth {copy_gbps:.0f} GB/s")
-    print(f"{'mode':8s} {'D':>4s} {'N':>6s} {'causal/shape':>12s} " + " ".join(f"{p:>15s}" for p in providers) + "  (TFLOP/s; decode GB/s)")
+    print(
+        f"{'mode':8s} {'D':>4s} {'N':>6s} {'causal/shape':>12s} "
+        + " ".join(f"{p:>15s}" for p in providers)
+        + "  (TFLOP/s; decode GB/s)"
+    )
+
     def key_of(r):
         tag = f"B{r['b']}H{r['h']}/{r.get('h_kv', r['h'])}" if r["mode"] == "decode" else str(r["causal"])
         return (r["mode"], r["d"], r["n"], tag)
+
     keys = sorted({key_of(r) for r in rows})
     for key in keys:
         cells = []
@@ -163,8 +176,17 @@ def main() -> None:
         print(f"{key[0]:8s} {key[1]:4d} {key[2]:6d} {key[3]:>12s} " + " ".join(cells) + extra)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, copy_gbps=copy_gbps,
-                           time=time.strftime("%Y-%m-%d %H:%M:%S"), rows=rows), f, indent=1)
+            json.dump(
+                dict(
+                    device=torch.cuda.get_device_name(),
+                    torch=torch.__version__,
+                    copy_gbps=copy_gbps,
+                    time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                    rows=rows,
+                ),
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # Usage: bash bench/gpu_check.sh OUTDIR      (full logs in OUTDIR, a short summary printed last)
 # OUTDIR receives 8 files (the device tool brings back at most 8): env.log, build.log,
 # pytest_cuda.log, sanitizers.log, bench.log, bench.json, profiler.log, profiler.json.
-# Each step is time-boxed so the whole script stays under ~8 minutes; FAL_GPU_QUICK=1 shortens
+# Each step is time-boxed so the whole script stays under ~8 minutes; FLASHATTN_LITE_GPU_QUICK=1 shortens
 # the benchmark.
 set -uo pipefail
 OUT=${1:?usage: bash bench/gpu_check.sh OUTDIR}
@@ -36,8 +36,8 @@ step build 400 $PY -m pip install --no-build-isolation --no-deps -v . || { tail 
 ( cd /tmp && $PY -c "import flashattn_lite as f, json; print(json.dumps(f.build_info()))" ) >> "$OUT/env.log" 2>&1
 step pytest_cuda 300 $PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py -p no:cacheprovider
 step sanitizers 300 sh -c "compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py && compute-sanitizer --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py"
-BENCH_ARGS=(--bwd-max-n ${FAL_BWD_MAX_N:-16384})
-[ "${FAL_GPU_QUICK:-0}" = 1 ] && BENCH_ARGS+=(--quick)
+BENCH_ARGS=(--bwd-max-n ${FLASHATTN_LITE_BWD_MAX_N:-16384})
+[ "${FLASHATTN_LITE_GPU_QUICK:-0}" = 1 ] && BENCH_ARGS+=(--quick)
 step bench 300 $PY bench/gpu_bench.py --out "$OUT/bench.json" "${BENCH_ARGS[@]}"
 # the profiler CLI's CUDA path (events, L2 flush, NVTX, every SDPA backend); raw rows kept
 prof_dir=$(mktemp -d)

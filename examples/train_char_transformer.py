@@ -6,14 +6,15 @@ speedup, checks that the two loss curves agree, and saves both curves to a plot.
 
 The text is Python's own standard-library source (always there, no download).
 """
+
 from __future__ import annotations
 
 import argparse
 import inspect
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +32,19 @@ def fal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-                                         enable_gqa=True)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+    )
     return out.transpose(1, 2)
 
 
 def corpus() -> str:
-    import collections, functools, json, pathlib, argparse as ap  # noqa: E401
+    import argparse as ap
+    import collections  # noqa: E401
+    import functools
+    import json
+    import pathlib
+
     return "".join(inspect.getsource(m) for m in (collections, functools, json.decoder, pathlib, ap))
 
 
@@ -53,8 +60,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split([self.heads * self.hd, self.kv_heads * self.hd,
-                                               self.kv_heads * self.hd], -1)
+        q, k, v = self.qkv(self.ln1(x)).split(
+            [self.heads * self.hd, self.kv_heads * self.hd, self.kv_heads * self.hd], -1
+        )
         q = apply_rotary(q.view(b, s, self.heads, self.hd), cos, sin, pos, False)
         k = apply_rotary(k.view(b, s, self.kv_heads, self.hd), cos, sin, pos, False)
         v = v.view(b, s, self.kv_heads, self.hd)
@@ -90,8 +98,8 @@ def train(attn: AttnFn, data: torch.Tensor, vocab: int, args: argparse.Namespace
     losses, t_total = [], 0.0
     for step in range(args.steps):
         starts = torch.randint(0, len(data) - args.ctx - 1, (args.batch,), generator=gen)
-        x = torch.stack([data[s:s + args.ctx] for s in starts])
-        y = torch.stack([data[s + 1:s + 1 + args.ctx] for s in starts])
+        x = torch.stack([data[s : s + args.ctx] for s in starts])
+        y = torch.stack([data[s + 1 : s + 1 + args.ctx] for s in starts])
         t0 = time.perf_counter()
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
@@ -120,8 +128,10 @@ def main() -> None:
     text = corpus()
     chars = sorted(set(text))
     data = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
-    print(f"corpus: {len(text)} chars, vocab {len(chars)}; model dim {args.dim}, {args.layers} layers, "
-          f"{args.heads} heads ({args.kv_heads} kv), context {args.ctx}, batch {args.batch}, {args.steps} steps")
+    print(
+        f"corpus: {len(text)} chars, vocab {len(chars)}; model dim {args.dim}, {args.layers} layers, "
+        f"{args.heads} heads ({args.kv_heads} kv), context {args.ctx}, batch {args.batch}, {args.steps} steps"
+    )
     runs = {}
     for name, fn in (("flashattn_lite", fal_attention), ("torch SDPA", sdpa_attention)):
         losses, per_step = train(fn, data, len(chars), args)
@@ -132,8 +142,10 @@ def main() -> None:
     print(f"speedup (time per training step): {tb / ta:.2f}x; max |loss difference| over the run: {gap:.4f}")
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, (losses, per_step) in runs.items():
             ax.plot(losses, label=f"{name} ({per_step * 1e3:.0f} ms/step)", alpha=0.8)

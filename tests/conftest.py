@@ -1,4 +1,5 @@
 """Shared helpers: the numerical rule and random inputs (never zeros)."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,14 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
-def assert_rule(out: torch.Tensor, ref: torch.Tensor, same_dtype: torch.Tensor, factor: float = 2.0,
-                what: str = "out", n_terms: int = 1024) -> None:
+def assert_rule(
+    out: torch.Tensor,
+    ref: torch.Tensor,
+    same_dtype: torch.Tensor,
+    factor: float = 2.0,
+    what: str = "out",
+    n_terms: int = 1024,
+) -> None:
     """flash-attn's rule: max|out - ref| <= factor * max|same_dtype - ref| + noise, with
     noise = (eps(dtype) + sqrt(n_terms) * eps(accumulator)) * max(1, |ref|).
 
@@ -41,6 +48,17 @@ def assert_rule(out: torch.Tensor, ref: torch.Tensor, same_dtype: torch.Tensor, 
     scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
     bound = factor * err_same + (EPS[out.dtype] + n_terms**0.5 * ACC_EPS[out.dtype]) * scale
     assert err <= bound, f"{what}: max err {err:.3e} > bound {bound:.3e} (same-dtype err {err_same:.3e})"
+
+
+def slow(*values):
+    """A parametrize entry that only the full run takes: marked ``slow``, which the quick loop
+    (``pytest -m "not slow and not property" tests``) deselects."""
+    return pytest.param(*values, marks=pytest.mark.slow)
+
+
+# DTYPES with fp64 and fp16 marked slow (same test ids): the quick loop keeps fp32 and bf16, the
+# dtypes of the SIMD kernels, in the large grids.
+DTYPES_THIN = [torch.float32, slow(torch.float64), torch.bfloat16, slow(torch.float16)]
 
 
 def randn(shape, dtype, device="cpu", requires_grad=False, gen=None):
@@ -67,3 +85,50 @@ def isa(request):
     flashattn_lite._C._set_cpu_isa(request.param)
     yield request.param
     flashattn_lite._C._set_cpu_isa(before)
+
+
+# Direct calls of the ops by keyword, every argument named in the schema (csrc/torch/module.cpp):
+# neutral values for the optional ones, overridden per call.
+OP_NEUTRAL = dict(
+    attn_mask=None,
+    alibi_slopes=None,
+    cu_seqlens_q=None,
+    cu_seqlens_k=None,
+    seqused_k=None,
+    block_table=None,
+    rng_state=None,
+    max_seqlen_q=-1,
+    max_seqlen_k=-1,
+    softmax_scale=1.0,
+    causal=False,
+    bottom_right=True,
+    window_left=-1,
+    window_right=-1,
+    softcap=0.0,
+    dropout_p=0.0,
+    num_splits=0,
+    deterministic=False,
+    dlse=None,
+    mask_grad=False,
+)
+
+
+def op_kwargs(op, **given):
+    """Keyword arguments for `op` (a torch.ops.flashattn_lite overload): `given`, then OP_NEUTRAL for
+    the schema's other arguments; fails when the schema names an argument neither provides."""
+    names = [a.name for a in op._schema.arguments]
+    missing = [n for n in names if n not in given and n not in OP_NEUTRAL]
+    assert not missing, f"{op}: no value for {missing}"
+    unknown = set(given) - set(names)
+    assert not unknown, f"{op} has no argument {sorted(unknown)}"
+    return {n: given[n] if n in given else OP_NEUTRAL[n] for n in names}
+
+
+def call_fwd(q, k, v, **kw):
+    op = torch.ops.flashattn_lite.fwd.default
+    return op(**op_kwargs(op, q=q, k=k, v=v, **kw))
+
+
+def call_bwd(dout, q, k, v, out, softmax_lse, **kw):
+    op = torch.ops.flashattn_lite.bwd.default
+    return op(**op_kwargs(op, dout=dout, q=q, k=k, v=v, out=out, softmax_lse=softmax_lse, **kw))

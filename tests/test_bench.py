@@ -1,11 +1,11 @@
 """The profiling CLI: checks before timing, outputs, profiler trace, argument errors."""
+
 from __future__ import annotations
 
 import csv
 import json
 
 import pytest
-import torch
 
 from flashattn_lite import bench
 
@@ -24,12 +24,36 @@ def test_help(capsys):
         assert word in out
 
 
+@pytest.mark.slow
 def test_grid_outputs(tmp_path, capsys):
     out = tmp_path / "res"
-    rc = bench.main(["--mode", "fwd,bwd,fwd+bwd,decode", "--dtypes", "fp32,bf16", "--seqlens", "64,128",
-                     "--head-dims", "16", "--heads", "4", "--heads-kv", "2", "--causal", "both",
-                     "--providers", "flashattn_lite,sdpa-math", "--repeats", "2", "--warmup", "1",
-                     "--no-progress", "--out", str(out)])
+    rc = bench.main(
+        [
+            "--mode",
+            "fwd,bwd,fwd+bwd,decode",
+            "--dtypes",
+            "fp32,bf16",
+            "--seqlens",
+            "64,128",
+            "--head-dims",
+            "16",
+            "--heads",
+            "4",
+            "--heads-kv",
+            "2",
+            "--causal",
+            "both",
+            "--providers",
+            "flashattn_lite,sdpa-math",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     data = json.loads((out / "results.json").read_text())
     rows = data["rows"]
@@ -41,8 +65,21 @@ def test_grid_outputs(tmp_path, capsys):
         assert r["gflops"] > 0 and r["pct_roofline"] > 0 and r["speedup"] > 0
     decode = [r for r in ours if r["mode"] == "decode"]
     assert decode and all(r["s_q"] == 1 for r in decode)
-    assert {"provider", "mode", "dtype", "s_q", "s_k", "d", "ms_median", "gflops", "gbps", "pct_roofline",
-            "speedup", "threads_or_isa", "device"} <= set(rows[0])
+    assert {
+        "provider",
+        "mode",
+        "dtype",
+        "s_q",
+        "s_k",
+        "d",
+        "ms_median",
+        "gflops",
+        "gbps",
+        "pct_roofline",
+        "speedup",
+        "threads_or_isa",
+        "device",
+    } <= set(rows[0])
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (out / "throughput.png").stat().st_size > 1000
@@ -54,8 +91,21 @@ def test_wrong_provider_is_reported_not_timed(monkeypatch, capsys):
         return v[:, :, : q.shape[2]] * 1.5
 
     monkeypatch.setitem(bench.PROVIDERS, "sdpa-math", lambda: wrong)
-    bench.main(["--seqlens", "64", "--head-dims", "16", "--dtypes", "fp32", "--providers", "flashattn_lite,sdpa-math",
-                "--repeats", "2", "--no-progress"])
+    bench.main(
+        [
+            "--seqlens",
+            "64",
+            "--head-dims",
+            "16",
+            "--dtypes",
+            "fp32",
+            "--providers",
+            "flashattn_lite,sdpa-math",
+            "--repeats",
+            "2",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("sdpa-math"))
     assert "WRONG" in line
@@ -63,8 +113,23 @@ def test_wrong_provider_is_reported_not_timed(monkeypatch, capsys):
 
 def test_profile_trace_names_the_op(tmp_path):
     trace = tmp_path / "trace.json"
-    bench.main(["--seqlens", "64", "--head-dims", "16", "--dtypes", "fp32", "--providers", "flashattn_lite",
-                "--repeats", "1", "--no-progress", "--profile", str(trace)])
+    bench.main(
+        [
+            "--seqlens",
+            "64",
+            "--head-dims",
+            "16",
+            "--dtypes",
+            "fp32",
+            "--providers",
+            "flashattn_lite",
+            "--repeats",
+            "1",
+            "--no-progress",
+            "--profile",
+            str(trace),
+        ]
+    )
     assert "flashattn_lite::fwd" in trace.read_text()
 
 
@@ -74,9 +139,15 @@ def test_peaks_are_cached(tmp_path):
     assert a == b and a["fp32_gflops"] > 0 and a["read_gbps"] > 0
 
 
-@pytest.mark.parametrize("argv,msg", [(["--mode", "sideways"], "unknown mode"), (["--dtypes", "int8"], "unknown dtype"),
-                                      (["--providers", "xformers"], "unknown provider"),
-                                      (["--seqlens-q", "1,2", "--seqlens-k", "3"], "same number")])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--mode", "sideways"], "unknown mode"),
+        (["--dtypes", "int8"], "unknown dtype"),
+        (["--providers", "xformers"], "unknown provider"),
+        (["--seqlens-q", "1,2", "--seqlens-k", "3"], "same number"),
+    ],
+)
 def test_bad_arguments(argv, msg, capsys):
     with pytest.raises(SystemExit):
         bench.main(argv)

@@ -1,15 +1,17 @@
 """CUDA: the same reference and numerical rule as the CPU tests. Skipped only without a GPU
 (or a build without CUDA); run on a GPU by bench/gpu_check.sh."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import DTYPES, HAS_CUDA, assert_rule, randn
 from flashattn_lite import flash_attn_func, scaled_dot_product_attention
 from flashattn_lite.reference import attention_ref, sdpa_ref
 
-pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
+from conftest import DTYPES, HAS_CUDA, assert_rule, randn
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")]
 DEV = "cuda"
 
 
@@ -104,10 +106,16 @@ GRAD_CASES = [(dt, s) for dt in DTYPES for s in GRAD_SEQS if not (dt == torch.fl
 def test_cuda_gradients(dtype, seqs, d, causal):
     s_q, s_k = seqs
     h, h_kv = 4, 2
-    q, k, v = randn((2, s_q, h, d), dtype, DEV), randn((2, s_k, h_kv, d), dtype, DEV), randn((2, s_k, h_kv, d), dtype, DEV)
+    q, k, v = (
+        randn((2, s_q, h, d), dtype, DEV),
+        randn((2, s_k, h_kv, d), dtype, DEV),
+        randn((2, s_k, h_kv, d), dtype, DEV),
+    )
     dout = randn((2, s_q, h, d), dtype, DEV)
     ours = _grads(lambda q, k, v: flash_attn_func(q, k, v, causal=causal), q, k, v, dout)
-    ref = _grads(lambda q, k, v: attention_ref(q, k, v, causal=causal)[0], q.double(), k.double(), v.double(), dout.double())
+    ref = _grads(
+        lambda q, k, v: attention_ref(q, k, v, causal=causal)[0], q.double(), k.double(), v.double(), dout.double()
+    )
     same = _grads(lambda q, k, v: attention_ref(q, k, v, causal=causal, upcast=False)[0], q, k, v, dout)
     factor = 3.0 if dtype in (torch.bfloat16, torch.float16) else 2.0
     for name, a, r, s in zip(("out", "dq", "dk", "dv"), ours, ref, same):
@@ -119,7 +127,9 @@ def test_cuda_gradients(dtype, seqs, d, causal):
 def test_cuda_gradients_long(dtype, n, d, causal):
     q, k, v, dout = (randn((1, n, 2, d), dtype, DEV) for _ in range(4))
     ours = _grads(lambda q, k, v: flash_attn_func(q, k, v, causal=causal), q, k, v, dout)
-    ref = _grads(lambda q, k, v: attention_ref(q, k, v, causal=causal)[0], q.double(), k.double(), v.double(), dout.double())
+    ref = _grads(
+        lambda q, k, v: attention_ref(q, k, v, causal=causal)[0], q.double(), k.double(), v.double(), dout.double()
+    )
     same = _grads(lambda q, k, v: attention_ref(q, k, v, causal=causal, upcast=False)[0], q, k, v, dout)
     for name, a, r, s in zip(("out", "dq", "dk", "dv"), ours, ref, same):
         assert_rule(a, r, s, factor=3.0, what=name, n_terms=n)
@@ -128,11 +138,15 @@ def test_cuda_gradients_long(dtype, n, d, causal):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_cuda_deterministic_backward(dtype):
     q, k, v, dout = (randn((2, 333, 4, 64), dtype, DEV) for _ in range(4))
-    runs = [_grads(lambda q, k, v: flash_attn_func(q, k, v, causal=True, deterministic=True), q, k, v, dout)
-            for _ in range(2)]
+    runs = [
+        _grads(lambda q, k, v: flash_attn_func(q, k, v, causal=True, deterministic=True), q, k, v, dout)
+        for _ in range(2)
+    ]
     for a, b in zip(*runs):
         assert torch.equal(a, b)
-    ref = _grads(lambda q, k, v: attention_ref(q, k, v, causal=True)[0], q.double(), k.double(), v.double(), dout.double())
+    ref = _grads(
+        lambda q, k, v: attention_ref(q, k, v, causal=True)[0], q.double(), k.double(), v.double(), dout.double()
+    )
     same = _grads(lambda q, k, v: attention_ref(q, k, v, causal=True, upcast=False)[0], q, k, v, dout)
     for name, a, r, s in zip(("out", "dq", "dk", "dv"), runs[0], ref, same):
         assert_rule(a, r, s, factor=3.0, what=name)
@@ -215,9 +229,14 @@ def test_cuda_decode_split_kv_and_gqa_packing(dtype, h, h_kv, s_k, causal):
 
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 7, 64])
 def test_cuda_explicit_num_splits(num_splits):
-    q, k, v = randn((1, 3, 4, 64), torch.bfloat16, DEV), randn((1, 3000, 4, 64), torch.bfloat16, DEV), randn((1, 3000, 4, 64), torch.bfloat16, DEV)
-    out, lse = torch.ops.flashattn_lite.fwd(q, k, v, None, None, None, None, None, None, None, -1, -1, 0.125, True,
-                                            True, -1, -1, 0.0, 0.0, num_splits)
+    q, k, v = (
+        randn((1, 3, 4, 64), torch.bfloat16, DEV),
+        randn((1, 3000, 4, 64), torch.bfloat16, DEV),
+        randn((1, 3000, 4, 64), torch.bfloat16, DEV),
+    )
+    out, lse = torch.ops.flashattn_lite.fwd(
+        q, k, v, None, None, None, None, None, None, None, -1, -1, 0.125, True, True, -1, -1, 0.0, 0.0, num_splits
+    )
     ref, ref_lse = attention_ref(q, k, v, softmax_scale=0.125, causal=True)
     same, _ = attention_ref(q, k, v, softmax_scale=0.125, causal=True, upcast=False)
     assert_rule(out, ref, same, n_terms=3000)
@@ -226,7 +245,11 @@ def test_cuda_explicit_num_splits(num_splits):
 
 def test_cuda_decode_sdpa_top_left_causal():
     # SDPA's is_causal with one query: the query sees key 0 only
-    q, k, v = randn((2, 8, 1, 64), torch.bfloat16, DEV), randn((2, 2, 500, 64), torch.bfloat16, DEV), randn((2, 2, 500, 64), torch.bfloat16, DEV)
+    q, k, v = (
+        randn((2, 8, 1, 64), torch.bfloat16, DEV),
+        randn((2, 2, 500, 64), torch.bfloat16, DEV),
+        randn((2, 2, 500, 64), torch.bfloat16, DEV),
+    )
     out = scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     expect = v[:, :, :1].repeat_interleave(4, dim=1)
     assert torch.allclose(out.float(), expect.float(), atol=1e-2)

@@ -1,11 +1,13 @@
 """Bad input raises a clear Python exception naming the argument and the rule."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import randn
 from flashattn_lite import flash_attn_func, flash_attn_qkvpacked_func, scaled_dot_product_attention
+
+from conftest import call_bwd, call_fwd, randn
 
 
 def qkv(b=1, s_q=8, s_k=8, h=2, h_kv=2, d=16, dtype=torch.float32):
@@ -33,8 +35,7 @@ def test_rank():
 def test_rank_direct_op():
     q, k, v = qkv()
     with pytest.raises(ValueError, match=r"k must have 4 dims"):
-        torch.ops.flashattn_lite.fwd(q, k[0], v, None, None, None, None, None, None, None, -1, -1, 1.0, False,
-                                     True, -1, -1, 0.0, 0.0, 0)
+        call_fwd(q, k[0], v)
 
 
 def test_batch_mismatch():
@@ -70,8 +71,7 @@ def test_window():
 def test_window_direct_op():
     q, k, v = qkv()
     with pytest.raises(ValueError, match=r"window_size must be \(left, right\) with each >= -1"):
-        torch.ops.flashattn_lite.fwd(q, k, v, None, None, None, None, None, None, None, -1, -1, 1.0, False,
-                                     True, -5, -1, 0.0, 0.0, 0)
+        call_fwd(q, k, v, window_left=-5)
 
 
 def test_scale_not_finite():
@@ -80,47 +80,47 @@ def test_scale_not_finite():
         flash_attn_func(q, k, v, softmax_scale=float("nan"))
 
 
-@pytest.mark.parametrize("kw,exc,msg", [
-    ({"softcap": -1.0}, ValueError, r"softcap must be >= 0 and finite"),
-    ({"softcap": float("inf")}, ValueError, r"softcap must be >= 0 and finite"),
-    ({"dropout_p": 1.0}, ValueError, r"dropout_p must be in \[0, 1\)"),
-    ({"dropout_p": -0.1}, ValueError, r"dropout_p must be in \[0, 1\)"),
-    ({"alibi_slopes": torch.ones(3)}, ValueError, r"alibi_slopes must have shape \(heads,\) = \(2,\)"),
-    ({"alibi_slopes": torch.ones(2, 2)}, ValueError, r"alibi_slopes must have shape .*\(batch, heads\) = \(1, 2\)"),
-    ({"alibi_slopes": torch.ones(2, dtype=torch.float64)}, TypeError, r"alibi_slopes must be float32"),
-])
+@pytest.mark.parametrize(
+    "kw,exc,msg",
+    [
+        ({"softcap": -1.0}, ValueError, r"softcap must be >= 0 and finite"),
+        ({"softcap": float("inf")}, ValueError, r"softcap must be >= 0 and finite"),
+        ({"dropout_p": 1.0}, ValueError, r"dropout_p must be in \[0, 1\)"),
+        ({"dropout_p": -0.1}, ValueError, r"dropout_p must be in \[0, 1\)"),
+        ({"alibi_slopes": torch.ones(3)}, ValueError, r"alibi_slopes must have shape \(heads,\) = \(2,\)"),
+        ({"alibi_slopes": torch.ones(2, 2)}, ValueError, r"alibi_slopes must have shape .*\(batch, heads\) = \(1, 2\)"),
+        ({"alibi_slopes": torch.ones(2, dtype=torch.float64)}, TypeError, r"alibi_slopes must be float32"),
+    ],
+)
 def test_bad_feature_values(kw, exc, msg):
     q, k, v = qkv()
     with pytest.raises(exc, match=msg):
         flash_attn_func(q, k, v, **kw)
 
 
-def _fwd_op(q, k, v, **kw):
-    args = dict(attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None,
-                block_table=None, rng_state=None, max_seqlen_q=-1, max_seqlen_k=-1, softmax_scale=1.0,
-                causal=False, bottom_right=True, window_left=-1, window_right=-1, softcap=0.0, dropout_p=0.0,
-                num_splits=0)
-    args.update(kw)
-    return torch.ops.flashattn_lite.fwd(q, k, v, *args.values())
-
-
-@pytest.mark.parametrize("rng,exc,msg", [
-    (None, ValueError, r"rng_state \(int64 \[seed, offset\]\) is required when dropout_p > 0"),
-    (torch.zeros(2, dtype=torch.int32), TypeError, r"rng_state must be int64"),
-    (torch.zeros(3, dtype=torch.int64), ValueError, r"rng_state must hold 2 values"),
-])
+@pytest.mark.parametrize(
+    "rng,exc,msg",
+    [
+        (None, ValueError, r"rng_state \(int64 \[seed, offset\]\) is required when dropout_p > 0"),
+        (torch.zeros(2, dtype=torch.int32), TypeError, r"rng_state must be int64"),
+        (torch.zeros(3, dtype=torch.int64), ValueError, r"rng_state must hold 2 values"),
+    ],
+)
 def test_bad_rng_state(rng, exc, msg):
     q, k, v = qkv()
     with pytest.raises(exc, match=msg):
-        _fwd_op(q, k, v, rng_state=rng, dropout_p=0.5)
+        call_fwd(q, k, v, rng_state=rng, dropout_p=0.5)
 
 
-@pytest.mark.parametrize("mask,exc,msg", [
-    (torch.ones(8, 9, dtype=torch.bool), ValueError, r"attn_mask of shape \[8, 9\] is not broadcastable"),
-    (torch.ones(3, 2, 8, 8, dtype=torch.bool), ValueError, r"attn_mask of shape .* is not broadcastable"),
-    (torch.ones(1, 1, 1, 8, 8, dtype=torch.bool), ValueError, r"attn_mask must have at most 4 dims"),
-    (torch.ones(8, 8, dtype=torch.int64), TypeError, r"attn_mask must be bool \(True = attend\) or a floating"),
-])
+@pytest.mark.parametrize(
+    "mask,exc,msg",
+    [
+        (torch.ones(8, 9, dtype=torch.bool), ValueError, r"attn_mask of shape \[8, 9\] is not broadcastable"),
+        (torch.ones(3, 2, 8, 8, dtype=torch.bool), ValueError, r"attn_mask of shape .* is not broadcastable"),
+        (torch.ones(1, 1, 1, 8, 8, dtype=torch.bool), ValueError, r"attn_mask must have at most 4 dims"),
+        (torch.ones(8, 8, dtype=torch.int64), TypeError, r"attn_mask must be bool \(True = attend\) or a floating"),
+    ],
+)
 def test_bad_mask(mask, exc, msg):
     q = randn((1, 2, 8, 16), torch.float32)
     with pytest.raises(exc, match=msg):
@@ -135,6 +135,7 @@ def test_mask_not_a_tensor():
 
 def _varlen(cu_q, cu_k, max_q=8, max_k=8, total_q=8, total_k=8):
     from flashattn_lite import flash_attn_varlen_func
+
     q = randn((total_q, 2, 16), torch.float32)
     k = randn((total_k, 2, 16), torch.float32)
     return flash_attn_varlen_func(q, k, k, cu_q, cu_k, max_q, max_k)
@@ -143,17 +144,54 @@ def _varlen(cu_q, cu_k, max_q=8, max_k=8, total_q=8, total_k=8):
 I32 = dict(dtype=torch.int32)
 
 
-@pytest.mark.parametrize("cu_q,cu_k,kw,exc,msg", [
-    (torch.tensor([0, 4, 8]), torch.tensor([0, 4, 8], **I32), {}, TypeError, r"cu_seqlens_q must be int32"),
-    (torch.tensor([0, 5, 3], **I32), torch.tensor([0, 4, 8], **I32), {}, ValueError, r"cu_seqlens_q must be non-decreasing"),
-    (torch.tensor([1, 4, 8], **I32), torch.tensor([0, 4, 8], **I32), {}, ValueError, r"cu_seqlens_q\[0\] must be 0"),
-    (torch.tensor([0, 4, 9], **I32), torch.tensor([0, 4, 8], **I32), {}, ValueError, r"cu_seqlens_q\[-1\] = 9 is beyond the 8 packed tokens"),
-    (torch.tensor([0, 4, 8], **I32), torch.tensor([0, 4], **I32), {}, ValueError, r"cu_seqlens_k must have shape \(3,\)"),
-    (torch.tensor([0, 4, 8], **I32), torch.tensor([0, 4, 8], **I32), {"max_q": 3}, ValueError,
-     r"max_seqlen_q = 3 is smaller than the longest sequence \(4\)"),
-    (torch.tensor([0, 2, 8], **I32), torch.tensor([0, 1, 8], **I32), {"max_k": 6}, ValueError,
-     r"max_seqlen_k = 6 is smaller than the longest sequence \(7\)"),
-])
+@pytest.mark.parametrize(
+    "cu_q,cu_k,kw,exc,msg",
+    [
+        (torch.tensor([0, 4, 8]), torch.tensor([0, 4, 8], **I32), {}, TypeError, r"cu_seqlens_q must be int32"),
+        (
+            torch.tensor([0, 5, 3], **I32),
+            torch.tensor([0, 4, 8], **I32),
+            {},
+            ValueError,
+            r"cu_seqlens_q must be non-decreasing",
+        ),
+        (
+            torch.tensor([1, 4, 8], **I32),
+            torch.tensor([0, 4, 8], **I32),
+            {},
+            ValueError,
+            r"cu_seqlens_q\[0\] must be 0",
+        ),
+        (
+            torch.tensor([0, 4, 9], **I32),
+            torch.tensor([0, 4, 8], **I32),
+            {},
+            ValueError,
+            r"cu_seqlens_q\[-1\] = 9 is beyond the 8 packed tokens",
+        ),
+        (
+            torch.tensor([0, 4, 8], **I32),
+            torch.tensor([0, 4], **I32),
+            {},
+            ValueError,
+            r"cu_seqlens_k must have shape \(3,\)",
+        ),
+        (
+            torch.tensor([0, 4, 8], **I32),
+            torch.tensor([0, 4, 8], **I32),
+            {"max_q": 3},
+            ValueError,
+            r"max_seqlen_q = 3 is smaller than the longest sequence \(4\)",
+        ),
+        (
+            torch.tensor([0, 2, 8], **I32),
+            torch.tensor([0, 1, 8], **I32),
+            {"max_k": 6},
+            ValueError,
+            r"max_seqlen_k = 6 is smaller than the longest sequence \(7\)",
+        ),
+    ],
+)
 def test_bad_cu_seqlens(cu_q, cu_k, kw, exc, msg):
     with pytest.raises(exc, match=msg):
         _varlen(cu_q, cu_k, **kw)
@@ -161,6 +199,7 @@ def test_bad_cu_seqlens(cu_q, cu_k, kw, exc, msg):
 
 def test_varlen_rank():
     from flashattn_lite import flash_attn_varlen_func
+
     q = randn((1, 8, 2, 16), torch.float32)
     cu = torch.tensor([0, 8], dtype=torch.int32)
     with pytest.raises(ValueError, match=r"q must have 3 dims \(total_q, heads, head_dim\)"):
@@ -170,13 +209,13 @@ def test_varlen_rank():
 def test_cu_seqlens_alone_direct_op():
     q, k, v = qkv()
     with pytest.raises(ValueError, match=r"cu_seqlens_q and cu_seqlens_k must be given together"):
-        _fwd_op(q, k, v, cu_seqlens_q=torch.zeros(2, dtype=torch.int32))
+        call_fwd(q, k, v, cu_seqlens_q=torch.zeros(2, dtype=torch.int32))
 
 
 def test_seqused_k_out_of_range():
     q, k, v = qkv(b=2)
     with pytest.raises(ValueError, match=r"seqused_k\[1\] = 9 must be in \[0, 8\]"):
-        _fwd_op(q, k, v, seqused_k=torch.tensor([3, 9], dtype=torch.int32))
+        call_fwd(q, k, v, seqused_k=torch.tensor([3, 9], dtype=torch.int32))
 
 
 def test_qkvpacked_shape():
@@ -203,20 +242,16 @@ def test_sdpa_rank():
 
 def test_bwd_bad_lse_shape():
     q, k, v = qkv()
-    out, lse = torch.ops.flashattn_lite.fwd(q, k, v, None, None, None, None, None, None, None, -1, -1, 1.0,
-                                            False, True, -1, -1, 0.0, 0.0, 0)
+    out, lse = call_fwd(q, k, v)
     with pytest.raises(ValueError, match=r"softmax_lse must have shape"):
-        torch.ops.flashattn_lite.bwd(out, None, q, k, v, out, lse[:, :1], None, None, None, None, None, None,
-                                     -1, -1, 1.0, False, True, -1, -1, 0.0, 0.0, False)
+        call_bwd(out, q, k, v, out, lse[:, :1])
 
 
 def test_bwd_bad_lse_dtype():
     q, k, v = qkv()
-    out, lse = torch.ops.flashattn_lite.fwd(q, k, v, None, None, None, None, None, None, None, -1, -1, 1.0,
-                                            False, True, -1, -1, 0.0, 0.0, 0)
+    out, lse = call_fwd(q, k, v)
     with pytest.raises(TypeError, match=r"softmax_lse must be Float"):
-        torch.ops.flashattn_lite.bwd(out, None, q, k, v, out, lse.double(), None, None, None, None, None, None,
-                                     -1, -1, 1.0, False, True, -1, -1, 0.0, 0.0, False)
+        call_bwd(out, q, k, v, out, lse.double())
 
 
 def test_not_a_tensor():

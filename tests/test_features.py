@@ -3,6 +3,7 @@
 Each against the fp64 reference (flashattn_lite.reference) under the numerical rule, forward and
 backward, plus fp64 gradcheck for every trainable feature.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,10 +11,16 @@ import math
 import pytest
 import torch
 
-from conftest import assert_rule, max_err, randn
-from flashattn_lite import (flash_attn_func, flash_attn_varlen_func, flash_attn_varlen_kvpacked_func,
-                            flash_attn_varlen_qkvpacked_func, scaled_dot_product_attention)
+from flashattn_lite import (
+    flash_attn_func,
+    flash_attn_varlen_func,
+    flash_attn_varlen_kvpacked_func,
+    flash_attn_varlen_qkvpacked_func,
+    scaled_dot_product_attention,
+)
 from flashattn_lite.reference import attention_ref, sdpa_ref, varlen_ref
+
+from conftest import assert_rule, max_err, randn, slow
 
 LOW = (torch.bfloat16, torch.float16)
 
@@ -37,37 +44,42 @@ def _check_fwd_bwd(ours_fn, ref_fn, tensors, dout, names=("out", "dq", "dk", "dv
 
 
 def _qkv(b, s_q, s_k, h, h_kv, d, dtype, d_v=None):
-    return (randn((b, s_q, h, d), dtype), randn((b, s_k, h_kv, d), dtype),
-            randn((b, s_k, h_kv, d_v or d), dtype))
+    return (randn((b, s_q, h, d), dtype), randn((b, s_k, h_kv, d), dtype), randn((b, s_k, h_kv, d_v or d), dtype))
 
 
 # ---- softcap and ALiBi ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize("s_q,s_k,d", [(97, 97, 40), (1, 130, 64), (33, 70, 111), (70, 33, 59)])
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, slow(torch.float16), slow(torch.float64)])
+@pytest.mark.parametrize("s_q,s_k,d", [slow(97, 97, 40), slow(1, 130, 64), slow(33, 70, 111), (70, 33, 59)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_softcap(dtype, s_q, s_k, d, causal, isa):
     q, k, v = _qkv(1, s_q, s_k, 4, 2, d, dtype)
     q = q * 3  # scores large enough for the cap to bend them
     dout = randn(q.shape, dtype)
-    _check_fwd_bwd(lambda q, k, v: flash_attn_func(q, k, v, causal=causal, softcap=1.5),
-                   lambda q, k, v, upcast: attention_ref(q, k, v, causal=causal, softcap=1.5, upcast=upcast)[0],
-                   (q, k, v), dout)
+    _check_fwd_bwd(
+        lambda q, k, v: flash_attn_func(q, k, v, causal=causal, softcap=1.5),
+        lambda q, k, v, upcast: attention_ref(q, k, v, causal=causal, softcap=1.5, upcast=upcast)[0],
+        (q, k, v),
+        dout,
+    )
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, slow(torch.float64)])
 @pytest.mark.parametrize("per_batch", [False, True])
-@pytest.mark.parametrize("s_q,s_k", [(97, 97), (5, 200), (64, 17), (1, 33)])
+@pytest.mark.parametrize("s_q,s_k", [slow(97, 97), slow(5, 200), slow(64, 17), (1, 33)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_alibi(dtype, per_batch, s_q, s_k, causal, isa):
     b, h = 2, 4
     q, k, v = _qkv(b, s_q, s_k, h, 1, 40, dtype)
     slopes = torch.rand((b, h) if per_batch else (h,)) * 0.5
     dout = randn(q.shape, dtype)
-    _check_fwd_bwd(lambda q, k, v: flash_attn_func(q, k, v, causal=causal, alibi_slopes=slopes),
-                   lambda q, k, v, upcast: attention_ref(q, k, v, causal=causal, alibi_slopes=slopes,
-                                                         upcast=upcast)[0],
-                   (q, k, v), dout)
+    _check_fwd_bwd(
+        lambda q, k, v: flash_attn_func(q, k, v, causal=causal, alibi_slopes=slopes),
+        lambda q, k, v, upcast: attention_ref(q, k, v, causal=causal, alibi_slopes=slopes, upcast=upcast)[0],
+        (q, k, v),
+        dout,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -76,26 +88,33 @@ def test_combination_gqa_window_softcap_alibi(dtype, isa):
     slopes = torch.rand(8) * 0.2
     dout = randn(q.shape, dtype)
     kw = dict(window_size=(40, 7), softcap=3.0, alibi_slopes=slopes)
-    _check_fwd_bwd(lambda q, k, v: flash_attn_func(q, k, v, **kw),
-                   lambda q, k, v, upcast: attention_ref(q, k, v, upcast=upcast, **kw)[0], (q, k, v), dout)
+    _check_fwd_bwd(
+        lambda q, k, v: flash_attn_func(q, k, v, **kw),
+        lambda q, k, v, upcast: attention_ref(q, k, v, upcast=upcast, **kw)[0],
+        (q, k, v),
+        dout,
+    )
 
 
+@pytest.mark.slow
 def test_gradcheck_softcap_alibi_fp64(isa):
     q = randn((2, 9, 4, 5), torch.float64, requires_grad=True)
     k = randn((2, 11, 2, 5), torch.float64, requires_grad=True)
     v = randn((2, 11, 2, 6), torch.float64, requires_grad=True)
     slopes = torch.rand(2, 4) * 0.5
     assert torch.autograd.gradcheck(
-        lambda q, k, v: flash_attn_func(q * 2, k, v, causal=True, softcap=0.7, alibi_slopes=slopes), (q, k, v))
+        lambda q, k, v: flash_attn_func(q * 2, k, v, causal=True, softcap=0.7, alibi_slopes=slopes), (q, k, v)
+    )
 
 
 # ---- attn_mask (SDPA) -------------------------------------------------------------------------
+
 
 def _sdpa_qkv(b, h, h_kv, s_q, s_k, d, dtype):
     return (randn((b, h, s_q, d), dtype), randn((b, h_kv, s_k, d), dtype), randn((b, h_kv, s_k, d), dtype))
 
 
-MASK_SHAPES = [(2, 3, 37, 70), (37, 70), (1, 3, 37, 70), (2, 1, 1, 70), (37, 1), (3, 1, 70)]
+MASK_SHAPES = [(2, 3, 37, 70), slow((37, 70)), slow((1, 3, 37, 70)), slow((2, 1, 1, 70)), (37, 1), slow((3, 1, 70))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
@@ -104,8 +123,12 @@ def test_bool_mask(dtype, shape, isa):
     q, k, v = _sdpa_qkv(2, 3, 3, 37, 70, 40, dtype)
     mask = torch.rand(shape) > 0.3
     dout = randn(q.shape, dtype)
-    _check_fwd_bwd(lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=mask),
-                   lambda q, k, v, upcast: sdpa_ref(q, k, v, attn_mask=mask, upcast=upcast), (q, k, v), dout)
+    _check_fwd_bwd(
+        lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        lambda q, k, v, upcast: sdpa_ref(q, k, v, attn_mask=mask, upcast=upcast),
+        (q, k, v),
+        dout,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -115,10 +138,14 @@ def test_float_mask_with_grad(dtype, shape, isa):
     mask = randn(shape, dtype)
     mask = mask.masked_fill(torch.rand(shape) < 0.2, float("-inf"))
     dout = randn(q.shape, dtype)
-    _check_fwd_bwd(lambda q, k, v, m: scaled_dot_product_attention(q, k, v, attn_mask=m),
-                   lambda q, k, v, m, upcast: sdpa_ref(q, k, v, attn_mask=m, upcast=upcast),
-                   (q, k, v, mask), dout, names=("out", "dq", "dk", "dv", "dmask"),
-                   n_terms=2 * 3 * 37 * 70)  # a broadcast mask's gradient sums over batch, heads and rows
+    _check_fwd_bwd(
+        lambda q, k, v, m: scaled_dot_product_attention(q, k, v, attn_mask=m),
+        lambda q, k, v, m, upcast: sdpa_ref(q, k, v, attn_mask=m, upcast=upcast),
+        (q, k, v, mask),
+        dout,
+        names=("out", "dq", "dk", "dv", "dmask"),
+        n_terms=2 * 3 * 37 * 70,
+    )  # a broadcast mask's gradient sums over batch, heads and rows
 
 
 def test_fully_masked_rows_give_zero(isa):
@@ -137,13 +164,13 @@ def test_fully_masked_rows_give_zero(isa):
         assert max_err(out, ref) < 1e-5
 
 
+@pytest.mark.slow
 def test_gradcheck_float_mask_fp64(isa):
     q = randn((1, 2, 7, 5), torch.float64, requires_grad=True)
     k = randn((1, 2, 9, 5), torch.float64, requires_grad=True)
     v = randn((1, 2, 9, 4), torch.float64, requires_grad=True)
     m = randn((2, 7, 9), torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda q, k, v, m: scaled_dot_product_attention(q, k, v, attn_mask=m),
-                                    (q, k, v, m))
+    assert torch.autograd.gradcheck(lambda q, k, v, m: scaled_dot_product_attention(q, k, v, attn_mask=m), (q, k, v, m))
 
 
 def test_mask_against_torch_sdpa(isa):
@@ -155,6 +182,7 @@ def test_mask_against_torch_sdpa(isa):
 
 
 # ---- dropout ----------------------------------------------------------------------------------
+
 
 def test_dropout_reproducible_with_manual_seed(isa):
     q, k, v = _qkv(2, 33, 40, 4, 2, 16, torch.float32)
@@ -168,7 +196,7 @@ def test_dropout_reproducible_with_manual_seed(isa):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("s_q,s_k", [(97, 97), (1, 300), (5, 40), (130, 65)])
+@pytest.mark.parametrize("s_q,s_k", [slow(97, 97), slow(1, 300), (5, 40), slow(130, 65)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_dropout_against_reference(dtype, s_q, s_k, causal, isa):
     q, k, v = _qkv(2, s_q, s_k, 4, 2, 40, dtype)
@@ -178,23 +206,31 @@ def test_dropout_against_reference(dtype, s_q, s_k, causal, isa):
     _, lse, probs = flash_attn_func(q, k, v, dropout_p=p, causal=causal, return_attn_probs=True)
     keep = probs >= 0  # the pattern the kernels drew (negative = dropped)
     keep2 = torch.ops.flashattn_lite.dropout_keep(
-        torch.randint(-(2 ** 63), 2 ** 63 - 1, (2,), dtype=torch.int64, generator=torch.Generator().manual_seed(1)),
-        2, 4, s_q, s_k, p)
+        torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=torch.Generator().manual_seed(1)),
+        2,
+        4,
+        s_q,
+        s_k,
+        p,
+    )
     assert keep2.shape == (2, 4, s_q, s_k)
 
     def ours(q, k, v):
         torch.manual_seed(7)
         return flash_attn_func(q, k, v, dropout_p=p, causal=causal)
 
-    _check_fwd_bwd(ours, lambda q, k, v, upcast: attention_ref(q, k, v, causal=causal, dropout_p=p,
-                                                               dropout_keep=keep, upcast=upcast)[0],
-                   (q, k, v), dout)
+    _check_fwd_bwd(
+        ours,
+        lambda q, k, v, upcast: attention_ref(q, k, v, causal=causal, dropout_p=p, dropout_keep=keep, upcast=upcast)[0],
+        (q, k, v),
+        dout,
+    )
 
 
 def test_dropout_statistics(isa):
     p = 0.3
     torch.manual_seed(0)
-    rng = torch.randint(-(2 ** 63), 2 ** 63 - 1, (2,), dtype=torch.int64)
+    rng = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64)
     keep = torch.ops.flashattn_lite.dropout_keep(rng, 2, 4, 128, 256, p)
     frac = keep.float().mean().item()
     n = keep.numel()
@@ -213,6 +249,7 @@ def test_dropout_statistics(isa):
 
 def test_dropout_same_bits_every_isa():
     import flashattn_lite
+
     q, k, v = _qkv(1, 20, 70, 2, 2, 16, torch.float32)
     outs = []
     before = flashattn_lite.cpu_isa()
@@ -237,6 +274,7 @@ def test_dropout_sdpa(isa):
     assert not torch.allclose(a, scaled_dot_product_attention(q, k, v))
 
 
+@pytest.mark.slow
 def test_gradcheck_dropout_fp64(isa):
     q = randn((1, 8, 2, 4), torch.float64, requires_grad=True)
     k = randn((1, 10, 2, 4), torch.float64, requires_grad=True)
@@ -251,14 +289,20 @@ def test_gradcheck_dropout_fp64(isa):
 
 # ---- varlen -----------------------------------------------------------------------------------
 
+
 def _cu(lengths):
     return torch.tensor([0] + list(torch.tensor(lengths).cumsum(0).tolist()), dtype=torch.int32)
 
 
-VARLEN_CASES = [([5, 1, 97, 0, 33], [7, 3, 97, 4, 1]), ([1], [1025]), ([64, 64], [64, 64]), ([40, 3], [0, 9])]
+VARLEN_CASES = [
+    slow(([5, 1, 97, 0, 33], [7, 3, 97, 4, 1])),
+    slow(([1], [1025])),
+    slow(([64, 64], [64, 64])),
+    ([40, 3], [0, 9]),
+]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, slow(torch.float64)])
 @pytest.mark.parametrize("lens", VARLEN_CASES)
 @pytest.mark.parametrize("causal", [False, True])
 def test_varlen(dtype, lens, causal, isa):
@@ -272,9 +316,12 @@ def test_varlen(dtype, lens, causal, isa):
     _check_fwd_bwd(
         lambda q, k, v: flash_attn_varlen_func(q, k, v, cq, ck, max(lq), max(lk), alibi_slopes=slopes, **kw),
         lambda q, k, v, upcast: varlen_ref(q, k, v, cq, ck, upcast=upcast, alibi_slopes=slopes, **kw)[0],
-        (q, k, v), dout)
-    _, lse, _ = flash_attn_varlen_func(q, k, v, cq, ck, max(lq), max(lk), alibi_slopes=slopes,
-                                       return_attn_probs=True, **kw)
+        (q, k, v),
+        dout,
+    )
+    _, lse, _ = flash_attn_varlen_func(
+        q, k, v, cq, ck, max(lq), max(lk), alibi_slopes=slopes, return_attn_probs=True, **kw
+    )
     _, lse_ref = varlen_ref(q, k, v, cq, ck, alibi_slopes=slopes, **kw)
     assert lse.shape == (h, sum(lq))
     fin = torch.isfinite(lse_ref)
@@ -287,7 +334,7 @@ def test_varlen_matches_padded_batch(isa):
     cq = _cu(lq)
     q, k, v = (randn((sum(lq), 2, 16), torch.float32) for _ in range(3))
     out = flash_attn_varlen_qkvpacked_func(torch.stack([q, k, v], 1), cq, max(lq), causal=True)
-    for i, n in enumerate(lq):
+    for i in range(len(lq)):
         s = slice(int(cq[i]), int(cq[i + 1]))
         one = flash_attn_func(q[s][None], k[s][None], v[s][None], causal=True)[0]
         assert max_err(out[s], one) < 1e-6
@@ -308,20 +355,25 @@ def test_varlen_padding_rows_untouched(isa):
         assert torch.equal(g[5:], torch.zeros_like(g[5:]))
 
 
+@pytest.mark.slow
 def test_gradcheck_varlen_fp64(isa):
     cq, ck = _cu([3, 0, 5]), _cu([4, 2, 6])
     q = randn((8, 2, 4), torch.float64, requires_grad=True)
     k = randn((12, 1, 4), torch.float64, requires_grad=True)
     v = randn((12, 1, 3), torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda q, k, v: flash_attn_varlen_func(q, k, v, cq, ck, 5, 6, causal=True, window_size=(2, 1)), (q, k, v))
+        lambda q, k, v: flash_attn_varlen_func(q, k, v, cq, ck, 5, 6, causal=True, window_size=(2, 1)), (q, k, v)
+    )
 
 
 # ---- decode over interleaved heads (groups of heads walk the keys together) -------------------
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("h,h_kv,d,s_k", [(48, 48, 256, 700), (40, 8, 16, 1025), (6, 2, 59, 97), (33, 11, 128, 300)])
-@pytest.mark.parametrize("extra", ["plain", "alibi_softcap", "window"])
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, slow(torch.float16)])
+@pytest.mark.parametrize(
+    "h,h_kv,d,s_k", [slow(48, 48, 256, 700), slow(40, 8, 16, 1025), (6, 2, 59, 97), slow(33, 11, 128, 300)]
+)
+@pytest.mark.parametrize("extra", ["plain", "alibi_softcap", slow("window")])
 def test_decode_head_groups(dtype, h, h_kv, d, s_k, extra, isa):
     q, k, v = _qkv(2, 1, s_k, h, h_kv, d, dtype)  # k/v (b, s_k, h_kv, d): heads interleaved in a row
     kw = {}

@@ -5,6 +5,7 @@ Every expectation here is written from a sentence of flash-attn 2's docstrings
 never from flashattn_lite's code. Where flashattn_lite differs on purpose, the README's
 "Semantics" table says so and the test says which row.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,6 @@ import math
 import pytest
 import torch
 
-from conftest import assert_rule, randn
 from flashattn_lite import (
     ArgumentError,
     ArgumentTypeError,
@@ -21,11 +21,13 @@ from flashattn_lite import (
     flash_attn_with_kvcache,
 )
 
+from conftest import assert_rule, randn, slow
+
 # ---- small fp64 models, written from the docstrings ----------------------------------------------
 
 
 def visible(s_q: int, s_k: int, causal: bool, window: tuple[int, int]) -> torch.Tensor:
-    """"If causal=True, the causal mask is aligned to the bottom right corner of the attention
+    """ "If causal=True, the causal mask is aligned to the bottom right corner of the attention
     matrix." / "Query at position i will only attend to keys between
     [i + seqlen_k - seqlen_q - window_size[0], i + seqlen_k - seqlen_q + window_size[1]] inclusive.\""""
     i = torch.arange(s_q).view(-1, 1)
@@ -62,7 +64,7 @@ def rotate(x, cos, sin, pos, interleaved):
     (i.e. GPT-NeoX style)." x (n, h, d) at positions pos (n,), as complex products in fp64."""
     rd = 2 * cos.shape[1]
     xd = x.double()
-    a, b = (xd[..., 0:rd:2], xd[..., 1:rd:2]) if interleaved else (xd[..., : rd // 2], xd[..., rd // 2: rd])
+    a, b = (xd[..., 0:rd:2], xd[..., 1:rd:2]) if interleaved else (xd[..., : rd // 2], xd[..., rd // 2 : rd])
     z = torch.complex(a, b) * torch.complex(cos.double()[pos], sin.double()[pos]).unsqueeze(1)
     rot = torch.stack((z.real, z.imag), -1).flatten(-2) if interleaved else torch.cat((z.real, z.imag), -1)
     return torch.cat((rot, xd[..., rd:]), -1)
@@ -81,12 +83,16 @@ def who_attends(out: torch.Tensor) -> torch.Tensor:
 
 # ---- masks: the docstring's own examples ---------------------------------------------------------
 
-@pytest.mark.parametrize("s_q,s_k,expect", [
-    # "if seqlen_q = 2 and seqlen_k = 5, the causal mask (1 = keep, 0 = masked out) is: 1 1 1 1 0 / 1 1 1 1 1"
-    (2, 5, [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]),
-    # "If seqlen_q = 5 and seqlen_k = 2, the causal mask is: 0 0 / 0 0 / 0 0 / 1 0 / 1 1"
-    (5, 2, [[0, 0], [0, 0], [0, 0], [1, 0], [1, 1]]),
-])
+
+@pytest.mark.parametrize(
+    "s_q,s_k,expect",
+    [
+        # "if seqlen_q = 2 and seqlen_k = 5, the causal mask (1 = keep, 0 = masked out) is: 1 1 1 1 0 / 1 1 1 1 1"
+        (2, 5, [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]),
+        # "If seqlen_q = 5 and seqlen_k = 2, the causal mask is: 0 0 / 0 0 / 0 0 / 1 0 / 1 1"
+        (5, 2, [[0, 0], [0, 0], [0, 0], [1, 0], [1, 1]]),
+    ],
+)
 def test_causal_mask_examples(s_q, s_k, expect, isa):
     q = torch.zeros(1, s_q, 1, s_k)
     v = torch.eye(s_k).view(1, s_k, 1, s_k).clone()
@@ -113,6 +119,7 @@ def test_window_range(s_q, s_k, window, isa):
 
 # ---- flash_attn_with_kvcache, argument by argument -----------------------------------------------
 
+
 def test_kvcache_append_in_place(isa):
     # "If k and v are not None, k_cache and v_cache will be updated *inplace* with the new values
     #  from k and v." / k: "If not None, we concatenate k with k_cache, starting at the indices
@@ -126,11 +133,11 @@ def test_kvcache_append_in_place(isa):
     out, lse = flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=seqlens, return_softmax_lse=True)
     for i in range(b):
         s = int(seqlens[i])
-        assert torch.equal(kc[i, s:s + n], k[i]) and torch.equal(vc[i, s:s + n], v[i])
-        assert torch.equal(kc[i, :s], kc0[i, :s]) and torch.equal(kc[i, s + n:], kc0[i, s + n:])
-        assert torch.equal(vc[i, :s], vc0[i, :s]) and torch.equal(vc[i, s + n:], vc0[i, s + n:])
+        assert torch.equal(kc[i, s : s + n], k[i]) and torch.equal(vc[i, s : s + n], v[i])
+        assert torch.equal(kc[i, :s], kc0[i, :s]) and torch.equal(kc[i, s + n :], kc0[i, s + n :])
+        assert torch.equal(vc[i, :s], vc0[i, :s]) and torch.equal(vc[i, s + n :], vc0[i, s + n :])
         # attention over the updated cache: keys [0, cache_seqlens + seqlen_new)
-        ref, ref_lse = model(q[i], kc[i, :s + n], vc[i, :s + n], 1 / math.sqrt(d))
+        ref, ref_lse = model(q[i], kc[i, : s + n], vc[i, : s + n], 1 / math.sqrt(d))
         assert torch.allclose(out[i].double(), ref, atol=1e-5)
         # return_softmax_lse: "The logsumexp of each row of the matrix QK^T * scaling"
         assert torch.allclose(lse[i].double(), ref_lse, atol=1e-5)
@@ -144,15 +151,24 @@ def test_kvcache_issue_minimal_leftpad_rotary(isa):
     cos, sin = tables(32, 16, torch.float32)
     k, v = randn((1, 1, 1, 16), torch.float32), randn((1, 1, 1, 16), torch.float32)
     q = randn((1, 1, 1, 16), torch.float32)
-    flash_attn_with_kvcache(q, kc, vc, k, v, rotary_cos=cos, rotary_sin=sin,
-                            cache_seqlens=torch.tensor([10], dtype=torch.int32),
-                            cache_leftpad=torch.tensor([4], dtype=torch.int32), rotary_interleaved=False)
+    flash_attn_with_kvcache(
+        q,
+        kc,
+        vc,
+        k,
+        v,
+        rotary_cos=cos,
+        rotary_sin=sin,
+        cache_seqlens=torch.tensor([10], dtype=torch.int32),
+        cache_leftpad=torch.tensor([4], dtype=torch.int32),
+        rotary_interleaved=False,
+    )
     want = rotate(k[0], cos, sin, torch.tensor([10]), interleaved=False)
     assert torch.allclose(kc[0, 10].double(), want[0], atol=1e-6)
     assert not torch.allclose(kc[0, 10].double(), rotate(k[0], cos, sin, torch.tensor([6]), False)[0], atol=1e-3)
 
 
-@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("interleaved", [True, slow(False)])
 @pytest.mark.parametrize("mode", ["plain", "causal", "local"])
 @pytest.mark.parametrize("leftpad", [False, True])
 def test_kvcache_rotary_positions(interleaved, mode, leftpad, isa):
@@ -172,16 +188,27 @@ def test_kvcache_rotary_positions(interleaved, mode, leftpad, isa):
     lp = torch.tensor([0, 5, 31], dtype=torch.int32) if leftpad else None
     cos, sin = tables(cap, rd, torch.float32)
     kc_new, vc_new = kc.clone(), vc.clone()
-    out = flash_attn_with_kvcache(q, kc_new, vc_new, k, v, rotary_cos=cos, rotary_sin=sin, cache_seqlens=seqlens,
-                                  cache_leftpad=lp, causal=causal, window_size=window,
-                                  rotary_interleaved=interleaved)
+    out = flash_attn_with_kvcache(
+        q,
+        kc_new,
+        vc_new,
+        k,
+        v,
+        rotary_cos=cos,
+        rotary_sin=sin,
+        cache_seqlens=seqlens,
+        cache_leftpad=lp,
+        causal=causal,
+        window_size=window,
+        rotary_interleaved=interleaved,
+    )
     for i in range(b):
         s, lo = int(seqlens[i]), int(lp[i]) if leftpad else 0
         steps = torch.arange(n)
         k_rot = rotate(k[i], cos, sin, s + steps, interleaved)
         q_rot = rotate(q[i], cos, sin, s + (steps if (causal or mode == "local") else 0 * steps), interleaved)
-        assert torch.allclose(kc_new[i, s:s + n].double(), k_rot, atol=1e-5)
-        assert torch.equal(vc_new[i, s:s + n], v[i])
+        assert torch.allclose(kc_new[i, s : s + n].double(), k_rot, atol=1e-5)
+        assert torch.equal(vc_new[i, s : s + n], v[i])
         keys = torch.cat((kc[i, lo:s].double(), k_rot))
         vals = torch.cat((vc[i, lo:s].double(), v[i].double()))
         ref, _ = model(q_rot, keys, vals, 1 / math.sqrt(d), causal, window)
@@ -193,8 +220,14 @@ def test_kvcache_rotary_needs_k(isa):
     # passed in." flash-attn raises RuntimeError without k.
     cos, sin = tables(16, 8, torch.float32)
     with pytest.raises(RuntimeError, match=r"rotary_cos/rotary_sin need the new k and v"):
-        flash_attn_with_kvcache(randn((1, 1, 1, 16), torch.float32), torch.zeros(1, 16, 1, 16),
-                                torch.zeros(1, 16, 1, 16), rotary_cos=cos, rotary_sin=sin, cache_seqlens=3)
+        flash_attn_with_kvcache(
+            randn((1, 1, 1, 16), torch.float32),
+            torch.zeros(1, 16, 1, 16),
+            torch.zeros(1, 16, 1, 16),
+            rotary_cos=cos,
+            rotary_sin=sin,
+            cache_seqlens=3,
+        )
 
 
 def test_kvcache_batch_idx_and_leftpad(isa):
@@ -211,7 +244,7 @@ def test_kvcache_batch_idx_and_leftpad(isa):
     out = flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, cache_batch_idx=idx, cache_leftpad=lp)
     for i in range(b):
         want = torch.zeros(cap, dtype=torch.bool)
-        want[int(lp[i]):int(seqlens[i])] = True
+        want[int(lp[i]) : int(seqlens[i])] = True
         assert torch.equal(who_attends(out[i, 0, 0]), want)
     # no cache_batch_idx: sequence i reads cache row i
     out0 = flash_attn_with_kvcache(q, kc[:2], vc[:2], cache_seqlens=seqlens)
@@ -221,7 +254,7 @@ def test_kvcache_batch_idx_and_leftpad(isa):
         assert torch.equal(who_attends(out0[i, 0, 0]), want)
 
 
-@pytest.mark.parametrize("page_size", [1, 16, 256])
+@pytest.mark.parametrize("page_size", [slow(1), 16, slow(256)])
 def test_kvcache_paged(page_size, isa):
     # k_cache: "(num_blocks, page_block_size, nheads_k, headdim) if there's a block_table (i.e. paged
     # KV cache)"; block_table: "(batch_size, max_num_blocks_per_seq), dtype torch.int32". Token t of
@@ -250,6 +283,7 @@ def test_kvcache_paged(page_size, isa):
             assert torch.equal(kp[blk, row], k[i, t]) and torch.equal(vp[blk, row], v[i, t])
         keys, vals = gather(kp, i, s + n), gather(vp, i, s + n)
         assert torch.equal(gather(kp, i, s), gather(kp0, i, s))
+        assert torch.equal(gather(vp, i, s), gather(vp0, i, s))
         ref, _ = model(q[i], keys, vals, 1 / math.sqrt(d), causal=True)
         same, _ = model(q[i].float(), keys.float(), vals.float(), 1 / math.sqrt(d), causal=True)
         assert_rule(out[i], ref.to(torch.float64), same.to(torch.bfloat16), factor=3.0, n_terms=s + n)
@@ -277,7 +311,11 @@ def test_kvcache_num_splits(isa):
 
 def test_kvcache_default_scale(isa):
     # softmax_scale: "The scaling of QK^T before applying softmax. Default to 1 / sqrt(headdim)."
-    q, kc, vc = randn((1, 2, 2, 24), torch.float32), randn((1, 30, 2, 24), torch.float32), randn((1, 30, 2, 24), torch.float32)
+    q, kc, vc = (
+        randn((1, 2, 2, 24), torch.float32),
+        randn((1, 30, 2, 24), torch.float32),
+        randn((1, 30, 2, 24), torch.float32),
+    )
     a = flash_attn_with_kvcache(q, kc, vc, cache_seqlens=30)
     bb = flash_attn_with_kvcache(q, kc, vc, cache_seqlens=30, softmax_scale=1 / math.sqrt(24))
     assert torch.equal(a, bb)
@@ -286,6 +324,7 @@ def test_kvcache_default_scale(isa):
 
 
 # ---- return_attn_probs with dropout: the documented S_dmask ---------------------------------------
+
 
 def check_s_dmask(s_dmask, q, k, v, out, p, causal):
     """S_dmask: "The output of softmax (possibly with different scaling). It also encodes the dropout
@@ -314,8 +353,9 @@ def test_varlen_returns_s_dmask_with_dropout(isa):
     cq = torch.tensor([0, 5, 6, 43], dtype=torch.int32)
     ck = torch.tensor([0, 9, 29, 66], dtype=torch.int32)
     q, k, v = randn((43, 4, 16), torch.float32), randn((66, 2, 16), torch.float32), randn((66, 2, 16), torch.float32)
-    out, lse, s_dmask = flash_attn_varlen_func(q, k, v, cq, ck, 37, 37, dropout_p=p, causal=True,
-                                               return_attn_probs=True)
+    out, lse, s_dmask = flash_attn_varlen_func(
+        q, k, v, cq, ck, 37, 37, dropout_p=p, causal=True, return_attn_probs=True
+    )
     assert s_dmask is not None and s_dmask.shape == (3, 4, 37, 37)
     kept = total = 0
     for i in range(3):
@@ -324,7 +364,7 @@ def test_varlen_returns_s_dmask_with_dropout(isa):
         vis = visible(lq[i], lk[i], True, (-1, -1)).expand_as(keep)
         kept += int(keep[vis].sum())
         total += int(vis.sum())
-        assert torch.equal(s_dmask[i, :, lq[i]:], torch.zeros_like(s_dmask[i, :, lq[i]:]))
+        assert torch.equal(s_dmask[i, :, lq[i] :], torch.zeros_like(s_dmask[i, :, lq[i] :]))
     assert abs(kept / total - (1 - p)) < 0.08  # dropout_p: "Dropout probability."
     # without dropout flash-attn returns no probabilities
     assert flash_attn_varlen_func(q, k, v, cq, ck, 37, 37, return_attn_probs=True)[2] is None
@@ -332,7 +372,11 @@ def test_varlen_returns_s_dmask_with_dropout(isa):
 
 def test_func_returns_s_dmask_with_dropout(isa):
     p = 0.2
-    q, k, v = randn((2, 19, 4, 16), torch.float32), randn((2, 23, 4, 16), torch.float32), randn((2, 23, 4, 16), torch.float32)
+    q, k, v = (
+        randn((2, 19, 4, 16), torch.float32),
+        randn((2, 23, 4, 16), torch.float32),
+        randn((2, 23, 4, 16), torch.float32),
+    )
     out, _, s_dmask = flash_attn_func(q, k, v, dropout_p=p, return_attn_probs=True)
     assert s_dmask.shape == (2, 4, 19, 23)
     for i in range(2):
@@ -341,21 +385,33 @@ def test_func_returns_s_dmask_with_dropout(isa):
 
 # ---- errors: catchable as flash-attn's RuntimeError -----------------------------------------------
 
+
 def test_errors_catchable_as_runtime_error():
     # flash-attn checks its arguments with TORCH_CHECK (RuntimeError); code written against it
     # catches RuntimeError. flashattn_lite raises ArgumentError (ValueError + RuntimeError) and
     # ArgumentTypeError (TypeError + RuntimeError).
-    q, k, v = randn((1, 8, 2, 16), torch.float32), randn((1, 8, 2, 16), torch.float32), randn((1, 8, 2, 16), torch.float32)
+    q, k, v = (
+        randn((1, 8, 2, 16), torch.float32),
+        randn((1, 8, 2, 16), torch.float32),
+        randn((1, 8, 2, 16), torch.float32),
+    )
     cases = [
         (lambda: flash_attn_func(q, k[..., :8], v), ArgumentError, r"k must have the head_dim of q"),
         (lambda: flash_attn_func(q, k.double(), v), ArgumentTypeError, r"k must have the same dtype as q"),
         (lambda: flash_attn_func(q[0], k, v), ArgumentError, r"q must have 4 dims"),
         (lambda: flash_attn_func(q, k, v, window_size=(-2, 0)), ArgumentError, r"window_size"),
-        (lambda: flash_attn_varlen_func(q[0], k[0], v[0], torch.tensor([0, 8], dtype=torch.int64),
-                                        torch.tensor([0, 8], dtype=torch.int32), 8, 8), ArgumentTypeError,
-         r"cu_seqlens_q must be int32"),
-        (lambda: flash_attn_with_kvcache(q, k, v, cache_seqlens=torch.tensor([9], dtype=torch.int32)),
-         ArgumentError, r"KV cache overflow"),
+        (
+            lambda: flash_attn_varlen_func(
+                q[0], k[0], v[0], torch.tensor([0, 8], dtype=torch.int64), torch.tensor([0, 8], dtype=torch.int32), 8, 8
+            ),
+            ArgumentTypeError,
+            r"cu_seqlens_q must be int32",
+        ),
+        (
+            lambda: flash_attn_with_kvcache(q, k, v, cache_seqlens=torch.tensor([9], dtype=torch.int32)),
+            ArgumentError,
+            r"KV cache overflow",
+        ),
     ]
     for fn, typ, msg in cases:
         for catch in (RuntimeError, typ, ValueError if typ is ArgumentError else TypeError):
@@ -370,7 +426,8 @@ def test_paged_overflow_names_block_table():
     table = torch.tensor([[0]], dtype=torch.int32)
     q, k = randn((1, 1, 1, 16), torch.float32), randn((1, 1, 1, 16), torch.float32)
     with pytest.raises(RuntimeError, match=r"exceeds the capacity addressable by block_table .* = 256\)"):
-        flash_attn_with_kvcache(q, kp, vp, k, k.clone(), cache_seqlens=torch.tensor([256], dtype=torch.int32),
-                                block_table=table)
+        flash_attn_with_kvcache(
+            q, kp, vp, k, k.clone(), cache_seqlens=torch.tensor([256], dtype=torch.int32), block_table=table
+        )
     with pytest.raises(RuntimeError, match=r"exceeds the capacity addressable by block_table"):
         flash_attn_with_kvcache(q, kp, vp, cache_seqlens=torch.tensor([257], dtype=torch.int32), block_table=table)

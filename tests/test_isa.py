@@ -1,4 +1,5 @@
 """CPU ISA selection: detection, the FLASHATTN_LITE_CPU_ISA override and its errors."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 import flashattn_lite
-from conftest import assert_rule, randn
 from flashattn_lite.reference import attention_ref
+
+from conftest import assert_rule, randn
 
 
 def _run(code: str, isa: str) -> subprocess.CompletedProcess:
@@ -26,18 +28,24 @@ def test_available_and_active():
     assert set(avail) <= set(flashattn_lite.build_info()["cpu_isas"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", flashattn_lite.available_isas())
 def test_env_override(isa):
-    code = ("import torch, flashattn_lite as f; print(f.cpu_isa());"
-            "q = torch.randn(1, 70, 2, 40); o = f.flash_attn_func(q, q, q, causal=True); print(float(o.abs().sum()) > 0)")
+    code = (
+        "import torch, flashattn_lite as f; print(f.cpu_isa());"
+        "q = torch.randn(1, 70, 2, 40); o = f.flash_attn_func(q, q, q, causal=True); print(float(o.abs().sum()) > 0)"
+    )
     r = _run(code, isa)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [isa, "True"]
 
 
+@pytest.mark.slow
 def test_env_override_unknown_is_a_clear_error():
-    code = ("import torch, flashattn_lite as f; print(f.cpu_isa());"
-            "q = torch.randn(1, 8, 2, 16)\ntry:\n f.flash_attn_func(q, q, q)\nexcept ValueError as e:\n print('ERR', e)")
+    code = (
+        "import torch, flashattn_lite as f; print(f.cpu_isa());"
+        "q = torch.randn(1, 8, 2, 16)\ntry:\n f.flash_attn_func(q, q, q)\nexcept ValueError as e:\n print('ERR', e)"
+    )
     r = _run(code, "sse9")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("invalid")

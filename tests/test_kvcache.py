@@ -1,13 +1,15 @@
 """flash_attn_with_kvcache on the CPU, every ISA: contiguous and paged caches (any page size),
 in-place append, rotary (both layouts), cache_batch_idx, cache_leftpad, split-KV for long caches."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import assert_rule, max_err, randn
 from flashattn_lite import flash_attn_with_kvcache
 from flashattn_lite.reference import attention_ref
+
+from conftest import assert_rule, max_err, randn, slow
 
 
 def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, interleaved: bool):
@@ -17,7 +19,7 @@ def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch
     if interleaved:
         z = torch.complex(xd[..., 0:rd:2], xd[..., 1:rd:2])
     else:
-        z = torch.complex(xd[..., : rd // 2], xd[..., rd // 2: rd])
+        z = torch.complex(xd[..., : rd // 2], xd[..., rd // 2 : rd])
     w = torch.complex(cos.double()[pos], sin.double()[pos]).unsqueeze(2)
     r = z * w
     if interleaved:
@@ -27,8 +29,7 @@ def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch
     return torch.cat((rot, xd[..., rd:]), -1).to(x.dtype)
 
 
-def make_case(b, s_q, h, h_kv, d, cap, dtype, page_size=None, n_new=0, batch_idx=False, leftpad=False,
-              rotary_dim=0):
+def make_case(b, s_q, h, h_kv, d, cap, dtype, page_size=None, n_new=0, batch_idx=False, leftpad=False, rotary_dim=0):
     seqlens = torch.randint(0, cap - n_new + 1, (b,), dtype=torch.int32)
     lp = None
     if leftpad:
@@ -83,15 +84,19 @@ def expected(c, causal, interleaved, upcast, **kw):
     outs, lses = [], []
     for i in range(b):
         if k is not None:
-            kc[rows[i], seqlens[i]: seqlens[i] + n_new] = k[i]
-            vc[rows[i], seqlens[i]: seqlens[i] + n_new] = v[i]
+            kc[rows[i], seqlens[i] : seqlens[i] + n_new] = k[i]
+            vc[rows[i], seqlens[i] : seqlens[i] + n_new] = v[i]
         lo, hi = int(lp[i]), int(seqlens[i]) + n_new
-        o, l = attention_ref(q[i:i + 1], kc[rows[i]:rows[i] + 1, lo:hi], vc[rows[i]:rows[i] + 1, lo:hi],
-                             causal=causal, upcast=upcast,
-                             **{n: (a[i] if (n == "alibi_slopes" and a is not None and a.dim() == 2) else a)
-                                for n, a in kw.items()})
+        o, o_lse = attention_ref(
+            q[i : i + 1],
+            kc[rows[i] : rows[i] + 1, lo:hi],
+            vc[rows[i] : rows[i] + 1, lo:hi],
+            causal=causal,
+            upcast=upcast,
+            **{n: (a[i] if (n == "alibi_slopes" and a is not None and a.dim() == 2) else a) for n, a in kw.items()},
+        )
         outs.append(o)
-        lses.append(l)
+        lses.append(o_lse)
     return torch.cat(outs), torch.cat(lses), kc, vc
 
 
@@ -102,20 +107,46 @@ def run(c, causal, interleaved, page_size=None, **kw):
         rows = c["bidx"].long() if c["bidx"] is not None else torch.arange(c["q"].shape[0])
         kc, vc, bt = to_paged(kc, vc, page_size, rows)
     cos, sin = c["rot"] if c["rot"] is not None else (None, None)
-    out, lse = flash_attn_with_kvcache(c["q"], kc, vc, c["k"], c["v"], rotary_cos=cos, rotary_sin=sin,
-                                       cache_seqlens=c["seqlens"], cache_batch_idx=None if page_size else c["bidx"],
-                                       cache_leftpad=c["leftpad"], block_table=bt, causal=causal,
-                                       rotary_interleaved=interleaved, return_softmax_lse=True, **kw)
+    out, lse = flash_attn_with_kvcache(
+        c["q"],
+        kc,
+        vc,
+        c["k"],
+        c["v"],
+        rotary_cos=cos,
+        rotary_sin=sin,
+        cache_seqlens=c["seqlens"],
+        cache_batch_idx=None if page_size else c["bidx"],
+        cache_leftpad=c["leftpad"],
+        block_table=bt,
+        causal=causal,
+        rotary_interleaved=interleaved,
+        return_softmax_lse=True,
+        **kw,
+    )
     return out, lse, kc, vc, bt
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("s_q,n_new", [(1, 0), (1, 1), (4, 4), (19, 19), (3, 0)])
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("opts", ["plain", "batch_idx", "leftpad", "rotary", "rotary_gptj", "rotary_leftpad"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, slow(torch.float16)])
+@pytest.mark.parametrize("s_q,n_new", [slow(1, 0), (1, 1), (4, 4), slow(19, 19), slow(3, 0)])
+@pytest.mark.parametrize("causal", [slow(False), True])
+@pytest.mark.parametrize(
+    "opts", ["plain", "batch_idx", "leftpad", "rotary", slow("rotary_gptj"), slow("rotary_leftpad")]
+)
 def test_kvcache_contiguous(dtype, s_q, n_new, causal, opts, isa):
-    c = make_case(3, s_q, 4, 2, 40, 97, dtype, n_new=n_new, batch_idx=opts == "batch_idx",
-                  leftpad=opts in ("leftpad", "rotary_leftpad"), rotary_dim=24 if opts.startswith("rotary") else 0)
+    c = make_case(
+        3,
+        s_q,
+        4,
+        2,
+        40,
+        97,
+        dtype,
+        n_new=n_new,
+        batch_idx=opts == "batch_idx",
+        leftpad=opts in ("leftpad", "rotary_leftpad"),
+        rotary_dim=24 if opts.startswith("rotary") else 0,
+    )
     inter = opts == "rotary_gptj"
     if c["rot"] is not None and n_new == 0:
         # flash-attn: rotary_cos "Only applicable if k and v are passed in." (it raises RuntimeError)
@@ -135,8 +166,8 @@ def test_kvcache_contiguous(dtype, s_q, n_new, causal, opts, isa):
     assert torch.equal(vc, vc_ref)
 
 
-@pytest.mark.parametrize("page_size", [1, 3, 16, 64, 256])
-@pytest.mark.parametrize("s_q,n_new", [(1, 1), (5, 0), (20, 20)])
+@pytest.mark.parametrize("page_size", [slow(1), 3, slow(16), 64, slow(256)])
+@pytest.mark.parametrize("s_q,n_new", [(1, 1), slow(5, 0), (20, 20)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kvcache_paged_equals_contiguous(page_size, s_q, n_new, dtype, isa):
     c = make_case(3, s_q, 4, 1, 64, 300, dtype, n_new=n_new, leftpad=page_size == 3, rotary_dim=64 if n_new else 0)
@@ -150,6 +181,7 @@ def test_kvcache_paged_equals_contiguous(page_size, s_q, n_new, dtype, isa):
             assert torch.equal(kp[bt[i, j // page_size], j % page_size], kc[i, j])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kvcache_long_split(dtype, isa):
     # one query against thousands of keys: the CPU splits the keys over threads and merges by LSE
@@ -181,78 +213,121 @@ def test_kvcache_no_grad_and_compile():
     torch._dynamo.reset()
     f = torch.compile(lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=s), fullgraph=True)
     kc = c["kc"].clone()
-    assert max_err(f(c["q"].detach(), kc, c["vc"], c["seqlens"]),
-                   flash_attn_with_kvcache(c["q"].detach(), kc, c["vc"], cache_seqlens=c["seqlens"])) < 1e-6
+    assert (
+        max_err(
+            f(c["q"].detach(), kc, c["vc"], c["seqlens"]),
+            flash_attn_with_kvcache(c["q"].detach(), kc, c["vc"], cache_seqlens=c["seqlens"]),
+        )
+        < 1e-6
+    )
 
 
 def test_opcheck_fwd_kvcache():
     c = make_case(2, 3, 4, 2, 16, 40, torch.float32, leftpad=True)
     kp, vp, bt = to_paged(c["kc"], c["vc"], 7, torch.arange(2))
     for kc, vc, table in ((c["kc"], c["vc"], None), (kp, vp, bt)):
-        torch.library.opcheck(torch.ops.flashattn_lite.fwd_kvcache.default,
-                              (c["q"], kc, vc, c["seqlens"], None, c["leftpad"], table, torch.rand(4), 0.25, True,
-                               -1, -1, 0.0))
+        torch.library.opcheck(
+            torch.ops.flashattn_lite.fwd_kvcache.default,
+            (c["q"], kc, vc, c["seqlens"], None, c["leftpad"], table, torch.rand(4), 0.25, True, -1, -1, 0.0),
+        )
 
 
 # ---- bad input ---------------------------------------------------------------------------------
+
 
 def _base():
     return make_case(2, 1, 2, 2, 16, 20, torch.float32, n_new=1)
 
 
-@pytest.mark.parametrize("mutate,exc,msg", [
-    (lambda c: c.update(seqlens=torch.tensor([20, 3], dtype=torch.int32)), ValueError,
-     r"KV cache overflow: max\(cache_seqlens\) \+ seqlen_new = 21 exceeds the capacity of k_cache \(seqlen_cache = 20\)"),
-    (lambda c: c.update(seqlens=torch.tensor([2, 3])), TypeError, r"cache_seqlens must be int32"),
-    (lambda c: c.update(seqlens=torch.tensor([2, 3, 4], dtype=torch.int32)), ValueError,
-     r"cache_seqlens must have shape \(2,\)"),
-    (lambda c: c.update(bidx=torch.tensor([0, 2], dtype=torch.int32)), ValueError,
-     r"cache_batch_idx points outside the cache"),
-    (lambda c: c.update(k=c["k"].double()), TypeError, r"k must have the dtype of its cache"),
-    (lambda c: c.update(k=c["k"][:, :, :1]), ValueError, r"k must have shape \(batch=2, seqlen_new"),
-])
+@pytest.mark.parametrize(
+    "mutate,exc,msg",
+    [
+        (
+            lambda c: c.update(seqlens=torch.tensor([20, 3], dtype=torch.int32)),
+            ValueError,
+            r"KV cache overflow: max\(cache_seqlens\) \+ seqlen_new = 21 exceeds the capacity of k_cache \(seqlen_cache = 20\)",
+        ),
+        (lambda c: c.update(seqlens=torch.tensor([2, 3])), TypeError, r"cache_seqlens must be int32"),
+        (
+            lambda c: c.update(seqlens=torch.tensor([2, 3, 4], dtype=torch.int32)),
+            ValueError,
+            r"cache_seqlens must have shape \(2,\)",
+        ),
+        (
+            lambda c: c.update(bidx=torch.tensor([0, 2], dtype=torch.int32)),
+            ValueError,
+            r"cache_batch_idx points outside the cache",
+        ),
+        (lambda c: c.update(k=c["k"].double()), TypeError, r"k must have the dtype of its cache"),
+        (lambda c: c.update(k=c["k"][:, :, :1]), ValueError, r"k must have shape \(batch=2, seqlen_new"),
+    ],
+)
 def test_kvcache_bad_input(mutate, exc, msg):
     c = _base()
     mutate(c)
     with pytest.raises(exc, match=msg):
-        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], c["k"], c["v"], cache_seqlens=c["seqlens"],
-                                cache_batch_idx=c["bidx"])
+        flash_attn_with_kvcache(
+            c["q"], c["kc"], c["vc"], c["k"], c["v"], cache_seqlens=c["seqlens"], cache_batch_idx=c["bidx"]
+        )
 
 
 def test_kvcache_bad_leftpad_and_block_table():
     c = make_case(2, 1, 2, 2, 16, 20, torch.float32)
     with pytest.raises(ValueError, match=r"cache_seqlens\[0\] = 3 must be >= cache_leftpad\[0\] = 5"):
-        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], cache_seqlens=torch.tensor([3, 4], dtype=torch.int32),
-                                cache_leftpad=torch.tensor([5, 0], dtype=torch.int32))
+        flash_attn_with_kvcache(
+            c["q"],
+            c["kc"],
+            c["vc"],
+            cache_seqlens=torch.tensor([3, 4], dtype=torch.int32),
+            cache_leftpad=torch.tensor([5, 0], dtype=torch.int32),
+        )
     kp, vp, bt = to_paged(c["kc"], c["vc"], 4, torch.arange(2))
     bad = bt.clone()
     bad[1, 2] = kp.shape[0]
     with pytest.raises(ValueError, match=r"block_table\[1, 2\] = \d+ is outside the cache's blocks"):
-        flash_attn_with_kvcache(c["q"], kp, vp, cache_seqlens=torch.tensor([20, 20], dtype=torch.int32),
-                                block_table=bad)
+        flash_attn_with_kvcache(
+            c["q"], kp, vp, cache_seqlens=torch.tensor([20, 20], dtype=torch.int32), block_table=bad
+        )
     bad[1, 2] = -1
     with pytest.raises(ValueError, match=r"block_table\[1, 2\] = -1 is outside"):
-        flash_attn_with_kvcache(c["q"], kp, vp, cache_seqlens=torch.tensor([20, 20], dtype=torch.int32),
-                                block_table=bad)
+        flash_attn_with_kvcache(
+            c["q"], kp, vp, cache_seqlens=torch.tensor([20, 20], dtype=torch.int32), block_table=bad
+        )
     with pytest.raises(ValueError, match=r"block_table points outside the cache"):
-        flash_attn_with_kvcache(c["q"], kp, vp, randn((2, 1, 2, 16), torch.float32),
-                                randn((2, 1, 2, 16), torch.float32),
-                                cache_seqlens=torch.tensor([9, 9], dtype=torch.int32), block_table=bad)
+        flash_attn_with_kvcache(
+            c["q"],
+            kp,
+            vp,
+            randn((2, 1, 2, 16), torch.float32),
+            randn((2, 1, 2, 16), torch.float32),
+            cache_seqlens=torch.tensor([9, 9], dtype=torch.int32),
+            block_table=bad,
+        )
     kn, vn = randn((2, 1, 2, 16), torch.float32), randn((2, 1, 2, 16), torch.float32)
     with pytest.raises(ValueError, match=r"rotary_dim \(18\) must be <= head_dim \(16\)"):
-        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], kn, vn, rotary_cos=torch.ones(30, 9),
-                                rotary_sin=torch.ones(30, 9), cache_seqlens=3)
+        flash_attn_with_kvcache(
+            c["q"],
+            c["kc"],
+            c["vc"],
+            kn,
+            vn,
+            rotary_cos=torch.ones(30, 9),
+            rotary_sin=torch.ones(30, 9),
+            cache_seqlens=3,
+        )
     with pytest.raises(ValueError, match=r"rotary_cos/rotary_sin have 2 positions, position 3 is needed"):
-        flash_attn_with_kvcache(c["q"], c["kc"], c["vc"], kn, vn, rotary_cos=torch.ones(2, 4),
-                                rotary_sin=torch.ones(2, 4), cache_seqlens=3)
+        flash_attn_with_kvcache(
+            c["q"], c["kc"], c["vc"], kn, vn, rotary_cos=torch.ones(2, 4), rotary_sin=torch.ones(2, 4), cache_seqlens=3
+        )
 
 
-@pytest.mark.parametrize("page_size", [1, 5, 16])
+@pytest.mark.parametrize("page_size", [slow(1), 5, slow(16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_varlen_with_block_table_equals_packed(page_size, dtype, isa):
     from flashattn_lite import flash_attn_varlen_func
-    lq, lk = [3, 1, 20], [17, 0, 40]
-    cq = torch.tensor([0, 3, 4, 24], dtype=torch.int32)
+
+    lk = [17, 0, 40]
+    cq = torch.tensor([0, 3, 4, 24], dtype=torch.int32)  # query lengths 3, 1, 20
     ck = torch.tensor([0, 17, 17, 57], dtype=torch.int32)
     q = randn((24, 4, 32), dtype)
     k, v = randn((57, 2, 32), dtype), randn((57, 2, 32), dtype)
@@ -265,11 +340,12 @@ def test_varlen_with_block_table_equals_packed(page_size, dtype, isa):
     used = 0
     for i, n in enumerate(lk):
         for pg in range(n_pages[i]):
-            blk = int(perm[used]); used += 1
+            blk = int(perm[used])
+            used += 1
             table[i, pg] = blk
             lo, hi = pg * page_size, min(n, (pg + 1) * page_size)
-            kp[blk, : hi - lo] = k[int(ck[i]) + lo: int(ck[i]) + hi]
-            vp[blk, : hi - lo] = v[int(ck[i]) + lo: int(ck[i]) + hi]
+            kp[blk, : hi - lo] = k[int(ck[i]) + lo : int(ck[i]) + hi]
+            vp[blk, : hi - lo] = v[int(ck[i]) + lo : int(ck[i]) + hi]
     out = flash_attn_varlen_func(q, kp, vp, cq, ck, 20, 40, causal=True, block_table=table)
     assert torch.equal(out, ref)
     bad = table.clone()

@@ -1,14 +1,16 @@
 """flashattn_lite.nn: MultiheadAttention as a drop-in for torch's (same state_dict, same outputs and
 gradients), and the rotary/GQA SelfAttention block against a plain torch implementation."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import max_err, randn
 import flashattn_lite
 from flashattn_lite.nn import MultiheadAttention, SelfAttention, rotary_tables
+
+from conftest import max_err, randn, slow
 
 
 def _pair(**kw):
@@ -38,7 +40,7 @@ def _inputs(cfg, L=7, S=9, N=3, dtype=torch.float32):
     return q, k, v
 
 
-MASKS = ["none", "bool_attn", "float_attn", "3d_attn", "kpm", "kpm_float", "both"]
+MASKS = ["none", slow("bool_attn"), slow("float_attn"), slow("3d_attn"), slow("kpm"), slow("kpm_float"), "both"]
 
 
 def _masks(kind, L, S, N, H):
@@ -130,15 +132,18 @@ def _self_attn_ref(m: SelfAttention, x: torch.Tensor) -> torch.Tensor:
     b, s, _ = x.shape
     q, k, v = m._split(m.qkv(x))
     cos, sin = rotary_tables(torch.arange(s), m.head_dim, m.rope_theta)
+
     # rotate as complex numbers (non-interleaved: dims i and i + d / 2 form a pair)
     def rot(t):
         half = m.head_dim // 2
         z = torch.complex(t[..., :half].double(), t[..., half:].double())
         z = z * torch.complex(cos.double(), sin.double()).view(1, s, 1, half)
         return torch.cat([z.real, z.imag], -1).to(t.dtype)
+
     q, k = rot(q), rot(k)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         is_causal=m.causal, enable_gqa=True)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=m.causal, enable_gqa=True
+    )
     return m.out(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -158,9 +163,9 @@ def test_self_attention_matches_plain_torch_and_varlen():
     cu = torch.tensor([0, 5, 22, 23], dtype=torch.int32)
     xp = randn((23, 64), torch.float32)
     packed = m(xp, cu_seqlens=cu, max_seqlen=17)
-    for i, n in enumerate(lens):
-        one = m(xp[int(cu[i]):int(cu[i + 1])].unsqueeze(0))[0]
-        assert max_err(packed[int(cu[i]):int(cu[i + 1])], one) < 1e-5
+    for i in range(len(lens)):
+        one = m(xp[int(cu[i]) : int(cu[i + 1])].unsqueeze(0))[0]
+        assert max_err(packed[int(cu[i]) : int(cu[i + 1])], one) < 1e-5
 
 
 def test_self_attention_bad_config():

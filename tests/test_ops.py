@@ -1,56 +1,94 @@
 """The op boundary: opcheck on every registered op, torch.compile(fullgraph=True), build info."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import flashattn_lite
-from conftest import randn
 from flashattn_lite import flash_attn_func, scaled_dot_product_attention
 
+from conftest import op_kwargs, randn
 
-FWD_NAMES = ("attn_mask", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "block_table",
-             "rng_state", "max_seqlen_q", "max_seqlen_k", "softmax_scale", "causal", "bottom_right",
-             "window_left", "window_right", "softcap", "dropout_p", "num_splits", "deterministic")
+
+def _arg_names(op):
+    return tuple(a.name for a in op._schema.arguments)
+
+
+# The schemas (csrc/torch/module.cpp) name the arguments; the samples below give each by name.
+FWD_NAMES = _arg_names(torch.ops.flashattn_lite.fwd.default)
+BWD_NAMES = _arg_names(torch.ops.flashattn_lite.bwd.default)
 
 
 def _fwd_args(q, k, v, causal=False, bottom_right=True, window=(-1, -1), deterministic=False, **kw):
-    a = dict(attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None,
-             block_table=None, rng_state=None, max_seqlen_q=-1, max_seqlen_k=-1,
-             softmax_scale=q.shape[-1] ** -0.5, causal=causal, bottom_right=bottom_right, window_left=window[0],
-             window_right=window[1], softcap=0.0, dropout_p=0.0, num_splits=0, deterministic=deterministic)
-    a.update(kw)
-    return (q, k, v) + tuple(a[n] for n in FWD_NAMES)
+    """Positional fwd arguments in schema order (opcheck takes a tuple), named via op_kwargs."""
+    op = torch.ops.flashattn_lite.fwd.default
+    a = op_kwargs(
+        op,
+        q=q,
+        k=k,
+        v=v,
+        softmax_scale=q.shape[-1] ** -0.5,
+        causal=causal,
+        bottom_right=bottom_right,
+        window_left=window[0],
+        window_right=window[1],
+        deterministic=deterministic,
+        **kw,
+    )
+    return tuple(a.values())
 
 
 def fwd_samples(requires_grad: bool):
     rg = requires_grad
     yield _fwd_args(*(randn((2, 17, 4, 16), torch.float32, requires_grad=rg) for _ in range(3)))
-    yield _fwd_args(randn((1, 9, 4, 8), torch.bfloat16, requires_grad=rg),
-                    randn((1, 13, 2, 8), torch.bfloat16, requires_grad=rg),
-                    randn((1, 13, 2, 8), torch.bfloat16, requires_grad=rg), causal=True,
-                    deterministic=True)
-    yield _fwd_args(randn((1, 5, 2, 3), torch.float64, requires_grad=rg),
-                    randn((1, 7, 2, 3), torch.float64, requires_grad=rg),
-                    randn((1, 7, 2, 6), torch.float64, requires_grad=rg), causal=True,
-                    bottom_right=False, window=(2, -1))
+    yield _fwd_args(
+        randn((1, 9, 4, 8), torch.bfloat16, requires_grad=rg),
+        randn((1, 13, 2, 8), torch.bfloat16, requires_grad=rg),
+        randn((1, 13, 2, 8), torch.bfloat16, requires_grad=rg),
+        causal=True,
+        deterministic=True,
+    )
+    yield _fwd_args(
+        randn((1, 5, 2, 3), torch.float64, requires_grad=rg),
+        randn((1, 7, 2, 3), torch.float64, requires_grad=rg),
+        randn((1, 7, 2, 6), torch.float64, requires_grad=rg),
+        causal=True,
+        bottom_right=False,
+        window=(2, -1),
+    )
     # softcap + ALiBi + GQA
-    yield _fwd_args(randn((2, 11, 4, 8), torch.float32, requires_grad=rg),
-                    randn((2, 14, 2, 8), torch.float32, requires_grad=rg),
-                    randn((2, 14, 2, 8), torch.float32, requires_grad=rg), causal=True, softcap=2.0,
-                    alibi_slopes=torch.rand(2, 4))
+    yield _fwd_args(
+        randn((2, 11, 4, 8), torch.float32, requires_grad=rg),
+        randn((2, 14, 2, 8), torch.float32, requires_grad=rg),
+        randn((2, 14, 2, 8), torch.float32, requires_grad=rg),
+        causal=True,
+        softcap=2.0,
+        alibi_slopes=torch.rand(2, 4),
+    )
     # additive mask that requires grad, broadcast over the batch
-    yield _fwd_args(randn((2, 6, 2, 8), torch.float32, requires_grad=rg),
-                    randn((2, 10, 2, 8), torch.float32, requires_grad=rg),
-                    randn((2, 10, 2, 8), torch.float32, requires_grad=rg), bottom_right=False,
-                    attn_mask=randn((1, 2, 6, 10), torch.float32, requires_grad=rg))
+    yield _fwd_args(
+        randn((2, 6, 2, 8), torch.float32, requires_grad=rg),
+        randn((2, 10, 2, 8), torch.float32, requires_grad=rg),
+        randn((2, 10, 2, 8), torch.float32, requires_grad=rg),
+        bottom_right=False,
+        attn_mask=randn((1, 2, 6, 10), torch.float32, requires_grad=rg),
+    )
     # dropout (a fixed rng_state makes it deterministic)
-    yield _fwd_args(*(randn((1, 12, 2, 8), torch.float64, requires_grad=rg) for _ in range(3)), dropout_p=0.3,
-                    rng_state=torch.tensor([1234, 5], dtype=torch.int64))
+    yield _fwd_args(
+        *(randn((1, 12, 2, 8), torch.float64, requires_grad=rg) for _ in range(3)),
+        dropout_p=0.3,
+        rng_state=torch.tensor([1234, 5], dtype=torch.int64),
+    )
     # varlen: packed tokens with cu_seqlens
-    yield _fwd_args(*(randn((13, 2, 8), torch.float32, requires_grad=rg) for _ in range(3)), causal=True,
-                    cu_seqlens_q=torch.tensor([0, 4, 4, 13], dtype=torch.int32),
-                    cu_seqlens_k=torch.tensor([0, 6, 9, 13], dtype=torch.int32), max_seqlen_q=9, max_seqlen_k=6)
+    yield _fwd_args(
+        *(randn((13, 2, 8), torch.float32, requires_grad=rg) for _ in range(3)),
+        causal=True,
+        cu_seqlens_q=torch.tensor([0, 4, 4, 13], dtype=torch.int32),
+        cu_seqlens_k=torch.tensor([0, 6, 9, 13], dtype=torch.int32),
+        max_seqlen_q=9,
+        max_seqlen_k=6,
+    )
 
 
 N_SAMPLES = 7
@@ -69,16 +107,16 @@ def test_opcheck_bwd(idx):
     out, lse = torch.ops.flashattn_lite.fwd.default(*args)
     dout = torch.randn_like(out)
     dlse = torch.randn_like(lse).masked_fill(torch.isinf(lse), 0.0)
-    named = dict(zip(FWD_NAMES, args[3:]))
-    mask_grad = named["attn_mask"] is not None
-    bwd_args = ((dout, dlse, q, k, v, out, lse) + tuple(named[n] for n in FWD_NAMES[:5]) + (named["rng_state"],)
-                + tuple(named[n] for n in FWD_NAMES[7:16]) + (named["deterministic"], mask_grad))
+    named = dict(zip(FWD_NAMES, args))
+    named.update(dout=dout, dlse=dlse, out=out, softmax_lse=lse, mask_grad=named["attn_mask"] is not None)
+    bwd_args = tuple(named[n] for n in BWD_NAMES)
     torch.library.opcheck(torch.ops.flashattn_lite.bwd.default, bwd_args)
 
 
 def test_opcheck_dropout_keep():
-    torch.library.opcheck(torch.ops.flashattn_lite.dropout_keep.default,
-                          (torch.tensor([3, 4], dtype=torch.int64), 2, 3, 5, 7, 0.25))
+    torch.library.opcheck(
+        torch.ops.flashattn_lite.dropout_keep.default, (torch.tensor([3, 4], dtype=torch.int64), 2, 3, 5, 7, 0.25)
+    )
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

@@ -1,4 +1,5 @@
 """Build metadata and the import-time torch compatibility guard."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -21,17 +22,21 @@ def test_build_config_records_torch():
 def test_metadata_pins_the_torch_minor_it_was_built_against():
     reqs = importlib.metadata.requires("flashattn_lite") or []
     major, minor = _build_config.TORCH_VERSION.split(".")[:2]
-    assert f"torch<{major}.{int(minor) + 1},>={major}.{minor}" in [r.replace(" ", "") for r in reqs] or \
-        f"torch>={major}.{minor},<{major}.{int(minor) + 1}" in [r.replace(" ", "") for r in reqs], reqs
+    assert f"torch<{major}.{int(minor) + 1},>={major}.{minor}" in [
+        r.replace(" ", "") for r in reqs
+    ] or f"torch>={major}.{minor},<{major}.{int(minor) + 1}" in [r.replace(" ", "") for r in reqs], reqs
 
 
-@pytest.mark.parametrize("built,built_cuda,running,running_cuda,ok", [
-    ("2.13.0+cpu", "", "2.13.1", None, True),
-    ("2.13.0+cpu", "", "2.13.0+cu130", "13.0", True),
-    ("2.13.0+cpu", "", "2.14.0+cpu", None, False),
-    ("2.11.0+cu130", "13.0", "2.12.0+cu130", "13.0", False),
-    ("2.11.0+cu130", "13.0", "2.11.0+cpu", None, False),
-])
+@pytest.mark.parametrize(
+    "built,built_cuda,running,running_cuda,ok",
+    [
+        ("2.13.0+cpu", "", "2.13.1", None, True),
+        ("2.13.0+cpu", "", "2.13.0+cu130", "13.0", True),
+        ("2.13.0+cpu", "", "2.14.0+cpu", None, False),
+        ("2.11.0+cu130", "13.0", "2.12.0+cu130", "13.0", False),
+        ("2.11.0+cu130", "13.0", "2.11.0+cpu", None, False),
+    ],
+)
 def test_incompatibility_rules(built, built_cuda, running, running_cuda, ok):
     why = incompatibility(built, built_cuda, running, running_cuda)
     assert (why is None) == ok

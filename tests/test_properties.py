@@ -1,22 +1,28 @@
 """Property-based tests (hypothesis) against the fp64 reference: random shapes, dtypes, strides,
 visibility rules, score transforms (softcap, ALiBi), SDPA masks, NaN inputs and CPU ISAs. CI runs
-the bounded profile (>= 500 examples for the forward); FAL_HYPOTHESIS_PROFILE=long runs 10x more."""
+the bounded profile (>= 500 examples for the forward); FLASHATTN_LITE_HYPOTHESIS_PROFILE=long runs 10x more."""
+
 from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flashattn_lite
-from conftest import DTYPES, assert_rule
 from flashattn_lite.reference import attention_ref, sdpa_ref
 
-settings.register_profile("ci", max_examples=500, deadline=None, derandomize=False,
-                          suppress_health_check=[HealthCheck.too_slow])
+from conftest import DTYPES, assert_rule
+
+pytestmark = pytest.mark.property
+
+settings.register_profile(
+    "ci", max_examples=500, deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("FAL_HYPOTHESIS_PROFILE", "ci"))
+settings.load_profile(os.environ.get("FLASHATTN_LITE_HYPOTHESIS_PROFILE", "ci"))
 
 ISAS = flashattn_lite.available_isas()
 
@@ -106,10 +112,17 @@ def sdpa_cases(draw):
 def test_sdpa_masks_match_reference(case):
     b, h, h_kv, s_q, s_k, d, dtype, mshape, kind, isa, seed = case
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(shape, generator=gen).to(dtype) for shape in ((b, h, s_q, d), (b, h_kv, s_k, d), (b, h_kv, s_k, d)))
+    q, k, v = (
+        torch.randn(shape, generator=gen).to(dtype) for shape in ((b, h, s_q, d), (b, h_kv, s_k, d), (b, h_kv, s_k, d))
+    )
     keep = torch.rand(mshape, generator=gen) > 0.3
-    mask = keep if kind == "bool" else torch.where(keep, torch.randn(mshape, generator=gen), torch.tensor(float("-inf"))).to(
-        dtype if dtype != torch.float16 else torch.float32)
+    mask = (
+        keep
+        if kind == "bool"
+        else torch.where(keep, torch.randn(mshape, generator=gen), torch.tensor(float("-inf"))).to(
+            dtype if dtype != torch.float16 else torch.float32
+        )
+    )
     kw = dict(attn_mask=mask)  # (SDPA refuses a mask with is_causal)
     out = _on_isa(isa, lambda: flashattn_lite.scaled_dot_product_attention(q, k, v, enable_gqa=h != h_kv, **kw))
     ref = sdpa_ref(q, k, v, **kw)
@@ -158,11 +171,13 @@ def test_gradients_match_reference(case):
     finally:
         flashattn_lite._C._set_cpu_isa(before)
     q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
-    ref = torch.autograd.grad(attention_ref(q64, k64, v64, causal=causal, window_size=window)[0], (q64, k64, v64),
-                              dout.double())
+    ref = torch.autograd.grad(
+        attention_ref(q64, k64, v64, causal=causal, window_size=window)[0], (q64, k64, v64), dout.double()
+    )
     qs, ks, vs = (t.detach().requires_grad_(True) for t in (q, k, v))
-    same = torch.autograd.grad(attention_ref(qs, ks, vs, causal=causal, window_size=window, upcast=False)[0],
-                               (qs, ks, vs), dout)
+    same = torch.autograd.grad(
+        attention_ref(qs, ks, vs, causal=causal, window_size=window, upcast=False)[0], (qs, ks, vs), dout
+    )
     # a gradient sums over the query rows of a kv head and the head dims: rounding noise grows with
     # that length, also where the true gradient cancels to ~0 (e.g. s_k = 1: dS = P (dP - D) = 0)
     n_terms = max(1024, s_q * (h // h_kv) * max(d, d_v))

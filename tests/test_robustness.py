@@ -1,4 +1,5 @@
 """Threads, leaks, worker processes, numerics at the edges, determinism."""
+
 from __future__ import annotations
 
 import os
@@ -8,10 +9,12 @@ import pytest
 import torch
 
 import flashattn_lite as fal
-from conftest import assert_rule, randn  # noqa: F401
 from flashattn_lite.reference import attention_ref, sdpa_ref, varlen_ref
 
-SANITIZED = os.environ.get("FAL_SANITIZED") == "1"
+from conftest import assert_rule, randn, slow  # noqa: F401
+
+# Set by tools/sanitize.sh.
+SANITIZED = os.environ.get("FLASHATTN_LITE_SANITIZED") == "1"
 
 
 def _rss_mb() -> float:
@@ -21,6 +24,7 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(SANITIZED, reason="RSS is not meaningful under AddressSanitizer (shadow memory)")
 def test_rss_stays_flat_over_10k_fwd_bwd_calls():
     q, k, v = (randn((1, 48, 2, 16), torch.float32, requires_grad=True) for _ in range(3))
@@ -110,7 +114,8 @@ def test_fp16_near_overflow(isa):
 
 def _nan_matches(out: torch.Tensor, ref: torch.Tensor, atol: float) -> None:
     assert torch.equal(torch.isnan(out), torch.isnan(ref)), (
-        f"NaN at {torch.isnan(out).sum().item()} places, the reference at {torch.isnan(ref).sum().item()}")
+        f"NaN at {torch.isnan(out).sum().item()} places, the reference at {torch.isnan(ref).sum().item()}"
+    )
     fin = ~torch.isnan(ref)
     assert torch.allclose(out[fin].double(), ref[fin].double(), atol=atol)
 
@@ -118,7 +123,7 @@ def _nan_matches(out: torch.Tensor, ref: torch.Tensor, atol: float) -> None:
 # A NaN in q or k makes the rows whose scores see it NaN; a NaN in v[j] reaches exactly the rows
 # that see key j (a masked key -- causal, window, mask -- never reaches a row), in its column only.
 @pytest.mark.parametrize("where", ["q", "k", "v"])
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal", [slow(False), True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_nan_appears_exactly_where_the_reference_has_it(where, causal, dtype, isa):
     q, k, v = (randn((1, 97, 2, 40), dtype) for _ in range(3))
@@ -130,13 +135,13 @@ def test_nan_appears_exactly_where_the_reference_has_it(where, causal, dtype, is
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("s_q", [1, 3, 16])
+@pytest.mark.parametrize("s_q", [1, slow(3), slow(16)])
 @pytest.mark.parametrize("layout", ["interleaved", "head_major"])
 def test_nan_in_v_decode_reaches_only_rows_that_see_it(dtype, s_q, layout, isa):
     # decode path (few rows, split keys, GQA 4:2), causal bottom-right: the first rows do not see the last keys
     q, k, v = randn((2, s_q, 4, 64), dtype), randn((2, 700, 2, 64), dtype), randn((2, 700, 2, 64), dtype)
     v[0, 699, 0, 5] = float("nan")  # seen by the last query row only (when s_q > 1)
-    v[1, 10, 1, 7] = float("nan")   # seen by every row of batch 1, kv head 1
+    v[1, 10, 1, 7] = float("nan")  # seen by every row of batch 1, kv head 1
     if layout == "head_major":
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     out = fal.flash_attn_func(q, k, v, causal=True)

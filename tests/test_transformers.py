@@ -1,5 +1,6 @@
 """Hugging Face transformers backend: tiny models built from configs (no downloads); logits,
 generated tokens and gradients match transformers' own sdpa implementation."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,22 +9,38 @@ import torch
 transformers = pytest.importorskip("transformers")  # in requirements-dev.txt: runs in CI
 
 import flashattn_lite.integrations.transformers as fal_hf  # noqa: E402
+
 from conftest import max_err  # noqa: E402
 
 NAME = fal_hf.register()
 
 
 def _llama(**kw):
-    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **kw)
+    cfg = transformers.LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        **kw,
+    )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(cfg)
 
 
 def _bert():
-    cfg = transformers.BertConfig(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, max_position_embeddings=128,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = transformers.BertConfig(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     return transformers.BertModel(cfg)
 
@@ -73,6 +90,7 @@ def test_llama_logits_and_grads_match_sdpa(left):
         assert max_err(ga[n], gb[n]) < 1e-4, n
 
 
+@pytest.mark.slow
 def test_llama_generate_matches_sdpa_with_kv_cache_and_padding():
     model = _llama().eval()
     ids, am = _batch(s=11, left=True)
@@ -121,4 +139,7 @@ def test_from_pretrained_with_attn_implementation(tmp_path):
     assert loaded.config._attn_implementation == NAME
     ids, am = _batch()
     model.set_attn_implementation("sdpa")
-    assert max_err(model(ids, attention_mask=am).logits[am.bool()], loaded(ids, attention_mask=am).logits[am.bool()]) < 1e-4
+    assert (
+        max_err(model(ids, attention_mask=am).logits[am.bool()], loaded(ids, attention_mask=am).logits[am.bool()])
+        < 1e-4
+    )

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compiles every CUDA translation unit under csrc/cuda with nvcc alone (no torch headers) for
-# sm_80 and sm_90a, with -Xptxas -v; fails on any error. Writes the ptxas report to
+# sm_80 and sm_90a, with -Xptxas -v and host-code warnings as errors; fails on any error. Writes the ptxas report to
 # ${PTXAS_LOG:-build/ptxas.log}. Skips (exit 0, with a message) where nvcc is not installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ jobs=${CUDA_CHECK_JOBS:-$(nproc)}
 t0=$(date +%s)
 printf '%s\n' "${srcs[@]}" | xargs -P "$jobs" -I{} sh -c '
   f="{}"; b=$(basename "$f" .cu)
-  nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr -Icsrc/include -Icsrc \
+  nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr -Icsrc/include -Icsrc -Xcompiler=-Wall,-Wextra,-Werror \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
     -Xptxas -v -c "$f" -o "build/cuda_check/$b.o" > "build/cuda_check/$b.log" 2>&1 \
     || { cat "build/cuda_check/$b.log"; echo "FAILED: $f"; exit 255; }'

@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 found=0
-objs=$(find build -name "attn_simd.cpp.o" 2>/dev/null || true)
-[ -n "$objs" ] || { echo "check_isa_symbols: no SIMD objects under build/ (build first)"; exit 0; }
+# every object of the per-ISA SIMD libraries (CMake targets fal_cpu_avx2, fal_cpu_avx512)
+objs=$(find build -path "*fal_cpu_avx*" -name "*.o" 2>/dev/null || true)
+[ -n "$objs" ] || { echo "check_isa_symbols: no SIMD objects under build/ (build first)"; exit 1; }
 for o in $objs; do
   # weak symbols are fine only inside an ISA-specific namespace (per-ISA names, see isa_ns.h)
   weak=$(nm -C --defined-only "$o" | awk '$2 == "W" || $2 == "V" || $2 == "u"' \
@@ -16,5 +17,5 @@ for o in $objs; do
     echo "check_isa_symbols: $o defines weak symbols:"; echo "$weak"; found=1
   fi
 done
-[ $found = 0 ] && echo "check_isa_symbols: SIMD objects define no shared weak symbols"
+[ $found = 0 ] && echo "check_isa_symbols: $(echo "$objs" | wc -l) SIMD objects define no shared weak symbols"
 exit $found

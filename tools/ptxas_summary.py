@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Turns the ptxas report of tools/check_cuda_compile.sh into a markdown table
 (kernel, arch, registers, spill bytes, stack). Usage: python tools/ptxas_summary.py build/ptxas.log"""
+
 from __future__ import annotations
 
 import re
@@ -43,7 +44,9 @@ def main(path: str) -> None:
             continue
         seen.add((n, r["arch"]))
         n = n.replace("fal::cuda::", "").replace("(fal::FwdParams)", "").replace("(fal::BwdParams)", "")
-        print(f"| `{n}` | {r['arch']} | {r['regs']} | {r.get('spill_st', 0)} / {r.get('spill_ld', 0)} | {r.get('stack', 0)} |")
+        print(
+            f"| `{n}` | {r['arch']} | {r['regs']} | {r.get('spill_st', 0)} / {r.get('spill_ld', 0)} | {r.get('stack', 0)} |"
+        )
 
 
 if __name__ == "__main__":

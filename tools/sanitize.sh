@@ -16,7 +16,7 @@ rc=0
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-FAL_SANITIZED=1 \
+FLASHATTN_LITE_SANITIZED=1 \
   $PY -m pytest -q -x -p no:cacheprovider "${tests[@]}" || rc=$?
 $PY -m pip install --no-build-isolation --no-deps -q .  # back to the normal build
 echo "sanitize: pytest exit code $rc"

@@ -20,6 +20,7 @@ bad = [n for n in names if not (n.startswith("flashattn_lite/") or n.startswith(
 assert not bad, f"unexpected files in the wheel: {bad}"
 assert any(n.startswith("flashattn_lite/_C") and n.endswith(".so") for n in names), names
 assert "flashattn_lite/_build_config.py" in names, names
+assert "flashattn_lite/py.typed" in names, names  # typed package (PEP 561)
 print(f"wheel_smoke: {len(names)} files, package + dist-info only")
 PYEOF
 torch_version=$($PY -c "import torch; print(torch.__version__.split('+')[0])")

@@ -57,8 +57,9 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
     const int hi = hk * g + gi;
     const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
     const T* dout = do_ptr(hi);
-    const Acc* dlse = p.dlse ? static_cast<const Acc*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride + sq.q_row0
-                             : nullptr;
+    const Acc* dlse =
+        p.dlse ? static_cast<const Acc*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride + sq.q_row0
+               : nullptr;
     for (int i = 0; i < s_q; ++i) {
       Acc acc = 0;
       const T* orow = o + i * p.o_row_stride;
@@ -90,7 +91,8 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
       const T* dout = do_ptr(hi);
       const Acc* lse = lse_ptr(hi);
       const ScoreMod mod = make_score_mod(p, bi, hi, s_q, s_k);
-      Acc* dmask = p.dmask ? static_cast<Acc*>(p.dmask) + bi * p.dmask_batch_stride + hi * p.dmask_head_stride : nullptr;
+      Acc* dmask =
+          p.dmask ? static_cast<Acc*>(p.dmask) + bi * p.dmask_batch_stride + hi * p.dmask_head_stride : nullptr;
       const KeyRange qr_range = vis.rows_of_keys(j0, j1, s_q);  // rows that may see this key tile
       for (int i0 = qr_range.lo; i0 < qr_range.hi; i0 += BM) {
         const int i1 = std::min(i0 + BM, qr_range.hi), rows = i1 - i0;

@@ -12,6 +12,7 @@
 #include "cpu/cpu_kernels.h"
 #include "cpu/tile_io.h"
 #include "flashattn_lite/attn_math.h"
+#include "flashattn_lite/online_softmax.h"
 
 namespace fal::cpu {
 namespace {
@@ -80,27 +81,11 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
         for (int c = 0; c < cols; ++c)
           if (j0 + c < rr.lo || j0 + c >= rr.hi) s[c] = neg_inf;
       }
-      Acc mx = m[r];
-      for (int c = 0; c < cols; ++c) mx = std::max(mx, s[c]);
-      if (mx == neg_inf) {  // the row sees no key yet -- unless its scores are NaN
-        for (int c = 0; c < cols; ++c)
-          if (s[c] != s[c]) m[r] = l[r] = std::numeric_limits<Acc>::quiet_NaN();
-        continue;
-      }
-      // acc *= exp(m_old - m_new); l = l * exp(m_old - m_new) + sum_j exp(s_j - m_new)
-      const Acc alpha = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first visible tile
-      Acc sum = 0;
       bool seen[BN];  // key visible to the row (its score not -inf): only those take part in P V
-      for (int c = 0; c < cols; ++c) {
-        seen[c] = s[c] != neg_inf;
-        s[c] = std::exp(s[c] - mx);
-        sum += s[c];
-      }
+      for (int c = 0; c < cols; ++c) seen[c] = s[c] != neg_inf;
       Acc* orow = O + r * dv;
-      if (alpha != Acc(1))
-        for (int x = 0; x < dv; ++x) orow[x] *= alpha;
-      l[r] = l[r] * alpha + sum;
-      m[r] = mx;
+      // m, l, O rescaled; s <- P (online_softmax.h); false: the row sees no key yet
+      if (!online_softmax_step<ScalarLane<Acc>>(s, cols, m[r], l[r], orow, dv)) continue;
       if (mod.drop.on) mod.drop.apply_row(i0 + r, j0, s, cols);  // P V with the dropped P; l without
       // O += P V over the visible keys: a masked key's value (even NaN) does not reach the row
       for (int c = 0; c < cols; ++c) {
@@ -113,17 +98,15 @@ void fwd_tile(const FwdParams& p, int bi, int hi, int qt, std::vector<typename A
   }
   for (int r = 0; r < rows; ++r) {
     T* orow = o + (i0 + r) * p.o_row_stride;
-    const Acc inv = row_has_mass(l[r]) ? Acc(1) / l[r] : Acc(0);  // a row that saw no key outputs 0
-    for (int x = 0; x < dv; ++x) orow[x] = store_as<T, Acc>(O[r * dv + x] * inv);
-    lse[i0 + r] = row_has_mass(l[r]) ? m[r] + std::log(l[r]) : neg_inf;
+    const RowResult<Acc> f = finish_row(m[r], l[r]);  // a row that saw no key outputs 0
+    for (int x = 0; x < dv; ++x) orow[x] = store_as<T, Acc>(O[r * dv + x] * f.inv);
+    lse[i0 + r] = f.lse;
   }
 }
 
 }  // namespace
 
-int64_t fwd_num_work_items(const FwdParams& p) {
-  return int64_t(p.b) * p.h * num_tiles(p.s_q, kFwdBlockM);
-}
+int64_t fwd_num_work_items(const FwdParams& p) { return int64_t(p.b) * p.h * num_tiles(p.s_q, kFwdBlockM); }
 
 namespace {
 
@@ -134,8 +117,8 @@ void for_each_tile(const FwdParams& p, int64_t begin, int64_t end, F&& f) {
   dispatch_dtype(p.dtype, [&](auto tag) {
     using Acc = typename AccOf<decltype(tag)>::type;
     constexpr int BM = kFwdBlockM, BN = kFwdBlockN;
-    std::vector<Acc> buf(size_t(BM) * p.d + size_t(p.d) * BN + size_t(BN) * p.d_v + BM * BN +
-                         size_t(BM) * p.d_v + 2 * BM);
+    std::vector<Acc> buf(size_t(BM) * p.d + size_t(p.d) * BN + size_t(BN) * p.d_v + BM * BN + size_t(BM) * p.d_v +
+                         2 * BM);
     for (int64_t w = begin; w < end; ++w) {
       const int64_t bh = w / nqt;
       f(tag, int(bh / p.h), int(bh % p.h), int(w % nqt), buf);
@@ -166,9 +149,8 @@ bool tile_has_nan_value(const FwdParams& p, int bi, int hi, int qt) {
 }  // namespace
 
 void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
-  for_each_tile(p, begin, end, [&](auto tag, int bi, int hi, int qt, auto& buf) {
-    fwd_tile<decltype(tag)>(p, bi, hi, qt, buf);
-  });
+  for_each_tile(p, begin, end,
+                [&](auto tag, int bi, int hi, int qt, auto& buf) { fwd_tile<decltype(tag)>(p, bi, hi, qt, buf); });
 }
 
 void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end) {
@@ -179,7 +161,7 @@ void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end) {
 }
 
 void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
-  // lse = log sum_s exp(lse_s); out = sum_s exp(lse_s - lse) * out_s
+  // lse = log sum_s exp(lse_s); out = sum_s exp(lse_s - lse) * out_s  (SplitMerge, online_softmax.h)
   const int64_t split_stride = int64_t(p.b) * p.h * p.s_q;
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -190,28 +172,16 @@ void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
         const int bi = int(bh / p.h), hi = int(bh % p.h);
         const SeqInfo sq = seq_info(p, bi);
         if (i >= sq.s_q) continue;  // past this (varlen) sequence's end
-        float mx = -std::numeric_limits<float>::infinity();
-        bool nan = false;  // a NaN in any split's scores makes the row NaN
-        for (int s = 0; s < p.num_splits; ++s) {
-          const float ls = p.lse_accum[s * split_stride + w];
-          nan |= ls != ls;
-          mx = std::max(mx, ls);
-        }
-        if (nan) mx = std::numeric_limits<float>::quiet_NaN();
-        float sum = 0.f;
-        if (mx != -std::numeric_limits<float>::infinity())
-          for (int s = 0; s < p.num_splits; ++s) sum += std::exp(p.lse_accum[s * split_stride + w] - mx);
-        if (nan) sum = mx;
-        const float lse = row_has_mass(sum) ? mx + std::log(sum) : -std::numeric_limits<float>::infinity();
+        const SplitMerge mg = SplitMerge::of(p.num_splits, [&](int s) { return p.lse_accum[s * split_stride + w]; });
         T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + (sq.q_row0 + i) * p.o_row_stride;
         for (int x = 0; x < p.d_v; ++x) {
           float acc = 0.f;
-          if (row_has_mass(sum))
+          if (mg.has_mass())
             for (int s = 0; s < p.num_splits; ++s)
-              acc += std::exp(p.lse_accum[s * split_stride + w] - lse) * p.o_accum[(s * split_stride + w) * p.d_v + x];
+              acc += mg.weight(p.lse_accum[s * split_stride + w]) * p.o_accum[(s * split_stride + w) * p.d_v + x];
           o[x] = store_as<T, float>(acc);
         }
-        static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0 + i] = lse;
+        static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0 + i] = mg.lse;
       }
     }
   });

@@ -8,7 +8,15 @@
 
 namespace fal::cpu {
 
-// Forward: one work item = (batch, head, query tile).
+// Decomposition of a forward call (the kernel tables' fwd_plan, fwd_plan.cpp), before its scratch
+// is allocated: the SIMD plan packs GQA decode rows and sets p.num_splits (split-KV); the portable
+// plan never splits. fwd_nan_pass_*: whether the forward needs fwd_redo_nan_tiles after it.
+void fwd_plan_portable(FwdParams& p, int threads);
+void fwd_plan_simd(FwdParams& p, int threads);
+bool fwd_nan_pass_portable(const FwdParams& p);
+bool fwd_nan_pass_simd(const FwdParams& p);
+
+// Forward (portable kernel): one work item = (batch, head, query tile).
 int64_t fwd_num_work_items(const FwdParams& p);
 void fwd_run(const FwdParams& p, int64_t begin, int64_t end);
 // NaN fix-up after a SIMD forward (same work items as fwd_run): a tile whose output has a NaN in
@@ -48,6 +56,8 @@ static inline int decode_head_groups(const FwdParams& p) {
   const int per = decode_group_heads(p);
   return (p.h + per - 1) / per;
 }
+// Split-KV merge: one work item per (batch, head, query row).
+inline int64_t fwd_combine_num_work_items(const FwdParams& p) { return int64_t(p.b) * p.h * p.s_q; }
 void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end);
 
 // Tile sizes (rows of Q, columns of K) of the portable kernels; exposed for tests/bench.

@@ -14,14 +14,14 @@
 
 namespace fal::cpu {
 
-#define FAL_DECLARE_ISA_TABLE(ns)                                      \
-  namespace ns {                                                       \
-  int64_t fwd_num_work_items(const FwdParams& p);                      \
-  void fwd_run(const FwdParams& p, int64_t begin, int64_t end);        \
-  int64_t bwd_num_work_items(const BwdParams& p);                      \
-  void bwd_run(const BwdParams& p, int64_t begin, int64_t end);        \
-  float peak_loop(int kind, int64_t iters);                            \
-  double peak_flops_per_iter(int kind);                                \
+#define FAL_DECLARE_ISA_TABLE(ns)                               \
+  namespace ns {                                                \
+  int64_t fwd_num_work_items(const FwdParams& p);               \
+  void fwd_run(const FwdParams& p, int64_t begin, int64_t end); \
+  int64_t bwd_num_work_items(const BwdParams& p);               \
+  void bwd_run(const BwdParams& p, int64_t begin, int64_t end); \
+  float peak_loop(int kind, int64_t iters);                     \
+  double peak_flops_per_iter(int kind);                         \
   }
 #ifdef FAL_HAVE_AVX2
 FAL_DECLARE_ISA_TABLE(avx2)
@@ -46,8 +46,8 @@ Features detect() {
   if (!osxsave || !avx) return f;
   unsigned xlo, xhi;
   __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-  const bool ymm_os = (xlo & 0x6u) == 0x6u;          // SSE + AVX state
-  const bool zmm_os = (xlo & 0xe6u) == 0xe6u;        // + opmask, ZMM_Hi256, Hi16_ZMM
+  const bool ymm_os = (xlo & 0x6u) == 0x6u;    // SSE + AVX state
+  const bool zmm_os = (xlo & 0xe6u) == 0xe6u;  // + opmask, ZMM_Hi256, Hi16_ZMM
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
   const bool avx2 = b & (1u << 5);
   const bool f512 = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
@@ -126,16 +126,19 @@ std::string set_active_isa(const std::string& name) {
 }
 
 const KernelTable& kernels(Isa isa) {
-  static const KernelTable scalar{fwd_num_work_items, fwd_run, bwd_num_work_items, bwd_run, peak_loop_scalar,
-                                  peak_flops_per_iter_scalar};
+  static const KernelTable scalar{fwd_plan_portable,     fwd_num_work_items,        fwd_run,
+                                  fwd_nan_pass_portable, bwd_num_work_items,        bwd_run,
+                                  peak_loop_scalar,      peak_flops_per_iter_scalar};
 #ifdef FAL_HAVE_AVX2
-  static const KernelTable t_avx2{avx2::fwd_num_work_items, avx2::fwd_run,   avx2::bwd_num_work_items,
-                                  avx2::bwd_run,           avx2::peak_loop, avx2::peak_flops_per_iter};
+  static const KernelTable t_avx2{fwd_plan_simd,     avx2::fwd_num_work_items, avx2::fwd_run,
+                                  fwd_nan_pass_simd, avx2::bwd_num_work_items, avx2::bwd_run,
+                                  avx2::peak_loop,   avx2::peak_flops_per_iter};
   if (isa == Isa::kAvx2) return t_avx2;
 #endif
 #ifdef FAL_HAVE_AVX512
-  static const KernelTable t_avx512{avx512::fwd_num_work_items, avx512::fwd_run,   avx512::bwd_num_work_items,
-                                    avx512::bwd_run,           avx512::peak_loop, avx512::peak_flops_per_iter};
+  static const KernelTable t_avx512{fwd_plan_simd,     avx512::fwd_num_work_items, avx512::fwd_run,
+                                    fwd_nan_pass_simd, avx512::bwd_num_work_items, avx512::bwd_run,
+                                    avx512::peak_loop, avx512::peak_flops_per_iter};
   if (isa == Isa::kAvx512) return t_avx512;
 #endif
   (void)isa;

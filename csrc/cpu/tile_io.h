@@ -9,17 +9,38 @@ namespace fal::cpu {
 FAL_ISA_NS_BEGIN
 
 // Accumulator type and the type of softmax_lse for a storage type: fp32, fp64 for fp64.
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
 
-template <typename Acc> inline Acc load_acc(const float* p) { return Acc(*p); }
-template <typename Acc> inline Acc load_acc(const double* p) { return Acc(*p); }
-template <typename Acc> inline Acc load_acc(const bf16_t* p) { return Acc(to_float(*p)); }
-template <typename Acc> inline Acc load_acc(const fp16_t* p) { return Acc(to_float(*p)); }
+template <typename Acc>
+inline Acc load_acc(const float* p) {
+  return Acc(*p);
+}
+template <typename Acc>
+inline Acc load_acc(const double* p) {
+  return Acc(*p);
+}
+template <typename Acc>
+inline Acc load_acc(const bf16_t* p) {
+  return Acc(to_float(*p));
+}
+template <typename Acc>
+inline Acc load_acc(const fp16_t* p) {
+  return Acc(to_float(*p));
+}
 
-template <typename T, typename Acc> inline T store_as(Acc x) {
-  if constexpr (sizeof(T) == 2) return StoreFrom<T>::cvt(float(x));
-  else return T(x);
+template <typename T, typename Acc>
+inline T store_as(Acc x) {
+  if constexpr (sizeof(T) == 2)
+    return StoreFrom<T>::cvt(float(x));
+  else
+    return T(x);
 }
 
 // dst[r * ld + c] = src[r * row_stride + c] * mul   for r < rows, c < cols

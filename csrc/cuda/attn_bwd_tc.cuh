@@ -24,7 +24,7 @@ template <int D>
 struct BwdTcConfig {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 128;
-  static constexpr int kBN = 64;               // keys per block (16 per warp)
+  static constexpr int kBN = 64;                 // keys per block (16 per warp)
   static constexpr int kBM = D <= 64 ? 64 : 32;  // query rows per step (register budget: dK, dV = D floats/thread)
   static constexpr int kLd = D + 8;
   static constexpr int kLdS = kBN + 8;
@@ -37,8 +37,10 @@ __global__ void __launch_bounds__(128) attn_bwd_preprocess_kernel(const BwdParam
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * 4 + warp, hi = blockIdx.y, bi = blockIdx.z;
   if (row >= p.s_q) return;
-  const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + int64_t(row) * p.o_row_stride;
-  const T* dout = static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride + int64_t(row) * p.do_row_stride;
+  const T* o =
+      static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + int64_t(row) * p.o_row_stride;
+  const T* dout =
+      static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride + int64_t(row) * p.do_row_stride;
   float acc = 0.f;
   for (int x = lane; x < p.d_v; x += 32) acc += to_f32(o[x]) * to_f32(dout[x]);
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
@@ -64,11 +66,11 @@ __global__ void __launch_bounds__(BwdTcConfig<D>::kThreads) attn_bwd_tc_kernel(c
   constexpr int BN = Cfg::kBN, BM = Cfg::kBM, LD = Cfg::kLd, LDS = Cfg::kLdS, NT = Cfg::kThreads;
   constexpr float kLog2e = 1.4426950408889634f;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* Ks = reinterpret_cast<T*>(smem_raw);  // BN x LD
-  T* Vs = Ks + BN * LD;                     // BN x LD
-  T* Qs = Vs + BN * LD;                     // BM x LD
-  T* dOs = Qs + BM * LD;                    // BM x LD
-  T* dSs = dOs + BM * LD;                   // BM x LDS  (dS as [query][key])
+  T* Ks = reinterpret_cast<T*>(smem_raw);                    // BN x LD
+  T* Vs = Ks + BN * LD;                                      // BN x LD
+  T* Qs = Vs + BN * LD;                                      // BM x LD
+  T* dOs = Qs + BM * LD;                                     // BM x LD
+  T* dSs = dOs + BM * LD;                                    // BM x LDS  (dS as [query][key])
   float* lse2_s = reinterpret_cast<float*>(dSs + BM * LDS);  // BM, lse * log2 e
   float* dsum_s = lse2_s + BM;                               // BM
 
@@ -94,7 +96,7 @@ __global__ void __launch_bounds__(BwdTcConfig<D>::kThreads) attn_bwd_tc_kernel(c
     for (int e = 0; e < 4; ++e) dk[x][e] = dv[x][e] = 0.f;
 
   constexpr int MT = BM / 16, NSPLIT = 4 / MT, DW = D / NSPLIT;  // dQ step: warps over rows x dims
-  constexpr int DC = DW % 32 == 0 ? 32 : 16;                       // dQ columns per chunk
+  constexpr int DC = DW % 32 == 0 ? 32 : 16;                     // dQ columns per chunk
   static_assert(DW % DC == 0, "dQ column split must be a multiple of the chunk");
 
   for (int gi = 0; gi < g_heads; ++gi) {
@@ -199,7 +201,8 @@ __global__ void __launch_bounds__(BwdTcConfig<D>::kThreads) attn_bwd_tc_kernel(c
 #pragma unroll
             for (int db = 0; db < DC / 16; ++db) {
               uint32_t b[4];
-              ldmatrix_x4_trans(b, Ks + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + c0 + db * 16 + (lane / 16) * 8);
+              ldmatrix_x4_trans(
+                  b, Ks + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + c0 + db * 16 + (lane / 16) * 8);
               mma_16816<T>(dq[2 * db], a, b[0], b[1]);
               mma_16816<T>(dq[2 * db + 1], a, b[2], b[3]);
             }

@@ -25,10 +25,10 @@ template <int D>
 struct FwdTcConfig {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kMT = D <= 128 ? 2 : 1;          // m16 tiles per warp
-  static constexpr int kBM = kWarps * 16 * kMT;         // query rows per block
-  static constexpr int kBN = D <= 64 ? 64 : 32;         // keys per tile
-  static constexpr int kLd = D + 8;                     // padded shared row, elements
+  static constexpr int kMT = D <= 128 ? 2 : 1;                  // m16 tiles per warp
+  static constexpr int kBM = kWarps * 16 * kMT;                 // query rows per block
+  static constexpr int kBN = D <= 64 ? 64 : 32;                 // keys per tile
+  static constexpr int kLd = D + 8;                             // padded shared row, elements
   static constexpr int kSmemBytes = (kBM + 4 * kBN) * kLd * 2;  // Q + 2 stages of K and V
 };
 
@@ -49,14 +49,13 @@ __device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t ro
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(FwdTcConfig<D>::kThreads)
-    attn_fwd_tc_kernel(const FwdParams p) {
+__global__ void __launch_bounds__(FwdTcConfig<D>::kThreads) attn_fwd_tc_kernel(const FwdParams p) {
   using Cfg = FwdTcConfig<D>;
   constexpr int BM = Cfg::kBM, BN = Cfg::kBN, LD = Cfg::kLd, NT = Cfg::kThreads, MT = Cfg::kMT;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);  // BM x LD
-  T* Ks = Qs + BM * LD;                     // 2 x BN x LD
-  T* Vs = Ks + 2 * BN * LD;                 // 2 x BN x LD
+  T* Ks = Qs + BM * LD;                    // 2 x BN x LD
+  T* Vs = Ks + 2 * BN * LD;                // 2 x BN x LD
 
   const int hi = blockIdx.y, bi = blockIdx.z, hk = hi / (p.h / p.h_kv);
   const int split = blockIdx.x % p.num_splits;
@@ -128,7 +127,8 @@ __global__ void __launch_bounds__(FwdTcConfig<D>::kThreads)
         uint32_t a[MT][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
-          ldmatrix_x4(a[mt], Qs + ((warp * MT + mt) * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + kk * 16 + (lane / 16) * 8);
+          ldmatrix_x4(
+              a[mt], Qs + ((warp * MT + mt) * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + kk * 16 + (lane / 16) * 8);
 #pragma unroll
         for (int nb = 0; nb < BN / 16; ++nb) {
           uint32_t b[4];
@@ -238,7 +238,8 @@ __global__ void __launch_bounds__(FwdTcConfig<D>::kThreads)
 #pragma unroll
         for (int y = 0; y < D / 8; ++y) {
           const int col = y * 8 + t4 * 2;
-          if (col < p.d_v) *reinterpret_cast<float2*>(po + col) = make_float2(o[mt][y][2 * r] * inv, o[mt][y][2 * r + 1] * inv);
+          if (col < p.d_v)
+            *reinterpret_cast<float2*>(po + col) = make_float2(o[mt][y][2 * r] * inv, o[mt][y][2 * r + 1] * inv);
         }
         if (t4 == 0) p.lse_accum[prow] = row_lse;
         continue;
@@ -283,8 +284,7 @@ __global__ void __launch_bounds__(128) attn_fwd_combine_kernel(const FwdParams p
       }
     out[x] = Pack<T>::from_float(acc);
   }
-  if (threadIdx.x == 0)
-    static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + row] = lse;
+  if (threadIdx.x == 0) static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + row] = lse;
 }
 
 template <typename T, int D>

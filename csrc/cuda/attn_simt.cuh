@@ -17,19 +17,38 @@
 
 namespace fal::cuda {
 
-template <typename T> struct SimtAcc { using type = float; };
-template <> struct SimtAcc<double> { using type = double; };
+template <typename T>
+struct SimtAcc {
+  using type = float;
+};
+template <>
+struct SimtAcc<double> {
+  using type = double;
+};
 
 __device__ __forceinline__ float to_acc(float x) { return x; }
 __device__ __forceinline__ double to_acc(double x) { return x; }
 __device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-template <typename T> __device__ __forceinline__ T from_acc(float x);
-template <> __device__ __forceinline__ float from_acc<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <typename T> __device__ __forceinline__ T from_acc(double x) { return T(x); }
+template <typename T>
+__device__ __forceinline__ T from_acc(float x);
+template <>
+__device__ __forceinline__ float from_acc<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <typename T>
+__device__ __forceinline__ T from_acc(double x) {
+  return T(x);
+}
 
 __device__ __forceinline__ float acc_exp(float x) { return expf(x); }
 __device__ __forceinline__ double acc_exp(double x) { return exp(x); }
@@ -63,9 +82,9 @@ __global__ void __launch_bounds__(kSimtThreads) attn_fwd_simt_kernel(const FwdPa
   using Acc = typename SimtAcc<T>::type;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Acc* qs = reinterpret_cast<Acc*>(smem_raw);  // d
-  Acc* os = qs + p.d;                           // d_v
-  Acc* ps = os + p.d_v;                         // kSimtThreads
-  Acc* red = ps + kSimtThreads;                 // 32
+  Acc* os = qs + p.d;                          // d_v
+  Acc* ps = os + p.d_v;                        // kSimtThreads
+  Acc* red = ps + kSimtThreads;                // 32
   const int i = blockIdx.x, hi = blockIdx.y, bi = blockIdx.z, hk = hi / (p.h / p.h_kv);
   const int tid = threadIdx.x;
   const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride + int64_t(i) * p.q_row_stride;
@@ -111,19 +130,23 @@ __global__ void __launch_bounds__(kSimtThreads) attn_bwd_dq_simt_kernel(const Bw
   using Acc = typename SimtAcc<T>::type;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Acc* qs = reinterpret_cast<Acc*>(smem_raw);  // d
-  Acc* dos = qs + p.d;                          // d_v
-  Acc* dqs = dos + p.d_v;                       // d
-  Acc* dss = dqs + p.d;                         // kSimtThreads
-  Acc* red = dss + kSimtThreads;                // 32
+  Acc* dos = qs + p.d;                         // d_v
+  Acc* dqs = dos + p.d_v;                      // d
+  Acc* dss = dqs + p.d;                        // kSimtThreads
+  Acc* red = dss + kSimtThreads;               // 32
   const int i = blockIdx.x, hi = blockIdx.y, bi = blockIdx.z, hk = hi / (p.h / p.h_kv);
   const int tid = threadIdx.x;
   const Acc scale = Acc(p.scale);
   const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + hi * p.q_head_stride + int64_t(i) * p.q_row_stride;
   const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + int64_t(i) * p.o_row_stride;
-  const T* dout = static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride + int64_t(i) * p.do_row_stride;
+  const T* dout =
+      static_cast<const T*>(p.dout) + bi * p.do_batch_stride + hi * p.do_head_stride + int64_t(i) * p.do_row_stride;
   const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride;
   const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride;
-  for (int x = tid; x < p.d; x += kSimtThreads) { qs[x] = to_acc(q[x]) * scale; dqs[x] = 0; }
+  for (int x = tid; x < p.d; x += kSimtThreads) {
+    qs[x] = to_acc(q[x]) * scale;
+    dqs[x] = 0;
+  }
   Acc dpart = 0;
   for (int x = tid; x < p.d_v; x += kSimtThreads) {
     dos[x] = to_acc(dout[x]);
@@ -165,18 +188,24 @@ __global__ void __launch_bounds__(kSimtThreads) attn_bwd_dkdv_simt_kernel(const 
   using Acc = typename SimtAcc<T>::type;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Acc* ks = reinterpret_cast<Acc*>(smem_raw);  // d
-  Acc* vs = ks + p.d;                           // d_v
-  Acc* dks = vs + p.d_v;                        // d
-  Acc* dvs = dks + p.d;                         // d_v
-  Acc* pss = dvs + p.d_v;                       // kSimtThreads
-  Acc* dss = pss + kSimtThreads;                // kSimtThreads
+  Acc* vs = ks + p.d;                          // d_v
+  Acc* dks = vs + p.d_v;                       // d
+  Acc* dvs = dks + p.d;                        // d_v
+  Acc* pss = dvs + p.d_v;                      // kSimtThreads
+  Acc* dss = pss + kSimtThreads;               // kSimtThreads
   const int j = blockIdx.x, hk = blockIdx.y, bi = blockIdx.z, g = p.h / p.h_kv;
   const int tid = threadIdx.x;
   const Acc scale = Acc(p.scale);
   const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + hk * p.k_head_stride + int64_t(j) * p.k_row_stride;
   const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + hk * p.v_head_stride + int64_t(j) * p.v_row_stride;
-  for (int x = tid; x < p.d; x += kSimtThreads) { ks[x] = to_acc(k[x]) * scale; dks[x] = 0; }
-  for (int x = tid; x < p.d_v; x += kSimtThreads) { vs[x] = to_acc(v[x]); dvs[x] = 0; }
+  for (int x = tid; x < p.d; x += kSimtThreads) {
+    ks[x] = to_acc(k[x]) * scale;
+    dks[x] = 0;
+  }
+  for (int x = tid; x < p.d_v; x += kSimtThreads) {
+    vs[x] = to_acc(v[x]);
+    dvs[x] = 0;
+  }
   __syncthreads();
   const KeyRange rr = make_visibility(p, p.s_q, p.s_k).rows_of_key(j, p.s_q);
   for (int gi = 0; gi < g; ++gi) {
@@ -236,9 +265,11 @@ int launch_bwd_simt(const BwdParams& p, cudaStream_t stream) {
   auto k1 = attn_bwd_dq_simt_kernel<T>;
   auto k2 = attn_bwd_dkdv_simt_kernel<T>;
   cudaError_t e = cudaSuccess;
-  if (smem1 > 48 * 1024 && (e = cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1))) != cudaSuccess)
+  if (smem1 > 48 * 1024 &&
+      (e = cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1))) != cudaSuccess)
     return int(e);
-  if (smem2 > 48 * 1024 && (e = cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2))) != cudaSuccess)
+  if (smem2 > 48 * 1024 &&
+      (e = cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2))) != cudaSuccess)
     return int(e);
   k1<<<dim3(p.s_q, p.h, p.b), kSimtThreads, smem1, stream>>>(p);
   if ((e = cudaGetLastError()) != cudaSuccess) return int(e);

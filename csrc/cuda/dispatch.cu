@@ -1,4 +1,5 @@
 // dispatch.cu -- runtime values -> template instantiations (dtype, padded head dim).
+#include "cuda/head_dims.h"
 #include "cuda/launch.h"
 #include "cuda/attn_fwd_tc.cuh"  // FwdTcConfig (tile shapes)
 #include "cuda/launch_templates.cuh"
@@ -19,6 +20,14 @@ namespace {
 #endif
 
 constexpr int kTileDims[] = {32, 64, 96, 128, 192, 256};
+// the FAL_CUDA_HDIM_* blocks here and below follow the one list (head_dims.h)
+constexpr bool same_dims() {
+  if (sizeof(kTileDims) != sizeof(kTcFwdHeadDims)) return false;
+  for (size_t i = 0; i < sizeof(kTileDims) / sizeof(int); ++i)
+    if (kTileDims[i] != kTcFwdHeadDims[i]) return false;
+  return true;
+}
+static_assert(same_dims(), "dispatch.cu: kTileDims must equal FAL_CUDA_TC_FWD_HEAD_DIMS (head_dims.h)");
 constexpr bool kBuilt[] = {
 #ifdef FAL_CUDA_HDIM_32
     true,

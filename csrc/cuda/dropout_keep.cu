@@ -31,8 +31,8 @@ int run_dropout_keep(const FwdParams& p, int batch, int s_q, int s_k, unsigned c
   if (n_groups == 0) return 0;
   const int threads = 256;
   const int64_t blocks = (n_groups + threads - 1) / threads;
-  dropout_keep_kernel<<<unsigned(blocks), threads, 0, static_cast<cudaStream_t>(stream)>>>(
-      make_dropout(p), p.h, s_q, s_k, out, n_groups);
+  dropout_keep_kernel<<<unsigned(blocks), threads, 0, static_cast<cudaStream_t>(stream)>>>(make_dropout(p), p.h, s_q,
+                                                                                           s_k, out, n_groups);
   return int(cudaGetLastError());
 }
 

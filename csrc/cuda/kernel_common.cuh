@@ -12,15 +12,18 @@
 
 namespace fal::cuda {
 
-template <typename T> struct Pack;
-template <> struct Pack<__half> {
+template <typename T>
+struct Pack;
+template <>
+struct Pack<__half> {
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
   }
   __device__ __forceinline__ static __half from_float(float x) { return __float2half_rn(x); }
 };
-template <> struct Pack<__nv_bfloat16> {
+template <>
+struct Pack<__nv_bfloat16> {
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
@@ -68,12 +71,13 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 
 // 16-byte global -> shared copy; src_bytes < 16 zero-fills the rest (0 = all zeros).
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
-               "r"(src_bytes));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
 
 // Reductions over the 4 lanes of a quad (the lanes that share rows of a C fragment).
 __device__ __forceinline__ float quad_max(float x) {

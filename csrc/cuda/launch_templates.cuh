@@ -8,8 +8,12 @@
 #include "flashattn_lite/params.h"
 
 namespace fal::cuda {
-template <typename T, int D> int launch_fwd_tc(const FwdParams& p, cudaStream_t stream);
-template <typename T, int D> int launch_bwd_tc(const BwdParams& p, cudaStream_t stream);
-template <typename T> int launch_fwd_simt(const FwdParams& p, cudaStream_t stream);
-template <typename T> int launch_bwd_simt(const BwdParams& p, cudaStream_t stream);
+template <typename T, int D>
+int launch_fwd_tc(const FwdParams& p, cudaStream_t stream);
+template <typename T, int D>
+int launch_bwd_tc(const BwdParams& p, cudaStream_t stream);
+template <typename T>
+int launch_fwd_simt(const FwdParams& p, cudaStream_t stream);
+template <typename T>
+int launch_bwd_simt(const BwdParams& p, cudaStream_t stream);
 }  // namespace fal::cuda

@@ -20,22 +20,12 @@ const cpu::KernelTable& active_kernels() {
   if (int(isa) < 0) {
     std::string avail;
     for (cpu::Isa i : cpu::available_isas()) avail += std::string(" ") + cpu::isa_name(i);
-    TORCH_CHECK_VALUE(false, "flashattn_lite: FLASHATTN_LITE_CPU_ISA names an ISA this build or CPU cannot run; "
-                      "available:", avail);
+    TORCH_CHECK_VALUE(false,
+                      "flashattn_lite: FLASHATTN_LITE_CPU_ISA names an ISA this build or CPU cannot run; "
+                      "available:",
+                      avail);
   }
   return cpu::kernels(isa);
-}
-
-// Decode split (only the SIMD decode path splits): p.num_splits > 0 is the caller's count
-// (flash-attn's num_splits: 1 = no split), at most one split per key; 0 = enough (batch, head,
-// split) items for every thread to stream memory, each split keeping >= 512 keys.
-int choose_cpu_splits(const FwdParams& p, cpu::Isa isa) {
-  if (isa == cpu::Isa::kScalar || p.dtype == DType::kFloat64 || p.s_q > cpu::kDecodeMaxRows) return 1;
-  if (p.num_splits > 0) return std::max(1, std::min(p.num_splits, p.s_k));
-  const int64_t threads = at::get_num_threads();
-  const int64_t items = int64_t(p.b) * cpu::decode_head_groups(p);  // per split
-  if (items >= 2 * threads) return 1;
-  return int(std::max<int64_t>(1, std::min<int64_t>((2 * threads + items - 1) / items, p.s_k / 512)));
 }
 
 }  // namespace
@@ -44,44 +34,19 @@ const cpu::KernelTable& active_kernels_for_probe() { return active_kernels(); }
 
 namespace {
 
-// Decode with GQA: one query row per head -> the g query heads sharing a kv head become g rows of
-// one sequence (the same memory, other strides), so the decode kernel streams each K/V row once
-// per kv head instead of once per query head. Only where that is the same computation: one query
-// row, every key visible to it (bottom-right causal / right window are then no-ops), no per-head
-// transform (ALiBi, attn_mask, dropout) and a contiguous LSE row (its row stride is 1).
-void pack_gqa_decode(FwdParams& p) {
-  const int g = p.h / p.h_kv;
-  if (g <= 1 || g > cpu::kDecodeMaxRows || p.s_q != 1 || p.cu_seqlens_q || p.alibi_slopes || p.mask ||
-      p.dropout_p > 0.f || p.window_left >= 0 || p.lse_head_stride != 1)
-    return;
-  if (!p.bottom_right && (p.causal || p.window_right >= 0)) return;
-  // K/V heads interleaved in a row: the decode kernel groups the query heads instead (each K/V row
-  // read from memory once, by the first head of its group; measured faster than packed rows)
-  if (p.k_head_stride < p.k_row_stride && p.v_head_stride < p.v_row_stride) return;
-  p.causal = false;
-  p.window_right = -1;
-  p.s_q = g;
-  p.h = p.h_kv;
-  p.q_row_stride = p.q_head_stride;
-  p.q_head_stride *= g;
-  p.o_row_stride = p.o_head_stride;
-  p.o_head_stride *= g;
-  p.lse_head_stride *= g;  // rows of a packed head are consecutive in the (b, h, 1) LSE
-}
-
+// One forward call on the active ISA's kernel table (isa.h): the table decides the decomposition.
 void run_fwd_cpu(FwdParams& p, const at::Tensor& q) {
   const cpu::KernelTable& k = active_kernels();
-  pack_gqa_decode(p);
-  p.num_splits = choose_cpu_splits(p, cpu::active_isa());
+  k.fwd_plan(p, at::get_num_threads());
   const auto accum = alloc_split_accum(p, q);  // alive until the kernels are done
   at::parallel_for(0, k.fwd_num_work_items(p), 1, [&](int64_t begin, int64_t end) { k.fwd_run(p, begin, end); });
   if (p.num_splits > 1)
-    at::parallel_for(0, int64_t(p.b) * p.h * p.s_q, 1,
+    at::parallel_for(0, cpu::fwd_combine_num_work_items(p), 1,
                      [&](int64_t begin, int64_t end) { cpu::fwd_combine_run(p, begin, end); });
-  // a NaN value must reach only the rows that see its key (cpu_kernels.h); the portable kernel
-  // (scalar ISA, fp64) already keeps to that
-  if (k.fwd_run != &cpu::fwd_run && p.dtype != DType::kFloat64)
-    at::parallel_for(0, cpu::fwd_num_work_items(p), std::max<int64_t>(1, (1 << 16) / (int64_t(cpu::kFwdBlockM) * p.d_v)),
+  // a NaN value must reach only the rows that see its key (cpu_kernels.h)
+  if (k.fwd_nan_pass(p))
+    at::parallel_for(0, cpu::fwd_num_work_items(p),
+                     std::max<int64_t>(1, (1 << 16) / (int64_t(cpu::kFwdBlockM) * p.d_v)),
                      [&](int64_t begin, int64_t end) { cpu::fwd_redo_nan_tiles(p, begin, end); });
 }
 
@@ -111,7 +76,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_cpu(const at::Tensor& q, const at
 
 at::Tensor dropout_keep_cpu(const at::Tensor& rng_state, int64_t batch, int64_t heads, int64_t s_q, int64_t s_k,
                             double dropout_p) {
-  TORCH_CHECK_VALUE(batch >= 0 && heads >= 0 && s_q >= 0 && s_k >= 0, "flashattn_lite: dropout_keep sizes must be >= 0");
+  TORCH_CHECK_VALUE(batch >= 0 && heads >= 0 && s_q >= 0 && s_k >= 0,
+                    "flashattn_lite: dropout_keep sizes must be >= 0");
   TORCH_CHECK_VALUE(dropout_p > 0 && dropout_p < 1, "flashattn_lite: dropout_p must be in (0, 1), got ", dropout_p);
   auto keep = at::empty({batch, heads, s_q, s_k}, rng_state.options().dtype(at::kBool));
   if (keep.numel() == 0) return keep;

@@ -22,13 +22,13 @@ void check_launch(int err, const char* what) {
 // Features the CUDA kernels do not implement yet (the CPU kernels do): refuse them clearly
 // rather than ignore them.
 void check_cuda_features(const FwdParams& p) {
-  const char* missing = p.mask ? "attn_mask"
-                        : p.alibi_slopes ? "alibi_slopes"
-                        : p.softcap > 0.f ? "softcap > 0"
-                        : p.dropout_p > 0.f ? "dropout_p > 0"
+  const char* missing = p.mask                               ? "attn_mask"
+                        : p.alibi_slopes                     ? "alibi_slopes"
+                        : p.softcap > 0.f                    ? "softcap > 0"
+                        : p.dropout_p > 0.f                  ? "dropout_p > 0"
                         : (p.cu_seqlens_q || p.cu_seqlens_k) ? "cu_seqlens (varlen)"
-                        : p.seqused_k ? "seqused_k / cache_seqlens"
-                        : nullptr;
+                        : p.seqused_k                        ? "seqused_k / cache_seqlens"
+                                                             : nullptr;
   TORCH_CHECK_NOT_IMPLEMENTED(missing == nullptr, kPre, missing,
                               " is not implemented on CUDA yet (it is on the CPU); tracked by the CUDA issue");
 }
@@ -127,9 +127,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cuda(FAL_BWD_ARGS
   const int64_t d = q.size(3), d8 = probe.d;
   TORCH_CHECK_VALUE(out.dim() == 4 && dout.dim() == 4 && out.size(-1) == d && dout.size(-1) == d, kPre,
                     "out and dout must have shape (batch, seqlen_q, heads, head_dim) like q");
-  auto [dq, dk, dv, dmask] = bwd_impl(run_bwd_cuda, tensor_core_ready(last_dim_contiguous(dout), d8), dlse,
-                               tensor_core_ready(qc, d8), tensor_core_ready(kc, d8), tensor_core_ready(vc, d8),
-                               tensor_core_ready(last_dim_contiguous(out), d8), softmax_lse, a, deterministic, mask_grad);
+  auto [dq, dk, dv, dmask] =
+      bwd_impl(run_bwd_cuda, tensor_core_ready(last_dim_contiguous(dout), d8), dlse, tensor_core_ready(qc, d8),
+               tensor_core_ready(kc, d8), tensor_core_ready(vc, d8), tensor_core_ready(last_dim_contiguous(out), d8),
+               softmax_lse, a, deterministic, mask_grad);
   if (d8 != d) {
     dq = dq.narrow(-1, 0, d).contiguous();
     dk = dk.narrow(-1, 0, d).contiguous();

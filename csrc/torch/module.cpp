@@ -16,7 +16,7 @@ double fal_cpu_peak_gflops(int kind, double seconds);  // cpu_ops.cpp
 // bwd returns dmask (the attn_mask's shape) when mask_grad, else an empty tensor.
 // `deterministic` of fwd is only recorded for its backward (bitwise-reproducible gradients).
 // Optional arguments are part of the schema from the start so that features extend it without
-// changing it; the ones not built yet raise NotImplementedError.
+// changing it; a device that lacks a feature raises NotImplementedError (cuda_ops.cpp).
 TORCH_LIBRARY(flashattn_lite, m) {
   m.def(
       "fwd(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, Tensor? alibi_slopes, "
@@ -31,13 +31,13 @@ TORCH_LIBRARY(flashattn_lite, m) {
       "bool causal, bool bottom_right, int window_left, int window_right, float softcap, "
       "float dropout_p, bool deterministic, bool mask_grad=False) -> (Tensor dq, Tensor dk, Tensor dv, "
       "Tensor dmask)");
-  // The dropout keep pattern (bool, batch x heads x seqlen_q x seqlen_k) for an rng_state: what the
-  // kernels draw (Philox4x32-10, see attn_math.h), for tests and return_attn_probs.
   // flash_attn_with_kvcache's attention (inference only; the append and rotary happen before it).
   m.def(
       "fwd_kvcache(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, Tensor? cache_batch_idx, "
       "Tensor? cache_leftpad, Tensor? block_table, Tensor? alibi_slopes, float softmax_scale, bool causal, "
       "int window_left, int window_right, float softcap, int num_splits=0) -> (Tensor out, Tensor softmax_lse)");
+  // The dropout keep pattern (bool, batch x heads x seqlen_q x seqlen_k) for an rng_state: what the
+  // kernels draw (Philox4x32-10, see attn_math.h), for tests and return_attn_probs.
   m.def("dropout_keep(Tensor rng_state, int batch, int heads, int seqlen_q, int seqlen_k, float dropout_p) -> Tensor");
 }
 
@@ -84,21 +84,33 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "flashattn_lite native module: op registrations and build information";
   mod.def("build_info", &build_info, "What this build was compiled with.");
-  mod.def("cpu_isa", [] {
-    const auto isa = fal::cpu::active_isa();
-    return std::string(int(isa) < 0 ? "invalid" : fal::cpu::isa_name(isa));
-  }, "The CPU ISA the kernels use now.");
-  mod.def("available_isas", [] {
-    std::vector<std::string> v;
-    for (auto i : fal::cpu::available_isas()) v.push_back(fal::cpu::isa_name(i));
-    return v;
-  }, "CPU ISAs compiled in and supported by this CPU and OS (best last).");
-  mod.def("_cpu_peak_gflops", [](const std::string& kind, double seconds) {
-    pybind11::gil_scoped_release nogil;
-    return fal_cpu_peak_gflops(kind == "bf16" ? 1 : 0, seconds);
-  }, "Measured peak GFLOP/s of the active CPU ISA on torch's threads: kind 'fp32' (FMA) or 'bf16' (dot).");
-  mod.def("_set_cpu_isa", [](const std::string& name) {
-    const std::string err = fal::cpu::set_active_isa(name);
-    if (!err.empty()) throw pybind11::value_error("flashattn_lite: " + err);
-  }, "Select the CPU ISA (tests and benchmarks).");
+  mod.def(
+      "cpu_isa",
+      [] {
+        const auto isa = fal::cpu::active_isa();
+        return std::string(int(isa) < 0 ? "invalid" : fal::cpu::isa_name(isa));
+      },
+      "The CPU ISA the kernels use now.");
+  mod.def(
+      "available_isas",
+      [] {
+        std::vector<std::string> v;
+        for (auto i : fal::cpu::available_isas()) v.push_back(fal::cpu::isa_name(i));
+        return v;
+      },
+      "CPU ISAs compiled in and supported by this CPU and OS (best last).");
+  mod.def(
+      "_cpu_peak_gflops",
+      [](const std::string& kind, double seconds) {
+        pybind11::gil_scoped_release nogil;
+        return fal_cpu_peak_gflops(kind == "bf16" ? 1 : 0, seconds);
+      },
+      "Measured peak GFLOP/s of the active CPU ISA on torch's threads: kind 'fp32' (FMA) or 'bf16' (dot).");
+  mod.def(
+      "_set_cpu_isa",
+      [](const std::string& name) {
+        const std::string err = fal::cpu::set_active_isa(name);
+        if (!err.empty()) throw pybind11::value_error("flashattn_lite: " + err);
+      },
+      "Select the CPU ISA (tests and benchmarks).");
 }

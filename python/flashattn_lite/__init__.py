@@ -5,6 +5,7 @@ Drop-in functions for ``flash_attn`` (``flash_attn_func`` and its packed variant
 (layout (batch, heads, seqlen, head_dim)), computed by hand-written kernels behind registered
 torch ops (``torch.ops.flashattn_lite.fwd`` / ``bwd``) with fake and autograd implementations.
 """
+
 from __future__ import annotations
 
 import torch  # noqa: F401  (loads libtorch before the extension)
@@ -13,8 +14,11 @@ from ._compat import check_torch_compatible
 
 check_torch_compatible()  # a clear ImportError instead of "undefined symbol" under another torch
 
-from . import _C  # noqa: E402  (registers torch.ops.flashattn_lite.*)
-from . import _ops  # noqa: F401,E402  (fake + autograd registrations)
+from . import _C  # noqa: E402  (registers torch.ops.flashattn_lite.*, whose schemas _ops reads)
+
+# isort: split
+from . import _ops  # noqa: E402, F401  (fake + autograd registrations)
+from . import nn as nn  # noqa: E402  (public: flashattn_lite.nn.MultiheadAttention, SelfAttention)
 from ._version import __version__  # noqa: E402
 from .errors import ArgumentError, ArgumentTypeError  # noqa: E402
 from .interface import (  # noqa: E402
@@ -27,7 +31,6 @@ from .interface import (  # noqa: E402
     scaled_dot_product_attention,
 )
 from .kvcache import flash_attn_with_kvcache  # noqa: E402
-from . import nn  # noqa: E402  (flashattn_lite.nn.MultiheadAttention, SelfAttention)
 
 
 def cpu_isa() -> str:

@@ -13,10 +13,11 @@ a full turn every accumulator is back at its owner. Communication overlaps the c
 step (async isend / irecv). Works with any backend that has point-to-point ops (gloo on the CPU,
 NCCL on GPUs).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,37 +25,58 @@ import torch.distributed as dist
 Tensor = torch.Tensor
 
 
+# The op arguments (by their schema names, csrc/torch/module.cpp) of a plain attention: no mask,
+# ALiBi, softcap, dropout or window, not varlen; causal aligned bottom-right.
+_PLAIN: dict[str, Any] = dict(
+    attn_mask=None,
+    alibi_slopes=None,
+    cu_seqlens_q=None,
+    cu_seqlens_k=None,
+    seqused_k=None,
+    rng_state=None,
+    max_seqlen_q=-1,
+    max_seqlen_k=-1,
+    bottom_right=True,
+    window_left=-1,
+    window_right=-1,
+    softcap=0.0,
+    dropout_p=0.0,
+    deterministic=False,
+)
+
+
 def _fwd(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> tuple[Tensor, Tensor]:
     return torch.ops.flashattn_lite.fwd.default(
-        q, k, v, None, None, None, None, None, None, None, -1, -1, scale, causal, True, -1, -1, 0.0, 0.0, 0,
-        False)
+        q=q, k=k, v=v, block_table=None, num_splits=0, softmax_scale=scale, causal=causal, **_PLAIN
+    )
 
 
-def _bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float,
-         causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _bwd(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, causal: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     dq, dk, dv, _ = torch.ops.flashattn_lite.bwd.default(
-        dout, None, q, k, v, out, lse, None, None, None, None, None, None, -1, -1, scale, causal, True, -1, -1,
-        0.0, 0.0, False)
+        dout=dout, dlse=None, q=q, k=k, v=v, out=out, softmax_lse=lse, softmax_scale=scale, causal=causal, **_PLAIN
+    )
     return dq, dk, dv
 
 
-def _merge(out: Optional[Tensor], lse: Optional[Tensor], o: Tensor, l: Tensor) -> tuple[Tensor, Tensor]:
-    """Merge a partial (o (b, s, h, d), l (b, h, s)) into the running (out, lse), in the LSE's
+def _merge(out: Tensor | None, lse: Tensor | None, o: Tensor, o_lse: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge a partial (o (b, s, h, d), o_lse (b, h, s)) into the running (out, lse), in the LSE's
     dtype (fp32; fp64 for fp64 inputs)."""
-    o = o.to(l.dtype)
+    o = o.to(o_lse.dtype)
     if out is None or lse is None:
-        return o, l.clone()
-    new = torch.logaddexp(lse, l)
+        return o, o_lse.clone()
+    new = torch.logaddexp(lse, o_lse)
     seen = torch.isfinite(new)
     wa = torch.where(seen, torch.exp(lse - new), torch.zeros_like(new)).transpose(1, 2).unsqueeze(-1)
-    wb = torch.where(seen, torch.exp(l - new), torch.zeros_like(new)).transpose(1, 2).unsqueeze(-1)
+    wb = torch.where(seen, torch.exp(o_lse - new), torch.zeros_like(new)).transpose(1, 2).unsqueeze(-1)
     return out * wa + o * wb, new
 
 
 class _Ring:
     """Non-blocking exchange with the ring neighbours: send to rank + 1, receive from rank - 1."""
 
-    def __init__(self, group: Optional[dist.ProcessGroup]) -> None:
+    def __init__(self, group: dist.ProcessGroup | None) -> None:
         self.group = group
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
@@ -86,8 +108,9 @@ def _visible(src: int, rank: int, causal: bool) -> tuple[bool, bool]:
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, group: Optional[dist.ProcessGroup], causal: bool,
-                scale: float) -> Tensor:
+    def forward(
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup | None, causal: bool, scale: float
+    ) -> Tensor:
         ring = _Ring(group)
         out = lse = None
         kc, vc = k.contiguous(), v.contiguous()
@@ -96,8 +119,8 @@ class _RingAttention(torch.autograd.Function):
             src = (ring.rank - step) % ring.world
             use, diag = _visible(src, ring.rank, causal)
             if use:
-                o, l = _fwd(q, kc, vc, scale, diag)
-                out, lse = _merge(out, lse, o, l)
+                o, o_lse = _fwd(q, kc, vc, scale, diag)
+                out, lse = _merge(out, lse, o, o_lse)
             if nxt is not None:
                 ring.wait()
                 kc, vc = nxt
@@ -108,7 +131,7 @@ class _RingAttention(torch.autograd.Function):
         return out_t
 
     @staticmethod
-    def backward(ctx: Any, dout: Tensor) -> tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, out, lse = ctx.saved_tensors
         ring = _Ring(ctx.group)
         dout = dout.contiguous()
@@ -136,8 +159,14 @@ class _RingAttention(torch.autograd.Function):
         return dq.to(q.dtype), dkc.to(k.dtype), dvc.to(v.dtype), None, None, None
 
 
-def ring_attention(q: Tensor, k: Tensor, v: Tensor, group: Optional[dist.ProcessGroup] = None,
-                   causal: bool = False, softmax_scale: Optional[float] = None) -> Tensor:
+def ring_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    group: dist.ProcessGroup | None = None,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+) -> Tensor:
     """Attention over a sequence split across the ranks of ``group`` (flash-attn layout).
 
     q, k, v: this rank's chunk, (batch, seqlen_chunk, heads, head_dim) / (batch, seqlen_chunk,
@@ -152,7 +181,9 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group: Optional[dist.Process
         if not isinstance(t, Tensor) or t.dim() != 4:
             raise ValueError(f"flashattn_lite: {name} must be a 4-D tensor (batch, seqlen_chunk, heads, head_dim)")
     if causal and q.shape[1] != k.shape[1]:
-        raise ValueError("flashattn_lite: causal ring attention needs q and k chunks of the same length, got "
-                         f"{q.shape[1]} and {k.shape[1]}")
+        raise ValueError(
+            "flashattn_lite: causal ring attention needs q and k chunks of the same length, got "
+            f"{q.shape[1]} and {k.shape[1]}"
+        )
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     return _RingAttention.apply(q, k, v, group, bool(causal), scale)

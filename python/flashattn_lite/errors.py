@@ -7,10 +7,12 @@ below, so it is caught by ``except RuntimeError`` (code written against flash-at
 ``except ValueError`` / ``except TypeError`` alike. Features a device does not implement raise
 ``NotImplementedError``, itself a ``RuntimeError``.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -5,10 +5,11 @@ The new keys/values are rotated and written into the cache here (O(new tokens));
 itself is the ``flashattn_lite::fwd_kvcache`` op, whose kernels read the cache in place (pages
 included) and split long caches over threads.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import overload
 
 import torch
 
@@ -29,13 +30,20 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, interle
         x1, x2 = xr[..., 0::2], xr[..., 1::2]
         rot = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
     else:
-        x1, x2 = xr[..., : rd // 2], xr[..., rd // 2:]
+        x1, x2 = xr[..., : rd // 2], xr[..., rd // 2 :]
         rot = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
     return torch.cat((rot.to(x.dtype), x[..., rd:]), dim=-1)
 
 
-def _int32_vec(t: Union[int, Tensor, None], name: str, b: int, device: torch.device,
-               default: Optional[int] = None) -> Optional[Tensor]:
+@overload
+def _int32_vec(t: int | Tensor | None, name: str, b: int, device: torch.device, default: int) -> Tensor: ...
+@overload
+def _int32_vec(
+    t: int | Tensor | None, name: str, b: int, device: torch.device, default: None = None
+) -> Tensor | None: ...
+def _int32_vec(
+    t: int | Tensor | None, name: str, b: int, device: torch.device, default: int | None = None
+) -> Tensor | None:
     if t is None:
         return None if default is None else torch.full((b,), default, dtype=torch.int32, device=device)
     if isinstance(t, int):
@@ -49,8 +57,9 @@ def _int32_vec(t: Union[int, Tensor, None], name: str, b: int, device: torch.dev
     return t
 
 
-def _cache_rows(b: int, n_new: int, start: Tensor, block_table: Optional[Tensor],
-                cache_batch_idx: Optional[Tensor], page_size: int) -> tuple[Tensor, Tensor]:
+def _cache_rows(
+    b: int, n_new: int, start: Tensor, block_table: Tensor | None, cache_batch_idx: Tensor | None, page_size: int
+) -> tuple[Tensor, Tensor]:
     """(batch index, row index) into k_cache of each new token (b, n_new): contiguous caches index
     (cache batch, position); paged caches (block, position within the page)."""
     pos = start.long().unsqueeze(1) + torch.arange(n_new, device=start.device).unsqueeze(0)  # (b, n)
@@ -62,16 +71,27 @@ def _cache_rows(b: int, n_new: int, start: Tensor, block_table: Optional[Tensor]
 
 
 @flash_attn_errors
-def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor] = None,
-                            v: Optional[Tensor] = None, rotary_cos: Optional[Tensor] = None,
-                            rotary_sin: Optional[Tensor] = None,
-                            cache_seqlens: Union[int, Tensor, None] = None,
-                            cache_batch_idx: Optional[Tensor] = None, cache_leftpad: Optional[Tensor] = None,
-                            block_table: Optional[Tensor] = None, softmax_scale: Optional[float] = None,
-                            causal: bool = False, window_size: tuple[int, int] = (-1, -1),
-                            softcap: float = 0.0, rotary_interleaved: bool = True,
-                            alibi_slopes: Optional[Tensor] = None, num_splits: int = 0,
-                            return_softmax_lse: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+def flash_attn_with_kvcache(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    k: Tensor | None = None,
+    v: Tensor | None = None,
+    rotary_cos: Tensor | None = None,
+    rotary_sin: Tensor | None = None,
+    cache_seqlens: int | Tensor | None = None,
+    cache_batch_idx: Tensor | None = None,
+    cache_leftpad: Tensor | None = None,
+    block_table: Tensor | None = None,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    rotary_interleaved: bool = True,
+    alibi_slopes: Tensor | None = None,
+    num_splits: int = 0,
+    return_softmax_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """flash-attn 2's ``flash_attn_with_kvcache`` (inference only, no autograd).
 
     q: (batch, seqlen_q, heads, head_dim). k_cache / v_cache: (batch_cache, seqlen_cache, heads_kv,
@@ -101,7 +121,7 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
     if paged and (not isinstance(block_table, Tensor) or block_table.dim() != 2):
         raise ValueError("flashattn_lite: block_table must be an int32 tensor (batch, max_blocks)")
     page_size = k_cache.shape[1]
-    capacity = block_table.shape[1] * page_size if paged else k_cache.shape[1]
+    capacity = block_table.shape[1] * page_size if block_table is not None else k_cache.shape[1]
     seqlens = _int32_vec(cache_seqlens, "cache_seqlens", b, q.device, default=capacity)
     leftpad = _int32_vec(cache_leftpad, "cache_leftpad", b, q.device)
     if cache_batch_idx is not None:
@@ -115,48 +135,64 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
     if not isinstance(num_splits, int) or num_splits < 0:
         raise ValueError(f"flashattn_lite: num_splits must be an int >= 0 (0 = heuristic), got {num_splits!r}")
     n_new = 0
-    if k is not None:
+    if k is not None and v is not None:
         for name, t, cache in (("k", k, k_cache), ("v", v, v_cache)):
             if not isinstance(t, Tensor) or t.dim() != 4 or t.shape[0] != b or t.shape[2:] != cache.shape[2:]:
-                raise ValueError(f"flashattn_lite: {name} must have shape (batch={b}, seqlen_new, "
-                                 f"{tuple(cache.shape[2:])}), got {tuple(t.shape) if isinstance(t, Tensor) else t}")
+                raise ValueError(
+                    f"flashattn_lite: {name} must have shape (batch={b}, seqlen_new, "
+                    f"{tuple(cache.shape[2:])}), got {tuple(t.shape) if isinstance(t, Tensor) else t}"
+                )
             if t.dtype != cache.dtype:
-                raise TypeError(f"flashattn_lite: {name} must have the dtype of its cache ({cache.dtype}), got {t.dtype}")
+                raise TypeError(
+                    f"flashattn_lite: {name} must have the dtype of its cache ({cache.dtype}), got {t.dtype}"
+                )
         if v.shape[1] != k.shape[1]:
             raise ValueError(f"flashattn_lite: v must have the seqlen of k ({k.shape[1]}), got {v.shape[1]}")
         n_new = k.shape[1]
         top = int((seqlens.long() + n_new).max().item()) if b else 0
         if top > capacity:
-            where = (f"the capacity addressable by block_table (max_num_blocks_per_seq * page_size = {capacity})"
-                     if paged else f"the capacity of k_cache (seqlen_cache = {capacity})")
-            raise ValueError(f"flashattn_lite: KV cache overflow: max(cache_seqlens) + seqlen_new = {top} exceeds {where}")
+            where = (
+                f"the capacity addressable by block_table (max_num_blocks_per_seq * page_size = {capacity})"
+                if paged
+                else f"the capacity of k_cache (seqlen_cache = {capacity})"
+            )
+            raise ValueError(
+                f"flashattn_lite: KV cache overflow: max(cache_seqlens) + seqlen_new = {top} exceeds {where}"
+            )
     # flash-attn: "The key @k will be rotated by rotary_cos and rotary_sin at indices cache_seqlens,
     # cache_seqlens + 1, etc." -- absolute cache indices, with or without cache_leftpad
     offsets = seqlens
-    if rotary_cos is not None:
+    if rotary_cos is not None and rotary_sin is not None:
         if rotary_cos.dim() != 2 or rotary_cos.shape != rotary_sin.shape:
-            raise ValueError("flashattn_lite: rotary_cos and rotary_sin must both have shape (seqlen_ro, rotary_dim / 2), "
-                             f"got {tuple(rotary_cos.shape)} and {tuple(rotary_sin.shape)}")
+            raise ValueError(
+                "flashattn_lite: rotary_cos and rotary_sin must both have shape (seqlen_ro, rotary_dim / 2), "
+                f"got {tuple(rotary_cos.shape)} and {tuple(rotary_sin.shape)}"
+            )
         if 2 * rotary_cos.shape[1] > q.shape[-1]:
-            raise ValueError(f"flashattn_lite: rotary_dim ({2 * rotary_cos.shape[1]}) must be <= head_dim ({q.shape[-1]})")
+            raise ValueError(
+                f"flashattn_lite: rotary_dim ({2 * rotary_cos.shape[1]}) must be <= head_dim ({q.shape[-1]})"
+            )
         windowed = causal or window_size[0] >= 0 or window_size[1] >= 0
         steps = torch.arange(max(s_q, n_new), device=q.device)
         q_pos = offsets.long().unsqueeze(1) + (steps[:s_q] if windowed else torch.zeros_like(steps[:s_q]))
         k_pos = offsets.long().unsqueeze(1) + steps[:n_new]
         need = int(max(q_pos.max().item() if q_pos.numel() else 0, k_pos.max().item() if k_pos.numel() else 0))
         if need >= rotary_cos.shape[0]:
-            raise ValueError(f"flashattn_lite: rotary_cos/rotary_sin have {rotary_cos.shape[0]} positions, "
-                             f"position {need} is needed")
+            raise ValueError(
+                f"flashattn_lite: rotary_cos/rotary_sin have {rotary_cos.shape[0]} positions, position {need} is needed"
+            )
         q = apply_rotary(q, rotary_cos, rotary_sin, q_pos, rotary_interleaved)
         if k is not None:
             k = apply_rotary(k, rotary_cos, rotary_sin, k_pos, rotary_interleaved)
     used = seqlens
-    if k is not None and n_new > 0:
+    if k is not None and v is not None and n_new > 0:
         rows, pos = _cache_rows(b, n_new, seqlens, block_table, cache_batch_idx, page_size)
         if ((rows < 0) | (rows >= k_cache.shape[0])).any():
             what = "block_table" if paged else "cache_batch_idx"
-            raise ValueError(f"flashattn_lite: {what} points outside the cache (its first dim has "
-                             f"{k_cache.shape[0]} entries) where the new tokens go")
+            raise ValueError(
+                f"flashattn_lite: {what} points outside the cache (its first dim has "
+                f"{k_cache.shape[0]} entries) where the new tokens go"
+            )
         with torch.no_grad():
             k_cache[rows, pos] = k
             v_cache[rows, pos] = v
@@ -164,6 +200,19 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
     window = (int(window_size[0]), int(window_size[1]))
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     out, lse = torch.ops.flashattn_lite.fwd_kvcache.default(
-        q.detach(), k_cache.detach(), v_cache.detach(), used, cache_batch_idx, leftpad, block_table, alibi_slopes,
-        scale, bool(causal), window[0], window[1], float(softcap), num_splits)
+        q=q.detach(),
+        k_cache=k_cache.detach(),
+        v_cache=v_cache.detach(),
+        cache_seqlens=used,
+        cache_batch_idx=cache_batch_idx,
+        cache_leftpad=leftpad,
+        block_table=block_table,
+        alibi_slopes=alibi_slopes,
+        softmax_scale=scale,
+        causal=bool(causal),
+        window_left=window[0],
+        window_right=window[1],
+        softcap=float(softcap),
+        num_splits=num_splits,
+    )
     return (out, lse) if return_softmax_lse else out

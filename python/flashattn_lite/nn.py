@@ -1,8 +1,9 @@
 """Modules for model code: a drop-in ``torch.nn.MultiheadAttention`` and a rotary/GQA self-attention
 block, both on the flashattn_lite kernels."""
+
 from __future__ import annotations
 
-from typing import Optional
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ def _as_allowed_or_bias(mask: Tensor, what: str) -> Tensor:
     return mask
 
 
-def _combine(a: Optional[Tensor], b: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+def _combine(a: Tensor | None, b: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     """Both masks in SDPA form, broadcast together (bool & bool, else additive)."""
     if a is None or b is None:
         return a if b is None else b
@@ -48,16 +49,32 @@ class MultiheadAttention(nn.MultiheadAttention):
     speed). Differences from torch: a query row that every mask hides outputs 0 instead of NaN.
     """
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
-                need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         if need_weights:
-            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=True,
-                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights,
-                                   is_causal=is_causal)
+            return super().forward(
+                query,
+                key,
+                value,
+                key_padding_mask=key_padding_mask,
+                need_weights=True,
+                attn_mask=attn_mask,
+                average_attn_weights=average_attn_weights,
+                is_causal=is_causal,
+            )
         if is_causal and attn_mask is None:
-            raise RuntimeError("flashattn_lite: Need attn_mask if specifying the is_causal hint "
-                               "(as torch.nn.MultiheadAttention)")
+            raise RuntimeError(
+                "flashattn_lite: Need attn_mask if specifying the is_causal hint (as torch.nn.MultiheadAttention)"
+            )
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
@@ -82,7 +99,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         mask = None if attn_mask is None else _as_allowed_or_bias(attn_mask, "attn_mask")
         kpm = None if key_padding_mask is None else _as_allowed_or_bias(key_padding_mask, "key_padding_mask")
 
-        def pad_last(m: Optional[Tensor]) -> Optional[Tensor]:  # one more key, visible
+        def pad_last(m: Tensor | None) -> Tensor | None:  # one more key, visible
             if m is None:
                 return None
             return F.pad(m, (0, 1), value=True if m.dtype == torch.bool else 0.0)
@@ -108,8 +125,9 @@ class MultiheadAttention(nn.MultiheadAttention):
         causal = bool(is_causal and key_padding_mask is None)
         if causal:
             merged = None  # the hint: attn_mask is the causal mask
-        out = scaled_dot_product_attention(q, k, v, attn_mask=merged, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        out = scaled_dot_product_attention(
+            q, k, v, attn_mask=merged, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, h * dh)
         out = self.out_proj(out)
         if unbatched:
@@ -117,8 +135,9 @@ class MultiheadAttention(nn.MultiheadAttention):
         return (out.transpose(0, 1) if self.batch_first else out), None
 
 
-def rotary_tables(positions: Tensor, dim: int, theta: float = 10000.0, dtype: torch.dtype = torch.float32
-                  ) -> tuple[Tensor, Tensor]:
+def rotary_tables(
+    positions: Tensor, dim: int, theta: float = 10000.0, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """cos/sin (n, dim / 2) of rotary embeddings at integer positions (n,)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim))
     ang = positions.to(torch.float64).unsqueeze(1) * inv_freq.unsqueeze(0)
@@ -134,17 +153,31 @@ class SelfAttention(nn.Module):
     rotary positions restart at every sequence).
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: Optional[int] = None, *, bias: bool = False,
-                 causal: bool = True, dropout: float = 0.0, rotary: bool = True, rope_theta: float = 10000.0,
-                 rotary_interleaved: bool = False, window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
-                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        *,
+        bias: bool = False,
+        causal: bool = True,
+        dropout: float = 0.0,
+        rotary: bool = True,
+        rope_theta: float = 10000.0,
+        rotary_interleaved: bool = False,
+        window_size: tuple[int, int] = (-1, -1),
+        softcap: float = 0.0,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         num_kv_heads = num_kv_heads or num_heads
         if embed_dim % num_heads:
             raise ValueError(f"flashattn_lite: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if num_heads % num_kv_heads:
-            raise ValueError(f"flashattn_lite: num_heads ({num_heads}) must be a multiple of num_kv_heads "
-                             f"({num_kv_heads})")
+            raise ValueError(
+                f"flashattn_lite: num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
+            )
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
         if rotary and self.head_dim % 2:
@@ -163,12 +196,17 @@ class SelfAttention(nn.Module):
         return q.view(*lead, h, d), k.view(*lead, hk, d), v.view(*lead, hk, d)
 
     def _rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        cos, sin = rotary_tables(torch.arange(int(positions.max()) + 1, device=q.device) if positions.numel()
-                                 else positions, self.head_dim, self.rope_theta)
-        return (apply_rotary(q, cos, sin, positions, self.rotary_interleaved),
-                apply_rotary(k, cos, sin, positions, self.rotary_interleaved))
+        cos, sin = rotary_tables(
+            torch.arange(int(positions.max()) + 1, device=q.device) if positions.numel() else positions,
+            self.head_dim,
+            self.rope_theta,
+        )
+        return (
+            apply_rotary(q, cos, sin, positions, self.rotary_interleaved),
+            apply_rotary(k, cos, sin, positions, self.rotary_interleaved),
+        )
 
-    def forward(self, x: Tensor, cu_seqlens: Optional[Tensor] = None, max_seqlen: Optional[int] = None) -> Tensor:
+    def forward(self, x: Tensor, cu_seqlens: Tensor | None = None, max_seqlen: int | None = None) -> Tensor:
         drop = self.dropout if self.training else 0.0
         q, k, v = self._split(self.qkv(x))
         if cu_seqlens is None:
@@ -178,9 +216,10 @@ class SelfAttention(nn.Module):
             if self.rotary:
                 pos = torch.arange(s, device=x.device).expand(b, s)
                 q, k = self._rotate(q, k, pos)
-            out = flash_attn_func(q, k, v, dropout_p=drop, causal=self.causal, window_size=self.window_size,
-                                  softcap=self.softcap)
-            return self.out(out.reshape(b, s, -1))
+            out = flash_attn_func(
+                q, k, v, dropout_p=drop, causal=self.causal, window_size=self.window_size, softcap=self.softcap
+            )
+            return self.out(cast(torch.Tensor, out).reshape(b, s, -1))  # a Tensor: no return_attn_probs
         if x.dim() != 2 or max_seqlen is None:
             raise ValueError("flashattn_lite: packed input is x (total, embed_dim) with cu_seqlens and max_seqlen")
         if self.rotary:
@@ -188,9 +227,20 @@ class SelfAttention(nn.Module):
             pos = (torch.arange(x.shape[0], device=x.device) - starts).unsqueeze(0)
             q, k = self._rotate(q.unsqueeze(0), k.unsqueeze(0), pos)
             q, k = q[0], k[0]
-        out = flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p=drop,
-                                     causal=self.causal, window_size=self.window_size, softcap=self.softcap)
-        return self.out(out.reshape(x.shape[0], -1))
+        out = flash_attn_varlen_func(
+            q,
+            k,
+            v,
+            cu_seqlens,
+            cu_seqlens,
+            max_seqlen,
+            max_seqlen,
+            dropout_p=drop,
+            causal=self.causal,
+            window_size=self.window_size,
+            softcap=self.softcap,
+        )
+        return self.out(cast(torch.Tensor, out).reshape(x.shape[0], -1))  # a Tensor: no return_attn_probs
 
 
 __all__ = ["MultiheadAttention", "SelfAttention", "rotary_tables"]

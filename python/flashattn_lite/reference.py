@@ -5,18 +5,25 @@ matrix: for tests and checks only, O(seqlen^2) memory).
 ``upcast=True`` it computes in float64; with ``upcast=False`` it computes in the input dtype the
 way a naive same-precision implementation would, which the numerical rule uses as its yardstick.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import cast
 
 import torch
 
 Tensor = torch.Tensor
 
 
-def visibility_mask(s_q: int, s_k: int, causal: bool = False, window_size: tuple[int, int] = (-1, -1),
-                    bottom_right: bool = True, device: Optional[torch.device] = None) -> Tensor:
+def visibility_mask(
+    s_q: int,
+    s_k: int,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    bottom_right: bool = True,
+    device: torch.device | None = None,
+) -> Tensor:
     """Bool (s_q, s_k): True where query i may attend to key j.
 
     Query i is aligned with key i + diag (diag = s_k - s_q bottom-right, 0 top-left) and sees
@@ -36,10 +43,18 @@ def visibility_mask(s_q: int, s_k: int, causal: bool = False, window_size: tuple
     return vis
 
 
-def transformed_scores(q: Tensor, k: Tensor, *, softmax_scale: Optional[float] = None, causal: bool = False,
-                       window_size: tuple[int, int] = (-1, -1), bottom_right: bool = True,
-                       softcap: float = 0.0, alibi_slopes: Optional[Tensor] = None,
-                       attn_mask: Optional[Tensor] = None) -> Tensor:
+def transformed_scores(
+    q: Tensor,
+    k: Tensor,
+    *,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    bottom_right: bool = True,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+) -> Tensor:
     """Scores (b, h, s_q, s_k) in q's dtype after every transform, in flash-attn's order:
     scale, softcap (s <- c tanh(s / c)), ALiBi (-slope |i + s_k - s_q - j|), attn_mask (bool:
     False -> -inf; float: added), then the visibility rule (causal / window) -> -inf."""
@@ -67,11 +82,22 @@ def transformed_scores(q: Tensor, k: Tensor, *, softmax_scale: Optional[float] =
     return scores.masked_fill(~vis, float("-inf"))
 
 
-def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, softmax_scale: Optional[float] = None,
-                  causal: bool = False, window_size: tuple[int, int] = (-1, -1),
-                  bottom_right: bool = True, upcast: bool = True, softcap: float = 0.0,
-                  alibi_slopes: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
-                  dropout_p: float = 0.0, dropout_keep: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+def attention_ref(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    bottom_right: bool = True,
+    upcast: bool = True,
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    dropout_keep: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Attention in flash-attn layout. Returns (out (b, s_q, h, d_v) in q's dtype, lse (b, h, s_q) fp32, fp64 for fp64 inputs).
 
     GQA: head i of q uses kv head i // (h / h_kv). A query row that sees no key outputs 0 and has
@@ -84,9 +110,17 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, softmax_scale: Optional[fl
         q, k, v = q.double(), k.double(), v.double()
         if attn_mask is not None and attn_mask.is_floating_point():
             attn_mask = attn_mask.double()
-    scores = transformed_scores(q, k, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
-                                bottom_right=bottom_right, softcap=softcap, alibi_slopes=alibi_slopes,
-                                attn_mask=attn_mask)
+    scores = transformed_scores(
+        q,
+        k,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_size=window_size,
+        bottom_right=bottom_right,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        attn_mask=attn_mask,
+    )
     v = v.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
     seen = ~(scores == float("-inf")).all(-1, keepdim=True)  # NaN rows stay NaN
     lse = torch.logsumexp(scores.float() if not upcast else scores, dim=-1)
@@ -101,36 +135,56 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, softmax_scale: Optional[fl
     # to rows for which key j is masked): NaN where a visible key's value is NaN
     if v_nan.any():
         visible = (scores != float("-inf")).to(v.dtype)
-        out = torch.where(torch.einsum("bhqk,bkhd->bqhd", visible, v_nan.to(v.dtype)) > 0,
-                          torch.full_like(out, float("nan")), out)
+        out = torch.where(
+            torch.einsum("bhqk,bkhd->bqhd", visible, v_nan.to(v.dtype)) > 0, torch.full_like(out, float("nan")), out
+        )
     return out.to(dtype), lse.to(torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def varlen_ref(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-               **kwargs: object) -> tuple[Tensor, Tensor]:
+def varlen_ref(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, **kwargs: object
+) -> tuple[Tensor, Tensor]:
     """attention_ref per sequence of packed (total, h, d) inputs. Returns out (total_q, h, d_v)
     (rows outside every sequence are 0) and lse (h, total_q) (-inf there)."""
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    alibi = kwargs.pop("alibi_slopes", None)
+    alibi = cast("Tensor | None", kwargs.pop("alibi_slopes", None))
     out = q.new_zeros(q.shape[:-1] + (v.shape[-1],))
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=lse_dtype)
     for i in range(len(cq) - 1):
-        qs, ks = q[cq[i]:cq[i + 1]].unsqueeze(0), k[ck[i]:ck[i + 1]].unsqueeze(0)
-        vs = v[ck[i]:ck[i + 1]].unsqueeze(0)
+        qs, ks = q[cq[i] : cq[i + 1]].unsqueeze(0), k[ck[i] : ck[i + 1]].unsqueeze(0)
+        vs = v[ck[i] : ck[i + 1]].unsqueeze(0)
         a = None if alibi is None else (alibi if alibi.dim() == 1 else alibi[i])
-        o, l = attention_ref(qs, ks, vs, alibi_slopes=a, **kwargs)  # type: ignore[arg-type]
-        out[cq[i]:cq[i + 1]] = o[0]
-        lse[:, cq[i]:cq[i + 1]] = l[0]
+        o, o_lse = attention_ref(qs, ks, vs, alibi_slopes=a, **kwargs)  # type: ignore[arg-type]
+        out[cq[i] : cq[i + 1]] = o[0]
+        lse[:, cq[i] : cq[i + 1]] = o_lse[0]
     return out, lse
 
 
-def sdpa_ref(query: Tensor, key: Tensor, value: Tensor, *, attn_mask: Optional[Tensor] = None,
-             is_causal: bool = False, scale: Optional[float] = None, upcast: bool = True,
-             dropout_p: float = 0.0, dropout_keep: Optional[Tensor] = None) -> Tensor:
+def sdpa_ref(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    upcast: bool = True,
+    dropout_p: float = 0.0,
+    dropout_keep: Tensor | None = None,
+) -> Tensor:
     """torch SDPA semantics (layout (b, h, s, d), top-left causal, GQA by head groups; a fully
     masked row gives 0)."""
-    out, _ = attention_ref(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                           softmax_scale=scale, causal=is_causal, bottom_right=False, upcast=upcast,
-                           attn_mask=attn_mask, dropout_p=dropout_p, dropout_keep=dropout_keep)
+    out, _ = attention_ref(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        softmax_scale=scale,
+        causal=is_causal,
+        bottom_right=False,
+        upcast=upcast,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p,
+        dropout_keep=dropout_keep,
+    )
     return out.transpose(1, 2)

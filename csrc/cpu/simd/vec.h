@@ -63,9 +63,7 @@ inline VF exp2(VF x) {
 }
 
 // n consecutive elements (n <= N) as fp32, zeros beyond n.
-inline VF load_f32(const float* p, int n) {
-  return {_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1u), p)};
-}
+inline VF load_f32(const float* p, int n) { return {_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1u), p)}; }
 inline VF load_f32(const bf16_t* p, int n) {
   const __m256i h = _mm256_maskz_loadu_epi16(__mmask16((1u << n) - 1u), p);
   return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
@@ -134,7 +132,8 @@ inline VF load_f32(const float* p, int n) {
 }
 inline VF load_f32(const bf16_t* p, int n) {
   if (n == 8)
-    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16))};
+    return {_mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16))};
   alignas(16) uint16_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int i = 0; i < n; ++i) t[i] = p[i].bits;
   const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(t));
@@ -156,7 +155,8 @@ inline VF hsum_each(const VF* a) {
 #if defined(FAL_SIMD_AVX512)
   __m512 b[8], c[4];
   for (int i = 0; i < 8; ++i)
-    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i].v, a[2 * i + 1].v), _mm512_unpackhi_ps(a[2 * i].v, a[2 * i + 1].v));
+    b[i] =
+        _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i].v, a[2 * i + 1].v), _mm512_unpackhi_ps(a[2 * i].v, a[2 * i + 1].v));
   for (int i = 0; i < 4; ++i) {  // lane l of c[i]: the lane-l sums of a[4i .. 4i+3]
     const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
     c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
@@ -167,9 +167,11 @@ inline VF hsum_each(const VF* a) {
 #else
   __m256 b[4], c[2];
   for (int i = 0; i < 4; ++i)
-    b[i] = _mm256_add_ps(_mm256_unpacklo_ps(a[2 * i].v, a[2 * i + 1].v), _mm256_unpackhi_ps(a[2 * i].v, a[2 * i + 1].v));
+    b[i] =
+        _mm256_add_ps(_mm256_unpacklo_ps(a[2 * i].v, a[2 * i + 1].v), _mm256_unpackhi_ps(a[2 * i].v, a[2 * i + 1].v));
   for (int i = 0; i < 2; ++i)
-    c[i] = _mm256_add_ps(_mm256_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44), _mm256_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
+    c[i] =
+        _mm256_add_ps(_mm256_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44), _mm256_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
   return {_mm256_add_ps(_mm256_permute2f128_ps(c[0], c[1], 0x20), _mm256_permute2f128_ps(c[0], c[1], 0x31))};
 #endif
 }
@@ -194,7 +196,8 @@ inline void transpose_store(VF* r, float* dst, int ld) {
   }
   for (int c = 0; c < 4; ++c) {  // row 4l + c = lane l of u[c], u[4 + c], u[8 + c], u[12 + c]
     const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
-    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44),
+                 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
     _mm512_storeu_ps(dst + (0 + c) * ld, _mm512_shuffle_f32x4(v0, w0, 0x88));
     _mm512_storeu_ps(dst + (4 + c) * ld, _mm512_shuffle_f32x4(v0, w0, 0xDD));
     _mm512_storeu_ps(dst + (8 + c) * ld, _mm512_shuffle_f32x4(v1, w1, 0x88));

@@ -1,6 +1,8 @@
-// attn_math.h -- attention semantics shared by the CPU and CUDA kernels (__host__ __device__):
-// which keys a query row sees (causal / sliding window, both alignments) and the key range a
-// tile of rows must visit.  The CPU tests cover this code; the CUDA kernels use it unchanged.
+// attn_math.h -- attention semantics as __host__ __device__ code: which keys a query row sees
+// (Visibility: causal / sliding window, both alignments, tile ranges), the score transforms
+// (ScoreMod), dropout (Dropout), variable-length sequences and paged K/V (SeqInfo, KvRows). Every
+// CPU kernel uses all of it; the CUDA kernels use Visibility and Dropout (dropout_keep.cu) and
+// refuse the other features (cuda_ops.cpp) until their kernels use them. The CPU tests cover it.
 #pragma once
 #include "flashattn_lite/isa_ns.h"
 #include <cstdint>
@@ -74,7 +76,9 @@ FAL_HD Visibility make_visibility(const FwdParams& p, int s_q, int s_k) {
 // A query row's final state: l (the softmax denominator) is > 0 when the row saw a key, 0 when it
 // saw none (output 0, LSE -inf), and NaN when a NaN reached its scores (output and LSE NaN).
 template <typename Acc>
-FAL_HD bool row_has_mass(Acc l) { return !(l <= Acc(0)); }
+FAL_HD bool row_has_mass(Acc l) {
+  return !(l <= Acc(0));
+}
 
 // ---- Variable-length batches (varlen, KV cache) ------------------------------------------------
 // Sequence bi of a packed batch: its query rows start at row q_row0 of q/out (and of its LSE row),
@@ -212,14 +216,14 @@ FAL_HD double fal_tanh(double x) { return ::tanh(x); }
 //   s <- mask[i, j] ? s : -inf   or   s + mask[i, j]       (bool / additive attn_mask)
 // then the visibility rule (causal / window) sets -inf.  One ScoreMod per (batch, head).
 struct ScoreMod {
-  bool any = false;  // some transform is active (else kernels skip the call)
+  bool any = false;                         // some transform is active (else kernels skip the call)
   double softcap = 0.0, inv_softcap = 0.0;  // kernels round them to their type
   float slope = 0.f;
   int64_t alibi_diag = 0;  // s_k - s_q
   const uint8_t* mask_b = nullptr;
   const float* mask_f = nullptr;
   const double* mask_d = nullptr;  // additive mask of fp64 inputs
-  int64_t mask_row = 0;  // row stride of the mask (the last dim is contiguous)
+  int64_t mask_row = 0;            // row stride of the mask (the last dim is contiguous)
   Dropout drop;
 
   // Transformed score of (row i, key j); *dcap = d(result)/ds (the softcap derivative).
@@ -258,9 +262,12 @@ FAL_HD ScoreMod make_score_mod(const FwdParams& p, int bi, int hi, int s_q, int 
   m.alibi_diag = int64_t(s_k) - int64_t(s_q);
   if (p.mask) {
     const int64_t off = bi * p.mask_batch_stride + hi * p.mask_head_stride;
-    if (p.mask_kind == MaskKind::kBool) m.mask_b = static_cast<const uint8_t*>(p.mask) + off;
-    else if (p.dtype == DType::kFloat64) m.mask_d = static_cast<const double*>(p.mask) + off;
-    else m.mask_f = static_cast<const float*>(p.mask) + off;
+    if (p.mask_kind == MaskKind::kBool)
+      m.mask_b = static_cast<const uint8_t*>(p.mask) + off;
+    else if (p.dtype == DType::kFloat64)
+      m.mask_d = static_cast<const double*>(p.mask) + off;
+    else
+      m.mask_f = static_cast<const float*>(p.mask) + off;
     m.mask_row = p.mask_row_stride;
   }
   m.any = m.softcap > 0.0 || p.alibi_slopes != nullptr || p.mask != nullptr;

@@ -14,21 +14,29 @@
 namespace fal {
 FAL_ISA_NS_BEGIN
 
-struct bf16_t { uint16_t bits; };
-struct fp16_t { uint16_t bits; };
+struct bf16_t {
+  uint16_t bits;
+};
+struct fp16_t {
+  uint16_t bits;
+};
 
 FAL_HD float bits_to_float(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);
 #else
-  float f; std::memcpy(&f, &u, 4); return f;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
 #endif
 }
 FAL_HD uint32_t float_to_bits(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
 #else
-  uint32_t u; std::memcpy(&u, &f, 4); return u;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
 #endif
 }
 
@@ -37,7 +45,7 @@ FAL_HD float to_float(bf16_t x) { return bits_to_float(uint32_t(x.bits) << 16); 
 FAL_HD bf16_t to_bf16(float f) {
   uint32_t u = float_to_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_t{uint16_t((u >> 16) | 0x40u)};  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  u += 0x7fffu + ((u >> 16) & 1u);                                                  // round to nearest even
   return bf16_t{uint16_t(u >> 16)};
 }
 
@@ -60,8 +68,8 @@ FAL_HD fp16_t to_fp16(float f) {
   uint32_t u = float_to_bits(f);
   const uint32_t sign = (u >> 16) & 0x8000u;
   u &= 0x7fffffffu;
-  if (u > 0x7f800000u) return fp16_t{uint16_t(sign | 0x7e00u)};  // nan
-  if (u >= 0x477ff000u) return fp16_t{uint16_t(sign | 0x7c00u)}; // rounds to >= 65520: inf
+  if (u > 0x7f800000u) return fp16_t{uint16_t(sign | 0x7e00u)};   // nan
+  if (u >= 0x477ff000u) return fp16_t{uint16_t(sign | 0x7c00u)};  // rounds to >= 65520: inf
   if (u < 0x38800000u) {  // below the smallest normal (2^-14): subnormal or zero
     // value in units of 2^-24, rounded to nearest even
     const float a = bits_to_float(u) * 16777216.0f;  // exact scaling by 2^24
@@ -82,11 +90,24 @@ FAL_HD float load_as_float(const bf16_t* p) { return to_float(*p); }
 FAL_HD float load_as_float(const fp16_t* p) { return to_float(*p); }
 FAL_HD double load_as_double(const double* p) { return *p; }
 
-template <typename T> struct StoreFrom;
-template <> struct StoreFrom<float> { FAL_HD static float cvt(float x) { return x; } };
-template <> struct StoreFrom<double> { FAL_HD static double cvt(double x) { return x; } };
-template <> struct StoreFrom<bf16_t> { FAL_HD static bf16_t cvt(float x) { return to_bf16(x); } };
-template <> struct StoreFrom<fp16_t> { FAL_HD static fp16_t cvt(float x) { return to_fp16(x); } };
+template <typename T>
+struct StoreFrom;
+template <>
+struct StoreFrom<float> {
+  FAL_HD static float cvt(float x) { return x; }
+};
+template <>
+struct StoreFrom<double> {
+  FAL_HD static double cvt(double x) { return x; }
+};
+template <>
+struct StoreFrom<bf16_t> {
+  FAL_HD static bf16_t cvt(float x) { return to_bf16(x); }
+};
+template <>
+struct StoreFrom<fp16_t> {
+  FAL_HD static fp16_t cvt(float x) { return to_fp16(x); }
+};
 
 FAL_ISA_NS_END
 }  // namespace fal

@@ -15,7 +15,7 @@ namespace fal {
 
 enum class DType : int32_t { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
 
-// How an optional attn_mask is interpreted (features issue; kNone until then).
+// How an optional attn_mask is interpreted: none, bool (True = attend) or additive (added to the scores).
 enum class MaskKind : int32_t { kNone = 0, kBool = 1, kAdditive = 2 };
 
 struct FwdParams {
@@ -46,15 +46,15 @@ struct FwdParams {
   bool bottom_right = true;
   int window_left = -1, window_right = -1;
 
-  // Score transforms and masks (features issue; validated as "not implemented" until then).
-  double softcap = 0.0;                // 0 = off; else s <- softcap * tanh(s / softcap)
-  const float* alibi_slopes = nullptr; // (b, h) or (h,) fp32; nullptr = off
+  // Score transforms and masks (ScoreMod in attn_math.h applies them).
+  double softcap = 0.0;                 // 0 = off; else s <- softcap * tanh(s / softcap)
+  const float* alibi_slopes = nullptr;  // (b, h) or (h,) fp32; nullptr = off
   int64_t alibi_batch_stride = 0;
-  const void* mask = nullptr;          // (b, h, s_q, s_k) through strides: uint8 (bool) or the LSE dtype
+  const void* mask = nullptr;  // (b, h, s_q, s_k) through strides: uint8 (bool) or the LSE dtype
   MaskKind mask_kind = MaskKind::kNone;
   int64_t mask_batch_stride = 0, mask_head_stride = 0, mask_row_stride = 0;
 
-  // Variable length / KV cache (features issue).
+  // Variable length / KV cache (SeqInfo / KvRows in attn_math.h read them).
   const int32_t* cu_seqlens_q = nullptr;  // (b + 1,)
   const int32_t* cu_seqlens_k = nullptr;  // (b + 1,)
   const int32_t* seqused_k = nullptr;     // (b,)
@@ -68,11 +68,11 @@ struct FwdParams {
   int64_t block_table_batch_stride = 0;
   int page_size = 0;
 
-  // Dropout with a replayable counter-based RNG (features issue).
+  // Dropout with a replayable counter-based RNG (Dropout in attn_math.h).
   float dropout_p = 0.f;
-  uint64_t seed = 0, offset = 0;       // from rng_state; see Dropout in attn_math.h
-  uint32_t dropout_threshold = 0;      // round(dropout_p * 2^24)
-  double dropout_keep_scale = 1.0;     // 1 / (1 - dropout_p)
+  uint64_t seed = 0, offset = 0;    // from rng_state; see Dropout in attn_math.h
+  uint32_t dropout_threshold = 0;   // round(dropout_p * 2^24)
+  double dropout_keep_scale = 1.0;  // 1 / (1 - dropout_p)
 
   // Split-KV (decode): num_splits blocks share one query tile's keys; each writes a normalised
   // fp32 partial output and its LSE, and a combine pass merges them:
@@ -83,11 +83,11 @@ struct FwdParams {
 };
 
 struct BwdParams : FwdParams {
-  const void* dout = nullptr;   // like out
-  const void* dlse = nullptr;   // like lse (same dtype), may be null (gradient w.r.t. the returned lse)
-  void* dq = nullptr;           // like q
-  void* dk = nullptr;           // like k
-  void* dv = nullptr;           // like v
+  const void* dout = nullptr;  // like out
+  const void* dlse = nullptr;  // like lse (same dtype), may be null (gradient w.r.t. the returned lse)
+  void* dq = nullptr;          // like q
+  void* dk = nullptr;          // like k
+  void* dv = nullptr;          // like v
   int64_t do_batch_stride = 0, do_row_stride = 0, do_head_stride = 0;
   int64_t dq_batch_stride = 0, dq_row_stride = 0, dq_head_stride = 0;
   int64_t dk_batch_stride = 0, dk_row_stride = 0, dk_head_stride = 0;

@@ -12,9 +12,10 @@ left or right padding), encoders (bidirectional, padding masks), GQA, sliding wi
 are supported, for inference and training. The name contains no "flash": transformers treats any
 such name as a Hub kernel to download.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, cast
 
 import torch
 
@@ -35,9 +36,17 @@ def _cu(lengths: Tensor) -> Tensor:
     return torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
 
 
-def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                      attention_mask: Optional[Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
-                      is_causal: Optional[bool] = None, **kwargs: Any) -> tuple[Tensor, None]:
+def attention_forward(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
     """transformers' attention-function signature: query (b, h, s_q, d), key/value (b, h_kv, s_k, d),
     attention_mask the 2D (b, s_k) bool padding mask or None. Returns ((b, s_q, h, d), None)."""
     if kwargs.get("output_attentions", False):
@@ -49,18 +58,35 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
     softcap = float(kwargs.get("softcap") or 0.0)
     drop = float(dropout) if module.training else 0.0
     if attention_mask is None:
-        out = flash_attn_func(q, k, v, dropout_p=drop, softmax_scale=scaling, causal=causal, window_size=window,
-                              softcap=softcap)
-        return out, None
+        out = flash_attn_func(
+            q, k, v, dropout_p=drop, softmax_scale=scaling, causal=causal, window_size=window, softcap=softcap
+        )
+        return cast(Tensor, out), None  # a Tensor: no return_attn_probs
     if attention_mask.dim() != 2:
-        raise ValueError("flashattn_lite: expected the 2D padding mask from its mask function, got shape "
-                         f"{tuple(attention_mask.shape)}")
+        raise ValueError(
+            "flashattn_lite: expected the 2D padding mask from its mask function, got shape "
+            f"{tuple(attention_mask.shape)}"
+        )
     kmask = attention_mask[:, -s_k:].bool()
     qmask = kmask[:, -s_q:]  # the queries are the last s_q positions
     lens_k, lens_q = kmask.sum(1, dtype=torch.int32), qmask.sum(1, dtype=torch.int32)
-    out_packed = flash_attn_varlen_func(
-        q[qmask], k[kmask], v[kmask], _cu(lens_q), _cu(lens_k), int(lens_q.max()), int(lens_k.max()),
-        dropout_p=drop, softmax_scale=scaling, causal=causal, window_size=window, softcap=softcap)
+    out_packed = cast(
+        Tensor,
+        flash_attn_varlen_func(
+            q[qmask],
+            k[kmask],
+            v[kmask],
+            _cu(lens_q),
+            _cu(lens_k),
+            int(lens_q.max()),
+            int(lens_k.max()),
+            dropout_p=drop,
+            softmax_scale=scaling,
+            causal=causal,
+            window_size=window,
+            softcap=softcap,
+        ),
+    )  # a Tensor: no return_attn_probs
     out = out_packed.new_zeros((b, s_q) + tuple(out_packed.shape[1:]))
     out = out.index_put((qmask,), out_packed)  # padding rows stay 0
     return out, None

@@ -1,0 +1,58 @@
+// fwd_plan.cpp -- how a forward call is decomposed before its scratch is allocated (the kernel
+// tables' fwd_plan, isa.h): GQA decode packing and the split-KV count. Portable code: compiled once.
+#include <algorithm>
+
+#include "cpu/cpu_kernels.h"
+
+namespace fal::cpu {
+namespace {
+
+// Decode with GQA: one query row per head -> the g query heads sharing a kv head become g rows of
+// one sequence (the same memory, other strides), so the decode kernel streams each K/V row once
+// per kv head instead of once per query head. Only where that is the same computation: one query
+// row, every key visible to it (bottom-right causal / right window are then no-ops), no per-head
+// transform (ALiBi, attn_mask, dropout) and a contiguous LSE row (its row stride is 1).
+void pack_gqa_decode(FwdParams& p) {
+  const int g = p.h / p.h_kv;
+  if (g <= 1 || g > kDecodeMaxRows || p.s_q != 1 || p.cu_seqlens_q || p.alibi_slopes || p.mask || p.dropout_p > 0.f ||
+      p.window_left >= 0 || p.lse_head_stride != 1)
+    return;
+  if (!p.bottom_right && (p.causal || p.window_right >= 0)) return;
+  // K/V heads interleaved in a row: the decode kernel groups the query heads instead (each K/V row
+  // read from memory once, by the first head of its group; measured faster than packed rows)
+  if (p.k_head_stride < p.k_row_stride && p.v_head_stride < p.v_row_stride) return;
+  p.causal = false;
+  p.window_right = -1;
+  p.s_q = g;
+  p.h = p.h_kv;
+  p.q_row_stride = p.q_head_stride;
+  p.q_head_stride *= g;
+  p.o_row_stride = p.o_head_stride;
+  p.o_head_stride *= g;
+  p.lse_head_stride *= g;  // rows of a packed head are consecutive in the (b, h, 1) LSE
+}
+
+// Decode split: p.num_splits > 0 is the caller's count (flash-attn's num_splits: 1 = no split), at
+// most one split per key; 0 = enough (batch, head group, split) items for every thread to stream
+// memory, each split keeping >= 512 keys.
+int decode_splits(const FwdParams& p, int threads) {
+  if (p.num_splits > 0) return std::max(1, std::min(p.num_splits, p.s_k));
+  const int64_t items = int64_t(p.b) * decode_head_groups(p);  // per split
+  if (items >= 2 * int64_t(threads)) return 1;
+  return int(std::max<int64_t>(1, std::min<int64_t>((2 * int64_t(threads) + items - 1) / items, p.s_k / 512)));
+}
+
+}  // namespace
+
+void fwd_plan_portable(FwdParams& p, int /*threads*/) { p.num_splits = 1; }
+
+void fwd_plan_simd(FwdParams& p, int threads) {
+  if (p.dtype == DType::kFloat64) return fwd_plan_portable(p, threads);  // the portable kernel
+  pack_gqa_decode(p);
+  p.num_splits = p.s_q <= kDecodeMaxRows ? decode_splits(p, threads) : 1;
+}
+
+bool fwd_nan_pass_simd(const FwdParams& p) { return p.dtype != DType::kFloat64; }
+bool fwd_nan_pass_portable(const FwdParams& /*p*/) { return false; }
+
+}  // namespace fal::cpu

@@ -1,0 +1,393 @@
+// bwd.cpp -- SIMD backward, compiled once per ISA.
+//   dV = P^T dO,  dP = dO V^T,  dS = P o (dP - D) with D = rowsum(dO o O) - dlse,
+//   dQ = scale dS K,  dK = scale dS^T Q,  P = exp(scale Q K^T - lse) recomputed from the saved LSE.
+// One work item = (batch, kv head), as in the portable kernel (no atomics: the item owns dK/dV of
+// its kv head and dQ of the query heads that share it). bf16 on AVX-512 feeds every product bf16
+// pairs (vdpbf16ps, micro_bf16.h); the other dtypes run the fp32 microkernels (micro_f32.h).
+#include "cpu/simd/micro_f32.h"
+#include "cpu/simd/score_mods.h"
+#include "cpu/simd/stages.h"
+#if defined(FAL_SIMD_AVX512)
+#include "cpu/simd/micro_bf16.h"
+#endif
+
+namespace fal::cpu::FAL_CPU_NS {
+namespace {
+
+// One kRM-row group of the backward, in place: on entry pr = unscaled-or-scaled scores S (times
+// `mul` gives scale * q.k) and dsr = dP; on exit pr = P = exp(mul S - lse) and dsr = dS =
+// P o (dP - D), both 0 where a row does not see a key, for padding rows and for rows with no key.
+// With score transforms / dropout (mod) the elements go one by one: s' = mod(mul S), P = exp(s' - lse),
+// dS' = P o (dP o Z - D) (Z: dropout factor), the mask gradient dmask = dS' (when dmask is given: rows
+// from row0, dm_stride apart, columns from key 0), dS = dS' * softcap'(S), and pr = P o Z for dV.
+inline void p_ds_rows_mod(float* Pr, float* dSr, float mul, int row0, int nrows, int j0, int cols,
+                          const Visibility& vis, const float* lse, const float* D, const ScoreMod& mod, float* dmask,
+                          int64_t dm_stride) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  float z[kBN];
+  for (int r = 0; r < kRM; ++r) {
+    float* pr = Pr + r * kBN;
+    float* dsr = dSr + r * kBN;
+    if (r >= nrows || lse[r] == neg_inf) {
+      fill(pr, pr + kBN, 0.f);
+      fill(dsr, dsr + kBN, 0.f);
+      continue;
+    }
+    const int i = row0 + r;
+    const KeyRange rk = vis.keys_of_row(i);
+    const int lo = std::max(0, rk.lo - j0), hi = std::min(cols, rk.hi - j0);
+    fill(z, z + kBN, 1.f);
+    if (mod.drop.on) dropout_row_vec(mod.drop, i, j0, z, cols);
+    float* dmrow = dmask ? dmask + int64_t(i) * dm_stride + j0 : nullptr;
+    for (int cc = 0; cc < lo; ++cc) pr[cc] = dsr[cc] = 0.f;
+    for (int cc = std::max(hi, 0); cc < kBN; ++cc) pr[cc] = dsr[cc] = 0.f;
+    int c0 = lo;
+    {  // whole vectors (fp32 / bool masks: fp64 inputs never reach the SIMD kernels)
+      const VF mb = VF::set1(mul), lb = VF::set1(lse[r]), Db = VF::set1(D[r]), l2e = VF::set1(kLog2e);
+      for (; c0 + kN <= hi; c0 += kN) {
+        VF g;
+        const VF sv = mod_vec(mod, VF::load(pr + c0) * mb, i, j0 + c0, &g);
+        const VF pv = exp2((sv - lb) * l2e);
+        const VF zv = VF::load(z + c0);
+        const VF ds = pv * (VF::load(dsr + c0) * zv - Db);
+        if (dmrow) ds.store(dmrow + c0);
+        (ds * g).store(dsr + c0);
+        (pv * zv).store(pr + c0);
+      }
+    }
+    for (int cc = c0; cc < hi; ++cc) {
+      float g = 1.f;
+      float sv = pr[cc] * mul;
+      if (mod.any) sv = mod.apply(sv, i, j0 + cc, &g);
+      const float pv = std::exp(sv - lse[r]);
+      const float ds = pv * (dsr[cc] * z[cc] - D[r]);
+      if (dmrow) dmrow[cc] = ds;
+      dsr[cc] = ds * g;
+      pr[cc] = pv * z[cc];
+    }
+  }
+}
+
+inline void p_ds_rows(float* Pr, float* dSr, float mul, int row0, int nrows, int j0, int cols, const Visibility& vis,
+                      const float* lse, const float* D, const ScoreMod& mod, float* dmask, int64_t dm_stride) {
+  if (mod.any || mod.drop.on || dmask)
+    return p_ds_rows_mod(Pr, dSr, mul, row0, nrows, j0, cols, vis, lse, D, mod, dmask, dm_stride);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int r = 0; r < kRM; ++r) {
+    float* pr = Pr + r * kBN;
+    float* dsr = dSr + r * kBN;
+    if (r >= nrows || lse[r] == neg_inf) {
+      fill(pr, pr + kBN, 0.f);
+      fill(dsr, dsr + kBN, 0.f);
+      continue;
+    }
+    const KeyRange rk = vis.keys_of_row(row0 + r);
+    const int lo = std::max(0, rk.lo - j0), hi = std::min(cols, rk.hi - j0);
+    const VF mb = VF::set1(mul), lb = VF::set1(lse[r]), Db = VF::set1(D[r]), l2e = VF::set1(kLog2e);
+    for (int cc = 0; cc < kBN; cc += kN) {
+      const VF pv = exp2(fma(VF::load(pr + cc), mb, VF::zero() - lb) * l2e);  // exp(scale q.k - lse)
+      pv.store(pr + cc);
+      (pv * (VF::load(dsr + cc) - Db)).store(dsr + cc);
+    }
+    if (lo > 0 || hi < kBN)
+      for (int cc = 0; cc < kBN; ++cc)
+        if (cc < lo || cc >= hi) pr[cc] = dsr[cc] = 0.f;
+  }
+}
+
+// D = rowsum(dO o O) - dlse and the LSE for every query row of the heads sharing kv head hk
+// (g x s_q each).
+template <typename T>
+void row_stats(const BwdParams& p, int bi, int hk, float* dsum, float* lse2) {
+  const int g = p.h / p.h_kv, dv = p.d_v;
+  const SeqInfo sq = seq_info(p, bi);
+  Buf<float> row_a(round_up(dv, kN)), row_b(round_up(dv, kN));
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
+    const T* dout =
+        static_cast<const T*>(p.dout) + bi * p.do_batch_stride + sq.q_row0 * p.do_row_stride + hi * p.do_head_stride;
+    const float* lse = static_cast<const float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
+    const float* dlse =
+        p.dlse ? static_cast<const float*>(p.dlse) + bi * p.dlse_batch_stride + hi * p.dlse_head_stride + sq.q_row0
+               : nullptr;
+    for (int i = 0; i < sq.s_q; ++i) {
+      convert_row(o + i * p.o_row_stride, dv, 1.f, row_a.data());
+      convert_row(dout + i * p.do_row_stride, dv, 1.f, row_b.data());
+      dsum[size_t(gi) * sq.s_q + i] = dot(row_a.data(), row_b.data(), dv) - (dlse ? dlse[i] : 0.f);
+      lse2[size_t(gi) * sq.s_q + i] = lse[i];
+    }
+  }
+}
+
+// dQ = scale * dQacc (g x s_q x dp fp32), rounded once into the output.
+template <typename T>
+void write_dq(const BwdParams& p, int bi, int hk, const float* dq_acc, int dp) {
+  const int g = p.h / p.h_kv;
+  const float sc = float(p.scale);
+  const SeqInfo sq = seq_info(p, bi);
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + sq.q_row0 * p.dq_row_stride + hi * p.dq_head_stride;
+    for (int i = 0; i < sq.s_q; ++i) {
+      const float* src = dq_acc + (size_t(gi) * sq.s_q + i) * dp;
+      T* dqr = dq + i * p.dq_row_stride;
+      for (int x = 0; x < p.d; ++x) dqr[x] = store_as<T, float>(src[x] * sc);
+    }
+  }
+}
+
+// Backward, one work item = (batch, kv head). One skeleton, bwd_head, over a panels policy that
+// owns the operand layouts and the five products (as the forward's fwd_chunk):
+//   for each key tile (kBN): pack K and V once;
+//     for each query head of the group, for each block of kQB query rows that see the tile:
+//       S = Q K^T, dP = dO V^T                                  panels.scores  (kRM rows at a time)
+//       P = exp(mul S - lse), dS = P o (dP - D)                 p_ds_rows      (transforms, dropout, mask grad)
+//       dV += P^T dO,  dK += dS^T Q                             panels.accumulate (LeveledSum blocks)
+//       dQacc += dS K                                           panels.dq
+//     dK = dk_scale dK, dV rounded once per key tile;
+//   dQ = scale dQacc, rounded once.
+// PanelsF32 scales Q by `scale` on load (natural-unit S, mul = 1, dK needs no scale); PanelsBf16
+// feeds vdpbf16ps bf16 pairs (mul = scale on S, dK scaled at the end; P and dS rounded to bf16
+// for the products, as FA2 does on GPUs).
+// Extra memory per item: dQacc (g x s_q x dp fp32) + D (g x s_q) + O(tile) panels.
+constexpr int kQB = 4 * kRM;  // query rows per step (inner dim of the dK / dV products)
+
+template <typename T_>
+struct BwdPanelsF32 {
+  using T = T_;
+  int d = 0, dv = 0, dp = 0, dvp = 0;
+  float score_mul = 1.f, dk_scale = 1.f, qmul = 1.f;
+  Buf<float> Kp, Kt, Vt, Qb, dOb;
+
+  explicit BwdPanelsF32(const BwdParams& p)
+      : d(p.d),
+        dv(p.d_v),
+        dp(round_up(d, kNV * kN)),
+        dvp(round_up(dv, kNV * kN)),
+        qmul(float(p.scale)),
+        Kp(size_t(kBN) * dp),
+        Kt(size_t(d) * kBN),
+        Vt(size_t(dv) * kBN),
+        Qb(size_t(kQB) * dp),
+        dOb(size_t(kQB) * dvp) {}
+
+  // K (kBN x dp), K^T (d x kBN), V^T (dv x kBN) of keys [j0, j0 + cols), zero-padded
+  void pack_keys(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int j0, int cols) {
+    fill(Kp.begin(), Kp.end(), 0.f);
+    fill(Kt.begin(), Kt.end(), 0.f);
+    fill(Vt.begin(), Vt.end(), 0.f);
+    for (int cc = 0; cc < cols; ++cc) {
+      convert_row(k + (j0 + cc) * k_stride, d, 1.f, Kp.data() + size_t(cc) * dp);
+      for (int x = 0; x < d; ++x) Kt[x * kBN + cc] = Kp[size_t(cc) * dp + x];
+      const T* vr = v + (j0 + cc) * v_stride;
+      for (int x = 0; x < dv; ++x) Vt[x * kBN + cc] = load_as_float(vr + x);
+    }
+  }
+  // Q (times the scale) and dO of query rows [i0, i0 + nr), zero-padded to kQB
+  void load_rows(const T* q, int64_t q_stride, const T* dout, int64_t do_stride, int i0, int nr) {
+    fill(Qb.begin(), Qb.end(), 0.f);
+    fill(dOb.begin(), dOb.end(), 0.f);
+    for (int r = 0; r < nr; ++r) {
+      convert_row(q + (i0 + r) * q_stride, d, qmul, Qb.data() + size_t(r) * dp);
+      convert_row(dout + (i0 + r) * do_stride, dv, 1.f, dOb.data() + size_t(r) * dvp);
+    }
+  }
+  // S and dP of the block's rows [r0, r0 + kRM)
+  void scores(int r0, float* Sr, float* dPr) {
+    micro_qk(Qb.data() + size_t(r0) * dp, d, Kt.data(), Sr, dp);
+    micro_qk(dOb.data() + size_t(r0) * dvp, dv, Vt.data(), dPr, dvp);
+  }
+  // dV += P^T dO, dK += dS^T Q over the block's nr rows
+  void accumulate(int nr, const float* P, const float* dS, float* dV, float* dK) {
+    micro_tn(P, dOb.data(), nr, dvp, dV);
+    micro_tn(dS, Qb.data(), nr, dp, dK);
+  }
+  // dQ[r0, r0 + kRM) += dS K
+  void dq(const float* dS, int r0, int cols, float* out) { micro_pv(dS + size_t(r0) * kBN, Kp.data(), cols, dp, out); }
+};
+
+#if defined(FAL_SIMD_AVX512)
+struct BwdPanelsBf16 {
+  using T = bf16_t;
+  int d = 0, dv = 0, d2 = 0, dv2 = 0, dp = 0, dvp = 0, cols2 = 0;
+  float score_mul = 1.f, dk_scale = 1.f;
+  Buf<uint32_t> Kd, Vd, Kk, Qs, dOs, Qr, dOr, Pp, dSp, dSk;
+
+  explicit BwdPanelsBf16(const BwdParams& p)
+      : d(p.d),
+        dv(p.d_v),
+        d2((d + 1) / 2),
+        dv2((dv + 1) / 2),
+        dp(round_up(d, kNV * kN)),
+        dvp(round_up(dv, kNV * kN)),
+        score_mul(float(p.scale)),
+        dk_scale(float(p.scale)),
+        Kd(size_t(d2) * kBN),
+        Vd(size_t(dv2) * kBN),
+        Kk(size_t(kBN / 2) * dp),
+        Qs(size_t(kQB) * d2),
+        dOs(size_t(kQB) * dv2),
+        Qr(size_t(kQB / 2) * dp),
+        dOr(size_t(kQB / 2) * dvp),
+        Pp(size_t(kQB / 2) * kBN),
+        dSp(size_t(kQB / 2) * kBN),
+        dSk(size_t(kQB) * (kBN / 2)) {}
+
+  // K^T and V^T as pairs over the head dims (Kd, Vd), K as pairs over keys (Kk), zero-padded
+  void pack_keys(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int j0, int cols) {
+    cols2 = (cols + 1) / 2;
+    for (int cc = 0; cc < kBN; ++cc) {
+      const T* kr = cc < cols ? k + (j0 + cc) * k_stride : nullptr;
+      const T* vr = cc < cols ? v + (j0 + cc) * v_stride : nullptr;
+      for (int x = 0; x < d2; ++x) Kd[x * kBN + cc] = kr ? pair_at(kr, x, d) : 0u;
+      for (int x = 0; x < dv2; ++x) Vd[x * kBN + cc] = vr ? pair_at(vr, x, dv) : 0u;
+    }
+    for (int c2 = 0; c2 < kBN / 2; ++c2) {
+      const T* a = 2 * c2 < cols ? k + (j0 + 2 * c2) * k_stride : nullptr;
+      const T* b = 2 * c2 + 1 < cols ? k + (j0 + 2 * c2 + 1) * k_stride : nullptr;
+      pack_row_pairs(a, b, d, dp, Kk.data() + size_t(c2) * dp);
+    }
+  }
+  // Q and dO rows as pairs over the head dims (Qs, dOs) and as pairs over rows (Qr, dOr)
+  void load_rows(const T* q, int64_t q_stride, const T* dout, int64_t do_stride, int i0, int nr) {
+    for (int r = 0; r < kQB; ++r) {
+      const T* qrow = r < nr ? q + (i0 + r) * q_stride : nullptr;
+      const T* drow = r < nr ? dout + (i0 + r) * do_stride : nullptr;
+      for (int x = 0; x < d2; ++x) Qs[size_t(r) * d2 + x] = qrow ? pair_at(qrow, x, d) : 0u;
+      for (int x = 0; x < dv2; ++x) dOs[size_t(r) * dv2 + x] = drow ? pair_at(drow, x, dv) : 0u;
+    }
+    for (int r2 = 0; r2 < kQB / 2; ++r2) {
+      const int ra = 2 * r2, rb = 2 * r2 + 1;
+      pack_row_pairs(ra < nr ? q + (i0 + ra) * q_stride : nullptr, rb < nr ? q + (i0 + rb) * q_stride : nullptr, d, dp,
+                     Qr.data() + size_t(r2) * dp);
+      pack_row_pairs(ra < nr ? dout + (i0 + ra) * do_stride : nullptr, rb < nr ? dout + (i0 + rb) * do_stride : nullptr,
+                     dv, dvp, dOr.data() + size_t(r2) * dvp);
+    }
+  }
+  void scores(int r0, float* Sr, float* dPr) {
+    micro_qk_bf16(Qs.data() + size_t(r0) * d2, d2, d2, Kd.data(), Sr, 1.f);
+    micro_qk_bf16(dOs.data() + size_t(r0) * dv2, dv2, dv2, Vd.data(), dPr, 1.f);
+  }
+  // P and dS to bf16 pairs over rows (for dV, dK) and over keys (for dQ), then the two products
+  void accumulate(int nr, const float* P, const float* dS, float* dV, float* dK) {
+    for (int r2 = 0; r2 < kQB / 2; ++r2) {
+      pack_f32_row_pairs(P + size_t(2 * r2) * kBN, P + size_t(2 * r2 + 1) * kBN, kBN, Pp.data() + size_t(r2) * kBN);
+      pack_f32_row_pairs(dS + size_t(2 * r2) * kBN, dS + size_t(2 * r2 + 1) * kBN, kBN, dSp.data() + size_t(r2) * kBN);
+    }
+    for (int r = 0; r < kQB; ++r) pack_f32_consecutive(dS + size_t(r) * kBN, kBN, dSk.data() + size_t(r) * (kBN / 2));
+    const int nr2 = (nr + 1) / 2;
+    micro_tn_bf16(Pp.data(), dOr.data(), nr2, dvp, dV);
+    micro_tn_bf16(dSp.data(), Qr.data(), nr2, dp, dK);
+  }
+  void dq(const float* /*dS*/, int r0, int /*cols*/, float* out) {
+    micro_pv_bf16(dSk.data() + size_t(r0) * (kBN / 2), Kk.data(), cols2, dp, out);
+  }
+};
+#endif
+
+template <class Panels>
+void bwd_head(const BwdParams& p, int bi, int hk) {
+  using T = typename Panels::T;
+  const int d = p.d, dv = p.d_v, g = p.h / p.h_kv;
+  const int dp = round_up(d, kNV * kN), dvp = round_up(dv, kNV * kN);
+  const SeqInfo sq = seq_info(p, bi);
+  const int s_q = sq.s_q, s_k = sq.s_k;
+  const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
+
+  Panels pn(p);
+  Buf<float> dq_acc(size_t(g) * s_q * dp, 0.f), dsum(size_t(g) * s_q), lse2(size_t(g) * s_q);
+  LeveledSum dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
+  Buf<float> P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN), tmp(size_t(kRM) * dp);
+
+  row_stats<T>(p, bi, hk, dsum.data(), lse2.data());
+
+  const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
+  T* dkp = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + sq.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
+  T* dvp_out = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + sq.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
+
+  for (int j0 = 0; j0 < s_k; j0 += kBN) {
+    const int cols = std::min(kBN, s_k - j0);
+    pn.pack_keys(k, p.k_row_stride, v, p.v_row_stride, j0, cols);
+    dK.clear();
+    dV.clear();
+    const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, s_q);
+
+    for (int gi = 0; gi < g; ++gi) {
+      const int hi = hk * g + gi;
+      const T* q =
+          static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
+      const T* dout =
+          static_cast<const T*>(p.dout) + bi * p.do_batch_stride + sq.q_row0 * p.do_row_stride + hi * p.do_head_stride;
+      const float* Dg = dsum.data() + size_t(gi) * s_q;
+      const float* L2 = lse2.data() + size_t(gi) * s_q;
+      float* dqg = dq_acc.data() + size_t(gi) * s_q * dp;
+      const ScoreMod mod = make_score_mod(p, bi, hi, s_q, s_k);
+      float* dmask =
+          p.dmask ? static_cast<float*>(p.dmask) + bi * p.dmask_batch_stride + hi * p.dmask_head_stride : nullptr;
+      for (int i0 = qr.lo; i0 < qr.hi; i0 += kQB) {
+        const int nr = std::min(kQB, qr.hi - i0);
+        pn.load_rows(q, p.q_row_stride, dout, p.do_row_stride, i0, nr);
+        for (int r0 = 0; r0 < kQB; r0 += kRM) {
+          float* Pr = P.data() + size_t(r0) * kBN;
+          float* dSr = dS.data() + size_t(r0) * kBN;
+          if (r0 >= nr) {
+            fill(Pr, Pr + kRM * kBN, 0.f);
+            fill(dSr, dSr + kRM * kBN, 0.f);
+            continue;
+          }
+          pn.scores(r0, Pr, dSr);
+          p_ds_rows(Pr, dSr, pn.score_mul, i0 + r0, nr - r0, j0, cols, vis, L2 + i0 + r0, Dg + i0 + r0, mod, dmask,
+                    p.dmask_row_stride);
+        }
+        pn.accumulate(nr, P.data(), dS.data(), dV.block(), dK.block());
+        dV.step();
+        dK.step();
+        for (int r0 = 0; r0 < nr; r0 += kRM) {
+          if (r0 + kRM <= nr) {
+            pn.dq(dS.data(), r0, cols, dqg + size_t(i0 + r0) * dp);
+          } else {  // last partial group: accumulate into a padded scratch block
+            fill(tmp.begin(), tmp.end(), 0.f);
+            pn.dq(dS.data(), r0, cols, tmp.data());
+            for (int r = 0; r < nr - r0; ++r)
+              for (int x = 0; x < dp; ++x) dqg[size_t(i0 + r0 + r) * dp + x] += tmp[size_t(r) * dp + x];
+          }
+        }
+      }
+    }
+    const float* dKs = dK.flush();
+    const float* dVs = dV.flush();
+    for (int cc = 0; cc < cols; ++cc) {
+      T* dkr = dkp + (j0 + cc) * p.dk_row_stride;
+      T* dvr = dvp_out + (j0 + cc) * p.dv_row_stride;
+      for (int x = 0; x < d; ++x) dkr[x] = store_as<T, float>(dKs[size_t(cc) * dp + x] * pn.dk_scale);
+      for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dVs[size_t(cc) * dvp + x]);
+    }
+  }
+  write_dq<T>(p, bi, hk, dq_acc.data(), dp);
+}
+
+}  // namespace
+
+int64_t bwd_items(const BwdParams& p) { return int64_t(p.b) * p.h_kv; }
+
+void bwd_items_run(const BwdParams& p, int64_t begin, int64_t end) {
+  auto run = [&](auto head) {
+    for (int64_t it = begin; it < end; ++it) head(p, int(it / p.h_kv), int(it % p.h_kv));
+  };
+  switch (p.dtype) {
+    case DType::kFloat32: return run(bwd_head<BwdPanelsF32<float>>);
+    case DType::kFloat16: return run(bwd_head<BwdPanelsF32<fp16_t>>);
+#if defined(FAL_SIMD_AVX512)
+    case DType::kBFloat16: return run(bwd_head<BwdPanelsBf16>);
+#elif defined(FAL_SIMD_AVX2)
+    case DType::kBFloat16: return run(bwd_head<BwdPanelsF32<bf16_t>>);
+#else
+#error "bwd.cpp: no bf16 panels for this ISA"
+#endif
+    case DType::kFloat64: break;  // the portable kernel (kernels.cpp)
+  }
+}
+
+}  // namespace fal::cpu::FAL_CPU_NS

@@ -1,0 +1,78 @@
+// common.h -- what every SIMD stage shares, compiled into each per-ISA object (see vec.h): the
+// scratch buffer, the tile shape with its register and cache budget, small helpers.
+//
+// Everything here lives in fal::cpu::<isa> (vec.h's FAL_CPU_NS) and an anonymous namespace: each
+// object gets its own internal copies, so no inline function or template instantiation becomes a
+// weak symbol the linker could hand, compiled with AVX-512 flags, to the portable path
+// (tools/check_isa_symbols.sh checks every SIMD object). Hence no std containers or algorithms:
+// only Buf and fill.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <type_traits>
+
+#include "cpu/cpu_kernels.h"
+#include "cpu/simd/vec.h"
+#include "cpu/tile_io.h"
+#include "flashattn_lite/attn_math.h"
+#include "flashattn_lite/online_softmax.h"
+
+namespace fal::cpu::FAL_CPU_NS {
+namespace {
+
+template <typename T>
+class Buf {
+ public:
+  Buf() = default;
+  explicit Buf(size_t n, T v = T()) { assign(n, v); }
+  void resize(size_t n) {  // contents unspecified
+    if (n > cap_) {
+      data_.reset(new T[n]);
+      cap_ = n;
+    }
+    n_ = n;
+  }
+  void assign(size_t n, T v) {
+    resize(n);
+    for (size_t i = 0; i < n; ++i) data_[i] = v;
+  }
+  T* data() { return data_.get(); }
+  const T* data() const { return data_.get(); }
+  T* begin() { return data_.get(); }
+  T* end() { return data_.get() + n_; }
+  size_t size() const { return n_; }
+  T& operator[](size_t i) { return data_[i]; }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  size_t n_ = 0, cap_ = 0;
+};
+
+template <typename T>
+inline void fill(T* b, T* e, T v) {
+  for (; b < e; ++b) *b = v;
+}
+
+inline bool has_nan(const float* x, int n) {
+  for (int i = 0; i < n; ++i)
+    if (x[i] != x[i]) return true;
+  return false;
+}
+
+// Tile shape. Register budget of the microkernels (kRM rows x kNV vectors of accumulators, kNV
+// panel loads, 1 broadcast): AVX-512 (32 zmm) 6 x 4 = 24 + 4 + 1 = 29; AVX2 (16 ymm) 6 x 2 = 12 +
+// 2 + 1 = 15. Cache budget: a packed K^T + V tile is 2 * kBN * d * 4 B = 32 KB at d = 64 (L1/L2)
+// and is reused by the kQC / kRM = 43 row groups of a forward work item.
+constexpr int kRM = 6;                 // rows per microkernel
+constexpr int kNV = kN == 16 ? 4 : 2;  // vectors per row in a microkernel
+constexpr int kBN = 64;                // keys per tile (a multiple of kNV * kN)
+constexpr int kQC = 256;               // query rows per work item
+constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kBN % (kNV * kN) == 0, "key tile must be a whole number of microkernel passes");
+
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+}  // namespace
+}  // namespace fal::cpu::FAL_CPU_NS

@@ -1,0 +1,64 @@
+// kernels.cpp -- one ISA's kernel table entries (isa.h): which stage runs a call, and the peak
+// probe. fp64 always runs the portable kernels (attn_fwd_cpu.cpp, attn_bwd_cpu.cpp).
+#include "cpu/simd/common.h"
+#include "cpu/simd/stages.h"
+
+namespace fal::cpu::FAL_CPU_NS {
+
+int64_t fwd_num_work_items(const FwdParams& p) {
+  if (p.dtype == DType::kFloat64) return fal::cpu::fwd_num_work_items(p);
+  return p.s_q <= kDecodeMaxRows ? decode_items(p) : fwd_chunk_items(p);
+}
+
+void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
+  if (p.dtype == DType::kFloat64) return fal::cpu::fwd_run(p, begin, end);
+  if (p.s_q <= kDecodeMaxRows) return decode_run(p, begin, end);
+  fwd_chunks_run(p, begin, end);
+}
+
+int64_t bwd_num_work_items(const BwdParams& p) {
+  return p.dtype == DType::kFloat64 ? fal::cpu::bwd_num_work_items(p) : bwd_items(p);
+}
+
+void bwd_run(const BwdParams& p, int64_t begin, int64_t end) {
+  if (p.dtype == DType::kFloat64) return fal::cpu::bwd_run(p, begin, end);
+  bwd_items_run(p, begin, end);
+}
+
+namespace {
+// Peak probe: 24 independent accumulators (more than FMA latency x issue width on current cores).
+constexpr int kPeakChains = 24;
+}  // namespace
+
+float peak_loop(int kind, int64_t iters) {
+  VF acc[kPeakChains];
+  for (int i = 0; i < kPeakChains; ++i) acc[i] = VF::set1(1e-3f * float(i));
+#if defined(FAL_SIMD_AVX512)
+  if (kind == 1) {
+    const __m512 one = _mm512_set1_ps(1e-3f);
+    const __m512bh a = _mm512_cvtne2ps_pbh(one, one);
+    for (int64_t it = 0; it < iters; ++it)
+#pragma GCC unroll 24
+      for (int i = 0; i < kPeakChains; ++i) acc[i].v = _mm512_dpbf16_ps(acc[i].v, a, a);
+  } else
+#endif
+  {
+    const VF a = VF::set1(0.999999f), b = VF::set1(1e-7f);
+    for (int64_t it = 0; it < iters; ++it)
+#pragma GCC unroll 24
+      for (int i = 0; i < kPeakChains; ++i) acc[i] = fma(acc[i], a, b);
+  }
+  VF s = VF::zero();
+  for (int i = 0; i < kPeakChains; ++i) s = s + acc[i];
+  return s.hsum();
+}
+
+double peak_flops_per_iter(int kind) {
+#if defined(FAL_SIMD_AVX512)
+  if (kind == 1) return kPeakChains * 64.0;  // 32 bf16 products + 32 adds per vdpbf16ps
+#endif
+  (void)kind;
+  return kPeakChains * 2.0 * kN;
+}
+
+}  // namespace fal::cpu::FAL_CPU_NS

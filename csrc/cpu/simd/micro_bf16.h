@@ -1,0 +1,133 @@
+// micro_bf16.h -- the AVX512_BF16 microkernels (vdpbf16ps) and the bf16 pair packing of the bf16
+// forward and backward. AVX-512 objects only.
+#pragma once
+#include "cpu/simd/common.h"
+
+#if !defined(FAL_SIMD_AVX512)
+#error "micro_bf16.h needs AVX512_BF16 (FAL_SIMD_AVX512)"
+#endif
+
+namespace fal::cpu::FAL_CPU_NS {
+namespace {
+
+// ---- forward: both products consume bf16 pairs ---------------------------------------------------
+// vdpbf16ps acc, a, b: acc[i] += a[2i] * b[2i] + a[2i+1] * b[2i+1]  (16 fp32 lanes, 32 bf16).
+//   S = Q K^T:  a = K packed as pairs over d   (Kp[x2][key], uint32 = (k[key][2 x2], k[key][2 x2 + 1]))
+//               b = the pair (q[r][2 x2], q[r][2 x2 + 1]) broadcast;  S scaled at the store.
+//   O += P V:   a = V packed as pairs over keys (Vp[j2][x] = (v[2 j2][x], v[2 j2 + 1][x]))
+//               b = the pair (P[r][2 j2], P[r][2 j2 + 1]) rounded to bf16 and broadcast.
+// Half the instructions of the fp32 microkernels for the same FLOPs; the row sums use the
+// unrounded fp32 P (as FA2 does on GPUs).
+inline __m512bh as_bh(__m512i x) { return reinterpret_cast<__m512bh&>(x); }
+
+// S[r][c] = scale * sum_x2 Q[r][x2] . Kp[x2][c]  (pairs), r < kRM, c < kBN
+inline void micro_qk_bf16(const uint32_t* q, int d2, int ldq, const uint32_t* kp, float* s, float scale) {
+  const __m512 sc = _mm512_set1_ps(scale);
+  __m512 acc[kRM][kNV];
+  for (int r = 0; r < kRM; ++r)
+    for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int x = 0; x < d2; ++x) {
+    __m512bh kv[kNV];
+    for (int v = 0; v < kNV; ++v) kv[v] = as_bh(_mm512_loadu_si512(kp + x * kBN + v * kN));
+    for (int r = 0; r < kRM; ++r) {
+      const __m512bh qb = as_bh(_mm512_set1_epi32(int(q[r * ldq + x])));
+      for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], kv[v], qb);
+    }
+  }
+  for (int r = 0; r < kRM; ++r)
+    for (int v = 0; v < kNV; ++v) _mm512_storeu_ps(s + r * kBN + v * kN, _mm512_mul_ps(acc[r][v], sc));
+}
+
+// O[r][x] += sum_j P[r][j] V[j][x]; pb: kRM rows of kBN / 2 bf16 pairs; vp: (kBN / 2) x dvp pairs.
+inline void micro_pv_bf16(const uint32_t* pb, const uint32_t* vp, int cols2, int dvp, float* o) {
+  for (int dc = 0; dc < dvp; dc += kNV * kN) {
+    __m512 acc[kRM][kNV];
+    for (int r = 0; r < kRM; ++r)
+      for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_loadu_ps(o + r * dvp + dc + v * kN);
+    for (int j = 0; j < cols2; ++j) {
+      __m512bh vv[kNV];
+      for (int v = 0; v < kNV; ++v) vv[v] = as_bh(_mm512_loadu_si512(vp + j * dvp + dc + v * kN));
+      for (int r = 0; r < kRM; ++r) {
+        const __m512bh pbv = as_bh(_mm512_set1_epi32(int(pb[r * (kBN / 2) + j])));
+        for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], vv[v], pbv);
+      }
+    }
+    for (int r = 0; r < kRM; ++r)
+      for (int v = 0; v < kNV; ++v) _mm512_storeu_ps(o + r * dvp + dc + v * kN, acc[r][v]);
+  }
+}
+
+inline uint32_t pair_at(const bf16_t* row, int x2, int d) {  // (row[2 x2], row[2 x2 + 1]), 0-padded
+  const uint32_t lo = row[2 * x2].bits;
+  const uint32_t hi = 2 * x2 + 1 < d ? row[2 * x2 + 1].bits : 0u;
+  return lo | (hi << 16);
+}
+
+// ---- backward ------------------------------------------------------------------------------------
+// The five products of the backward, each fed bf16 pairs over its inner dimension:
+//   S  = Q K^T      pairs over d    (Q rows as stored; K^T packed Kd[x2][key])
+//   dP = dO V^T     pairs over dv   (dO rows as stored; V^T packed Vd[x2][key])
+//   dV += P^T dO    pairs over query rows (dO packed dOr[r2][x]; P pairs broadcast)
+//   dK += dS^T Q    pairs over query rows (Q packed Qr[r2][x]; dS pairs broadcast)
+//   dQ += dS K      pairs over keys (K packed Kk[c2][x]; dS pairs broadcast)
+// P and dS are rounded to bf16 for the products (as FA2 does on GPUs); all sums are fp32.
+
+// dst[x] = (a[x], b[x]) as a bf16 pair, x < n (n a multiple of kN; zeros past `valid` or for null rows)
+inline void pack_row_pairs(const bf16_t* a, const bf16_t* b, int valid, int n, uint32_t* dst) {
+  for (int x = 0; x < n; x += kN) {
+    const int m = std::max(0, std::min(kN, valid - x));
+    const __mmask16 mk = m == kN ? __mmask16(0xffff) : __mmask16((1u << m) - 1u);
+    const __m512i lo = a && m ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, a + x)) : _mm512_setzero_si512();
+    const __m512i hi = b && m ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, b + x)) : _mm512_setzero_si512();
+    _mm512_storeu_si512(dst + x, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
+
+// fp32 rows a, b -> bf16 pairs (a[x], b[x]) for x < n (n a multiple of kN)
+inline void pack_f32_row_pairs(const float* a, const float* b, int n, uint32_t* dst) {
+  for (int x = 0; x < n; x += kN) {
+    const __m256bh ha = _mm512_cvtneps_pbh(_mm512_loadu_ps(a + x));
+    const __m256bh hb = _mm512_cvtneps_pbh(_mm512_loadu_ps(b + x));
+    const __m512i lo = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(ha));
+    const __m512i hi = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(hb));
+    _mm512_storeu_si512(dst + x, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
+
+// fp32 row -> consecutive bf16 pairs (r[2 c2], r[2 c2 + 1]) for c2 < n / 2 (n a multiple of 2 kN)
+inline void pack_f32_consecutive(const float* r, int n, uint32_t* dst) {
+  for (int c = 0; c < n; c += 2 * kN) {
+    const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(r + c + kN), _mm512_loadu_ps(r + c));
+    _mm512_storeu_si512(dst + c / 2, reinterpret_cast<const __m512i&>(h));
+  }
+}
+
+// out[c][x] += sum_r2 a[r2][c] . b[r2][x]  (bf16 pairs over rows), c < kBN, x < ldb; blocked
+// summation as micro_tn
+inline void micro_tn_bf16(const uint32_t* a, const uint32_t* b, int rows2, int ldb, float* out) {
+  for (int c0 = 0; c0 < kBN; c0 += kRM) {
+    const int nc = std::min(kRM, kBN - c0);
+    for (int dc = 0; dc < ldb; dc += kNV * kN) {
+      __m512 acc[kRM][kNV];
+      for (int c = 0; c < kRM; ++c)
+        for (int v = 0; v < kNV; ++v) acc[c][v] = _mm512_setzero_ps();
+      for (int r = 0; r < rows2; ++r) {
+        __m512bh bv[kNV];
+        for (int v = 0; v < kNV; ++v) bv[v] = as_bh(_mm512_loadu_si512(b + r * ldb + dc + v * kN));
+        for (int c = 0; c < kRM; ++c) {
+          if (c >= nc) break;
+          const __m512bh ab = as_bh(_mm512_set1_epi32(int(a[r * kBN + c0 + c])));
+          for (int v = 0; v < kNV; ++v) acc[c][v] = _mm512_dpbf16_ps(acc[c][v], bv[v], ab);
+        }
+      }
+      for (int c = 0; c < nc; ++c)
+        for (int v = 0; v < kNV; ++v) {
+          float* o = out + (c0 + c) * ldb + dc + v * kN;
+          _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[c][v]));
+        }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fal::cpu::FAL_CPU_NS

@@ -1,0 +1,24 @@
+// stages.h -- the stage entry points of one ISA's SIMD objects (in fal::cpu::<isa>, vec.h), which
+// kernels.cpp assembles into that ISA's kernel table (isa.h). Work items and their threading
+// contract as in cpu_kernels.h.
+#pragma once
+#include <cstdint>
+
+#include "cpu/cpu_kernels.h"
+#include "cpu/simd/vec.h"
+
+namespace fal::cpu::FAL_CPU_NS {
+
+// Forward of more than kDecodeMaxRows query rows (fwd.cpp): (batch, head, chunk of query rows).
+int64_t fwd_chunk_items(const FwdParams& p);
+void fwd_chunks_run(const FwdParams& p, int64_t begin, int64_t end);
+
+// Decode, at most kDecodeMaxRows query rows (decode.cpp): (batch, group of heads, split).
+int64_t decode_items(const FwdParams& p);
+void decode_run(const FwdParams& p, int64_t begin, int64_t end);
+
+// Backward (bwd.cpp): (batch, kv head).
+int64_t bwd_items(const BwdParams& p);
+void bwd_items_run(const BwdParams& p, int64_t begin, int64_t end);
+
+}  // namespace fal::cpu::FAL_CPU_NS

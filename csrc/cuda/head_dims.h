@@ -1,0 +1,13 @@
+// head_dims.h -- the head dims with tensor-core kernels: the one list. CMakeLists.txt
+// (FLASHATTN_LITE_CUDA_HEADDIMS) and tools/generate_cuda_instantiations.py read the two macro
+// lines below; dispatch.cu checks its tile table against them at compile time. A head dim between
+// two entries runs on the next larger tile (zero-padded); above the last, on the SIMT kernels.
+#pragma once
+
+#define FAL_CUDA_TC_FWD_HEAD_DIMS 32, 64, 96, 128, 192, 256
+#define FAL_CUDA_TC_BWD_HEAD_DIMS 32, 64, 96, 128
+
+namespace fal::cuda {
+constexpr int kTcFwdHeadDims[] = {FAL_CUDA_TC_FWD_HEAD_DIMS};
+constexpr int kTcBwdHeadDims[] = {FAL_CUDA_TC_BWD_HEAD_DIMS};
+}  // namespace fal::cuda

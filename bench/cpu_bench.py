@@ -1,14 +1,20 @@
-"""CPU benchmark against torch's own CPU SDPA (flash backend), same process, same inputs.
+"""CPU benchmark: flashattn_lite against torch's own CPU SDPA (flash backend), same process, same
+inputs, as % of this machine's peak measured in the same run (issue 15's goals).
 
-    python bench/cpu_bench.py [--threads 2] [--repeats 7] [--out bench/results/cpu-DATE.md] [--memory]
+    python bench/cpu_bench.py [--threads 2] [--repeats 7] [--isa avx2] [--out FILE.md] [--memory]
 
-Every case is checked first (flashattn_lite against the fp64 reference under the numerical
-rule: at most 2x torch's own error in that dtype, plus rounding noise), then timed: ours and
-torch alternately, median of the repeats. FLOPs: fwd 4*B*H*s_q*s_k*D (halved for causal), fwd+bwd
-3.5x fwd; decode reports GB/s of K and V read. "% peak" is against this machine's peak measured
-by bench/peak_fma.cpp in the same run (fp32 FMA for fp32/fp16 compute, vdpbf16ps for bf16, the
-read bandwidth of a 1 GiB buffer for decode -- it swings between ~42 and ~80 GB/s on this shared
-host, so decode ratios move with it).
+Every case is checked first (flashattn_lite against the fp64 reference under the numerical rule:
+at most 2x torch's own error in that dtype, plus rounding noise), then timed: ours and torch
+alternately, median of the repeats. FLOPs: fwd 4*B*H*s_q*s_k*D (halved for causal), fwd+bwd 3.5x
+fwd; decode reports GB/s of K and V read. "% peak" is against bench/peak_fma.cpp run in the same
+process tree on the ISA ours uses: the fp32 FMA peak for fp32/fp16 compute and for bf16 where the
+ISA has no bf16 dot product (AVX2), the vdpbf16ps peak for bf16 on AVX-512, the read bandwidth of
+a 1 GiB buffer for decode (it swings between ~42 and ~80 GB/s on this shared host).
+Scaling rows time ours alone on 1 thread and on --threads threads (the goal is the speedup).
+
+--isa avx2 measures the AVX2 path on an AVX-512 machine: the script re-runs itself with
+FLASHATTN_LITE_CPU_ISA=avx2 for ours and ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2,
+ONEDNN_MAX_CPU_ISA=AVX2 for torch, against the AVX2 peak; the machine line says so.
 --memory also runs fwd+bwd at N=65536 (H8, D64, bf16) in a subprocess and reports its peak RSS
 beyond inputs, outputs and gradients, after a small warm-up fwd+bwd (the process's first
 tensor.backward(grad) imports sympy through torch.autograd's _make_grads: ~36 MB of Python
@@ -20,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,83 +41,165 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashattn_lite as fal
-from flashattn_lite.bench import make_runner
 from flashattn_lite.reference import sdpa_ref
 
 HERE = Path(__file__).resolve().parent
+ISA_ENV = {
+    "avx2": {
+        "FLASHATTN_LITE_CPU_ISA": "avx2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+    },
+    "avx512": {"FLASHATTN_LITE_CPU_ISA": "avx512"},
+}
 
 
 @dataclass
 class Case:
+    """One benchmark row. layout: "bhsd" (torch SDPA's, head-major K/V) or "bshd" (flash-attn's and
+    the KV cache's, token-major). Goals per ISA: pct = % of the peak named by `peak`
+    ("compute" = the dtype's compute peak, "read" = read bandwidth), ratio = x torch, scaling = x
+    its own 1-thread speed; None = no goal."""
+
     name: str
     mode: str  # fwd, fwd+bwd, decode
     dtype: torch.dtype
     h: int
+    h_kv: int
     n_q: int
     n_k: int
     d: int
-    causal: bool
-    goal: float
+    causal: bool = False
+    layout: str = "bhsd"
+    pct: tuple[float | None, float | None] = (None, None)  # (avx512, avx2)
+    ratio: tuple[float | None, float | None] = (None, None)
+    scaling: float | None = None
 
     def flops(self) -> float:
         f = 4.0 * self.h * self.n_q * self.n_k * self.d * (0.5 if self.causal and self.n_q == self.n_k else 1.0)
         return f * (3.5 if self.mode == "fwd+bwd" else 1.0)
 
     def kv_bytes(self) -> int:
-        return 2 * self.h * self.n_k * self.d * torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * self.h_kv * self.n_k * self.d * torch.tensor([], dtype=self.dtype).element_size()
 
 
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 CASES = [
-    Case("fwd fp32 H8 N2048 D64", "fwd", torch.float32, 8, 2048, 2048, 64, False, 1.2),
-    Case("fwd bf16 H8 N2048 D64", "fwd", torch.bfloat16, 8, 2048, 2048, 64, False, 2.0),
-    Case("fwd fp16 H8 N2048 D64", "fwd", torch.float16, 8, 2048, 2048, 64, False, 1.6),
-    Case("fwd bf16 causal H8 N4096 D128", "fwd", torch.bfloat16, 8, 4096, 4096, 128, True, 2.0),
-    Case("fwd+bwd fp32 H8 N2048 D64", "fwd+bwd", torch.float32, 8, 2048, 2048, 64, False, 1.2),
-    Case("fwd+bwd bf16 H8 N2048 D64", "fwd+bwd", torch.bfloat16, 8, 2048, 2048, 64, False, 1.8),
-    Case("decode bf16 H32 1x32768 D128", "decode", torch.bfloat16, 32, 1, 32768, 128, False, 5.0),
-    Case("decode fp32 H32 1x32768 D128", "decode", torch.float32, 32, 1, 32768, 128, False, 2.0),
+    Case("fwd fp32 H8 N2048 D64", "fwd", F32, 8, 8, 2048, 2048, 64, pct=(80, 80), ratio=(None, 1.5)),
+    Case("fwd bf16 H8 N2048 D64", "fwd", BF16, 8, 8, 2048, 2048, 64, pct=(70, 75), ratio=(None, 2.0)),
+    Case("fwd fp16 H8 N2048 D64", "fwd", F16, 8, 8, 2048, 2048, 64, pct=(75, 75)),
+    Case("fwd bf16 causal H8 N4096 D128", "fwd", BF16, 8, 8, 4096, 4096, 128, True, pct=(70, 75)),
+    Case("fwd+bwd fp32 H8 N2048 D64", "fwd+bwd", F32, 8, 8, 2048, 2048, 64, pct=(70, 70), ratio=(None, 1.4)),
+    Case("fwd+bwd bf16 H8 N2048 D64", "fwd+bwd", BF16, 8, 8, 2048, 2048, 64, pct=(60, 65)),
+    Case("fwd+bwd MQA H8/1 B1 N4096 D64 (scaling)", "fwd+bwd", BF16, 8, 1, 4096, 4096, 64, scaling=1.8),
+    Case("fwd causal H1 N4096 D64 (scaling)", "fwd", BF16, 1, 1, 4096, 4096, 64, True, scaling=1.9),
+]
+for _dt, _n in ((F32, "fp32"), (BF16, "bf16"), (F16, "fp16")):
+    for _lay in ("bhsd", "bshd"):
+        CASES.append(
+            Case(
+                f"decode {_n} H32 1x32768 D128 {_lay}",
+                "decode",
+                _dt,
+                32,
+                32,
+                1,
+                32768,
+                128,
+                layout=_lay,
+                pct=(85, 85),
+                ratio=(None, 1.5) if _dt == F32 else (None, None),
+            )
+        )
+CASES += [
+    Case("decode bf16 GQA 32/8 1x32768 D128 bshd", "decode", BF16, 32, 8, 1, 32768, 128, layout="bshd", pct=(85, 85)),
+    Case("decode bf16 GQA 32/8 1x32768 D128 bhsd", "decode", BF16, 32, 8, 1, 32768, 128, pct=(85, 85)),
+    Case("decode bf16 4 rows H32 32768 D128 bshd", "decode", BF16, 32, 32, 4, 32768, 128, layout="bshd", pct=(85, 85)),
+    Case("decode bf16 16 rows H8 32768 D128 bhsd", "decode", BF16, 8, 8, 16, 32768, 128, pct=(85, 85)),
 ]
 
 
-def peak_gflops(threads: int) -> dict:
+def cpu_model() -> str:
+    """The CPU's model line (name, family, model) from /proc/cpuinfo."""
+    info: dict[str, str] = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
+    except OSError:
+        return "unknown CPU"
+    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
+
+
+def peak_gflops(threads: int, isa: str) -> dict:
     src = HERE / "peak_fma.cpp"
     tag = zlib.crc32(src.read_bytes())  # a changed source gets a fresh binary
     exe = Path(tempfile.gettempdir()) / f"flashattn_lite_peak_fma_{tag:08x}"
     try:
         if not exe.exists():
             subprocess.run(
-                ["g++", "-O3", "-std=c++17", "-mavx512f", "-mavx512bf16", "-pthread", str(src), "-o", str(exe)],
-                check=True,
-                capture_output=True,
+                ["g++", "-O3", "-std=c++17", "-pthread", str(src), "-o", str(exe)], check=True, capture_output=True
             )
-        out = subprocess.run([str(exe), str(threads)], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run([str(exe), str(threads), isa], check=True, capture_output=True, text=True).stdout
         return json.loads(out)
     except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
         return {}
 
 
+def sdpa_layout(c: Case, fn: Callable) -> Callable:
+    """fn(q, k, v, is_causal) on SDPA-layout views; bshd inputs are viewed as (b, h, s, d)."""
+    if c.layout == "bhsd":
+        return fn
+    return lambda q, k, v, is_causal=False: fn(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=is_causal
+    ).transpose(1, 2)
+
+
 def torch_flash(q, k, v, is_causal=False):
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=q.shape[-3] != k.shape[-3])
+
+
+def ours(q, k, v, is_causal=False):
+    return fal.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=q.shape[-3] != k.shape[-3])
 
 
 def make_inputs(c: Case):
     g = torch.Generator().manual_seed(0)
-    mk = lambda n: torch.randn((1, c.h, n, c.d), generator=g).to(c.dtype)  # noqa: E731
-    return mk(c.n_q), mk(c.n_k), mk(c.n_k), mk(c.n_q)
+
+    def mk(n: int, h: int) -> torch.Tensor:
+        shape = (1, h, n, c.d) if c.layout == "bhsd" else (1, n, h, c.d)
+        return torch.randn(shape, generator=g).to(c.dtype)
+
+    return mk(c.n_q, c.h), mk(c.n_k, c.h_kv), mk(c.n_k, c.h_kv), mk(c.n_q, c.h)
 
 
 def check(c: Case, q, k, v) -> tuple[bool, float, float]:
-    hs = slice(0, min(2, c.h))
-    qs, ks, vs = q[:, hs], k[:, hs], v[:, hs]
+    """The first kv head's query heads against the fp64 reference, in SDPA layout."""
+    to_sdpa = (lambda t: t) if c.layout == "bhsd" else (lambda t: t.transpose(1, 2))
+    g = c.h // c.h_kv
+    qs, ks, vs = to_sdpa(q)[:, :g], to_sdpa(k)[:, :1], to_sdpa(v)[:, :1]
     with torch.no_grad():
-        ref = sdpa_ref(qs, ks, vs, is_causal=c.causal)
-        ours = fal.scaled_dot_product_attention(qs, ks, vs, is_causal=c.causal)
+        ref = sdpa_ref(qs, ks.expand(-1, g, -1, -1), vs.expand(-1, g, -1, -1), is_causal=c.causal)
+        mine = ours(qs, ks, vs, is_causal=c.causal)
         theirs = torch_flash(qs, ks, vs, is_causal=c.causal)
-    err = (ours.double() - ref).abs().max().item()
+    err = (mine.double() - ref).abs().max().item()
     err_t = (theirs.double() - ref).abs().max().item()
     noise = (torch.finfo(c.dtype).eps + c.n_k**0.5 * torch.finfo(torch.float32).eps) * max(1.0, ref.abs().max().item())
     return err <= 2 * err_t + noise, err, err_t
+
+
+def runner(fn: Callable, c: Case, q, k, v, do) -> Callable[[], object]:
+    f = sdpa_layout(c, fn)
+    if c.mode != "fwd+bwd":
+        return lambda: f(q, k, v, is_causal=c.causal)
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+    def run() -> None:
+        torch.autograd.grad(f(qg, kg, vg, is_causal=c.causal), (qg, kg, vg), do)
+
+    return run
 
 
 def time_pair(a: Callable, b: Callable, repeats: int) -> tuple[list[float], list[float]]:
@@ -167,21 +254,47 @@ def memory_check(threads: int, n: int = 65536) -> tuple[float, float] | None:
         return None
 
 
+def goal_cells(c: Case, isa_idx: int, pct: float | None, speed: float | None) -> tuple[str, str]:
+    """(goal text, met?) for the ISA column isa_idx (0 = avx512, 1 = avx2)."""
+    parts, met = [], True
+    if c.scaling is not None:
+        parts.append(f">= {c.scaling}x 1 thread")
+        met = speed is not None and speed >= c.scaling
+    pg, rg = c.pct[isa_idx], c.ratio[isa_idx]
+    if pg is not None:
+        parts.append(f">= {pg:.0f}% peak")
+        met = met and pct is not None and pct >= pg
+    if rg is not None:
+        parts.append(f">= {rg}x torch")
+        met = met and speed is not None and speed >= rg
+    return ", ".join(parts) or "-", ("yes" if met else "no") if parts else "-"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--isa", choices=sorted(ISA_ENV), default=None, help="measure this ISA's path (see above)")
     ap.add_argument("--out", default=None, help="write the table (markdown) here")
     ap.add_argument("--memory", action="store_true", help="also measure fwd+bwd memory at N=65536")
     ap.add_argument("--only", default=None, help="substring filter on case names")
     args = ap.parse_args()
+    if args.isa and any(os.environ.get(k) != v for k, v in ISA_ENV[args.isa].items()):
+        # torch reads ATEN_CPU_CAPABILITY / MKL_ENABLE_INSTRUCTIONS at start-up: run again with them set
+        env = {**os.environ, **ISA_ENV[args.isa]}
+        return subprocess.run([sys.executable, *sys.argv], env=env).returncode
     torch.set_num_threads(args.threads)
-    peak = peak_gflops(args.threads)
+    isa = fal.cpu_isa()
+    isa_idx = 0 if isa == "avx512" else 1
+    peak = peak_gflops(args.threads, isa)
+    fp32_peak = peak.get("fp32_fma_gflops")
+    bf16_peak = peak.get("bf16_dot_gflops") or fp32_peak  # AVX2 has no bf16 dot product: fp32 is its peak
+    forced = f" (forced: --isa {args.isa})" if args.isa else ""
     machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"flashattn_lite {fal.__version__} ISA {fal.cpu_isa()}, threads {args.threads}, "
-        f"peak fp32 FMA {peak.get('fp32_fma_gflops', 'n/a')} GFLOP/s, "
-        f"bf16 dot {peak.get('bf16_dot_gflops', 'n/a')} GFLOP/s, read {peak.get('read_gbs', 'n/a')} GB/s "
+        f"{cpu_model()}, {os.cpu_count()} CPUs; flashattn_lite {fal.__version__} ISA {isa}{forced}, torch "
+        f"{torch.__version__} capability {torch.backends.cpu.get_cpu_capability()}; threads {args.threads}; "
+        f"peaks on {peak.get('isa', 'n/a')}: fp32 FMA {fp32_peak or 'n/a'} GFLOP/s, bf16 dot "
+        f"{peak.get('bf16_dot_gflops') or 'none (fp32 peak used)'} GFLOP/s, read {peak.get('read_gbs', 'n/a')} GB/s "
         f"(bench/peak_fma.cpp)"
     )
     lines = [
@@ -197,27 +310,38 @@ def main() -> int:
         q, k, v, do = make_inputs(c)
         ok, err, err_t = check(c, q, k, v)
         if not ok:
-            lines.append(f"| {c.name} | WRONG (err {err:.2e} vs torch {err_t:.2e}) | | | | | | | | {c.goal} | no |")
+            goal, _ = goal_cells(c, isa_idx, None, None)
+            lines.append(f"| {c.name} | WRONG (err {err:.2e} vs torch {err_t:.2e}) | | | | | | | | {goal} | no |")
             print(lines[-1])
             continue
-        ta, tb = time_pair(
-            make_runner(fal.scaled_dot_product_attention, c, q, k, v, do),
-            make_runner(torch_flash, c, q, k, v, do),
-            args.repeats,
-        )
-        ma, mb = statistics.median(ta), statistics.median(tb)
-        if c.mode == "decode":
-            unit, ours, theirs = "GB/s", c.kv_bytes() / ma / 1e9, c.kv_bytes() / mb / 1e9
-            bw = peak.get("read_gbs")
-            pct = f"{100 * ours / bw:.0f}%" if bw else "n/a"
+        mine = runner(ours, c, q, k, v, do)
+        if c.scaling is not None:  # ours on 1 thread against ours on --threads
+            torch.set_num_threads(1)
+            t1, _ = time_pair(mine, lambda: None, args.repeats)
+            torch.set_num_threads(args.threads)
+            ta, _ = time_pair(mine, lambda: None, args.repeats)
+            ma, mb = statistics.median(ta), statistics.median(t1)
+            label_b = "1 thread"
         else:
-            unit, ours, theirs = "GFLOP/s", c.flops() / ma / 1e9, c.flops() / mb / 1e9
-            pk = peak.get("bf16_dot_gflops" if c.dtype == torch.bfloat16 else "fp32_fma_gflops")
-            pct = f"{100 * ours / pk:.0f}%" if pk else "n/a"
-        speed = mb / ma
+            try:
+                ta, tb = time_pair(mine, runner(torch_flash, c, q, k, v, do), args.repeats)
+                ma, mb = statistics.median(ta), statistics.median(tb)
+            except RuntimeError:  # torch's flash CPU kernel refuses the case
+                ta, _ = time_pair(mine, lambda: None, args.repeats)
+                ma, mb = statistics.median(ta), float("nan")
+            label_b = "torch"
+        if c.mode == "decode":
+            unit, rate, other = "GB/s", c.kv_bytes() / ma / 1e9, c.kv_bytes() / mb / 1e9
+            pk = peak.get("read_gbs")
+        else:
+            unit, rate, other = "GFLOP/s", c.flops() / ma / 1e9, c.flops() / mb / 1e9
+            pk = bf16_peak if c.dtype == torch.bfloat16 else fp32_peak
+        pct = 100 * rate / pk if pk else None
+        speed = mb / ma if mb == mb else None
+        goal, met = goal_cells(c, isa_idx, pct, speed)
         lines.append(
-            f"| {c.name} | ok | {ma * 1e3:.2f} | {mb * 1e3:.2f} | {ours:.1f} | {theirs:.1f} | {unit} | {pct} | "
-            f"{speed:.2f}x | {c.goal}x | {'yes' if speed >= c.goal else 'no'} |"
+            f"| {c.name} | ok | {ma * 1e3:.2f} | {mb * 1e3:.2f} ({label_b}) | {rate:.1f} | {other:.1f} | {unit} | "
+            f"{f'{pct:.0f}%' if pct is not None else 'n/a'} | {f'{speed:.2f}x' if speed else 'n/a'} | {goal} | {met} |"
         )
         print(lines[-1], flush=True)
     if args.memory:

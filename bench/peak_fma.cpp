@@ -1,10 +1,15 @@
-// peak_fma.cpp -- this machine's peak vector throughput, for the "% of peak" column of the CPU
-// benchmark: independent chains of fp32 FMAs (vfmadd231ps) and of bf16 dot products
-// (vdpbf16ps, 64 FLOPs each on zmm) on every thread, and the read bandwidth of memory (every
-// thread sums its slice of a 1 GiB buffer with zmm loads and software prefetch, best of 5 passes:
-// the ceiling for decode, which streams K and V once). Prints JSON.
-// Build: g++ -O3 -std=c++17 -mavx512f -mavx512bf16 -pthread bench/peak_fma.cpp -o peak_fma
-// (cpu_bench.py builds and runs it itself)
+// peak_fma.cpp -- this machine's peak vector throughput on one ISA, for the "% of peak" columns of
+// the CPU benchmark: independent chains of fp32 FMAs on every thread, of bf16 dot products where
+// the ISA has them (vdpbf16ps, 64 FLOPs each on zmm), and the read bandwidth of memory (every
+// thread sums its slice of a 1 GiB buffer with vector loads and software prefetch, best of 5
+// passes: the ceiling for decode, which streams K and V once). Prints JSON.
+//
+//   peak_fma THREADS [avx512|avx2]      (default: the best ISA this CPU runs)
+//
+// One binary for every ISA: each kernel carries its ISA as a target attribute and runs only when
+// __builtin_cpu_supports says the CPU has it, so an AVX2 machine measures its AVX2 peak and an
+// AVX-512 machine can measure both (cpu_bench.py --isa avx2).
+// Build: g++ -O3 -std=c++17 -pthread bench/peak_fma.cpp -o peak_fma  (cpu_bench.py does it)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -12,43 +17,65 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
 namespace {
 
-constexpr int kChains = 24;       // independent accumulators: > latency x issue width
 constexpr long kIters = 20000000;  // per thread
+// Independent accumulators: more than FMA latency x FMA ports (4 x 2), within the register file
+// (zmm: 32, ymm: 16 with 2 constants).
+constexpr int kChains512 = 24;
+constexpr int kChains256 = 12;
 
-double run_fp32(long iters) {
-  __m512 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(float(i) * 1e-3f);
+#define FAL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+#define FAL_AVX2 __attribute__((target("avx2,fma")))
+
+FAL_AVX512 double fp32_avx512(long iters) {
+  __m512 acc[kChains512];
+  for (int i = 0; i < kChains512; ++i) acc[i] = _mm512_set1_ps(float(i) * 1e-3f);
   const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
   for (long it = 0; it < iters; ++it)
 #pragma GCC unroll 32
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+    for (int i = 0; i < kChains512; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
   float s = 0;
-  for (int i = 0; i < kChains; ++i) s += _mm512_reduce_add_ps(acc[i]);
+  for (int i = 0; i < kChains512; ++i) s += _mm512_reduce_add_ps(acc[i]);
   return double(s);
 }
 
-double run_bf16(long iters) {
-  __m512 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.f);
+FAL_AVX512 double bf16_avx512(long iters) {
+  __m512 acc[kChains512];
+  for (int i = 0; i < kChains512; ++i) acc[i] = _mm512_set1_ps(0.f);
   const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
   const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
   for (long it = 0; it < iters; ++it)
 #pragma GCC unroll 32
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+    for (int i = 0; i < kChains512; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
   float s = 0;
-  for (int i = 0; i < kChains; ++i) s += _mm512_reduce_add_ps(acc[i]);
+  for (int i = 0; i < kChains512; ++i) s += _mm512_reduce_add_ps(acc[i]);
+  return double(s);
+}
+
+FAL_AVX2 double fp32_avx2(long iters) {
+  __m256 acc[kChains256];
+  for (int i = 0; i < kChains256; ++i) acc[i] = _mm256_set1_ps(float(i) * 1e-3f);
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (long it = 0; it < iters; ++it)
+#pragma GCC unroll 32
+    for (int i = 0; i < kChains256; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+  alignas(32) float t[8];
+  float s = 0;
+  for (int i = 0; i < kChains256; ++i) {
+    _mm256_store_ps(t, acc[i]);
+    for (float x : t) s += x;
+  }
   return double(s);
 }
 
 // Every thread warms up (clocks settle), meets the others at a barrier, then times its own loop;
 // the machine's rate is the sum of the per-thread rates.
-template <typename F>
-double gflops(F f, int threads, double flops_per_op) {
+double gflops(double (*f)(long), int threads, double flops_per_iter) {
   std::vector<std::thread> ts;
   std::vector<double> rate(threads), sink(threads);
   std::atomic<int> ready{0};
@@ -61,7 +88,7 @@ double gflops(F f, int threads, double flops_per_op) {
       const auto t0 = std::chrono::steady_clock::now();
       sink[t] += f(kIters);
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      rate[t] = double(kIters) * kChains * flops_per_op / sec / 1e9;
+      rate[t] = double(kIters) * flops_per_iter / sec / 1e9;
     });
   for (auto& t : ts) t.join();
   double s = 0, r = 0;
@@ -70,24 +97,41 @@ double gflops(F f, int threads, double flops_per_op) {
   return r;
 }
 
+// One thread's sum over buf[lo, hi) with 4 independent vector accumulators.
+FAL_AVX512 float sum_avx512(const float* buf, size_t lo, size_t hi) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (size_t i = lo; i + 64 <= hi; i += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(buf + i + 1024), _MM_HINT_T0);  // 4 KB ahead
+    s0 = _mm512_add_ps(s0, _mm512_load_ps(buf + i));
+    s1 = _mm512_add_ps(s1, _mm512_load_ps(buf + i + 16));
+    s2 = _mm512_add_ps(s2, _mm512_load_ps(buf + i + 32));
+    s3 = _mm512_add_ps(s3, _mm512_load_ps(buf + i + 48));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+FAL_AVX2 float sum_avx2(const float* buf, size_t lo, size_t hi) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (size_t i = lo; i + 32 <= hi; i += 32) {
+    _mm_prefetch(reinterpret_cast<const char*>(buf + i + 1024), _MM_HINT_T0);
+    s0 = _mm256_add_ps(s0, _mm256_load_ps(buf + i));
+    s1 = _mm256_add_ps(s1, _mm256_load_ps(buf + i + 8));
+    s2 = _mm256_add_ps(s2, _mm256_load_ps(buf + i + 16));
+    s3 = _mm256_add_ps(s3, _mm256_load_ps(buf + i + 24));
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  float s = 0;
+  for (float x : t) s += x;
+  return s;
+}
+
 // One pass of every thread over its slice of buf (n floats); returns GB/s of the whole pass.
-double read_pass(const float* buf, size_t n, int threads) {
+double read_pass(float (*sum)(const float*, size_t, size_t), const float* buf, size_t n, int threads) {
   std::vector<std::thread> ts;
   std::vector<float> sink(threads);
   const auto t0 = std::chrono::steady_clock::now();
-  for (int t = 0; t < threads; ++t)
-    ts.emplace_back([&, t] {
-      const size_t lo = n / threads * t, hi = n / threads * (t + 1);
-      __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-      for (size_t i = lo; i + 64 <= hi; i += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(buf + i + 1024), _MM_HINT_T0);  // 4 KB ahead
-        s0 = _mm512_add_ps(s0, _mm512_load_ps(buf + i));
-        s1 = _mm512_add_ps(s1, _mm512_load_ps(buf + i + 16));
-        s2 = _mm512_add_ps(s2, _mm512_load_ps(buf + i + 32));
-        s3 = _mm512_add_ps(s3, _mm512_load_ps(buf + i + 48));
-      }
-      sink[t] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-    });
+  for (int t = 0; t < threads; ++t) ts.emplace_back([&, t] { sink[t] = sum(buf, n / threads * t, n / threads * (t + 1)); });
   for (auto& t : ts) t.join();
   const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   float s = 0;
@@ -96,13 +140,13 @@ double read_pass(const float* buf, size_t n, int threads) {
   return double(n) * sizeof(float) / sec / 1e9;
 }
 
-double read_gbs(int threads) {
+double read_gbs(float (*sum)(const float*, size_t, size_t), int threads) {
   const size_t n = size_t(1) << 28;  // 1 GiB: far beyond the caches, like a long KV cache
   float* buf = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
   if (!buf) return 0;
   std::fill(buf, buf + n, 1e-9f);  // touch every page before timing
   double best = 0;
-  for (int rep = 0; rep < 5; ++rep) best = std::max(best, read_pass(buf, n, threads));
+  for (int rep = 0; rep < 5; ++rep) best = std::max(best, read_pass(sum, buf, n, threads));
   std::free(buf);
   return best;
 }
@@ -111,10 +155,24 @@ double read_gbs(int threads) {
 
 int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 1;
-  const double f32 = gflops(run_fp32, threads, 32.0);   // 16 lanes x (mul + add)
-  const double bf16 = gflops(run_bf16, threads, 64.0);  // 32 bf16 products + 32 adds into 16 lanes
-  const double bw = read_gbs(threads);
-  std::printf("{\"threads\": %d, \"fp32_fma_gflops\": %.1f, \"bf16_dot_gflops\": %.1f, \"read_gbs\": %.1f}\n",
-              threads, f32, bf16, bw);
+  __builtin_cpu_init();
+  const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const char* isa = argc > 2 ? argv[2] : (has512 ? "avx512" : has2 ? "avx2" : "none");
+  if (std::strcmp(isa, "avx512") == 0 && has512) {
+    const double f32 = gflops(fp32_avx512, threads, kChains512 * 32.0);   // 16 lanes x (mul + add)
+    const double bf16 = gflops(bf16_avx512, threads, kChains512 * 64.0);  // 32 bf16 products + 32 adds
+    const double bw = read_gbs(sum_avx512, threads);
+    std::printf("{\"isa\": \"avx512\", \"threads\": %d, \"fp32_fma_gflops\": %.1f, \"bf16_dot_gflops\": %.1f, "
+                "\"read_gbs\": %.1f}\n", threads, f32, bf16, bw);
+  } else if (std::strcmp(isa, "avx2") == 0 && has2) {
+    const double f32 = gflops(fp32_avx2, threads, kChains256 * 16.0);  // 8 lanes x (mul + add)
+    const double bw = read_gbs(sum_avx2, threads);
+    std::printf("{\"isa\": \"avx2\", \"threads\": %d, \"fp32_fma_gflops\": %.1f, \"bf16_dot_gflops\": null, "
+                "\"read_gbs\": %.1f}\n", threads, f32, bw);
+  } else {
+    std::printf("{\"isa\": \"%s\", \"error\": \"this CPU cannot run it\"}\n", isa);
+    return 1;
+  }
   return 0;
 }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashattn_lite import flash_attn_func, scaled_dot_product_attention
+import flashattn_lite
+from flashattn_lite import flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
 from flashattn_lite.reference import attention_ref
 
 from conftest import DTYPES_THIN, assert_rule, randn, slow
@@ -141,3 +142,67 @@ def test_dkdv_sum_over_rows_as_accurate_as_torch(s_q, s_k, isa):
     ref, same = torch_path(torch.float64), torch_path(torch.float32)
     err, err_torch = (dv.double() - ref).abs().max().item(), (same.double() - ref).abs().max().item()
     assert err <= 2 * err_torch, f"dV err {err:.3e} > 2 x torch fp32 {err_torch:.3e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "feature", ["plain", "causal", "window", "softcap_alibi", "dropout", slow("varlen"), slow("mask")]
+)
+def test_mqa_backward_key_splits(dtype, feature, isa):
+    # MQA at batch 1 is one (batch, kv head) work item: the SIMD plan splits its 1000+ keys over work
+    # items, each owning dK/dV of its keys and a dQ partial that a combine pass adds. Same rule as
+    # every gradient, and the 1-thread (unsplit) and 2-thread (split) results agree to rounding.
+    h, s_q, s_k, d = 4, 301, 1100, 40
+    q, k, v = randn((1, s_q, h, d), dtype), randn((1, s_k, 1, d), dtype), randn((1, s_k, 1, d), dtype)
+    dout = randn((1, s_q, h, d), dtype)
+    kw: dict = {}
+    if feature == "causal":
+        kw = dict(causal=True)
+    elif feature == "window":
+        kw = dict(window_size=(300, 50))
+    elif feature == "softcap_alibi":
+        kw = dict(softcap=5.0, alibi_slopes=torch.rand(h) * 0.1)
+    if feature == "dropout":
+        torch.manual_seed(7)
+        rng = flashattn_lite.interface.rng_state_for(0.3, q.device)
+        keep = torch.ops.flashattn_lite.dropout_keep(rng, 1, h, s_q, s_k, 0.3)
+        call = lambda q, k, v: flashattn_lite._common._attn(  # noqa: E731
+            q, k, v, d**-0.5, False, True, (-1, -1), dropout_p=0.3, rng_state=rng
+        )[0]
+        ref_fn = lambda q, k, v, up: attention_ref(q, k, v, upcast=up, dropout_p=0.3, dropout_keep=keep)[0]  # noqa: E731
+    elif feature == "mask":
+        mask = randn((s_q, s_k), dtype)
+        call = lambda q, k, v: scaled_dot_product_attention(  # noqa: E731
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=True
+        ).transpose(1, 2)
+        ref_fn = lambda q, k, v, up: attention_ref(q, k, v, upcast=up, bottom_right=False, attn_mask=mask)[0]  # noqa: E731
+    elif feature == "varlen":
+        cu_q = torch.tensor([0, 100, s_q], dtype=torch.int32)
+        cu_k = torch.tensor([0, 600, s_k], dtype=torch.int32)
+
+        def call(q, k, v):
+            return flash_attn_varlen_func(q[0], k[0], v[0], cu_q, cu_k, 201, 600, causal=True).unsqueeze(0)
+
+        def ref_fn(q, k, v, up):
+            outs = [
+                attention_ref(q[:, a:b], k[:, c:e], v[:, c:e], causal=True, upcast=up)[0]
+                for a, b, c, e in ((0, 100, 0, 600), (100, s_q, 600, s_k))
+            ]
+            return torch.cat(outs, 1)
+    else:
+        call = lambda q, k, v: flash_attn_func(q, k, v, **kw)  # noqa: E731
+        ref_fn = lambda q, k, v, up: attention_ref(q, k, v, upcast=up, **kw)[0]  # noqa: E731
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ours = _grads(call, q, k, v, dout)
+        torch.set_num_threads(1)
+        single = _grads(call, q, k, v, dout)
+    finally:
+        torch.set_num_threads(before)
+    ref = _grads(lambda q, k, v: ref_fn(q, k, v, True), q.double(), k.double(), v.double(), dout.double())
+    same = _grads(lambda q, k, v: ref_fn(q, k, v, False), q, k, v, dout)
+    factor = 3.0 if dtype != torch.float32 else 2.0
+    for name, a, r, s, one in zip(("out", "dq", "dk", "dv"), ours, ref, same, single):
+        assert_rule(a, r, s, factor=factor, what=name, n_terms=s_k)
+        assert_rule(one, r, s, factor=factor, what=name + " (1 thread)", n_terms=s_k)

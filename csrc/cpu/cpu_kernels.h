@@ -8,7 +8,7 @@
 
 namespace fal::cpu {
 
-// Decomposition of a forward call (the kernel tables' fwd_plan, fwd_plan.cpp), before its scratch
+// Decomposition of a forward call (the kernel tables' fwd_plan, plan.cpp), before its scratch
 // is allocated: the SIMD plan packs GQA decode rows and sets p.num_splits (split-KV); the portable
 // plan never splits. fwd_nan_pass_*: whether the forward needs fwd_redo_nan_tiles after it.
 void fwd_plan_portable(FwdParams& p, int threads);
@@ -26,10 +26,18 @@ void fwd_run(const FwdParams& p, int64_t begin, int64_t end);
 // Reads the output once; recomputes nothing for inputs without NaN.
 void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end);
 
-// Backward: one work item = (batch, kv head); it owns dK/dV of that head and dQ of the query
-// heads that share it (GQA), so threads never write the same memory and need no atomics.
+// Backward: one work item = (batch, kv head) -- with the SIMD plan, (batch, kv head, key split);
+// it owns dK/dV of its keys and dQ (or its dQ partial) of the query heads that share them (GQA),
+// so threads never write the same memory and need no atomics.
 int64_t bwd_num_work_items(const BwdParams& p);
 void bwd_run(const BwdParams& p, int64_t begin, int64_t end);
+// Backward decomposition (the kernel tables' bwd_plan): the SIMD plan splits the keys of each
+// (batch, kv head) when there are fewer of those than 2 per thread; the portable one never does.
+void bwd_plan_portable(BwdParams& p, int threads);
+void bwd_plan_simd(BwdParams& p, int threads);
+// dQ = scale * sum over splits of dq_partial: one work item per (batch, head, query row).
+inline int64_t bwd_combine_num_work_items(const BwdParams& p) { return int64_t(p.b) * p.h * p.s_q; }
+void bwd_combine_run(const BwdParams& p, int64_t begin, int64_t end);
 
 // Decode (SIMD kernels): with at most kDecodeMaxRows query rows the forward streams K and V
 // directly (no packing) and may split the keys of one (batch, head) over p.num_splits work items,

@@ -126,19 +126,31 @@ std::string set_active_isa(const std::string& name) {
 }
 
 const KernelTable& kernels(Isa isa) {
-  static const KernelTable scalar{fwd_plan_portable,     fwd_num_work_items,        fwd_run,
-                                  fwd_nan_pass_portable, bwd_num_work_items,        bwd_run,
-                                  peak_loop_scalar,      peak_flops_per_iter_scalar};
+  static const KernelTable scalar{fwd_plan_portable,         fwd_num_work_items, fwd_run, fwd_nan_pass_portable,
+                                  bwd_plan_portable,         bwd_num_work_items, bwd_run, peak_loop_scalar,
+                                  peak_flops_per_iter_scalar};
 #ifdef FAL_HAVE_AVX2
-  static const KernelTable t_avx2{fwd_plan_simd,     avx2::fwd_num_work_items, avx2::fwd_run,
-                                  fwd_nan_pass_simd, avx2::bwd_num_work_items, avx2::bwd_run,
-                                  avx2::peak_loop,   avx2::peak_flops_per_iter};
+  static const KernelTable t_avx2{fwd_plan_simd,
+                                  avx2::fwd_num_work_items,
+                                  avx2::fwd_run,
+                                  fwd_nan_pass_simd,
+                                  bwd_plan_simd,
+                                  avx2::bwd_num_work_items,
+                                  avx2::bwd_run,
+                                  avx2::peak_loop,
+                                  avx2::peak_flops_per_iter};
   if (isa == Isa::kAvx2) return t_avx2;
 #endif
 #ifdef FAL_HAVE_AVX512
-  static const KernelTable t_avx512{fwd_plan_simd,     avx512::fwd_num_work_items, avx512::fwd_run,
-                                    fwd_nan_pass_simd, avx512::bwd_num_work_items, avx512::bwd_run,
-                                    avx512::peak_loop, avx512::peak_flops_per_iter};
+  static const KernelTable t_avx512{fwd_plan_simd,
+                                    avx512::fwd_num_work_items,
+                                    avx512::fwd_run,
+                                    fwd_nan_pass_simd,
+                                    bwd_plan_simd,
+                                    avx512::bwd_num_work_items,
+                                    avx512::bwd_run,
+                                    avx512::peak_loop,
+                                    avx512::peak_flops_per_iter};
   if (isa == Isa::kAvx512) return t_avx512;
 #endif
   (void)isa;

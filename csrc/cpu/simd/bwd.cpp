@@ -286,8 +286,23 @@ struct BwdPanelsBf16 {
 };
 #endif
 
+// dq_partial[split] rows of the heads sharing kv head hk = the unscaled fp32 dQ sum of this split
+// (bwd_combine_run scales and adds the splits).
+void write_dq_partial(const BwdParams& p, int bi, int hk, int split, const float* dq_acc, int dp) {
+  const int g = p.h / p.h_kv, s_q = seq_info(p, bi).s_q;
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    float* dst = p.dq_partial + ((int64_t(split) * p.b + bi) * p.h + hi) * int64_t(p.s_q) * p.d;
+    for (int i = 0; i < s_q; ++i) {
+      const float* src = dq_acc + (size_t(gi) * s_q + i) * dp;
+      for (int x = 0; x < p.d; ++x) dst[int64_t(i) * p.d + x] = src[x];
+    }
+  }
+}
+
+// One work item: (batch bi, kv head hk), key tiles of split `split` of p.key_splits.
 template <class Panels>
-void bwd_head(const BwdParams& p, int bi, int hk) {
+void bwd_head(const BwdParams& p, int bi, int hk, int split) {
   using T = typename Panels::T;
   const int d = p.d, dv = p.d_v, g = p.h / p.h_kv;
   const int dp = round_up(d, kNV * kN), dvp = round_up(dv, kNV * kN);
@@ -307,7 +322,10 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
   T* dkp = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + sq.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
   T* dvp_out = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + sq.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
 
-  for (int j0 = 0; j0 < s_k; j0 += kBN) {
+  const int ns = std::max(1, p.key_splits), tiles = (s_k + kBN - 1) / kBN, per = (tiles + ns - 1) / ns;
+  const int j_begin = std::min(s_k, split * per * kBN), j_end = std::min(s_k, (split + 1) * per * kBN);
+  if (j_begin >= j_end && ns > 1) return;  // an empty split: its (zeroed) dQ partial stays 0
+  for (int j0 = j_begin; j0 < j_end; j0 += kBN) {
     const int cols = std::min(kBN, s_k - j0);
     pn.pack_keys(k, p.k_row_stride, v, p.v_row_stride, j0, cols);
     dK.clear();
@@ -365,16 +383,23 @@ void bwd_head(const BwdParams& p, int bi, int hk) {
       for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dVs[size_t(cc) * dvp + x]);
     }
   }
-  write_dq<T>(p, bi, hk, dq_acc.data(), dp);
+  if (ns > 1)
+    write_dq_partial(p, bi, hk, split, dq_acc.data(), dp);
+  else
+    write_dq<T>(p, bi, hk, dq_acc.data(), dp);
 }
 
 }  // namespace
 
-int64_t bwd_items(const BwdParams& p) { return int64_t(p.b) * p.h_kv; }
+int64_t bwd_items(const BwdParams& p) { return int64_t(p.b) * p.h_kv * std::max(1, p.key_splits); }
 
 void bwd_items_run(const BwdParams& p, int64_t begin, int64_t end) {
+  const int ns = std::max(1, p.key_splits);
   auto run = [&](auto head) {
-    for (int64_t it = begin; it < end; ++it) head(p, int(it / p.h_kv), int(it % p.h_kv));
+    for (int64_t it = begin; it < end; ++it) {
+      const int64_t bh = it / ns;
+      head(p, int(bh / p.h_kv), int(bh % p.h_kv), int(it % ns));
+    }
   };
   switch (p.dtype) {
     case DType::kFloat32: return run(bwd_head<BwdPanelsF32<float>>);

@@ -97,6 +97,12 @@ struct BwdParams : FwdParams {
   void* dsum = nullptr;       // b x h x s_q, lse dtype
   float* dq_accum = nullptr;  // b x s_q x h x d, fp32
   bool deterministic = false;
+  // CPU: the key range of one (batch, kv head) split over key_splits work items (MQA / GQA with
+  // few kv heads still uses every thread); each writes its fp32 dQ sum (unscaled) to
+  // dq_partial[split] (key_splits x b x h x s_q x d, zeroed by the glue) and a combine pass adds
+  // them. key_splits = 1: the item writes dQ itself.
+  int key_splits = 1;
+  float* dq_partial = nullptr;
   // Gradient of an additive attn_mask (b x h x s_q x s_k in the LSE dtype, zero-initialised by the
   // glue; the kernels write dS at every visible element); nullptr = not requested.
   void* dmask = nullptr;

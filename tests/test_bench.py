@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import flashattn_lite
 from flashattn_lite import bench
 
 
@@ -159,3 +164,27 @@ def test_flops_formula():
     assert c.flops == 4 * 2 * 3 * 10 * 20 * 8
     assert bench.Config("fwd+bwd", "bf16", 1, 1, 1, 16, 16, 8, True).flops == 4 * 16 * 16 * 8 / 2 * 3.5
     assert bench.Config("bwd", "fp32", 1, 1, 1, 16, 16, 8, False).flops == 4 * 16 * 16 * 8 * 2.5
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_ggml_bench_needs_a_user_build():
+    # the project never builds ggml: without GGML_DIR the comparison says what to do and stops
+    env = {k: v for k, v in os.environ.items() if k != "GGML_DIR"}
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "ggml_bench.py")], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "set GGML_DIR" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("avx2" not in flashattn_lite.available_isas(), reason="needs an AVX2 CPU")
+def test_cpu_bench_isa_avx2(tmp_path):
+    # --isa avx2 re-runs the benchmark with ours and torch limited to AVX2, against the AVX2 peak
+    out = tmp_path / "t.md"
+    cmd = [sys.executable, str(REPO / "bench" / "cpu_bench.py"), "--isa", "avx2", "--repeats", "1"]
+    r = subprocess.run([*cmd, "--only", "causal H1", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "ISA avx2 (forced: --isa avx2)" in text and "capability AVX2" in text
+    assert "peaks on avx2: fp32 FMA" in text
+    assert "| fwd causal H1 N4096 D64 (scaling) | ok |" in text

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashattn_lite as fal
+from flashattn_lite._bench_core import cpu_model
 from flashattn_lite.reference import sdpa_ref
 
 HERE = Path(__file__).resolve().parent
@@ -118,18 +119,6 @@ CASES += [
     Case("decode bf16 4 rows H32 32768 D128 bshd", "decode", BF16, 32, 32, 4, 32768, 128, layout="bshd", pct=(85, 85)),
     Case("decode bf16 16 rows H8 32768 D128 bhsd", "decode", BF16, 8, 8, 16, 32768, 128, pct=(85, 85)),
 ]
-
-
-def cpu_model() -> str:
-    """The CPU's model line (name, family, model) from /proc/cpuinfo."""
-    info: dict[str, str] = {}
-    try:
-        for line in open("/proc/cpuinfo"):
-            k, _, v = line.partition(":")
-            info.setdefault(k.strip(), v.strip())
-    except OSError:
-        return "unknown CPU"
-    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
 
 
 def peak_gflops(threads: int, isa: str) -> dict:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import flashattn_lite as fal
+from flashattn_lite._bench_core import cpu_model
 from flashattn_lite.reference import attention_ref
 
 HERE = Path(__file__).resolve().parent
@@ -160,13 +161,6 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
     return 0
-
-
-def cpu_model() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

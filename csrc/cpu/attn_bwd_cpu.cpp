@@ -209,24 +209,14 @@ void bwd_run(const BwdParams& p, int64_t begin, int64_t end) {
 void bwd_combine_run(const BwdParams& p, int64_t begin, int64_t end) {
   // dQ[b, i, h] = scale * sum_s dq_partial[s, b, h, i]  (splits in order: deterministic)
   const int64_t split_stride = int64_t(p.b) * p.h * p.s_q * p.d;
-  dispatch_dtype(p.dtype, [&](auto tag) {
+  for_each_split_row(p, begin, end, [&](auto tag, int64_t w, int bi, int hi, int i, const SeqInfo& sq) {
     using T = decltype(tag);
-    if constexpr (!std::is_same_v<T, double>) {
-      for (int64_t w = begin; w < end; ++w) {
-        const int i = int(w % p.s_q);
-        const int64_t bh = w / p.s_q;
-        const int bi = int(bh / p.h), hi = int(bh % p.h);
-        const SeqInfo sq = seq_info(p, bi);
-        if (i >= sq.s_q) continue;  // past this (varlen) sequence's end
-        const float* src = p.dq_partial + w * p.d;
-        T* dq =
-            static_cast<T*>(p.dq) + bi * p.dq_batch_stride + hi * p.dq_head_stride + (sq.q_row0 + i) * p.dq_row_stride;
-        for (int x = 0; x < p.d; ++x) {
-          float acc = 0.f;
-          for (int s = 0; s < p.key_splits; ++s) acc += src[s * split_stride + x];
-          dq[x] = store_as<T, float>(acc * float(p.scale));
-        }
-      }
+    const float* src = p.dq_partial + w * p.d;
+    T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + hi * p.dq_head_stride + (sq.q_row0 + i) * p.dq_row_stride;
+    for (int x = 0; x < p.d; ++x) {
+      float acc = 0.f;
+      for (int s = 0; s < p.key_splits; ++s) acc += src[s * split_stride + x];
+      dq[x] = store_as<T, float>(acc * float(p.scale));
     }
   });
 }

@@ -163,27 +163,18 @@ void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end) {
 void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
   // lse = log sum_s exp(lse_s); out = sum_s exp(lse_s - lse) * out_s  (SplitMerge, online_softmax.h)
   const int64_t split_stride = int64_t(p.b) * p.h * p.s_q;
-  dispatch_dtype(p.dtype, [&](auto tag) {
+  for_each_split_row(p, begin, end, [&](auto tag, int64_t w, int bi, int hi, int i, const SeqInfo& sq) {
     using T = decltype(tag);
-    if constexpr (!std::is_same_v<T, double>) {
-      for (int64_t w = begin; w < end; ++w) {
-        const int i = int(w % p.s_q);
-        const int64_t bh = w / p.s_q;
-        const int bi = int(bh / p.h), hi = int(bh % p.h);
-        const SeqInfo sq = seq_info(p, bi);
-        if (i >= sq.s_q) continue;  // past this (varlen) sequence's end
-        const SplitMerge mg = SplitMerge::of(p.num_splits, [&](int s) { return p.lse_accum[s * split_stride + w]; });
-        T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + (sq.q_row0 + i) * p.o_row_stride;
-        for (int x = 0; x < p.d_v; ++x) {
-          float acc = 0.f;
-          if (mg.has_mass())
-            for (int s = 0; s < p.num_splits; ++s)
-              acc += mg.weight(p.lse_accum[s * split_stride + w]) * p.o_accum[(s * split_stride + w) * p.d_v + x];
-          o[x] = store_as<T, float>(acc);
-        }
-        static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0 + i] = mg.lse;
-      }
+    const SplitMerge mg = SplitMerge::of(p.num_splits, [&](int s) { return p.lse_accum[s * split_stride + w]; });
+    T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + (sq.q_row0 + i) * p.o_row_stride;
+    for (int x = 0; x < p.d_v; ++x) {
+      float acc = 0.f;
+      if (mg.has_mass())
+        for (int s = 0; s < p.num_splits; ++s)
+          acc += mg.weight(p.lse_accum[s * split_stride + w]) * p.o_accum[(s * split_stride + w) * p.d_v + x];
+      o[x] = store_as<T, float>(acc);
     }
+    static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0 + i] = mg.lse;
   });
 }
 

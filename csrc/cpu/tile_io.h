@@ -2,6 +2,8 @@
 #pragma once
 #include "flashattn_lite/isa_ns.h"
 #include <cstdint>
+#include <type_traits>
+#include "flashattn_lite/attn_math.h"
 #include "flashattn_lite/numeric.h"
 #include "flashattn_lite/params.h"
 
@@ -71,6 +73,24 @@ inline void dispatch_dtype(DType dt, F&& f) {
     case DType::kBFloat16: f(bf16_t{}); break;
     case DType::kFloat16: f(fp16_t{}); break;
   }
+}
+
+// The combine passes' work items: w = (batch bi, head hi, query row i) of a (b, h, s_q) row grid;
+// calls f(w, bi, hi, i, seq) for the rows of [begin, end) that exist (varlen: i < its s_q), with
+// T the storage type (fp64 never splits).
+template <typename F>
+inline void for_each_split_row(const FwdParams& p, int64_t begin, int64_t end, F&& f) {
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    if constexpr (!std::is_same_v<decltype(tag), double>) {
+      for (int64_t w = begin; w < end; ++w) {
+        const int i = int(w % p.s_q);
+        const int64_t bh = w / p.s_q;
+        const int bi = int(bh / p.h), hi = int(bh % p.h);
+        const SeqInfo sq = seq_info(p, bi);
+        if (i < sq.s_q) f(tag, w, bi, hi, i, sq);
+      }
+    }
+  });
 }
 
 FAL_ISA_NS_END

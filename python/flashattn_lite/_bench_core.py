@@ -302,3 +302,16 @@ def roofline(c: Config, ms: float, peaks: dict) -> tuple[float, float, float]:
     compute = peaks.get("bf16_gflops" if low else "fp32_gflops", float("nan"))
     attainable = min(compute, c.flops / c.bytes * peaks.get("read_gbps", float("nan")))
     return gflops, gbps, 100 * gflops / attainable if attainable > 0 else float("nan")
+
+
+def cpu_model() -> str:
+    """The CPU's model line (name, family, model) from /proc/cpuinfo, for benchmark machine lines."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                info.setdefault(k.strip(), v.strip())
+    except OSError:
+        return "unknown CPU"
+    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"

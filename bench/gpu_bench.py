@@ -1,4 +1,5 @@
-"""GPU benchmark: flashattn_lite vs torch SDPA's flash / efficient / cudnn backends, bf16.
+"""GPU benchmark: flashattn_lite (default kernels, and with the earlier forward variant 1 that
+FLASHATTN_LITE_CUDA_FWD=v1 selects) vs torch SDPA's flash / efficient / cudnn backends, bf16.
 
 Every provider is checked against an fp64 reference on a slice before it is timed. Timing: CUDA
 events, warm-up, median of repeats, an L2 flush (a 256 MB write) before each repeat. Writes a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from functools import partial
@@ -53,9 +55,24 @@ def time_ms(fn, repeats: int = 10, warmup: int = 3) -> list[float]:
     return out
 
 
+def _with_fwd_v1(q, k, v, is_causal=False, enable_gqa=False):
+    """flashattn_lite with the forward variant 1 (the dispatcher reads the variable at each call)."""
+    old = os.environ.get("FLASHATTN_LITE_CUDA_FWD")
+    os.environ["FLASHATTN_LITE_CUDA_FWD"] = "v1"
+    try:
+        return fal.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=enable_gqa)
+    finally:
+        if old is None:
+            del os.environ["FLASHATTN_LITE_CUDA_FWD"]
+        else:
+            os.environ["FLASHATTN_LITE_CUDA_FWD"] = old
+
+
 def provider_fn(name: str):
     if name == "flashattn_lite":
         return fal.scaled_dot_product_attention
+    if name == "flashattn_lite_v1":
+        return _with_fwd_v1
 
     def run(q, k, v, is_causal=False, enable_gqa=False):
         with sdpa_kernel(BACKENDS[name]):
@@ -89,7 +106,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     seqs = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
-    providers = ["flashattn_lite", "flash", "efficient", "cudnn"]
+    providers = ["flashattn_lite", "flashattn_lite_v1", "flash", "efficient", "cudnn"]
     for d in (64, 128):
         for n in seqs:
             for causal in (False, True):
@@ -149,7 +166,7 @@ def main() -> None:
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  copy bandwidth {copy_gbps:.0f} GB/s")
     print(
         f"{'mode':8s} {'D':>4s} {'N':>6s} {'causal/shape':>12s} "
-        + " ".join(f"{p:>15s}" for p in providers)
+        + " ".join(f"{p:>17s}" for p in providers)
         + "  (TFLOP/s; decode GB/s)"
     )
 
@@ -163,14 +180,17 @@ def main() -> None:
         for p in providers:
             r = next((r for r in rows if key_of(r) == key and r["provider"] == p), None)
             if r is None or r["status"] != "ok":
-                cells.append(f"{(r or {}).get('status', '-')[:15]:>15s}")
+                cells.append(f"{(r or {}).get('status', '-')[:17]:>17s}")
             else:
-                cells.append(f"{r.get('tflops', r.get('gbps', 0)):15.1f}")
+                cells.append(f"{r.get('tflops', r.get('gbps', 0)):17.1f}")
         ours = next((r for r in rows if key_of(r) == key and r["provider"] == "flashattn_lite"), {})
         flash = next((r for r in rows if key_of(r) == key and r["provider"] == "flash"), {})
+        v1 = next((r for r in rows if key_of(r) == key and r["provider"] == "flashattn_lite_v1"), {})
         extra = ""
         if ours.get("status") == "ok" and flash.get("status") == "ok":
             extra += f"  x{flash['ms'] / ours['ms']:.2f} vs flash"
+        if v1.get("status") == "ok" and flash.get("status") == "ok":
+            extra += f"  (v1 x{flash['ms'] / v1['ms']:.2f})"
         if key[0] == "decode" and ours.get("status") == "ok":
             extra += f"  {100 * ours['gbps'] / copy_gbps:.0f}% of copy bw"
         print(f"{key[0]:8s} {key[1]:4d} {key[2]:6d} {key[3]:>12s} " + " ".join(cells) + extra)

@@ -34,8 +34,11 @@ export FLASHATTN_LITE_CUDA=ON FLASHATTN_LITE_CUDA_ARCHS=${FLASHATTN_LITE_CUDA_AR
 export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 step build 400 $PY -m pip install --no-build-isolation --no-deps -v . || { tail -50 "$OUT/build.log"; }
 ( cd /tmp && $PY -c "import flashattn_lite as f, json; print(json.dumps(f.build_info()))" ) >> "$OUT/env.log" 2>&1
-step pytest_cuda 300 $PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py -p no:cacheprovider
-step sanitizers 300 sh -c "compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py && compute-sanitizer --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py"
+# the CUDA tests, then all of test_cuda.py again under forward variant 1 (FLASHATTN_LITE_CUDA_FWD=v1; same log)
+step pytest_cuda 300 sh -c "$PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py tests/test_cuda_variants.py -p no:cacheprovider \
+  && echo '== again with FLASHATTN_LITE_CUDA_FWD=v1' && FLASHATTN_LITE_CUDA_FWD=v1 $PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py -p no:cacheprovider"
+step sanitizers 300 sh -c "for fwd in v1 v2; do echo == FLASHATTN_LITE_CUDA_FWD=\$fwd; export FLASHATTN_LITE_CUDA_FWD=\$fwd; \
+  compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py && compute-sanitizer --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py || exit 9; done"
 BENCH_ARGS=(--bwd-max-n ${FLASHATTN_LITE_BWD_MAX_N:-16384})
 [ "${FLASHATTN_LITE_GPU_QUICK:-0}" = 1 ] && BENCH_ARGS+=(--quick)
 step bench 300 $PY bench/gpu_bench.py --out "$OUT/bench.json" "${BENCH_ARGS[@]}"
@@ -47,6 +50,6 @@ echo
 echo "================ summary ================"
 tail -1 "$OUT/env.log"
 for s in build pytest_cuda sanitizers bench profiler; do echo "$s: ${STATUS[$s]:-not run}"; done
-tail -3 "$OUT/pytest_cuda.log"
+grep -E "passed|failed|== again" "$OUT/pytest_cuda.log" | tail -4
 grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizers.log"
 cat "$OUT/bench.log" | tail -40

@@ -16,12 +16,18 @@ def main() -> None:
         (torch.float16, 2, 65, 4, 2, 128, 130, False),  # tensor-core fwd, GQA, partial tiles
         (torch.bfloat16, 1, 40, 2, 2, 256, 97, True),  # tensor-core fwd, D=256 (BN=32)
         (torch.float32, 1, 37, 2, 1, 40, 50, True),  # SIMT fwd
+        # unmasked middle tiles between masked ones, a window's left edge (masked front tiles), and
+        # a decode split over the keys (the combine pass): forward variant 2's own paths
+        (torch.bfloat16, 1, 130, 2, 1, 64, 1000, True),
+        (torch.float16, 1, 150, 2, 2, 100, 700, (40, 3)),
+        (torch.bfloat16, 2, 1, 4, 2, 128, 5000, False),
     ]
     for dtype, b, s_q, h, h_kv, d, s_k, causal in cases:
+        kw = {"causal": True, "window_size": causal} if isinstance(causal, tuple) else {"causal": causal}
         q = torch.randn(b, s_q, h, d, device=dev, dtype=dtype, requires_grad=True)
         k = torch.randn(b, s_k, h_kv, d, device=dev, dtype=dtype, requires_grad=True)
         v = torch.randn(b, s_k, h_kv, d, device=dev, dtype=dtype, requires_grad=True)
-        out = fal.flash_attn_func(q, k, v, causal=causal)
+        out = fal.flash_attn_func(q, k, v, **kw)
         out.float().sum().backward()
         torch.cuda.synchronize()
         assert torch.isfinite(out).all()

@@ -6,7 +6,8 @@ objects tools/check_cuda_compile.sh leaves in build/cuda_check (no GPU needed).
 
 For every kernel with HMMA instructions: its loops are the backward branches of the SASS (a BRA to
 a lower address: the loop body is [target, branch]); the main loop is the one holding the most
-HMMAs (an outer loop holds its inner loops). Reported per kernel: the main loop's instructions,
+HMMAs (an outer loop holds its inner loops), except for the kernels in INNER_MAIN_LOOP, which run
+their boundary tiles in a second copy of the step: those are measured on their innermost HMMA loop. Reported per kernel: the main loop's instructions,
 its HMMAs and instructions per HMMA (every SASS instruction counts, NOPs excluded), with the
 registers and spill bytes from the ptxas report. At H100/H200 rates a scheduler issues an HMMA
 every ~4 cycles, so above ~4 instructions per HMMA the issue slots, not the tensor cores, set the
@@ -52,9 +53,15 @@ def functions(sass: str) -> dict[str, list[tuple[int, str, str]]]:
     return out
 
 
-def main_loop(ins: list[tuple[int, str, str]]) -> tuple[int, int] | None:
-    """(instructions, HMMAs) of the loop holding the most HMMAs, or None without a loop."""
-    best = None
+# Kernels whose outer loop holds two copies of the step (the boundary tiles' masked copy and the
+# tight loop over the other tiles): measured on their innermost HMMA loop instead of the outer one.
+INNER_MAIN_LOOP = ("attn_fwd_tc2_kernel",)
+
+
+def main_loop(ins: list[tuple[int, str, str]], innermost: bool = False) -> tuple[int, int] | None:
+    """(instructions, HMMAs) of the loop holding the most HMMAs (an outer loop holds its inner
+    loops), or None without a loop. innermost: only loops with no other HMMA loop inside count."""
+    loops = []  # (first index, last index, instructions, HMMAs)
     addr_index = {a: i for i, (a, _, _) in enumerate(ins)}
     for i, (_, op, rest) in enumerate(ins):
         if not op.startswith("BRA"):
@@ -68,7 +75,13 @@ def main_loop(ins: list[tuple[int, str, str]]) -> tuple[int, int] | None:
         body = ins[addr_index[target] : i + 1]
         n = sum(1 for _, o, _ in body if not o.startswith("NOP"))
         h = sum(1 for _, o, _ in body if o.startswith("HMMA"))
-        if h and (best is None or h > best[1] or (h == best[1] and n < best[0])):
+        if h:
+            loops.append((addr_index[target], i, n, h))
+    if innermost:
+        loops = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+    best = None
+    for _, _, n, h in loops:
+        if best is None or h > best[1] or (h == best[1] and n < best[0]):
             best = (n, h)
     return best
 
@@ -136,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             hmma = sum(1 for _, op, _ in ins if op.startswith("HMMA"))
             if not hmma:
                 continue
-            loop = main_loop(ins)
+            loop = main_loop(ins, innermost=any(k in name for k in INNER_MAIN_LOOP))
             regs, spill = usage.get((name, args.arch), (-1, -1))
             rows.append((name, len(ins), hmma, loop, regs, spill))
     names = demangle([r[0] for r in rows])

@@ -1,8 +1,12 @@
 // dispatch.cu -- runtime values -> template instantiations (dtype, padded head dim).
 #include "cuda/head_dims.h"
 #include "cuda/launch.h"
-#include "cuda/attn_fwd_tc.cuh"  // FwdTcConfig (tile shapes)
+#include "cuda/attn_fwd_tc.cuh"   // FwdTcConfig (tile shapes)
+#include "cuda/attn_fwd_tc2.cuh"  // FwdTc2Config
 #include "cuda/launch_templates.cuh"
+
+#include <cstdlib>
+#include <cstring>
 
 namespace fal::cuda {
 
@@ -68,8 +72,39 @@ int tile_dim(int d, int max_d) {
   return 0;
 }
 
+// Forward variant 2 (attn_fwd_tc2.cuh) is the default for its head dims (FAL_CUDA_TC2_FWD_HEAD_DIMS)
+// and a scale > 0 since the 2026-11-30 H200 run (all CUDA tests, sanitizers, 1.2-1.4x variant 1);
+// FLASHATTN_LITE_CUDA_FWD=v1, read at each call, selects variant 1 (attn_fwd_tc.cuh), which also
+// runs every other head dim. bench/gpu_check.sh runs the CUDA tests under both.
+bool fwd_v1_requested() {
+  const char* env = std::getenv("FLASHATTN_LITE_CUDA_FWD");
+  return env != nullptr && std::strcmp(env, "v1") == 0;
+}
+
+template <typename T>
+int run_fwd_tc2_dim(const FwdParams& p, cudaStream_t s) {
+  if (fwd_v1_requested() || !(p.scale_log2 > 0.f)) return -1;
+  switch (tile_dim(p.d, kMaxTcHeadDim)) {
+#ifdef FAL_CUDA_HDIM_64
+    case 64: return launch_fwd_tc2<T, 64>(p, s);
+#endif
+#ifdef FAL_CUDA_HDIM_128
+    case 128: return launch_fwd_tc2<T, 128>(p, s);
+#endif
+    default: return -1;
+  }
+}
+// fwd_block_m / fwd_block_n (the glue's split-KV heuristic) hold for both variants
+static_assert(FwdTc2Config<64>::kBN == FwdTcConfig<64>::kBN && FwdTc2Config<128>::kBN == FwdTcConfig<128>::kBN &&
+                  FwdTc2Config<64>::kBM == FwdTcConfig<64>::kBM && FwdTc2Config<128>::kBM == FwdTcConfig<128>::kBM,
+              "dispatch.cu: variant 2's tiles must match variant 1's for the split-KV heuristic");
+static_assert(sizeof(kTc2FwdHeadDims) == 2 * sizeof(int) && kTc2FwdHeadDims[0] == 64 && kTc2FwdHeadDims[1] == 128,
+              "dispatch.cu: run_fwd_tc2_dim's cases must equal FAL_CUDA_TC2_FWD_HEAD_DIMS (head_dims.h)");
+
 template <typename T>
 int run_fwd_tc_dim(const FwdParams& p, cudaStream_t s) {
+  const int v2 = run_fwd_tc2_dim<T>(p, s);
+  if (v2 >= 0) return v2;
   switch (tile_dim(p.d, kMaxTcHeadDim)) {
 #ifdef FAL_CUDA_HDIM_32
     case 32: return launch_fwd_tc<T, 32>(p, s);

@@ -6,8 +6,11 @@
 
 #define FAL_CUDA_TC_FWD_HEAD_DIMS 32, 64, 96, 128, 192, 256
 #define FAL_CUDA_TC_BWD_HEAD_DIMS 32, 64, 96, 128
+// forward variant 2 (attn_fwd_tc2.cuh, opt-in): a subset of the forward list
+#define FAL_CUDA_TC2_FWD_HEAD_DIMS 64, 128
 
 namespace fal::cuda {
 constexpr int kTcFwdHeadDims[] = {FAL_CUDA_TC_FWD_HEAD_DIMS};
 constexpr int kTcBwdHeadDims[] = {FAL_CUDA_TC_BWD_HEAD_DIMS};
+constexpr int kTc2FwdHeadDims[] = {FAL_CUDA_TC2_FWD_HEAD_DIMS};
 }  // namespace fal::cuda

@@ -1,0 +1,95 @@
+"""CUDA forward variant 2 (csrc/cuda/attn_fwd_tc2.cuh; the default for head dims 64 / 128 and a
+positive scale; FLASHATTN_LITE_CUDA_FWD=v1, read at each call, selects variant 1): the fp64 reference
+and numerical rule on the cases where its code paths differ from variant 1 (masked front / back
+tiles, the s_k edge, head dims below the padded tile, GQA, split-KV, the scale folded into exp2),
+and proof of which kernel ran. Skipped only without a GPU; bench/gpu_check.sh also runs all of
+tests/test_cuda.py under v1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_cuda import _check
+
+from flashattn_lite import flash_attn_func
+
+from conftest import HAS_CUDA, randn
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")]
+DEV = "cuda"
+KEY = "FLASHATTN_LITE_CUDA_FWD"
+
+
+@pytest.fixture
+def v2(monkeypatch):
+    monkeypatch.delenv(KEY, raising=False)  # the default
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [40, 64, 100, 128])  # 40 and 100 run on the 64 / 128 tiles, zero-padded
+@pytest.mark.parametrize("s_q,s_k", [(1, 1), (97, 97), (128, 1025), (1025, 97), (300, 333), (130, 4097)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_v2_forward_grid(v2, dtype, d, s_q, s_k, causal):
+    q = randn((2, s_q, 3, d), dtype, DEV)
+    k, v = randn((2, s_k, 3, d), dtype, DEV), randn((2, s_k, 3, d), dtype, DEV)
+    _check(q, k, v, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [64, 128])
+# flash-attn: "If window_size != (-1, -1), implements sliding window local attention. Query at
+# position i will only attend to keys between [i + seqlen_k - seqlen_q - window_size[0], i +
+# seqlen_k - seqlen_q + window_size[1]] inclusive." -- a left edge gives masked front tiles.
+@pytest.mark.parametrize("window", [(0, 0), (17, 5), (64, -1), (-1, 100), (300, 0), (1000, 1000)])
+def test_v2_window(v2, dtype, d, window):
+    q, k, v = randn((1, 700, 4, d), dtype, DEV), randn((1, 1333, 2, d), dtype, DEV), randn((1, 1333, 2, d), dtype, DEV)
+    _check(q, k, v, window_size=window)
+    _check(q, k, v, window_size=window, causal=True)
+
+
+@pytest.mark.parametrize("h,h_kv,s_k", [(8, 2, 100), (8, 8, 40000), (32, 4, 5000)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_v2_decode_split_kv(v2, h, h_kv, s_k, causal):
+    # few queries against a long cache: the glue splits the keys (auto), the combine pass merges
+    q = randn((2, 1, h, 128), torch.bfloat16, DEV)
+    k, v = randn((2, s_k, h_kv, 128), torch.bfloat16, DEV), randn((2, s_k, h_kv, 128), torch.bfloat16, DEV)
+    _check(q, k, v, causal=causal)
+    _check(q, k, v, causal=causal, window_size=(50, 0))
+
+
+def _run(q, k, v, **kw):
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True, **kw)
+    return out, lse
+
+
+def test_v2_is_the_kernel_that_runs(monkeypatch):
+    # the two variants sum in different orders (and v2 folds the scale into the exp2 FFMA): the
+    # fp32 LSE cannot be bit-identical over 3000 keys unless the same kernel ran twice
+    q, k, v = (
+        randn((1, 200, 2, 128), torch.bfloat16, DEV),
+        randn((1, 3000, 2, 128), torch.bfloat16, DEV),
+        randn((1, 3000, 2, 128), torch.bfloat16, DEV),
+    )
+    monkeypatch.setenv(KEY, "v1")
+    o1, l1 = _run(q, k, v, causal=True)
+    o1b, l1b = _run(q, k, v, causal=True)
+    assert torch.equal(l1, l1b) and torch.equal(o1, o1b)  # each variant alone is deterministic
+    monkeypatch.delenv(KEY)
+    o2, l2 = _run(q, k, v, causal=True)
+    assert not torch.equal(l1, l2)
+    assert torch.allclose(l1, l2, atol=1e-4, rtol=1e-5)
+    assert (o1.float() - o2.float()).abs().max().item() < 2e-2
+
+
+def test_v2_leaves_other_cases_to_variant_1(monkeypatch):
+    # head dim 256 (no v2 tile) and a negative scale (v2 keeps the running max in raw units, which
+    # needs scale > 0) run variant 1: bit-identical with and without FLASHATTN_LITE_CUDA_FWD=v1
+    for d, scale in ((256, None), (64, -0.1)):
+        q, k, v = (randn((1, 150, 2, d), torch.bfloat16, DEV) for _ in range(3))
+        monkeypatch.setenv(KEY, "v1")
+        o1, l1 = _run(q, k, v, softmax_scale=scale)
+        monkeypatch.delenv(KEY)
+        o2, l2 = _run(q, k, v, softmax_scale=scale)
+        assert torch.equal(o1, o2) and torch.equal(l1, l2)
+        if scale is not None:
+            _check(q, k, v, softmax_scale=scale)

@@ -1,5 +1,6 @@
-"""GPU benchmark: flashattn_lite (default kernels, and with the earlier forward variant 1 that
-FLASHATTN_LITE_CUDA_FWD=v1 selects) vs torch SDPA's flash / efficient / cudnn backends, bf16.
+"""GPU benchmark: flashattn_lite (default kernels; the earlier forward variant 1 that
+FLASHATTN_LITE_CUDA_FWD=v1 selects; the earlier backward variant 1, FLASHATTN_LITE_CUDA_BWD=v1, in the
+fwd+bwd rows) vs torch SDPA's flash / efficient / cudnn backends, bf16.
 
 Every provider is checked against an fp64 reference on a slice before it is timed. Timing: CUDA
 events, warm-up, median of repeats, an L2 flush (a 256 MB write) before each repeat. Writes a
@@ -11,6 +12,7 @@ Usage: python bench/gpu_bench.py [--out results.json] [--quick]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -55,24 +57,33 @@ def time_ms(fn, repeats: int = 10, warmup: int = 3) -> list[float]:
     return out
 
 
-def _with_fwd_v1(q, k, v, is_causal=False, enable_gqa=False):
-    """flashattn_lite with the forward variant 1 (the dispatcher reads the variable at each call)."""
-    old = os.environ.get("FLASHATTN_LITE_CUDA_FWD")
-    os.environ["FLASHATTN_LITE_CUDA_FWD"] = "v1"
+# flashattn_lite under kernel-variant settings (the dispatcher reads them at each call, so they are
+# set for the provider's whole check and timing: forward and backward). flashattn_lite_v1: the tensor-core
+# kernels from before issue 14's variants; flashattn_lite_bwd_v1: today's forward with the old backward.
+PROVIDER_ENV = {
+    "flashattn_lite_v1": {"FLASHATTN_LITE_CUDA_FWD": "v1", "FLASHATTN_LITE_CUDA_BWD": "v1"},
+    "flashattn_lite_bwd_v1": {"FLASHATTN_LITE_CUDA_BWD": "v1"},
+}
+
+
+@contextlib.contextmanager
+def provider_env(name: str):
+    env = PROVIDER_ENV.get(name, {})
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        return fal.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=enable_gqa)
+        yield
     finally:
-        if old is None:
-            del os.environ["FLASHATTN_LITE_CUDA_FWD"]
-        else:
-            os.environ["FLASHATTN_LITE_CUDA_FWD"] = old
+        for k, v in old.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def provider_fn(name: str):
-    if name == "flashattn_lite":
+    if name.startswith("flashattn_lite"):
         return fal.scaled_dot_product_attention
-    if name == "flashattn_lite_v1":
-        return _with_fwd_v1
 
     def run(q, k, v, is_causal=False, enable_gqa=False):
         with sdpa_kernel(BACKENDS[name]):
@@ -106,7 +117,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     seqs = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
-    providers = ["flashattn_lite", "flashattn_lite_v1", "flash", "efficient", "cudnn"]
+    providers = ["flashattn_lite", "flashattn_lite_v1", "flashattn_lite_bwd_v1", "flash", "efficient", "cudnn"]
     for d in (64, 128):
         for n in seqs:
             for causal in (False, True):
@@ -117,26 +128,29 @@ def main() -> None:
                     q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
                     flops = 4.0 * b * h * n * n * d * (0.5 if causal else 1.0) * (3.5 if mode == "fwd+bwd" else 1.0)
                     for prov in providers:
-                        fn = provider_fn(prov)
-                        row = dict(provider=prov, mode=mode, b=b, h=h, n=n, d=d, causal=causal, dtype="bf16")
-                        try:
-                            ok, err = check(fn, q, k, v, causal)
-                            row["max_err"] = err
-                            if not ok:
-                                row["status"] = "WRONG"
-                                rows.append(row)
-                                continue
-                            if mode == "fwd":
-                                run = partial(fn, q, k, v, is_causal=causal)
-                            else:
-                                qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-                                run = partial(_fwd_bwd, fn, qg, kg, vg, torch.randn_like(q), causal)
-                            t = time_ms(run)
-                            ms = statistics.median(t)
-                            row.update(status="ok", ms=ms, ms_min=min(t), ms_max=max(t), tflops=flops / ms / 1e9)
-                        except Exception as e:  # a backend that does not support the case
-                            row.update(status=f"n/a ({type(e).__name__})")
-                        rows.append(row)
+                        if prov == "flashattn_lite_bwd_v1" and mode != "fwd+bwd":
+                            continue  # the same forward as flashattn_lite
+                        with provider_env(prov):
+                            fn = provider_fn(prov)
+                            row = dict(provider=prov, mode=mode, b=b, h=h, n=n, d=d, causal=causal, dtype="bf16")
+                            try:
+                                ok, err = check(fn, q, k, v, causal)
+                                row["max_err"] = err
+                                if not ok:
+                                    row["status"] = "WRONG"
+                                    rows.append(row)
+                                    continue
+                                if mode == "fwd":
+                                    run = partial(fn, q, k, v, is_causal=causal)
+                                else:
+                                    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+                                    run = partial(_fwd_bwd, fn, qg, kg, vg, torch.randn_like(q), causal)
+                                t = time_ms(run)
+                                ms = statistics.median(t)
+                                row.update(status="ok", ms=ms, ms_min=min(t), ms_max=max(t), tflops=flops / ms / 1e9)
+                            except Exception as e:  # a backend that does not support the case
+                                row.update(status=f"n/a ({type(e).__name__})")
+                            rows.append(row)
     # decode: 1 query vs long KV, bandwidth
     for b, h, h_kv, n in ((8, 32, 32, 8192), (8, 32, 32, 32768), (1, 32, 32, 32768), (1, 32, 8, 65536)):
         d = 128
@@ -144,20 +158,23 @@ def main() -> None:
         k, v = (torch.randn(b, h_kv, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         nbytes = 2 * (k.numel() + v.numel() + 2 * q.numel())
         for prov in providers:
-            fn = provider_fn(prov)
-            row = dict(provider=prov, mode="decode", b=b, h=h, h_kv=h_kv, n=n, d=d, causal=False, dtype="bf16")
-            try:
-                ok, err = check(fn, q, k, v, False)
-                row["max_err"] = err
-                if not ok:
-                    row["status"] = "WRONG"
-                else:
-                    t = time_ms(partial(fn, q, k, v, enable_gqa=h_kv < h))
-                    ms = statistics.median(t)
-                    row.update(status="ok", ms=ms, ms_min=min(t), ms_max=max(t), gbps=nbytes / ms / 1e6)
-            except Exception as e:
-                row.update(status=f"n/a ({type(e).__name__})")
-            rows.append(row)
+            if prov == "flashattn_lite_bwd_v1":
+                continue
+            with provider_env(prov):
+                fn = provider_fn(prov)
+                row = dict(provider=prov, mode="decode", b=b, h=h, h_kv=h_kv, n=n, d=d, causal=False, dtype="bf16")
+                try:
+                    ok, err = check(fn, q, k, v, False)
+                    row["max_err"] = err
+                    if not ok:
+                        row["status"] = "WRONG"
+                    else:
+                        t = time_ms(partial(fn, q, k, v, enable_gqa=h_kv < h))
+                        ms = statistics.median(t)
+                        row.update(status="ok", ms=ms, ms_min=min(t), ms_max=max(t), gbps=nbytes / ms / 1e6)
+                except Exception as e:
+                    row.update(status=f"n/a ({type(e).__name__})")
+                rows.append(row)
     # bandwidth ceiling: device-to-device copy
     x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
@@ -191,6 +208,9 @@ def main() -> None:
             extra += f"  x{flash['ms'] / ours['ms']:.2f} vs flash"
         if v1.get("status") == "ok" and flash.get("status") == "ok":
             extra += f"  (v1 x{flash['ms'] / v1['ms']:.2f})"
+        b2 = next((r for r in rows if key_of(r) == key and r["provider"] == "flashattn_lite_bwd_v1"), {})
+        if key[0] == "fwd+bwd" and b2.get("status") == "ok" and flash.get("status") == "ok":
+            extra += f"  (bwd v1 x{flash['ms'] / b2['ms']:.2f})"
         if key[0] == "decode" and ours.get("status") == "ok":
             extra += f"  {100 * ours['gbps'] / copy_gbps:.0f}% of copy bw"
         print(f"{key[0]:8s} {key[1]:4d} {key[2]:6d} {key[3]:>12s} " + " ".join(cells) + extra)

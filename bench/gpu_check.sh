@@ -5,7 +5,7 @@
 # OUTDIR receives 8 files (the device tool brings back at most 8): env.log, build.log,
 # pytest_cuda.log, sanitizers.log, bench.log, bench.json, profiler.log, profiler.json.
 # Each step is time-boxed so the whole script stays under ~8 minutes; FLASHATTN_LITE_GPU_QUICK=1 shortens
-# the benchmark.
+# the benchmark, FLASHATTN_LITE_GPU_SKIP_PROFILER=1 skips the profiler step.
 set -uo pipefail
 OUT=${1:?usage: bash bench/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -34,17 +34,22 @@ export FLASHATTN_LITE_CUDA=ON FLASHATTN_LITE_CUDA_ARCHS=${FLASHATTN_LITE_CUDA_AR
 export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 step build 400 $PY -m pip install --no-build-isolation --no-deps -v . || { tail -50 "$OUT/build.log"; }
 ( cd /tmp && $PY -c "import flashattn_lite as f, json; print(json.dumps(f.build_info()))" ) >> "$OUT/env.log" 2>&1
-# the CUDA tests, then all of test_cuda.py again under forward variant 1 (FLASHATTN_LITE_CUDA_FWD=v1; same log)
-step pytest_cuda 300 sh -c "$PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py tests/test_cuda_variants.py -p no:cacheprovider \
-  && echo '== again with FLASHATTN_LITE_CUDA_FWD=v1' && FLASHATTN_LITE_CUDA_FWD=v1 $PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py -p no:cacheprovider"
-step sanitizers 300 sh -c "for fwd in v1 v2; do echo == FLASHATTN_LITE_CUDA_FWD=\$fwd; export FLASHATTN_LITE_CUDA_FWD=\$fwd; \
-  compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py && compute-sanitizer --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py || exit 9; done"
+# the CUDA tests, then all of test_cuda.py again under forward variant 1 and under backward variant 1
+# (same log); the sanitizer cases under the default, FWD=v1 and BWD=v1
+step pytest_cuda 300 sh -c "$PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py tests/test_cuda_variants.py -p no:cacheprovider; r=\$?; \
+  for cfg in FLASHATTN_LITE_CUDA_FWD=v1 FLASHATTN_LITE_CUDA_BWD=v1; do echo \"== again with \$cfg\"; \
+  env \$cfg $PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py -p no:cacheprovider || r=1; done; exit \$r"
+step sanitizers 300 sh -c "for cfg in FLASHATTN_LITE_CUDA_FWD= FLASHATTN_LITE_CUDA_FWD=v1 FLASHATTN_LITE_CUDA_BWD=v1; do echo == \$cfg; \
+  env \$cfg compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py && \
+  env \$cfg compute-sanitizer --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py || exit 9; done"
 BENCH_ARGS=(--bwd-max-n ${FLASHATTN_LITE_BWD_MAX_N:-16384})
 [ "${FLASHATTN_LITE_GPU_QUICK:-0}" = 1 ] && BENCH_ARGS+=(--quick)
 step bench 300 $PY bench/gpu_bench.py --out "$OUT/bench.json" "${BENCH_ARGS[@]}"
 # the profiler CLI's CUDA path (events, L2 flush, NVTX, every SDPA backend); raw rows kept
+# (FLASHATTN_LITE_GPU_SKIP_PROFILER=1 skips it when the lease is short and the profiler unchanged)
 prof_dir=$(mktemp -d)
-step profiler 200 $PY -m flashattn_lite.bench --preset gpu --device cuda --no-progress --out "$prof_dir"
+[ "${FLASHATTN_LITE_GPU_SKIP_PROFILER:-0}" = 1 ] || \
+  step profiler 200 $PY -m flashattn_lite.bench --preset gpu --device cuda --no-progress --out "$prof_dir"
 cp "$prof_dir/results.json" "$OUT/profiler.json" 2>/dev/null || true
 echo
 echo "================ summary ================"

@@ -1,19 +1,23 @@
-"""CUDA forward variant 2 (csrc/cuda/attn_fwd_tc2.cuh; the default for head dims 64 / 128 and a
+"""CUDA kernel variants. Forward variant 2 (csrc/cuda/attn_fwd_tc2.cuh; the default for head dims 64 / 128 and a
 positive scale; FLASHATTN_LITE_CUDA_FWD=v1, read at each call, selects variant 1): the fp64 reference
 and numerical rule on the cases where its code paths differ from variant 1 (masked front / back
 tiles, the s_k edge, head dims below the padded tile, GQA, split-KV, the scale folded into exp2),
-and proof of which kernel ran. Skipped only without a GPU; bench/gpu_check.sh also runs all of
-tests/test_cuda.py under v1."""
+and proof of which kernel ran. Backward variant 2 (csrc/cuda/attn_bwd_tc2.cuh, the default at head
+dims 64 / 128; FLASHATTN_LITE_CUDA_BWD=v1 selects variant 1): gradients under the rule on its own
+paths (GQA groups, masked and whole query tiles, windows, long sequences). Skipped only without a
+GPU; bench/gpu_check.sh also runs all of tests/test_cuda.py under FLASHATTN_LITE_CUDA_FWD=v1 and under
+FLASHATTN_LITE_CUDA_BWD=v1."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_cuda import _check
+from test_cuda import _check, _grads
 
 from flashattn_lite import flash_attn_func
+from flashattn_lite.reference import attention_ref
 
-from conftest import HAS_CUDA, randn
+from conftest import HAS_CUDA, assert_rule, randn
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")]
 DEV = "cuda"
@@ -93,3 +97,50 @@ def test_v2_leaves_other_cases_to_variant_1(monkeypatch):
         assert torch.equal(o1, o2) and torch.equal(l1, l2)
         if scale is not None:
             _check(q, k, v, softmax_scale=scale)
+
+
+# ---- backward variant 2 (csrc/cuda/attn_bwd_tc2.cuh; the default at D 64 / 128, FLASHATTN_LITE_CUDA_BWD=v1
+# selects variant 1) ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bwd_v2(monkeypatch):
+    monkeypatch.delenv("FLASHATTN_LITE_CUDA_BWD", raising=False)  # the default
+
+
+def _grad_rule(q, k, v, dout, n_terms=None, **kw):
+    ours = _grads(lambda q, k, v: flash_attn_func(q, k, v, **kw), q, k, v, dout)
+    ref = _grads(lambda q, k, v: attention_ref(q, k, v, **kw)[0], q.double(), k.double(), v.double(), dout.double())
+    same = _grads(lambda q, k, v: attention_ref(q, k, v, upcast=False, **kw)[0], q, k, v, dout)
+    extra = {} if n_terms is None else {"n_terms": n_terms}
+    for name, a, r, s in zip(("out", "dq", "dk", "dv"), ours, ref, same):
+        assert_rule(a, r, s, factor=3.0, what=name, **extra)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [40, 64, 100, 128])
+@pytest.mark.parametrize("s_q,s_k", [(97, 97), (64, 300), (300, 64), (1, 1), (1025, 700), (130, 257)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_bwd_v2_gradients(bwd_v2, dtype, d, s_q, s_k, causal):
+    # GQA (4 query heads over 2 kv heads): each block walks the query tiles of both heads of its group
+    q = randn((2, s_q, 4, d), dtype, DEV)
+    k, v = randn((2, s_k, 2, d), dtype, DEV), randn((2, s_k, 2, d), dtype, DEV)
+    _grad_rule(q, k, v, randn((2, s_q, 4, d), dtype, DEV), causal=causal)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("window", [(17, 5), (64, -1), (-1, 100), (300, 0)])
+def test_bwd_v2_window(bwd_v2, d, window):
+    q, k, v = (
+        randn((1, 700, 4, d), torch.bfloat16, DEV),
+        randn((1, 1333, 2, d), torch.bfloat16, DEV),
+        randn((1, 1333, 2, d), torch.bfloat16, DEV),
+    )
+    _grad_rule(q, k, v, randn((1, 700, 4, d), torch.bfloat16, DEV), window_size=window)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,d,causal", [(4096, 128, True), (2048, 64, False)])
+def test_bwd_v2_long(bwd_v2, dtype, n, d, causal):
+    q, k, v, dout = (randn((1, n, 2, d), dtype, DEV) for _ in range(4))
+    _grad_rule(q, k, v, dout, n_terms=n, causal=causal)

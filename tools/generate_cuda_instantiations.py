@@ -27,6 +27,7 @@ def head_dims(macro: str) -> list[int]:
 TC_HEAD_DIMS = head_dims("FAL_CUDA_TC_FWD_HEAD_DIMS")
 TC_BWD_HEAD_DIMS = head_dims("FAL_CUDA_TC_BWD_HEAD_DIMS")
 TC2_HEAD_DIMS = head_dims("FAL_CUDA_TC2_FWD_HEAD_DIMS")
+TC2_BWD_HEAD_DIMS = head_dims("FAL_CUDA_TC2_BWD_HEAD_DIMS")
 written: set[str] = set()
 
 
@@ -54,6 +55,13 @@ def main() -> None:
                 f"inst_fwd_tc2_{tag}_d{d}.cu",
                 '#include "cuda/attn_fwd_tc2.cuh"\n\nnamespace fal::cuda {\n'
                 f"template int launch_fwd_tc2<{ctype}, {d}>(const FwdParams&, cudaStream_t);\n"
+                "}  // namespace fal::cuda\n",
+            )
+        for d in TC2_BWD_HEAD_DIMS:
+            write(
+                f"inst_bwd_tc2_{tag}_d{d}.cu",
+                '#include "cuda/attn_bwd_tc2.cuh"\n\nnamespace fal::cuda {\n'
+                f"template int launch_bwd_tc2<{ctype}, {d}>(const BwdParams&, cudaStream_t);\n"
                 "}  // namespace fal::cuda\n",
             )
         for d in TC_BWD_HEAD_DIMS:

@@ -55,7 +55,7 @@ def functions(sass: str) -> dict[str, list[tuple[int, str, str]]]:
 
 # Kernels whose outer loop holds two copies of the step (the boundary tiles' masked copy and the
 # tight loop over the other tiles): measured on their innermost HMMA loop instead of the outer one.
-INNER_MAIN_LOOP = ("attn_fwd_tc2_kernel",)
+INNER_MAIN_LOOP = ("attn_fwd_tc2_kernel", "attn_bwd_tc2_kernel")
 
 
 def main_loop(ins: list[tuple[int, str, str]], innermost: bool = False) -> tuple[int, int] | None:

@@ -128,8 +128,35 @@ int run_fwd_tc_dim(const FwdParams& p, cudaStream_t s) {
   }
 }
 
+// Backward variant 2 (attn_bwd_tc2.cuh) is the default for its head dims (FAL_CUDA_TC2_BWD_HEAD_DIMS)
+// since the 2026-11-30 H200 run (all CUDA tests, sanitizers, fwd+bwd 1.27-1.53x variant 1);
+// FLASHATTN_LITE_CUDA_BWD=v1, read at each call, selects variant 1 (attn_bwd_tc.cuh), which also runs
+// the other head dims. Returns -1 when variant 2 does not run.
+bool bwd_v1_requested() {
+  const char* env = std::getenv("FLASHATTN_LITE_CUDA_BWD");
+  return env != nullptr && std::strcmp(env, "v1") == 0;
+}
+
+template <typename T>
+int run_bwd_tc2_dim(const BwdParams& p, cudaStream_t s) {
+  if (bwd_v1_requested()) return -1;
+  switch (tile_dim(p.d, kMaxTcBwdHeadDim)) {
+#ifdef FAL_CUDA_HDIM_64
+    case 64: return launch_bwd_tc2<T, 64>(p, s);
+#endif
+#ifdef FAL_CUDA_HDIM_128
+    case 128: return launch_bwd_tc2<T, 128>(p, s);
+#endif
+    default: return -1;
+  }
+}
+static_assert(sizeof(kTc2BwdHeadDims) == 2 * sizeof(int) && kTc2BwdHeadDims[0] == 64 && kTc2BwdHeadDims[1] == 128,
+              "dispatch.cu: run_bwd_tc2_dim's cases must equal FAL_CUDA_TC2_BWD_HEAD_DIMS (head_dims.h)");
+
 template <typename T>
 int run_bwd_tc_dim(const BwdParams& p, cudaStream_t s) {
+  const int v2 = run_bwd_tc2_dim<T>(p, s);
+  if (v2 >= 0) return v2;
   switch (tile_dim(p.d, kMaxTcBwdHeadDim)) {
 #ifdef FAL_CUDA_HDIM_32
     case 32: return launch_bwd_tc<T, 32>(p, s);

@@ -89,10 +89,34 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int sr
 __device__ __forceinline__ void cp_async_16_full(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem)), "l"(gmem));
 }
+// 4-byte global -> shared copy; src_bytes 0 writes a zero.
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// threadIdx.x / blockIdx.y / blockIdx.z read by an instruction the compiler may not hoist or merge:
+// lets a loop body recompute addresses from them (and the params' constant bank) instead of keeping
+// 64-bit pointers live across the loop next to the accumulators.
+__device__ __forceinline__ int tid_x() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+  return t;
+}
+
+__device__ __forceinline__ int ctaid_y() {
+  int t;
+  asm volatile("mov.u32 %0, %%ctaid.y;\n" : "=r"(t));
+  return t;
+}
+__device__ __forceinline__ int ctaid_z() {
+  int t;
+  asm volatile("mov.u32 %0, %%ctaid.z;\n" : "=r"(t));
+  return t;
 }
 
 // Reductions over the 4 lanes of a quad (the lanes that share rows of a C fragment).

@@ -13,6 +13,8 @@ int launch_fwd_tc(const FwdParams& p, cudaStream_t stream);
 template <typename T, int D>
 int launch_fwd_tc2(const FwdParams& p, cudaStream_t stream);
 template <typename T, int D>
+int launch_bwd_tc2(const BwdParams& p, cudaStream_t stream);
+template <typename T, int D>
 int launch_bwd_tc(const BwdParams& p, cudaStream_t stream);
 template <typename T>
 int launch_fwd_simt(const FwdParams& p, cudaStream_t stream);

@@ -136,6 +136,23 @@ def test_cuda_gradients_long(dtype, n, d, causal):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("d,d_v", [(64, 32), (40, 96)])
+def test_cuda_dv_ne_d(dtype, d, d_v):
+    # SDPA: "value (Tensor) - Value tensor; shape (N, ..., S, Ev)" and the output is "(N, ..., L, Ev)":
+    # the value head dim may differ from the query/key one (CUDA runs the SIMT kernels for it)
+    q, k = randn((2, 77, 4, d), dtype, DEV), randn((2, 130, 2, d), dtype, DEV)
+    v, dout = randn((2, 130, 2, d_v), dtype, DEV), randn((2, 77, 4, d_v), dtype, DEV)
+    ours = _grads(lambda q, k, v: flash_attn_func(q, k, v, causal=True), q, k, v, dout)
+    assert ours[0].shape == (2, 77, 4, d_v)
+    ref = _grads(
+        lambda q, k, v: attention_ref(q, k, v, causal=True)[0], q.double(), k.double(), v.double(), dout.double()
+    )
+    same = _grads(lambda q, k, v: attention_ref(q, k, v, causal=True, upcast=False)[0], q, k, v, dout)
+    for name, a, r, s in zip(("out", "dq", "dk", "dv"), ours, ref, same):
+        assert_rule(a, r, s, factor=3.0 if dtype == torch.bfloat16 else 2.0, what=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_cuda_deterministic_backward(dtype):
     q, k, v, dout = (randn((2, 333, 4, 64), dtype, DEV) for _ in range(4))
     runs = [

@@ -5,106 +5,14 @@
 // (bench/cpu_bench.py).
 #include "cpu/simd/common.h"
 #include "cpu/simd/softmax_row.h"
+#include "cpu/simd/decode_rows.h"
 #include "cpu/simd/stages.h"
+#if defined(FAL_SIMD_AVX512)
+#include "cpu/simd/decode_bf16.h"
+#endif
 
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
-
-// Several query rows (GQA heads packed as rows, speculative decoding) share each block of kN
-// keys: K is staged transposed (dp x kN, one vector = kN keys of one dim), so a row's kN scores
-// are one vector built by d broadcast-FMAs -- no horizontal sums -- and R rows share each K load;
-// P V is blocked R rows x 4 vectors of O, so each V load feeds R FMAs.
-// Registers (zmm / ymm): QK 2R accumulators (two dims in flight) + 2 K vectors: R = 8 -> 18 of
-// 32 on AVX-512, R = 4 -> 10 of 16 on AVX2; PV R x 4 accumulators + 4 V vectors + 1 broadcast:
-// R = 4 -> 21 of 32, R = 2 -> 13 of 16.
-constexpr int kQkRows = kN == 16 ? 8 : 4;
-constexpr int kPvRows = kN == 16 ? 4 : 2;
-
-// sc[r][0..kN) = q_r . k_j for the block's keys; q rows dp apart (zero past d), kT = dp x kN.
-template <int R>
-inline void decode_qk_rows(const float* qf, int dp, const float* kT, int d, float* sc) {
-  VF a0[R], a1[R];
-  for (int r = 0; r < R; ++r) a0[r] = a1[r] = VF::zero();
-  int x = 0;
-  for (; x + 1 < d; x += 2) {
-    const VF k0 = VF::load(kT + size_t(x) * kN), k1 = VF::load(kT + size_t(x + 1) * kN);
-    for (int r = 0; r < R; ++r) {
-      a0[r] = fma(VF::set1(qf[size_t(r) * dp + x]), k0, a0[r]);
-      a1[r] = fma(VF::set1(qf[size_t(r) * dp + x + 1]), k1, a1[r]);
-    }
-  }
-  if (x < d) {
-    const VF k0 = VF::load(kT + size_t(x) * kN);
-    for (int r = 0; r < R; ++r) a0[r] = fma(VF::set1(qf[size_t(r) * dp + x]), k0, a0[r]);
-  }
-  for (int r = 0; r < R; ++r) (a0[r] + a1[r]).store(sc + r * kN);
-}
-
-// o[r][0..dv) += sum_{jj < nk} p[r][jj] v_jj[0..dv), the V rows read in place (converted to fp32
-// on the fly: each load feeds R FMAs); o rows dvp apart, p rows kN apart.
-template <int R, typename T>
-inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, float* o, int dvp) {
-  int x0 = 0;
-  for (; x0 + 4 * kN <= dv; x0 += 4 * kN) {
-    VF acc[R][4];
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < 4; ++c) acc[r][c] = VF::load(o + size_t(r) * dvp + x0 + c * kN);
-    for (int jj = 0; jj < nk; ++jj) {
-      const T* vr = vp[jj] + x0;
-      const VF v0 = load_f32(vr, kN), v1 = load_f32(vr + kN, kN), v2 = load_f32(vr + 2 * kN, kN),
-               v3 = load_f32(vr + 3 * kN, kN);
-      for (int r = 0; r < R; ++r) {
-        const VF pr = VF::set1(p[r * kN + jj]);
-        acc[r][0] = fma(pr, v0, acc[r][0]);
-        acc[r][1] = fma(pr, v1, acc[r][1]);
-        acc[r][2] = fma(pr, v2, acc[r][2]);
-        acc[r][3] = fma(pr, v3, acc[r][3]);
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < 4; ++c) acc[r][c].store(o + size_t(r) * dvp + x0 + c * kN);
-  }
-  for (; x0 < dv; x0 += kN) {
-    const int w = std::min(kN, dv - x0);
-    VF acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = VF::load(o + size_t(r) * dvp + x0);
-    for (int jj = 0; jj < nk; ++jj) {
-      const VF vv = load_f32(vp[jj] + x0, w);
-      for (int r = 0; r < R; ++r) acc[r] = fma(VF::set1(p[r * kN + jj]), vv, acc[r]);
-    }
-    for (int r = 0; r < R; ++r) acc[r].store(o + size_t(r) * dvp + x0);
-  }
-}
-
-// Runtime row count -> the templates above (rows 1..R_max in blocks of R_max).
-template <int RMax, typename F>
-inline void for_row_blocks(int rows, F&& f) {
-  for (int r0 = 0; r0 < rows; r0 += RMax) {
-    const int n = std::min(RMax, rows - r0);
-    switch (n) {
-      case 1: f(r0, std::integral_constant<int, 1>{}); break;
-      case 2: f(r0, std::integral_constant<int, 2>{}); break;
-      case 3:
-        if constexpr (RMax >= 3) f(r0, std::integral_constant<int, 3>{});
-        break;
-      case 4:
-        if constexpr (RMax >= 4) f(r0, std::integral_constant<int, 4>{});
-        break;
-      case 5:
-        if constexpr (RMax >= 5) f(r0, std::integral_constant<int, 5>{});
-        break;
-      case 6:
-        if constexpr (RMax >= 6) f(r0, std::integral_constant<int, 6>{});
-        break;
-      case 7:
-        if constexpr (RMax >= 7) f(r0, std::integral_constant<int, 7>{});
-        break;
-      default:
-        if constexpr (RMax >= 8) f(r0, std::integral_constant<int, 8>{});
-        break;
-    }
-  }
-}
 
 // One work item = (batch, head, split of the keys). Keys go in blocks of kN: the block's K and V
 // rows are converted to fp32 once (L1), the kN scores of a row are kN independent FMA chains,
@@ -121,6 +29,10 @@ struct DecodeHead {
   // without it, head-contiguous decode fell from 56 to 28 GB/s (fp32, AVX-512) and from 23 to
   // 15 GB/s (fp32, AVX2 path) on a Zen 5 (2026-11-30, H32 1x32768 D128, 2 threads)
   bool prefetch = true;
+  // bf16 K/V with several rows on AVX-512: the products run on bf16 pairs (decode_bf16.h); qf then
+  // holds each row's q as pairs (unscaled) and `scale` multiplies the scores
+  bool pairs = false;
+  float scale = 1.f;
   SeqInfo sq{};
   ScoreMod mod;
   float *qf = nullptr, *of = nullptr, *m = nullptr, *l = nullptr, *kb = nullptr;
@@ -132,7 +44,9 @@ struct DecodeHead {
   // per-head state (Q, O, m, l, P of a block) and the block staging scratch (K, V rows as fp32),
   // which heads processed one after the other can share
   static size_t floats(const FwdParams& p) { return size_t(p.s_q) * (round_up(p.d, kN) + round_up(p.d_v, kN) + 2); }
-  static size_t scratch_floats(const FwdParams& p) { return size_t(kN) * round_up(p.d, kN); }
+  static size_t scratch_floats(const FwdParams& p) {
+    return size_t(kN) * round_up(p.d, kN) + size_t(kN / 2) * round_up(p.d_v, kN);  // K staging; V pairs
+  }
 
   // Points the state at mem (its layout: floats(p)) without touching it; false when the sequence
   // has no query row.
@@ -149,7 +63,7 @@ struct DecodeHead {
     of = qf + size_t(rows) * dp;  // rows x dvp
     m = of + size_t(rows) * dvp;  // rows
     l = m + rows;                 // rows
-    kb = scratch;                 // K of a block, transposed: dp x kN
+    kb = scratch;                 // K of a block, transposed: dp x kN (then the V pairs: kN / 2 x dvp)
     k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
     v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
     krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);
@@ -158,6 +72,10 @@ struct DecodeHead {
     kr = vis.keys_of_rows(0, rows);
 
     for (int r = 0; r < rows; ++r) rr[r] = vis.keys_of_row(r);
+#if defined(FAL_SIMD_AVX512)
+    pairs = std::is_same_v<T, bf16_t> && rows > 1;
+#endif
+    scale = float(p.scale);
     return true;
   }
 
@@ -168,6 +86,14 @@ struct DecodeHead {
     const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
     const float c = float(p.scale);  // natural-unit scores; exp2 of (s - m) * log2 e
     for (int r = 0; r < rows; ++r) {
+#if defined(FAL_SIMD_AVX512)
+      if constexpr (std::is_same_v<T, bf16_t>)
+        if (pairs) {
+          decode_q_pairs(q + r * p.q_row_stride, d, reinterpret_cast<uint32_t*>(qf + size_t(r) * dp));
+          m[r] = -std::numeric_limits<float>::infinity();
+          continue;
+        }
+#endif
       convert_row(q + r * p.q_row_stride, d, c, qf + size_t(r) * dp);
       m[r] = -std::numeric_limits<float>::infinity();
     }
@@ -179,6 +105,30 @@ struct DecodeHead {
     const int n = kr.hi - kr.lo, per = (n + pp->num_splits - 1) / pp->num_splits;
     j_begin = kr.lo + std::min(n, split * per);
     j_end = kr.lo + std::min(n, (split + 1) * per);
+  }
+
+  // The scores of every row over a block (sall: rows x kN) -> P in place: mask, score mods, the
+  // online-softmax step (rescaling the row's O), dropout. A row that sees nothing gets P = 0.
+  void rows_softmax(int jb, int nk, float* sall) {
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    for (int r = 0; r < rows; ++r) {
+      float* srow = sall + r * kN;
+      const KeyRange& rk = rr[r];
+      if (rk.hi <= jb || rk.lo >= jb + nk) {  // the row sees nothing in this block
+        fill(srow, srow + kN, 0.f);
+        continue;
+      }
+      if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
+        for (int jj = 0; jj < kN; ++jj) {
+          const int j = jb + jj;
+          if (!(jj < nk && j >= rk.lo && j < rk.hi))
+            srow[jj] = neg_inf;
+          else if (mod.any)
+            srow[jj] = mod.apply(srow[jj], r, j, static_cast<float*>(nullptr));
+        }
+      if (softmax_row_step(srow, kN, m[r], l[r], of + size_t(r) * dvp, dvp) && mod.drop.on)
+        mod.drop.apply_row(r, jb, srow, nk);
+    }
   }
 
   void run(int j_begin, int j_end) {
@@ -241,6 +191,34 @@ struct DecodeHead {
         }
         continue;
       }
+#if defined(FAL_SIMD_AVX512)
+      if constexpr (std::is_same_v<T, bf16_t>) {
+        if (pairs) {  // vdpbf16ps on bf16 pairs (decode_bf16.h): K and V packed once per block
+          const T* kp[kN];
+          const T* vp[kN];
+          for (int jj = 0; jj < nk; ++jj) {
+            kp[jj] = k + krows.at(jb + jj);
+            vp[jj] = v + vrows.at(jb + jj);
+          }
+          uint32_t* kpk = reinterpret_cast<uint32_t*>(kb);
+          uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
+          decode_pack_k_pairs(kp, nk, d, kpk);
+          const uint32_t* qp = reinterpret_cast<const uint32_t*>(qf);
+          alignas(64) float sall[kDecodeMaxRows * kN];
+          for_row_blocks<8>(rows, [&](int r0, auto rn) {
+            decode_qk_rows_bf16<decltype(rn)::value>(qp + size_t(r0) * dp, dp, kpk, d, scale, sall + r0 * kN);
+          });
+          rows_softmax(jb, nk, sall);
+          decode_pack_v_pairs(vp, nk, dv, dvp, vpk);
+          alignas(64) uint32_t pb[kDecodeMaxRows * kN / 2];
+          decode_p_pairs(sall, rows, pb);
+          for_row_blocks<4>(rows, [&](int r0, auto rn) {
+            decode_pv_rows_bf16<decltype(rn)::value>(pb + r0 * (kN / 2), vpk, (nk + 1) / 2, dvp, of + size_t(r0) * dvp);
+          });
+          continue;
+        }
+      }
+#endif
       // K transposed (kT = kb: dp x kN, keys past nk zero); V read in place by the P V below
       const T* vp[kN];
       {
@@ -262,24 +240,7 @@ struct DecodeHead {
       for_row_blocks<kQkRows>(rows, [&](int r0, auto rn) {
         decode_qk_rows<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kb, d, sall + r0 * kN);
       });
-      for (int r = 0; r < rows; ++r) {
-        float* srow = sall + r * kN;
-        const KeyRange& rk = rr[r];
-        if (rk.hi <= jb || rk.lo >= jb + nk) {  // the row sees nothing in this block
-          fill(srow, srow + kN, 0.f);
-          continue;
-        }
-        if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
-          for (int jj = 0; jj < kN; ++jj) {
-            const int j = jb + jj;
-            if (!(jj < nk && j >= rk.lo && j < rk.hi))
-              srow[jj] = neg_inf;
-            else if (mod.any)
-              srow[jj] = mod.apply(srow[jj], r, j, static_cast<float*>(nullptr));
-          }
-        if (softmax_row_step(srow, kN, m[r], l[r], of + size_t(r) * dvp, dvp) && mod.drop.on)
-          mod.drop.apply_row(r, jb, srow, nk);
-      }
+      rows_softmax(jb, nk, sall);
       for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
         decode_pv_rows<decltype(rn)::value>(sall + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
       });

@@ -1,0 +1,122 @@
+// decode_bf16.h -- the multi-row decode products for bf16 K/V on AVX512_BF16 (vdpbf16ps), used by
+// decode.cpp when 2..kDecodeMaxRows query rows (GQA heads packed as rows, speculative decoding)
+// share each block of kN keys. AVX-512 objects only.
+// With several rows the decode is no longer bound by memory alone: R rows cost 4 R d FLOPs per key
+// against 4 d bytes of bf16 K and V. The fp32 kernels (decode_qk_rows / decode_pv_rows) convert K
+// and V to fp32 and run one FMA per product; these take bf16 pairs, one vdpbf16ps per two products,
+// as the bf16 forward does (micro_bf16.h):
+//   S = Q K^T:  K packed as pairs over d, transposed (kpk[x2][key]); the q pair broadcast; the scale
+//               applied to the fp32 sums (q stays exact in bf16);
+//   O += P V:   V packed as pairs over keys (vpk[j2][x]); P rounded to bf16 and broadcast as pairs
+//               (the row sums keep the unrounded fp32 P, as in the forward).
+#pragma once
+#include "cpu/simd/micro_bf16.h"
+
+#if !defined(FAL_SIMD_AVX512)
+#error "decode_bf16.h needs AVX512_BF16 (FAL_SIMD_AVX512)"
+#endif
+
+namespace fal::cpu::FAL_CPU_NS {
+namespace {
+
+// Pairs of a block: kpk[x2][jj] = (k_jj[2 x2], k_jj[2 x2 + 1]) for x2 < ceil(d / 32) * 16, keys
+// jj < kN (zero past nk and past d): 16 x 16 transposes of 32-bit pairs.
+inline void decode_pack_k_pairs(const bf16_t* const* kp, int nk, int d, uint32_t* kpk) {
+  for (int x0 = 0; x0 < d; x0 += 2 * kN) {
+    const int n = std::min(2 * kN, d - x0);  // valid bf16 of this chunk
+    const __mmask32 mk = n == 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u);
+    VF blk[kN];
+    for (int jj = 0; jj < kN; ++jj)
+      blk[jj].v = jj < nk ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, kp[jj] + x0)) : _mm512_setzero_ps();
+    transpose_store(blk, reinterpret_cast<float*>(kpk + (x0 / 2) * kN), kN);
+  }
+}
+
+// Pairs over keys: vpk[j2][x] = (v_{2 j2}[x], v_{2 j2 + 1}[x]) for j2 < ceil(nk / 2), x < dvp.
+inline void decode_pack_v_pairs(const bf16_t* const* vp, int nk, int dv, int dvp, uint32_t* vpk) {
+  for (int j2 = 0; 2 * j2 < nk; ++j2)
+    pack_row_pairs(vp[2 * j2], 2 * j2 + 1 < nk ? vp[2 * j2 + 1] : nullptr, dv, dvp, vpk + size_t(j2) * dvp);
+}
+
+// q row -> pairs (q[2 x2], q[2 x2 + 1]), zero past d.
+inline void decode_q_pairs(const bf16_t* q, int d, uint32_t* qp) {
+  for (int x2 = 0; 2 * x2 < d; ++x2) qp[x2] = pair_at(q, x2, d);
+}
+
+// sc[r][0..kN) = c * q_r . k_j for the block's keys; qp rows ldq pairs apart. The d / 2 pairs are
+// split over A partial sums per row (A R = 16 chains in flight): with 2, a 2-row block waited on
+// the vdpbf16ps latency (64 dependent steps per block at d = 128).
+template <int R>
+inline void decode_qk_rows_bf16(const uint32_t* qp, int ldq, const uint32_t* kpk, int d, float c, float* sc) {
+  constexpr int A = R >= 8 ? 2 : R >= 4 ? 4 : 8;
+  const int d2 = (d + 1) / 2;
+  __m512 acc[R][A];
+  for (int r = 0; r < R; ++r)
+    for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_ps();
+  int x = 0;
+  for (; x + A <= d2; x += A) {
+    __m512bh kv[A];
+    for (int a = 0; a < A; ++a) kv[a] = as_bh(_mm512_loadu_si512(kpk + size_t(x + a) * kN));
+    for (int r = 0; r < R; ++r)
+      for (int a = 0; a < A; ++a)
+        acc[r][a] = _mm512_dpbf16_ps(acc[r][a], kv[a], as_bh(_mm512_set1_epi32(int(qp[r * ldq + x + a]))));
+  }
+  for (; x < d2; ++x) {
+    const __m512bh k0 = as_bh(_mm512_loadu_si512(kpk + size_t(x) * kN));
+    for (int r = 0; r < R; ++r)
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], k0, as_bh(_mm512_set1_epi32(int(qp[r * ldq + x]))));
+  }
+  const __m512 cv = _mm512_set1_ps(c);
+  for (int r = 0; r < R; ++r) {
+    __m512 s = acc[r][0];
+    for (int a = 1; a < A; ++a) s = _mm512_add_ps(s, acc[r][a]);
+    _mm512_storeu_ps(sc + r * kN, _mm512_mul_ps(s, cv));
+  }
+}
+
+// P rows (kN fp32 each, kN apart) -> kN / 2 bf16 pairs per row, kN / 2 apart.
+inline void decode_p_pairs(const float* p, int rows, uint32_t* pb) {
+  for (int r = 0; r < rows; ++r) {
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(p + r * kN));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb + r * (kN / 2)), reinterpret_cast<const __m256i&>(h));
+  }
+}
+
+// o[r][0..dvp) += sum_{j2 < n2} pb[r][j2] . vpk[j2][0..dvp)  (pairs over keys); o rows dvp apart.
+// Blocked R rows x 4 vectors: each V pair vector feeds R vdpbf16ps.
+template <int R>
+inline void decode_pv_rows_bf16(const uint32_t* pb, const uint32_t* vpk, int n2, int dvp, float* o) {
+  int x0 = 0;
+  for (; x0 + 4 * kN <= dvp; x0 += 4 * kN) {
+    __m512 acc[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_loadu_ps(o + size_t(r) * dvp + x0 + c * kN);
+    for (int j2 = 0; j2 < n2; ++j2) {
+      const uint32_t* vr = vpk + size_t(j2) * dvp + x0;
+      const __m512bh v0 = as_bh(_mm512_loadu_si512(vr)), v1 = as_bh(_mm512_loadu_si512(vr + kN));
+      const __m512bh v2 = as_bh(_mm512_loadu_si512(vr + 2 * kN)), v3 = as_bh(_mm512_loadu_si512(vr + 3 * kN));
+      for (int r = 0; r < R; ++r) {
+        const __m512bh pr = as_bh(_mm512_set1_epi32(int(pb[r * (kN / 2) + j2])));
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], v0, pr);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], v1, pr);
+        acc[r][2] = _mm512_dpbf16_ps(acc[r][2], v2, pr);
+        acc[r][3] = _mm512_dpbf16_ps(acc[r][3], v3, pr);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + size_t(r) * dvp + x0 + c * kN, acc[r][c]);
+  }
+  for (; x0 < dvp; x0 += kN) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_loadu_ps(o + size_t(r) * dvp + x0);
+    for (int j2 = 0; j2 < n2; ++j2) {
+      const __m512bh vv = as_bh(_mm512_loadu_si512(vpk + size_t(j2) * dvp + x0));
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm512_dpbf16_ps(acc[r], vv, as_bh(_mm512_set1_epi32(int(pb[r * (kN / 2) + j2]))));
+    }
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(o + size_t(r) * dvp + x0, acc[r]);
+  }
+}
+
+}  // namespace
+}  // namespace fal::cpu::FAL_CPU_NS

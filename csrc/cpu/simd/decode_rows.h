@@ -1,0 +1,108 @@
+// decode_rows.h -- the fp32 multi-row decode products of decode.cpp (2..kDecodeMaxRows query rows
+// sharing each block of kN keys) and the runtime-row-count dispatch. Compiled once per ISA (included
+// by decode.cpp only). bf16 K/V on AVX-512 use decode_bf16.h instead.
+#pragma once
+#include "cpu/simd/common.h"
+
+namespace fal::cpu::FAL_CPU_NS {
+namespace {
+
+// Several query rows (GQA heads packed as rows, speculative decoding) share each block of kN
+// keys: K is staged transposed (dp x kN, one vector = kN keys of one dim), so a row's kN scores
+// are one vector built by d broadcast-FMAs -- no horizontal sums -- and R rows share each K load;
+// P V is blocked R rows x 4 vectors of O, so each V load feeds R FMAs.
+// Registers (zmm / ymm): QK 2R accumulators (two dims in flight) + 2 K vectors: R = 8 -> 18 of
+// 32 on AVX-512, R = 4 -> 10 of 16 on AVX2; PV R x 4 accumulators + 4 V vectors + 1 broadcast:
+// R = 4 -> 21 of 32, R = 2 -> 13 of 16. (Splitting the d sum over more chains for small R, as the
+// bf16 kernel does, measured 0.84-0.96x here: fp32 GQA decode, Zen 5, 2026-11-30.)
+constexpr int kQkRows = kN == 16 ? 8 : 4;
+constexpr int kPvRows = kN == 16 ? 4 : 2;
+
+// sc[r][0..kN) = q_r . k_j for the block's keys; q rows dp apart (zero past d), kT = dp x kN.
+template <int R>
+inline void decode_qk_rows(const float* qf, int dp, const float* kT, int d, float* sc) {
+  VF a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = VF::zero();
+  int x = 0;
+  for (; x + 1 < d; x += 2) {
+    const VF k0 = VF::load(kT + size_t(x) * kN), k1 = VF::load(kT + size_t(x + 1) * kN);
+    for (int r = 0; r < R; ++r) {
+      a0[r] = fma(VF::set1(qf[size_t(r) * dp + x]), k0, a0[r]);
+      a1[r] = fma(VF::set1(qf[size_t(r) * dp + x + 1]), k1, a1[r]);
+    }
+  }
+  if (x < d) {
+    const VF k0 = VF::load(kT + size_t(x) * kN);
+    for (int r = 0; r < R; ++r) a0[r] = fma(VF::set1(qf[size_t(r) * dp + x]), k0, a0[r]);
+  }
+  for (int r = 0; r < R; ++r) (a0[r] + a1[r]).store(sc + r * kN);
+}
+
+// o[r][0..dv) += sum_{jj < nk} p[r][jj] v_jj[0..dv), the V rows read in place (converted to fp32
+// on the fly: each load feeds R FMAs); o rows dvp apart, p rows kN apart.
+template <int R, typename T>
+inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, float* o, int dvp) {
+  int x0 = 0;
+  for (; x0 + 4 * kN <= dv; x0 += 4 * kN) {
+    VF acc[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < 4; ++c) acc[r][c] = VF::load(o + size_t(r) * dvp + x0 + c * kN);
+    for (int jj = 0; jj < nk; ++jj) {
+      const T* vr = vp[jj] + x0;
+      const VF v0 = load_f32(vr, kN), v1 = load_f32(vr + kN, kN), v2 = load_f32(vr + 2 * kN, kN),
+               v3 = load_f32(vr + 3 * kN, kN);
+      for (int r = 0; r < R; ++r) {
+        const VF pr = VF::set1(p[r * kN + jj]);
+        acc[r][0] = fma(pr, v0, acc[r][0]);
+        acc[r][1] = fma(pr, v1, acc[r][1]);
+        acc[r][2] = fma(pr, v2, acc[r][2]);
+        acc[r][3] = fma(pr, v3, acc[r][3]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < 4; ++c) acc[r][c].store(o + size_t(r) * dvp + x0 + c * kN);
+  }
+  for (; x0 < dv; x0 += kN) {
+    const int w = std::min(kN, dv - x0);
+    VF acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = VF::load(o + size_t(r) * dvp + x0);
+    for (int jj = 0; jj < nk; ++jj) {
+      const VF vv = load_f32(vp[jj] + x0, w);
+      for (int r = 0; r < R; ++r) acc[r] = fma(VF::set1(p[r * kN + jj]), vv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) acc[r].store(o + size_t(r) * dvp + x0);
+  }
+}
+
+// Runtime row count -> the templates above (rows 1..R_max in blocks of R_max).
+template <int RMax, typename F>
+inline void for_row_blocks(int rows, F&& f) {
+  for (int r0 = 0; r0 < rows; r0 += RMax) {
+    const int n = std::min(RMax, rows - r0);
+    switch (n) {
+      case 1: f(r0, std::integral_constant<int, 1>{}); break;
+      case 2: f(r0, std::integral_constant<int, 2>{}); break;
+      case 3:
+        if constexpr (RMax >= 3) f(r0, std::integral_constant<int, 3>{});
+        break;
+      case 4:
+        if constexpr (RMax >= 4) f(r0, std::integral_constant<int, 4>{});
+        break;
+      case 5:
+        if constexpr (RMax >= 5) f(r0, std::integral_constant<int, 5>{});
+        break;
+      case 6:
+        if constexpr (RMax >= 6) f(r0, std::integral_constant<int, 6>{});
+        break;
+      case 7:
+        if constexpr (RMax >= 7) f(r0, std::integral_constant<int, 7>{});
+        break;
+      default:
+        if constexpr (RMax >= 8) f(r0, std::integral_constant<int, 8>{});
+        break;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fal::cpu::FAL_CPU_NS

@@ -5,8 +5,9 @@ tiles, the s_k edge, head dims below the padded tile, GQA, split-KV, the scale f
 and proof of which kernel ran. Backward variant 2 (csrc/cuda/attn_bwd_tc2.cuh, the default at head
 dims 64 / 128; FLASHATTN_LITE_CUDA_BWD=v1 selects variant 1): gradients under the rule on its own
 paths (GQA groups, masked and whole query tiles, windows, long sequences). Skipped only without a
-GPU; bench/gpu_check.sh also runs all of tests/test_cuda.py under FLASHATTN_LITE_CUDA_FWD=v1 and under
-FLASHATTN_LITE_CUDA_BWD=v1."""
+GPU; bench/gpu_check.sh also runs all of tests/test_cuda.py under FLASHATTN_LITE_CUDA_FWD=v1, under
+FLASHATTN_LITE_CUDA_BWD=v1 and under the opt-in FLASHATTN_LITE_CUDA_DECODE=v3 (the forward's 4-stage
+decode configuration, checked below to be bit-identical to the default kernel)."""
 
 from __future__ import annotations
 
@@ -144,3 +145,26 @@ def test_bwd_v2_window(bwd_v2, d, window):
 def test_bwd_v2_long(bwd_v2, dtype, n, d, causal):
     q, k, v, dout = (randn((1, n, 2, d), dtype, DEV) for _ in range(4))
     _grad_rule(q, k, v, dout, n_terms=n, causal=causal)
+
+
+# ---- the forward's decode configuration (4 K/V stages; opt-in with FLASHATTN_LITE_CUDA_DECODE=v3) ---------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [40, 64, 128])
+@pytest.mark.parametrize(
+    "s_q,h,h_kv,s_k",
+    [(1, 32, 32, 40000), (1, 32, 8, 5000), (4, 8, 8, 3000), (16, 4, 4, 777), (1, 8, 8, 1), (3, 4, 2, 100)],
+)
+@pytest.mark.parametrize("causal", [False, True])
+def test_decode_v3(monkeypatch, dtype, d, s_q, h, h_kv, s_k, causal):
+    # the same tiles, order and math as the 2-stage kernel, only more of them in flight: the results
+    # must be bit-identical to the default kernel's, and under the rule against fp64
+    q = randn((2, s_q, h, d), dtype, DEV)
+    k, v = randn((2, s_k, h_kv, d), dtype, DEV), randn((2, s_k, h_kv, d), dtype, DEV)
+    for kw in ({"causal": causal}, {"causal": causal, "window_size": (50, 0)}):
+        monkeypatch.delenv("FLASHATTN_LITE_CUDA_DECODE", raising=False)
+        o2, l2 = _run(q, k, v, **kw)
+        monkeypatch.setenv("FLASHATTN_LITE_CUDA_DECODE", "v3")
+        o4, l4 = _check(q, k, v, **kw)
+        assert torch.equal(o2, o4) and torch.equal(l2, l4)

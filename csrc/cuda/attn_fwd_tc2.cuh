@@ -25,16 +25,21 @@
 
 namespace fal::cuda {
 
-template <int D>
+// kStages: K/V tiles in flight (a ring of shared stages). 2 = the GPU-verified double buffer;
+// 4 = the decode configuration (s_q <= 16, opt-in FLASHATTN_LITE_CUDA_DECODE=v3 until a GPU run has
+// proven it): a one-row block computes little, so the bytes in flight per SM, not the MMAs, set
+// its pace -- 3 tiles loading while one is used instead of 1.
+template <int D, int kStages = 2>
 struct FwdTc2Config {
   static_assert(D == 64 || D == 128, "variant 2 is built for head dims 64 and 128");
+  static_assert(kStages == 2 || kStages == 4, "stages: a power of two (the ring index is a mask)");
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kMT = 2;                                 // m16 tiles per warp
-  static constexpr int kBM = kWarps * 16 * kMT;                 // 128 query rows per block
-  static constexpr int kBN = D <= 64 ? 64 : 32;                 // keys per tile (64 at D 128 spills)
-  static constexpr int kLd = D + 8;                             // padded shared row, elements
-  static constexpr int kSmemBytes = (kBM + 4 * kBN) * kLd * 2;  // Q + 2 stages of K and V
+  static constexpr int kMT = 2;                                           // m16 tiles per warp
+  static constexpr int kBM = kWarps * 16 * kMT;                           // 128 query rows per block
+  static constexpr int kBN = D <= 64 ? 64 : 32;                           // keys per tile (64 at D 128 spills)
+  static constexpr int kLd = D + 8;                                       // padded shared row, elements
+  static constexpr int kSmemBytes = (kBM + 2 * kStages * kBN) * kLd * 2;  // Q + kStages stages of K and V
 };
 
 // One thread's share of loading ROWS x D tiles of K and V into shared stages (row pitch D + 8):
@@ -206,14 +211,14 @@ struct Fwd2Rows {
   }
 };
 
-template <typename T, int D>
+template <typename T, int D, int kStages = 2>
 __global__ void __launch_bounds__(FwdTc2Config<D>::kThreads) attn_fwd_tc2_kernel(const FwdParams p) {
-  using Cfg = FwdTc2Config<D>;
+  using Cfg = FwdTc2Config<D, kStages>;
   constexpr int BM = Cfg::kBM, BN = Cfg::kBN, LD = Cfg::kLd, NT = Cfg::kThreads, MT = Cfg::kMT;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);  // BM x LD
-  T* Ks = Qs + BM * LD;                    // 2 x BN x LD
-  T* Vs = Ks + 2 * BN * LD;                // 2 x BN x LD
+  T* Ks = Qs + BM * LD;                    // kStages x BN x LD
+  T* Vs = Ks + kStages * BN * LD;          // kStages x BN x LD
 
   const int hi = blockIdx.y, bi = blockIdx.z, hk = hi / (p.h / p.h_kv);
   const int split = blockIdx.x % p.num_splits;
@@ -239,11 +244,17 @@ __global__ void __launch_bounds__(FwdTc2Config<D>::kThreads) attn_fwd_tc2_kernel
 
   using Loader = KvTileLoader<T, D, BN, NT>;
   if (p.d < D)  // columns [d, D) of both K and V stages: zero once, never loaded
-    for (int c = threadIdx.x; c < 4 * BN * (D / 8); c += NT)
+    for (int c = threadIdx.x; c < 2 * kStages * BN * (D / 8); c += NT)
       if ((c % (D / 8)) * 8 >= p.d) *reinterpret_cast<uint4*>(Ks + (c / (D / 8)) * LD + (c % (D / 8)) * 8) = uint4{};
   load_tile_async<T, D, BM, NT>(Qs, q, p.q_row_stride, i0, p.s_q, p.d);
   if (t_begin < t_end) Loader::template load<true>(p, Ks, Vs, kr.lo + t_begin * BN, bi, hk);
   cp_async_commit();
+#pragma unroll
+  for (int s = 1; s < kStages - 1; ++s) {  // a deeper ring: its first tiles too, a commit group each
+    if (t_begin + s < t_end)
+      Loader::template load<true>(p, Ks + s * BN * LD, Vs + s * BN * LD, kr.lo + (t_begin + s) * BN, bi, hk);
+    cp_async_commit();
+  }
 
   const int row_base = i0 + warp * MT * 16 + g;  // this thread's rows: row_base + mt * 16 + r * 8
   const bool warp_active = i0 + warp * MT * 16 < p.s_q;
@@ -256,14 +267,20 @@ __global__ void __launch_bounds__(FwdTc2Config<D>::kThreads) attn_fwd_tc2_kernel
   Fwd2Rows<T, D> rows;
   rows.init();
 
-  // One key tile t: prefetch tile t + 1 into the other stage, wait for tile t, compute it.
+  // One key tile t: prefetch tile t + kStages - 1 into the stage freed by tile t - 1, wait for tile
+  // t, compute it.
   auto step = [&](int t, auto mask, auto guard_next) {
     constexpr bool kMask = decltype(mask)::value, kGuardNext = decltype(guard_next)::value;
-    const int j0 = kr.lo + t * BN, stage = (t - t_begin) & 1;
-    if (t + 1 < t_end)
-      Loader::template load<kGuardNext>(p, Ks + (stage ^ 1) * BN * LD, Vs + (stage ^ 1) * BN * LD, j0 + BN, bi, hk);
+    const int j0 = kr.lo + t * BN, stage = (t - t_begin) & (kStages - 1);
+    int next;  // the stage of tile t + kStages - 1
+    if constexpr (kStages == 2)
+      next = stage ^ 1;
+    else
+      next = (stage + kStages - 1) & (kStages - 1);
+    if (t + kStages - 1 < t_end)
+      Loader::template load<kGuardNext>(p, Ks + next * BN * LD, Vs + next * BN * LD, j0 + (kStages - 1) * BN, bi, hk);
     cp_async_commit();
-    cp_async_wait<1>();
+    cp_async_wait<kStages - 1>();
     __syncthreads();
     // Warps whose rows all lie past s_q (decode, last query tile) only help load tiles.
     // A masked tile runs as two 32-key halves: fewer live scores leave registers for the mask.
@@ -281,13 +298,13 @@ __global__ void __launch_bounds__(FwdTc2Config<D>::kThreads) attn_fwd_tc2_kernel
   };
   using Yes = std::true_type;
   using No = std::false_type;
-  // Two copies of the step: the unmasked one runs the tight inner loop over [u0, u1 - 1) (the next
-  // tile is whole too, so its loads are unguarded); every other tile (window's left edge, the
-  // diagonal, the s_k edge, and the last whole tile, whose successor may cross s_k) runs the masked
-  // step with guarded loads (masking a whole tile changes nothing).
+  // Two copies of the step: the unmasked one runs the tight inner loop over [u0, u1 - kStages + 1)
+  // (the tile it prefetches is whole too, so its loads are unguarded); every other tile (window's
+  // left edge, the diagonal, the s_k edge, and the last whole tiles, whose prefetch may cross s_k)
+  // runs the masked step with guarded loads (masking a whole tile changes nothing).
   for (int t = t_begin; t < t_end;) {
-    if (t >= u0 && t < u1 - 1) {
-      for (; t < u1 - 1; ++t) step(t, No{}, No{});
+    if (t >= u0 && t < u1 - (kStages - 1)) {
+      for (; t < u1 - (kStages - 1); ++t) step(t, No{}, No{});
     } else {
       step(t++, Yes{}, Yes{});
     }
@@ -334,10 +351,10 @@ __global__ void __launch_bounds__(FwdTc2Config<D>::kThreads) attn_fwd_tc2_kernel
     }
 }
 
-template <typename T, int D>
-int launch_fwd_tc2(const FwdParams& p, cudaStream_t stream) {
-  using Cfg = FwdTc2Config<D>;
-  auto kernel = attn_fwd_tc2_kernel<T, D>;
+template <typename T, int D, int kStages>
+int launch_fwd_tc2_stages(const FwdParams& p, cudaStream_t stream) {
+  using Cfg = FwdTc2Config<D, kStages>;
+  auto kernel = attn_fwd_tc2_kernel<T, D, kStages>;
   if (Cfg::kSmemBytes > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
     if (e != cudaSuccess) return int(e);
@@ -348,6 +365,18 @@ int launch_fwd_tc2(const FwdParams& p, cudaStream_t stream) {
   if (e != cudaSuccess || p.num_splits <= 1) return int(e);
   attn_fwd_combine_kernel<T><<<dim3(p.s_q, p.h, p.b), 128, 0, stream>>>(p);
   return int(cudaGetLastError());
+}
+
+// Decode (s_q <= kDecodeRows after the glue's GQA packing) with FLASHATTN_LITE_CUDA_DECODE=v3 set
+// runs the 4-stage ring (opt-in until a GPU run has proven it); everything else the verified
+// 2-stage kernel.
+constexpr int kDecodeRows = 16;
+bool decode_v3_requested();  // dispatch.cu
+
+template <typename T, int D>
+int launch_fwd_tc2(const FwdParams& p, cudaStream_t stream) {
+  if (p.s_q <= kDecodeRows && decode_v3_requested()) return launch_fwd_tc2_stages<T, D, 4>(p, stream);
+  return launch_fwd_tc2_stages<T, D, 2>(p, stream);
 }
 
 }  // namespace fal::cuda

@@ -175,6 +175,13 @@ int run_bwd_tc_dim(const BwdParams& p, cudaStream_t s) {
 }
 }  // namespace
 
+// The forward's decode configuration (attn_fwd_tc2.cuh, 4 K/V stages in flight) is opt-in:
+// FLASHATTN_LITE_CUDA_DECODE=v3, read at each call, until a GPU run has proven it.
+bool decode_v3_requested() {
+  const char* env = std::getenv("FLASHATTN_LITE_CUDA_DECODE");
+  return env != nullptr && std::strcmp(env, "v3") == 0;
+}
+
 bool bwd_uses_tensor_cores(const BwdParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.d == p.d_v && p.d % 8 == 0 &&
          tile_dim(p.d, kMaxTcBwdHeadDim) != 0 && !p.deterministic;

@@ -168,3 +168,52 @@ def test_decode_v3(monkeypatch, dtype, d, s_q, h, h_kv, s_k, causal):
         monkeypatch.setenv("FLASHATTN_LITE_CUDA_DECODE", "v3")
         o4, l4 = _check(q, k, v, **kw)
         assert torch.equal(o2, o4) and torch.equal(l2, l4)
+
+
+# ---- softcap and ALiBi on the variant-2 kernels (opt-in FLASHATTN_LITE_CUDA_UNVERIFIED=1 until a GPU run) -----
+
+
+@pytest.fixture
+def unverified(monkeypatch):
+    monkeypatch.setenv("FLASHATTN_LITE_CUDA_UNVERIFIED", "1")
+
+
+def _slopes(b, h, per_batch):
+    shape = (b, h) if per_batch else (h,)
+    return torch.rand(shape, device=DEV, dtype=torch.float32) * 0.3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [40, 64, 128])
+@pytest.mark.parametrize("s_q,s_k", [(1, 300), (97, 97), (130, 257), (300, 64)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mod", ["softcap", "alibi", "alibi_b", "both"])
+def test_score_mods_fwd_bwd(unverified, dtype, d, s_q, s_k, causal, mod):
+    # flash-attn: "softcap: float. Anything > 0 activates softcapping attention." and "alibi_slopes:
+    # (nheads,) or (batch_size, nheads), fp32. A bias of (-alibi_slope * |i + seqlen_k - seqlen_q - j|)
+    # is added to the attention score of query i and key j."
+    kw = {"causal": causal}
+    if mod in ("softcap", "both"):
+        kw["softcap"] = 2.5
+    if mod in ("alibi", "alibi_b", "both"):
+        kw["alibi_slopes"] = _slopes(2, 4, mod == "alibi_b")
+    q = randn((2, s_q, 4, d), dtype, DEV)
+    k, v = randn((2, s_k, 2, d), dtype, DEV), randn((2, s_k, 2, d), dtype, DEV)
+    _check(q, k, v, **kw)
+    _grad_rule(q, k, v, randn((2, s_q, 4, d), dtype, DEV), **kw)
+
+
+def test_score_mods_refused_without_opt_in_or_off_the_tensor_cores(monkeypatch):
+    # without the opt-in, and with it where no variant-2 kernel runs (fp32, head dim 256): the clear
+    # NotImplementedError, never a silently ignored transform
+    q, k, v = (randn((1, 50, 2, 64), torch.bfloat16, DEV) for _ in range(3))
+    monkeypatch.delenv("FLASHATTN_LITE_CUDA_UNVERIFIED", raising=False)
+    with pytest.raises(NotImplementedError, match="softcap"):
+        flash_attn_func(q, k, v, softcap=2.0)
+    monkeypatch.setenv("FLASHATTN_LITE_CUDA_UNVERIFIED", "1")
+    for qq, kk, vv in (
+        (q.float(), k.float(), v.float()),
+        tuple(randn((1, 50, 2, 256), torch.bfloat16, DEV) for _ in range(3)),
+    ):
+        with pytest.raises(NotImplementedError, match="alibi_slopes"):
+            flash_attn_func(qq, kk, vv, alibi_slopes=_slopes(1, 2, False))

@@ -70,9 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         if line and not line.startswith("#"):
             name, h = line.split()
             recorded[name] = h
-    changed = [n for n, h in recorded.items() if now.get(n) != h]
-    new = sorted(n for n in now if n not in recorded)
-    print(f"verified_sass: {len(recorded) - len(changed)} of {len(recorded)} verified kernels unchanged")
+    # a kernel is its code: a recorded hash found under another name is a rename (a new template
+    # parameter whose default instantiation compiles to the same SASS), not a change
+    current = set(now.values())
+    changed = [n for n, h in recorded.items() if h not in current]
+    renamed = [n for n, h in recorded.items() if h in current and now.get(n) != h]
+    known = set(recorded.values())
+    new = sorted(n for n, h in now.items() if h not in known)
+    print(
+        f"verified_sass: {len(recorded) - len(changed)} of {len(recorded)} verified kernels unchanged"
+        + (f" ({len(renamed)} under a new name)" if renamed else "")
+    )
     if new:
         print(f"verified_sass: not yet verified on a GPU (opt-in paths only): {len(new)}")
         for n in new:

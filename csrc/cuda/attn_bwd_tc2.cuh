@@ -26,15 +26,16 @@
 
 namespace fal::cuda {
 
-template <int D>
+template <int D, bool kMod = false>
 struct BwdTc2Config {
   static_assert(D == 64 || D == 128, "backward variant 2 is built for head dims 64 and 128");
   static constexpr int kWarps = 8;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kBN = kWarps * 16;        // keys per block (16 per warp)
-  static constexpr int kBM = D <= 64 ? 64 : 32;  // query rows per step (registers: dK, dV = D floats/thread)
-  static constexpr int kLd = D + 8;              // padded shared row of K, V, Q, dO
-  static constexpr int kLdT = kBM + 8;           // padded shared row of dS^T ([key][query])
+  static constexpr int kBN = kWarps * 16;  // keys per block (16 per warp)
+  // query rows per step (registers: dK, dV = D floats/thread; the score transforms need 32 at D 64 too)
+  static constexpr int kBM = D <= 64 && !kMod ? 64 : 32;
+  static constexpr int kLd = D + 8;     // padded shared row of K, V, Q, dO
+  static constexpr int kLdT = kBM + 8;  // padded shared row of dS^T ([key][query])
   static constexpr int kSmemBytes = (2 * kBN + 4 * kBM) * kLd * 2 + kBN * kLdT * 2 + 4 * kBM * 4;
 };
 
@@ -66,9 +67,11 @@ __device__ __forceinline__ void load_rows_async(T* dst, const T* src, int64_t ro
   }
 }
 
-template <typename T, int D>
+// kMod: softcap / ALiBi (softcap_alibi of attn_math.h, the CPU's math): P from the transformed score
+// and dS times the softcap derivative (opt-in through the glue until a GPU run has proven it).
+template <typename T, int D, bool kMod = false>
 __global__ void __launch_bounds__(BwdTc2Config<D>::kThreads) attn_bwd_tc2_kernel(const BwdParams p) {
-  using Cfg = BwdTc2Config<D>;
+  using Cfg = BwdTc2Config<D, kMod>;
   constexpr int BN = Cfg::kBN, BM = Cfg::kBM, LD = Cfg::kLd, LDT = Cfg::kLdT, NT = Cfg::kThreads;
   constexpr float kLog2e = 1.4426950408889634f;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -196,6 +199,8 @@ __global__ void __launch_bounds__(BwdTc2Config<D>::kThreads) attn_bwd_tc2_kernel
 #pragma unroll
       for (int r = 0; r < 2; ++r) qr[r] = jk + 8 * r < p.s_k ? vm.rows_of_key(jk + 8 * r, p.s_q) : KeyRange{0, 0};
     }
+    ScoreModLite mod;
+    if constexpr (kMod) mod = make_score_mod_lite(p, ctaid_z(), hi, p.s_q, p.s_k);
 #pragma unroll
     for (int n = 0; n < BM / 8; ++n)
 #pragma unroll
@@ -205,10 +210,19 @@ __global__ void __launch_bounds__(BwdTc2Config<D>::kThreads) attn_bwd_tc2_kernel
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int e = 2 * r + c;
-          float pv = exp2f(fmaf(st[n][e], sl2, -l2));
+          float pv, gcap = 1.f;
+          if constexpr (kMod) {  // natural units: z = mod(scale s), P = exp(z - lse)
+            const float z = mod.apply(st[n][e] * float(p.scale), i0 + il, r == 0 ? ja : jb, &gcap);
+            pv = exp2f(fmaf(z, kLog2e, -l2));
+          } else {
+            pv = exp2f(fmaf(st[n][e], sl2, -l2));
+          }
           if (kMask && (i0 + il < qr[r].lo || i0 + il >= qr[r].hi)) pv = 0.f;
           st[n][e] = pv;
-          dpt[n][e] = pv * (dpt[n][e] - dd);
+          if constexpr (kMod)
+            dpt[n][e] = pv * (dpt[n][e] - dd) * gcap;
+          else
+            dpt[n][e] = pv * (dpt[n][e] - dd);
         }
       }
     // dV += P^T dO, dK += dS^T Q (scaled at the end)
@@ -318,19 +332,26 @@ __global__ void __launch_bounds__(BwdTc2Config<D>::kThreads) attn_bwd_tc2_kernel
 }
 
 // Needs p.dsum (fp32, b x h x s_q, lse strides) and p.dq_accum (fp32 zeros, b x s_q x h x d).
-template <typename T, int D>
-int launch_bwd_tc2(const BwdParams& p, cudaStream_t stream) {
-  using Cfg = BwdTc2Config<D>;
+template <typename T, int D, bool kMod>
+int launch_bwd_tc2_mod(const BwdParams& p, cudaStream_t stream) {
+  using Cfg = BwdTc2Config<D, kMod>;
   attn_bwd_preprocess_kernel<T><<<dim3((p.s_q + 3) / 4, p.h, p.b), 128, 0, stream>>>(p);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return int(e);
-  auto kernel = attn_bwd_tc2_kernel<T, D>;
+  auto kernel = attn_bwd_tc2_kernel<T, D, kMod>;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes)) != cudaSuccess)
     return int(e);
   kernel<<<dim3((p.s_k + Cfg::kBN - 1) / Cfg::kBN, p.h_kv, p.b), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   if ((e = cudaGetLastError()) != cudaSuccess) return int(e);
   attn_bwd_convert_dq_kernel<T><<<dim3(p.s_q, p.h, p.b), 128, 0, stream>>>(p);
   return int(cudaGetLastError());
+}
+
+// softcap / ALiBi (opt-in through the glue until a GPU run has proven them) run the kMod kernel.
+template <typename T, int D>
+int launch_bwd_tc2(const BwdParams& p, cudaStream_t stream) {
+  if (p.softcap > 0.0 || p.alibi_slopes != nullptr) return launch_bwd_tc2_mod<T, D, true>(p, stream);
+  return launch_bwd_tc2_mod<T, D, false>(p, stream);
 }
 
 }  // namespace fal::cuda

@@ -103,9 +103,11 @@ struct Fwd2Rows {
   // ldmatrix addresses (shared state space) of its Q rows, of the K tile and of the V tile; the
   // fragment offsets below are compile-time constants added to them.
   // kMask: hide the keys each row must not see (row_base = this thread's first row).
-  template <bool kMask, int NB>
-  __device__ __forceinline__ void tile(const FwdParams& p, uint32_t qa, uint32_t ka, uint32_t va, int j0,
-                                       int row_base) {
+  // kMod: apply the score transforms (softcap, ALiBi: softcap_alibi of attn_math.h, the CPU's
+  // math) in natural units, then return to raw units (divide by the scale) for the folded exp2.
+  template <bool kMask, int NB, bool kMod = false>
+  __device__ __forceinline__ void tile(const FwdParams& p, uint32_t qa, uint32_t ka, uint32_t va, int j0, int row_base,
+                                       ScoreModLite mod = {}) {
     const int t4 = threadIdx.x % 4;
     float s[MT][NB / 8][4];
 #pragma unroll
@@ -127,6 +129,19 @@ struct Fwd2Rows {
           mma_16816<T>(s[mt][2 * nb + 1], a[mt], b[2], b[3]);
         }
       }
+    }
+
+    if constexpr (kMod) {
+      const float sc = float(p.scale), inv = 1.f / sc;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int n = 0; n < NB / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = row_base + mt * 16 + (e >> 1) * 8, col = j0 + n * 8 + t4 * 2 + (e & 1);
+            s[mt][n][e] = mod.apply(s[mt][n][e] * sc, row, col, nullptr) * inv;
+          }
     }
 
     if (kMask) {  // this thread's rows are row_base + mt * 16 + r * 8
@@ -211,7 +226,7 @@ struct Fwd2Rows {
   }
 };
 
-template <typename T, int D, int kStages = 2>
+template <typename T, int D, int kStages = 2, bool kMod = false>
 __global__ void __launch_bounds__(FwdTc2Config<D>::kThreads) attn_fwd_tc2_kernel(const FwdParams p) {
   using Cfg = FwdTc2Config<D, kStages>;
   constexpr int BM = Cfg::kBM, BN = Cfg::kBN, LD = Cfg::kLd, NT = Cfg::kThreads, MT = Cfg::kMT;
@@ -266,6 +281,8 @@ __global__ void __launch_bounds__(FwdTc2Config<D>::kThreads) attn_fwd_tc2_kernel
   const uint32_t v_lane = smem_u32(Vs + ((lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8);
   Fwd2Rows<T, D> rows;
   rows.init();
+  ScoreModLite mod;  // the score transforms of this (batch, head): kMod kernels only
+  if constexpr (kMod) mod = make_score_mod_lite(p, bi, hi, p.s_q, p.s_k);
 
   // One key tile t: prefetch tile t + kStages - 1 into the stage freed by tile t - 1, wait for tile
   // t, compute it.
@@ -289,9 +306,10 @@ __global__ void __launch_bounds__(FwdTc2Config<D>::kThreads) attn_fwd_tc2_kernel
       if (kMask) {
 #pragma unroll
         for (int h = 0; h < BN / 32; ++h)
-          rows.template tile<true, 32>(p, q_lane, ka + h * 32 * LD * 2, va + h * 32 * LD * 2, j0 + h * 32, row_base);
+          rows.template tile<true, 32, kMod>(p, q_lane, ka + h * 32 * LD * 2, va + h * 32 * LD * 2, j0 + h * 32,
+                                             row_base, mod);
       } else {
-        rows.template tile<false, BN>(p, q_lane, ka, va, j0, row_base);
+        rows.template tile<false, BN, kMod>(p, q_lane, ka, va, j0, row_base, mod);
       }
     }
     __syncthreads();  // this stage is overwritten by the load issued in the next step
@@ -351,10 +369,10 @@ __global__ void __launch_bounds__(FwdTc2Config<D>::kThreads) attn_fwd_tc2_kernel
     }
 }
 
-template <typename T, int D, int kStages>
+template <typename T, int D, int kStages, bool kMod = false>
 int launch_fwd_tc2_stages(const FwdParams& p, cudaStream_t stream) {
   using Cfg = FwdTc2Config<D, kStages>;
-  auto kernel = attn_fwd_tc2_kernel<T, D, kStages>;
+  auto kernel = attn_fwd_tc2_kernel<T, D, kStages, kMod>;
   if (Cfg::kSmemBytes > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
     if (e != cudaSuccess) return int(e);
@@ -373,8 +391,11 @@ int launch_fwd_tc2_stages(const FwdParams& p, cudaStream_t stream) {
 constexpr int kDecodeRows = 16;
 bool decode_v3_requested();  // dispatch.cu
 
+// softcap / ALiBi (opt-in, FLASHATTN_LITE_CUDA_UNVERIFIED=1 in the glue, until a GPU run has proven
+// them) run the kMod instantiation.
 template <typename T, int D>
 int launch_fwd_tc2(const FwdParams& p, cudaStream_t stream) {
+  if (p.softcap > 0.0 || p.alibi_slopes != nullptr) return launch_fwd_tc2_stages<T, D, 2, true>(p, stream);
   if (p.s_q <= kDecodeRows && decode_v3_requested()) return launch_fwd_tc2_stages<T, D, 4>(p, stream);
   return launch_fwd_tc2_stages<T, D, 2>(p, stream);
 }

@@ -182,6 +182,21 @@ bool decode_v3_requested() {
   return env != nullptr && std::strcmp(env, "v3") == 0;
 }
 
+namespace {
+bool tc2_shape(const FwdParams& p, int max_d) {
+  if (!(p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) || p.d != p.d_v || p.d % 8 != 0) return false;
+  const int td = tile_dim(p.d, max_d);
+  return td == 64 || td == 128;
+}
+}  // namespace
+
+bool score_mods_supported(const FwdParams& p) {
+  return tc2_shape(p, kMaxTcHeadDim) && !fwd_v1_requested() && p.scale_log2 > 0.f;
+}
+bool score_mods_supported(const BwdParams& p) {
+  return tc2_shape(p, kMaxTcBwdHeadDim) && !bwd_v1_requested() && !p.deterministic;
+}
+
 bool bwd_uses_tensor_cores(const BwdParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.d == p.d_v && p.d % 8 == 0 &&
          tile_dim(p.d, kMaxTcBwdHeadDim) != 0 && !p.deterministic;
@@ -201,6 +216,7 @@ bool fwd_uses_tensor_cores(const FwdParams& p) {
 
 int run_fwd(const FwdParams& p, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if ((p.softcap > 0.0 || p.alibi_slopes) && !score_mods_supported(p)) return int(cudaErrorInvalidValue);
   if (fwd_uses_tensor_cores(p))
     return p.dtype == DType::kFloat16 ? run_fwd_tc_dim<__half>(p, s) : run_fwd_tc_dim<__nv_bfloat16>(p, s);
   switch (p.dtype) {
@@ -214,6 +230,7 @@ int run_fwd(const FwdParams& p, void* stream) {
 
 int run_bwd(const BwdParams& p, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if ((p.softcap > 0.0 || p.alibi_slopes) && !score_mods_supported(p)) return int(cudaErrorInvalidValue);
   if (bwd_uses_tensor_cores(p))
     return p.dtype == DType::kFloat16 ? run_bwd_tc_dim<__half>(p, s) : run_bwd_tc_dim<__nv_bfloat16>(p, s);
   switch (p.dtype) {

@@ -17,6 +17,14 @@ bool fwd_uses_tensor_cores(const FwdParams& p);
 constexpr int kMaxTcBwdHeadDim = 128;
 bool bwd_uses_tensor_cores(const BwdParams& p);
 
+// True when the kernels implement these params' score transforms (softcap, ALiBi): the variant-2
+// tensor-core kernels at head dims 64 / 128 (fp16 / bf16, d == d_v, d % 8 == 0, scale > 0, the
+// variant not overridden by FLASHATTN_LITE_CUDA_FWD / _BWD = v1; the backward not deterministic).
+// The glue lets them through only with FLASHATTN_LITE_CUDA_UNVERIFIED=1 until a GPU run has proven
+// them.
+bool score_mods_supported(const FwdParams& p);
+bool score_mods_supported(const BwdParams& p);
+
 // Query rows and key columns per block of the tensor-core forward for padded head dim d (for the
 // split-KV heuristic of the glue).
 int fwd_block_m(int d);

@@ -5,6 +5,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <cstdint>
 
 #include "cuda/launch.h"
@@ -19,21 +21,35 @@ void check_launch(int err, const char* what) {
   TORCH_CHECK(err == 0, kPre, "CUDA ", what, " kernel failed: ", fal::cuda::error_string(err));
 }
 
-// Features the CUDA kernels do not implement yet (the CPU kernels do): refuse them clearly
-// rather than ignore them.
-void check_cuda_features(const FwdParams& p) {
+// Features the CUDA kernels do not implement yet (the CPU kernels do): refuse them clearly rather
+// than ignore them. softcap and ALiBi are implemented by the variant-2 tensor-core kernels
+// (cuda::score_mods_supported) but not yet verified on a GPU: they run only with the opt-in
+// FLASHATTN_LITE_CUDA_UNVERIFIED=1 (bench/gpu_check.sh sets it for their tests).
+bool unverified_allowed() {
+  const char* env = std::getenv("FLASHATTN_LITE_CUDA_UNVERIFIED");
+  return env != nullptr && std::string(env) == "1";
+}
+
+template <typename P>
+void check_cuda_features(const P& p) {
+  const bool mods = p.alibi_slopes != nullptr || p.softcap > 0.0;
+  const bool mods_ok = mods && unverified_allowed() && fal::cuda::score_mods_supported(p);
   const char* missing = p.mask                               ? "attn_mask"
-                        : p.alibi_slopes                     ? "alibi_slopes"
-                        : p.softcap > 0.f                    ? "softcap > 0"
+                        : mods && !mods_ok                   ? (p.alibi_slopes ? "alibi_slopes" : "softcap > 0")
                         : p.dropout_p > 0.f                  ? "dropout_p > 0"
                         : (p.cu_seqlens_q || p.cu_seqlens_k) ? "cu_seqlens (varlen)"
                         : p.seqused_k                        ? "seqused_k / cache_seqlens"
                                                              : nullptr;
   TORCH_CHECK_NOT_IMPLEMENTED(missing == nullptr, kPre, missing,
-                              " is not implemented on CUDA yet (it is on the CPU); tracked by the CUDA issue");
+                              " is not implemented on CUDA yet (it is on the CPU); tracked by the CUDA issue",
+                              mods && !mods_ok ? " (softcap / ALiBi: written for fp16 / bf16, d == d_v <= 128, on "
+                                                 "the tensor-core kernels, and not yet verified on a GPU: opt in "
+                                                 "with FLASHATTN_LITE_CUDA_UNVERIFIED=1)"
+                                               : "");
 }
 
-void check_grid_limits(const FwdParams& p) {
+template <typename P>
+void check_grid_limits(const P& p) {
   check_cuda_features(p);
   TORCH_CHECK_VALUE(p.b <= 65535 && p.h <= 65535, kPre, "on CUDA, batch (", p.b, ") and heads (", p.h,
                     ") must each be <= 65535");
@@ -86,9 +102,9 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(FAL_FWD_ARGS) {
   const OptArgs a = make_fwd_opt_args(FAL_FWD_FORWARD_ARGS);
   const at::Tensor qc = last_dim_contiguous(q), kc = last_dim_contiguous(k), vc = last_dim_contiguous(v);
   std::vector<at::Tensor> keep;
-  FwdParams probe = make_fwd_params(qc, kc, vc, a, keep);  // validates the caller's tensors
+  FwdParams probe = make_fwd_params(qc, kc, vc, a, keep);                        // validates the caller's tensors
+  if (q.size(3) == v.size(3)) probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);  // as the kernels will see it
   check_grid_limits(probe);
-  probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);
   if (!fal::cuda::fwd_uses_tensor_cores(probe) || q.size(3) != v.size(3) || qc.numel() == 0 || kc.numel() == 0)
     return fwd_impl(run_fwd_cuda, qc, kc, vc, a);
   const int64_t d = q.size(3), d8 = probe.d;
@@ -98,7 +114,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(FAL_FWD_ARGS) {
   // kv head instead of once per query head.
   const int64_t b = q.size(0), h = q.size(2), h_kv = k.size(2), g = h / h_kv;
   const bool all_visible = a.window_left < 0 && a.window_right < 0 && (!a.causal || a.bottom_right);
-  if (q.size(1) == 1 && g > 1 && all_visible) {
+  const bool alibi = a.alibi_slopes.has_value() && a.alibi_slopes->defined();  // per query head and row
+  if (q.size(1) == 1 && g > 1 && all_visible && !alibi) {
     const at::Tensor qg = qp.as_strided({b, g, h_kv, d8}, {qp.stride(0), qp.stride(2), g * qp.stride(2), 1});
     OptArgs ag = a;
     ag.causal = false;
@@ -118,10 +135,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cuda(FAL_BWD_ARGS
   const at::Tensor qc = last_dim_contiguous(q), kc = last_dim_contiguous(k), vc = last_dim_contiguous(v);
   BwdParams probe;
   std::vector<at::Tensor> keep;
-  static_cast<FwdParams&>(probe) = make_fwd_params(qc, kc, vc, a, keep);  // validates the caller's tensors
-  check_grid_limits(probe);
-  probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);
+  static_cast<FwdParams&>(probe) = make_fwd_params(qc, kc, vc, a, keep);         // validates the caller's tensors
+  if (q.size(3) == v.size(3)) probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);  // as the kernels will see it
   probe.deterministic = deterministic;
+  check_grid_limits(probe);
   if (!fal::cuda::bwd_uses_tensor_cores(probe) || q.size(3) != v.size(3) || qc.numel() == 0 || kc.numel() == 0)
     return bwd_impl(run_bwd_cuda, dout, dlse, qc, kc, vc, out, softmax_lse, a, deterministic, mask_grad);
   const int64_t d = q.size(3), d8 = probe.d;

@@ -215,6 +215,22 @@ FAL_HD double fal_tanh(double x) { return ::tanh(x); }
 //   s <- s - slope * |i + s_k - s_q - j|                   (ALiBi, bottom-right aligned)
 //   s <- mask[i, j] ? s : -inf   or   s + mask[i, j]       (bool / additive attn_mask)
 // then the visibility rule (causal / window) sets -inf.  One ScoreMod per (batch, head).
+// softcap then ALiBi on one score (natural units); dist = i + s_k - s_q - j; *dcap = the softcap
+// derivative. The one formula of both transforms: ScoreMod (CPU, every dtype) and ScoreModLite
+// (the GPU kernels' float copy of the constants) call it.
+template <typename A>
+FAL_HD A softcap_alibi(A x, A softcap, A inv_softcap, A slope, int64_t dist, A* dcap) {
+  A g = A(1);
+  if (softcap > A(0)) {
+    const A t = fal_tanh(x * inv_softcap);
+    x = softcap * t;
+    g = A(1) - t * t;
+  }
+  if (slope != A(0)) x -= slope * A(dist < 0 ? -dist : dist);
+  if (dcap) *dcap = g;
+  return x;
+}
+
 struct ScoreMod {
   bool any = false;                         // some transform is active (else kernels skip the call)
   double softcap = 0.0, inv_softcap = 0.0;  // kernels round them to their type
@@ -229,16 +245,8 @@ struct ScoreMod {
   // Transformed score of (row i, key j); *dcap = d(result)/ds (the softcap derivative).
   template <typename A>
   FAL_HD A apply(A s, int i, int j, A* dcap) const {
-    A x = s, g = A(1);
-    if (softcap > 0.0) {
-      const A t = fal_tanh(x * A(inv_softcap));
-      x = A(softcap) * t;
-      g = A(1) - t * t;
-    }
-    if (slope != 0.f) {
-      const int64_t dist = int64_t(i) + alibi_diag - j;
-      x -= A(slope) * A(dist < 0 ? -dist : dist);
-    }
+    A g = A(1);
+    A x = softcap_alibi(s, A(softcap), A(inv_softcap), A(slope), int64_t(i) + alibi_diag - j, &g);
     if (mask_b != nullptr && mask_b[int64_t(i) * mask_row + j] == 0) x = -A(INFINITY);
     if (mask_f != nullptr) x += A(mask_f[int64_t(i) * mask_row + j]);
     if (mask_d != nullptr) x += A(mask_d[int64_t(i) * mask_row + j]);
@@ -252,6 +260,25 @@ struct ScoreMod {
     for (int c = 0; c < n; ++c) s[c] = apply(s[c], i, j0 + c, static_cast<A*>(nullptr));
   }
 };
+
+// softcap and ALiBi alone, constants in float: what the GPU kernels keep in registers.
+struct ScoreModLite {
+  float softcap = 0.f, inv_softcap = 0.f, slope = 0.f;
+  int alibi_diag = 0;  // s_k - s_q
+  FAL_HD float apply(float s, int i, int j, float* dcap) const {
+    return softcap_alibi(s, softcap, inv_softcap, slope, int64_t(i) + alibi_diag - j, dcap);
+  }
+};
+
+// s_q / s_k: the lengths of this batch's sequences (varlen); bi, hi: batch and query head.
+FAL_HD ScoreModLite make_score_mod_lite(const FwdParams& p, int bi, int hi, int s_q, int s_k) {
+  ScoreModLite m;
+  m.softcap = float(p.softcap);
+  m.inv_softcap = p.softcap > 0.0 ? float(1.0 / p.softcap) : 0.f;
+  if (p.alibi_slopes) m.slope = p.alibi_slopes[bi * p.alibi_batch_stride + hi];
+  m.alibi_diag = s_k - s_q;
+  return m;
+}
 
 // s_q / s_k: the lengths of this batch's sequences (varlen); bi, hi: batch and query head.
 FAL_HD ScoreMod make_score_mod(const FwdParams& p, int bi, int hi, int s_q, int s_k) {

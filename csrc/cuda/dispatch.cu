@@ -10,6 +10,12 @@
 
 namespace fal::cuda {
 
+// The kernel-variant switches: read at each call (a process can compare variants).
+bool env_equals(const char* name, const char* value) {
+  const char* env = std::getenv(name);
+  return env != nullptr && std::strcmp(env, value) == 0;
+}
+
 namespace {
 // Head dims built with tensor-core kernels (FLASHATTN_LITE_CUDA_HEADDIMS; all by default). A head
 // dim without a built tile runs on the SIMT kernels.
@@ -76,10 +82,7 @@ int tile_dim(int d, int max_d) {
 // and a scale > 0 since the 2026-11-30 H200 run (all CUDA tests, sanitizers, 1.2-1.4x variant 1);
 // FLASHATTN_LITE_CUDA_FWD=v1, read at each call, selects variant 1 (attn_fwd_tc.cuh), which also
 // runs every other head dim. bench/gpu_check.sh runs the CUDA tests under both.
-bool fwd_v1_requested() {
-  const char* env = std::getenv("FLASHATTN_LITE_CUDA_FWD");
-  return env != nullptr && std::strcmp(env, "v1") == 0;
-}
+bool fwd_v1_requested() { return env_equals("FLASHATTN_LITE_CUDA_FWD", "v1"); }
 
 template <typename T>
 int run_fwd_tc2_dim(const FwdParams& p, cudaStream_t s) {
@@ -132,10 +135,7 @@ int run_fwd_tc_dim(const FwdParams& p, cudaStream_t s) {
 // since the 2026-11-30 H200 run (all CUDA tests, sanitizers, fwd+bwd 1.27-1.53x variant 1);
 // FLASHATTN_LITE_CUDA_BWD=v1, read at each call, selects variant 1 (attn_bwd_tc.cuh), which also runs
 // the other head dims. Returns -1 when variant 2 does not run.
-bool bwd_v1_requested() {
-  const char* env = std::getenv("FLASHATTN_LITE_CUDA_BWD");
-  return env != nullptr && std::strcmp(env, "v1") == 0;
-}
+bool bwd_v1_requested() { return env_equals("FLASHATTN_LITE_CUDA_BWD", "v1"); }
 
 template <typename T>
 int run_bwd_tc2_dim(const BwdParams& p, cudaStream_t s) {
@@ -177,10 +177,7 @@ int run_bwd_tc_dim(const BwdParams& p, cudaStream_t s) {
 
 // The forward's decode configuration (attn_fwd_tc2.cuh, 4 K/V stages in flight) is opt-in:
 // FLASHATTN_LITE_CUDA_DECODE=v3, read at each call, until a GPU run has proven it.
-bool decode_v3_requested() {
-  const char* env = std::getenv("FLASHATTN_LITE_CUDA_DECODE");
-  return env != nullptr && std::strcmp(env, "v3") == 0;
-}
+bool decode_v3_requested() { return env_equals("FLASHATTN_LITE_CUDA_DECODE", "v3"); }
 
 namespace {
 bool tc2_shape(const FwdParams& p, int max_d) {

@@ -99,7 +99,7 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// threadIdx.x / blockIdx.y / blockIdx.z read by an instruction the compiler may not hoist or merge:
+// threadIdx.x / blockIdx.z read by an instruction the compiler may not hoist or merge:
 // lets a loop body recompute addresses from them (and the params' constant bank) instead of keeping
 // 64-bit pointers live across the loop next to the accumulators.
 __device__ __forceinline__ int tid_x() {
@@ -108,11 +108,6 @@ __device__ __forceinline__ int tid_x() {
   return t;
 }
 
-__device__ __forceinline__ int ctaid_y() {
-  int t;
-  asm volatile("mov.u32 %0, %%ctaid.y;\n" : "=r"(t));
-  return t;
-}
 __device__ __forceinline__ int ctaid_z() {
   int t;
   asm volatile("mov.u32 %0, %%ctaid.z;\n" : "=r"(t));

@@ -42,4 +42,8 @@ int run_dropout_keep(const FwdParams& p, int batch, int s_q, int s_k, unsigned c
 
 const char* error_string(int err);
 
+// True when the environment variable `name` is set to `value` (read at each call): the switches
+// FLASHATTN_LITE_CUDA_FWD / _BWD / _DECODE / _UNVERIFIED.
+bool env_equals(const char* name, const char* value);
+
 }  // namespace fal::cuda

@@ -5,8 +5,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <cstdint>
 
 #include "cuda/launch.h"
@@ -25,10 +23,7 @@ void check_launch(int err, const char* what) {
 // than ignore them. softcap and ALiBi are implemented by the variant-2 tensor-core kernels
 // (cuda::score_mods_supported) but not yet verified on a GPU: they run only with the opt-in
 // FLASHATTN_LITE_CUDA_UNVERIFIED=1 (bench/gpu_check.sh sets it for their tests).
-bool unverified_allowed() {
-  const char* env = std::getenv("FLASHATTN_LITE_CUDA_UNVERIFIED");
-  return env != nullptr && std::string(env) == "1";
-}
+bool unverified_allowed() { return fal::cuda::env_equals("FLASHATTN_LITE_CUDA_UNVERIFIED", "1"); }
 
 template <typename P>
 void check_cuda_features(const P& p) {

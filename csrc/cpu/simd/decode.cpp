@@ -25,9 +25,8 @@ template <typename T>
 struct DecodeHead {
   const FwdParams* pp = nullptr;
   int bi = 0, hi = 0, rows = 0, d = 0, dv = 0, dp = 0, dvp = 0;
-  // software prefetch of the rows 4 blocks ahead (per-head streams). Kept for contiguous rows too:
-  // without it, head-contiguous decode fell from 56 to 28 GB/s (fp32, AVX-512) and from 23 to
-  // 15 GB/s (fp32, AVX2 path) on a Zen 5 (2026-11-30, H32 1x32768 D128, 2 threads)
+  // software prefetch of the next block's rows (per-head streams; see run()). Kept for contiguous
+  // rows too: without it, head-contiguous decode falls to a third (fp16) or half (fp32)
   bool prefetch = true;
   // bf16 K/V with several rows on AVX-512: the products run on bf16 pairs (decode_bf16.h); qf then
   // holds each row's q as pairs (unscaled) and `scale` multiplies the scores
@@ -137,14 +136,16 @@ struct DecodeHead {
     const int krow_bytes = d * int(sizeof(T)), vrow_bytes = dv * int(sizeof(T));
     for (int jb = j_begin; jb < j_end; jb += kN) {
       const int nk = std::min(kN, j_end - jb);
-      // software prefetch of the block after next: the two interleaved streams (K, V) with a row
-      // stride of heads * d elements defeat the hardware prefetcher's distance (measured: 6-9 GB/s
-      // per core without, against ~40 GB/s for a plain read)
-      for (int jj = 0; prefetch && jj < kN && jb + 4 * kN + jj < j_end; ++jj) {
-        const char* kn = reinterpret_cast<const char*>(k + krows.at(jb + 4 * kN + jj));
-        const char* vn = reinterpret_cast<const char*>(v + vrows.at(jb + 4 * kN + jj));
-        for (int off = 0; off < krow_bytes; off += 64) _mm_prefetch(kn + off, _MM_HINT_T0);
-        for (int off = 0; off < vrow_bytes; off += 64) _mm_prefetch(vn + off, _MM_HINT_T0);
+      // software prefetch of the next block, non-temporal: the two streams (K, V) read a block at
+      // a time defeat the hardware prefetcher (without: 15 GB/s fp16 where a plain read gets 45).
+      // One block ahead with NTA against four with T0, interleaved in one process (Zen 5, H32
+      // 1x32768 D128 head-major, 2 threads, 2026-12-01): fp16 36 -> 46-50 GB/s, bf16 35 -> 47-49,
+      // fp32 37 -> 41 (read probe 45); GQA 32/8 bf16 28.5 -> 33-34; AVX2 path fp16 37 -> 43
+      for (int jj = 0; prefetch && jj < kN && jb + kN + jj < j_end; ++jj) {
+        const char* kn = reinterpret_cast<const char*>(k + krows.at(jb + kN + jj));
+        const char* vn = reinterpret_cast<const char*>(v + vrows.at(jb + kN + jj));
+        for (int off = 0; off < krow_bytes; off += 64) _mm_prefetch(kn + off, _MM_HINT_NTA);
+        for (int off = 0; off < vrow_bytes; off += 64) _mm_prefetch(vn + off, _MM_HINT_NTA);
       }
       if (rows == 1) {  // single query row: read K and V rows in place, no staging copies
         const KeyRange& rk = rr[0];

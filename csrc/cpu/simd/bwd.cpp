@@ -150,27 +150,35 @@ void write_dq(const BwdParams& p, int bi, int hk, const float* dq_acc, int dp) {
 // PanelsF32 scales Q by `scale` on load (natural-unit S, mul = 1, dK needs no scale); PanelsBf16
 // feeds vdpbf16ps bf16 pairs (mul = scale on S, dK scaled at the end; P and dS rounded to bf16
 // for the products, as FA2 does on GPUs).
-// Extra memory per item: dQacc (g x s_q x dp fp32) + D (g x s_q) + O(tile) panels.
+// Extra memory per item: dQacc (g x s_q x dp fp32) + D (g x s_q) + Q and dO of the g heads as
+// the panels hold them (fp32: g x s_q x (dp + dvp); bf16: twice the bf16 rows) + O(tile) panels.
 constexpr int kQB = 4 * kRM;  // query rows per step (inner dim of the dK / dV products)
+// Q and dO are converted / packed once per work item for every query head of the group (rows past
+// s_q zero), and a step reads kQB rows from an even row i0 <= the tile's first row (the row pairs
+// of the bf16 panels start there): s_q + kQB + 1 rows, even. Per step this saved re-converting the
+// block's rows once per key tile (fwd+bwd fp32 / bf16 H8 N2048 D64: see bench/results/cpu-2026-12-01.md).
+inline int bwd_rows_pad(int s_q) { return round_up(s_q + kQB + 1, 2); }
 
 template <typename T_>
 struct BwdPanelsF32 {
   using T = T_;
-  int d = 0, dv = 0, dp = 0, dvp = 0;
+  int d = 0, dv = 0, dp = 0, dvp = 0, rows_pad = 0;
   float score_mul = 1.f, dk_scale = 1.f, qmul = 1.f;
-  Buf<float> Kp, Kt, Vt, Qb, dOb;
+  Buf<float> Kp, Kt, Vt, Qall, dOall;
+  const float *Qb = nullptr, *dOb = nullptr;  // the current block's rows (select)
 
-  explicit BwdPanelsF32(const BwdParams& p)
+  BwdPanelsF32(const BwdParams& p, int g, int s_q)
       : d(p.d),
         dv(p.d_v),
         dp(round_up(d, kNV * kN)),
         dvp(round_up(dv, kNV * kN)),
+        rows_pad(bwd_rows_pad(s_q)),
         qmul(float(p.scale)),
         Kp(size_t(kBN) * dp),
         Kt(size_t(d) * kBN),
         Vt(size_t(dv) * kBN),
-        Qb(size_t(kQB) * dp),
-        dOb(size_t(kQB) * dvp) {}
+        Qall(size_t(g) * rows_pad * dp, 0.f),
+        dOall(size_t(g) * rows_pad * dvp, 0.f) {}
 
   // K (kBN x dp), K^T (d x kBN), V^T (dv x kBN) of keys [j0, j0 + cols), zero-padded
   void pack_keys(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int j0, int cols) {
@@ -184,24 +192,27 @@ struct BwdPanelsF32 {
       for (int x = 0; x < dv; ++x) Vt[x * kBN + cc] = load_as_float(vr + x);
     }
   }
-  // Q (times the scale) and dO of query rows [i0, i0 + nr), zero-padded to kQB
-  void load_rows(const T* q, int64_t q_stride, const T* dout, int64_t do_stride, int i0, int nr) {
-    fill(Qb.begin(), Qb.end(), 0.f);
-    fill(dOb.begin(), dOb.end(), 0.f);
-    for (int r = 0; r < nr; ++r) {
-      convert_row(q + (i0 + r) * q_stride, d, qmul, Qb.data() + size_t(r) * dp);
-      convert_row(dout + (i0 + r) * do_stride, dv, 1.f, dOb.data() + size_t(r) * dvp);
+  // Q (times the scale) and dO of query head gi's s_q rows, once per work item (rows past s_q 0)
+  void load_head(int gi, const T* q, int64_t q_stride, const T* dout, int64_t do_stride, int s_q) {
+    for (int r = 0; r < s_q; ++r) {
+      convert_row(q + r * q_stride, d, qmul, Qall.data() + (size_t(gi) * rows_pad + r) * dp);
+      convert_row(dout + r * do_stride, dv, 1.f, dOall.data() + (size_t(gi) * rows_pad + r) * dvp);
     }
+  }
+  // the block of kQB rows from row i0 (even) of head gi
+  void select(int gi, int i0) {
+    Qb = Qall.data() + (size_t(gi) * rows_pad + i0) * dp;
+    dOb = dOall.data() + (size_t(gi) * rows_pad + i0) * dvp;
   }
   // S and dP of the block's rows [r0, r0 + kRM)
   void scores(int r0, float* Sr, float* dPr) {
-    micro_qk(Qb.data() + size_t(r0) * dp, d, Kt.data(), Sr, dp);
-    micro_qk(dOb.data() + size_t(r0) * dvp, dv, Vt.data(), dPr, dvp);
+    micro_qk(Qb + size_t(r0) * dp, d, Kt.data(), Sr, dp);
+    micro_qk(dOb + size_t(r0) * dvp, dv, Vt.data(), dPr, dvp);
   }
   // dV += P^T dO, dK += dS^T Q over the block's nr rows
   void accumulate(int nr, const float* P, const float* dS, float* dV, float* dK) {
-    micro_tn(P, dOb.data(), nr, dvp, dV);
-    micro_tn(dS, Qb.data(), nr, dp, dK);
+    micro_tn(P, dOb, nr, dvp, dV);
+    micro_tn(dS, Qb, nr, dp, dK);
   }
   // dQ[r0, r0 + kRM) += dS K
   void dq(const float* dS, int r0, int cols, float* out) { micro_pv(dS + size_t(r0) * kBN, Kp.data(), cols, dp, out); }
@@ -210,26 +221,28 @@ struct BwdPanelsF32 {
 #if defined(FAL_SIMD_AVX512)
 struct BwdPanelsBf16 {
   using T = bf16_t;
-  int d = 0, dv = 0, d2 = 0, dv2 = 0, dp = 0, dvp = 0, cols2 = 0;
+  int d = 0, dv = 0, d2 = 0, dv2 = 0, dp = 0, dvp = 0, cols2 = 0, rows_pad = 0;
   float score_mul = 1.f, dk_scale = 1.f;
-  Buf<uint32_t> Kd, Vd, Kk, Qs, dOs, Qr, dOr, Pp, dSp, dSk;
+  Buf<uint32_t> Kd, Vd, Kk, QsAll, dOsAll, QrAll, dOrAll, Pp, dSp, dSk;
+  const uint32_t *Qs = nullptr, *dOs = nullptr, *Qr = nullptr, *dOr = nullptr;  // the current block (select)
 
-  explicit BwdPanelsBf16(const BwdParams& p)
+  BwdPanelsBf16(const BwdParams& p, int g, int s_q)
       : d(p.d),
         dv(p.d_v),
         d2((d + 1) / 2),
         dv2((dv + 1) / 2),
         dp(round_up(d, kNV * kN)),
         dvp(round_up(dv, kNV * kN)),
+        rows_pad(bwd_rows_pad(s_q)),
         score_mul(float(p.scale)),
         dk_scale(float(p.scale)),
         Kd(size_t(d2) * kBN),
         Vd(size_t(dv2) * kBN),
         Kk(size_t(kBN / 2) * dp),
-        Qs(size_t(kQB) * d2),
-        dOs(size_t(kQB) * dv2),
-        Qr(size_t(kQB / 2) * dp),
-        dOr(size_t(kQB / 2) * dvp),
+        QsAll(size_t(g) * rows_pad * d2, 0u),
+        dOsAll(size_t(g) * rows_pad * dv2, 0u),
+        QrAll(size_t(g) * rows_pad / 2 * dp, 0u),
+        dOrAll(size_t(g) * rows_pad / 2 * dvp, 0u),
         Pp(size_t(kQB / 2) * kBN),
         dSp(size_t(kQB / 2) * kBN),
         dSk(size_t(kQB) * (kBN / 2)) {}
@@ -249,25 +262,31 @@ struct BwdPanelsBf16 {
       pack_row_pairs(a, b, d, dp, Kk.data() + size_t(c2) * dp);
     }
   }
-  // Q and dO rows as pairs over the head dims (Qs, dOs) and as pairs over rows (Qr, dOr)
-  void load_rows(const T* q, int64_t q_stride, const T* dout, int64_t do_stride, int i0, int nr) {
-    for (int r = 0; r < kQB; ++r) {
-      const T* qrow = r < nr ? q + (i0 + r) * q_stride : nullptr;
-      const T* drow = r < nr ? dout + (i0 + r) * do_stride : nullptr;
-      for (int x = 0; x < d2; ++x) Qs[size_t(r) * d2 + x] = qrow ? pair_at(qrow, x, d) : 0u;
-      for (int x = 0; x < dv2; ++x) dOs[size_t(r) * dv2 + x] = drow ? pair_at(drow, x, dv) : 0u;
+  // Query head gi's Q and dO rows, once per work item: as pairs over the head dims (Qs, dOs) and as
+  // pairs over rows (2 r2, 2 r2 + 1) (Qr, dOr); rows past s_q 0
+  void load_head(int gi, const T* q, int64_t q_stride, const T* dout, int64_t do_stride, int s_q) {
+    for (int r = 0; r < s_q; ++r) {
+      copy_pairs(q + r * q_stride, d, QsAll.data() + (size_t(gi) * rows_pad + r) * d2);
+      copy_pairs(dout + r * do_stride, dv, dOsAll.data() + (size_t(gi) * rows_pad + r) * dv2);
     }
-    for (int r2 = 0; r2 < kQB / 2; ++r2) {
+    for (int r2 = 0; 2 * r2 < s_q; ++r2) {
       const int ra = 2 * r2, rb = 2 * r2 + 1;
-      pack_row_pairs(ra < nr ? q + (i0 + ra) * q_stride : nullptr, rb < nr ? q + (i0 + rb) * q_stride : nullptr, d, dp,
-                     Qr.data() + size_t(r2) * dp);
-      pack_row_pairs(ra < nr ? dout + (i0 + ra) * do_stride : nullptr, rb < nr ? dout + (i0 + rb) * do_stride : nullptr,
-                     dv, dvp, dOr.data() + size_t(r2) * dvp);
+      const size_t at = size_t(gi) * rows_pad / 2 + r2;
+      pack_row_pairs(q + ra * q_stride, rb < s_q ? q + rb * q_stride : nullptr, d, dp, QrAll.data() + at * dp);
+      pack_row_pairs(dout + ra * do_stride, rb < s_q ? dout + rb * do_stride : nullptr, dv, dvp,
+                     dOrAll.data() + at * dvp);
     }
   }
+  // the block of kQB rows from row i0 (even: the row pairs start there) of head gi
+  void select(int gi, int i0) {
+    Qs = QsAll.data() + (size_t(gi) * rows_pad + i0) * d2;
+    dOs = dOsAll.data() + (size_t(gi) * rows_pad + i0) * dv2;
+    Qr = QrAll.data() + (size_t(gi) * rows_pad + i0) / 2 * dp;
+    dOr = dOrAll.data() + (size_t(gi) * rows_pad + i0) / 2 * dvp;
+  }
   void scores(int r0, float* Sr, float* dPr) {
-    micro_qk_bf16(Qs.data() + size_t(r0) * d2, d2, d2, Kd.data(), Sr, 1.f);
-    micro_qk_bf16(dOs.data() + size_t(r0) * dv2, dv2, dv2, Vd.data(), dPr, 1.f);
+    micro_qk_bf16(Qs + size_t(r0) * d2, d2, d2, Kd.data(), Sr, 1.f);
+    micro_qk_bf16(dOs + size_t(r0) * dv2, dv2, dv2, Vd.data(), dPr, 1.f);
   }
   // P and dS to bf16 pairs over rows (for dV, dK) and over keys (for dQ), then the two products
   void accumulate(int nr, const float* P, const float* dS, float* dV, float* dK) {
@@ -277,8 +296,8 @@ struct BwdPanelsBf16 {
     }
     for (int r = 0; r < kQB; ++r) pack_f32_consecutive(dS + size_t(r) * kBN, kBN, dSk.data() + size_t(r) * (kBN / 2));
     const int nr2 = (nr + 1) / 2;
-    micro_tn_bf16(Pp.data(), dOr.data(), nr2, dvp, dV);
-    micro_tn_bf16(dSp.data(), Qr.data(), nr2, dp, dK);
+    micro_tn_bf16(Pp.data(), dOr, nr2, dvp, dV);
+    micro_tn_bf16(dSp.data(), Qr, nr2, dp, dK);
   }
   void dq(const float* /*dS*/, int r0, int /*cols*/, float* out) {
     micro_pv_bf16(dSk.data() + size_t(r0) * (kBN / 2), Kk.data(), cols2, dp, out);
@@ -310,7 +329,7 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
   const int s_q = sq.s_q, s_k = sq.s_k;
   const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
 
-  Panels pn(p);
+  Panels pn(p, g, s_q);
   Buf<float> dq_acc(size_t(g) * s_q * dp, 0.f), dsum(size_t(g) * s_q), lse2(size_t(g) * s_q);
   LeveledSum dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
   Buf<float> P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN), tmp(size_t(kRM) * dp);
@@ -321,6 +340,15 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
   const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
   T* dkp = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + sq.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
   T* dvp_out = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + sq.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
+
+  for (int gi = 0; gi < g; ++gi) {
+    const int hi = hk * g + gi;
+    pn.load_head(
+        gi, static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride,
+        p.q_row_stride,
+        static_cast<const T*>(p.dout) + bi * p.do_batch_stride + sq.q_row0 * p.do_row_stride + hi * p.do_head_stride,
+        p.do_row_stride, s_q);
+  }
 
   const int ns = std::max(1, p.key_splits), tiles = (s_k + kBN - 1) / kBN, per = (tiles + ns - 1) / ns;
   const int j_begin = std::min(s_k, split * per * kBN), j_end = std::min(s_k, (split + 1) * per * kBN);
@@ -334,19 +362,15 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
 
     for (int gi = 0; gi < g; ++gi) {
       const int hi = hk * g + gi;
-      const T* q =
-          static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
-      const T* dout =
-          static_cast<const T*>(p.dout) + bi * p.do_batch_stride + sq.q_row0 * p.do_row_stride + hi * p.do_head_stride;
       const float* Dg = dsum.data() + size_t(gi) * s_q;
       const float* L2 = lse2.data() + size_t(gi) * s_q;
       float* dqg = dq_acc.data() + size_t(gi) * s_q * dp;
       const ScoreMod mod = make_score_mod(p, bi, hi, s_q, s_k);
       float* dmask =
           p.dmask ? static_cast<float*>(p.dmask) + bi * p.dmask_batch_stride + hi * p.dmask_head_stride : nullptr;
-      for (int i0 = qr.lo; i0 < qr.hi; i0 += kQB) {
+      for (int i0 = qr.lo & ~1; i0 < qr.hi; i0 += kQB) {  // (a row before qr.lo sees no key: P = dS = 0)
         const int nr = std::min(kQB, qr.hi - i0);
-        pn.load_rows(q, p.q_row_stride, dout, p.do_row_stride, i0, nr);
+        pn.select(gi, i0);
         for (int r0 = 0; r0 < kQB; r0 += kRM) {
           float* Pr = P.data() + size_t(r0) * kBN;
           float* dSr = dS.data() + size_t(r0) * kBN;

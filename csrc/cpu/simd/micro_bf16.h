@@ -63,6 +63,17 @@ inline uint32_t pair_at(const bf16_t* row, int x2, int d) {  // (row[2 x2], row[
   return lo | (hi << 16);
 }
 
+// A bf16 row of n elements as (n + 1) / 2 pairs (pair_at for the whole row; zeros for a null row)
+inline void copy_pairs(const bf16_t* row, int n, uint32_t* dst) {
+  const int n2 = (n + 1) / 2;
+  for (int x = 0; x < n2; x += kN) {
+    const int e = std::min(2 * kN, n - 2 * x), w = std::min(kN, n2 - x);  // elements, pairs
+    const __mmask32 me = e == 2 * kN ? __mmask32(0xffffffffu) : __mmask32((1u << e) - 1u);
+    const __m512i v = row ? _mm512_maskz_loadu_epi16(me, row + 2 * x) : _mm512_setzero_si512();
+    _mm512_mask_storeu_epi32(dst + x, __mmask16((1u << w) - 1u), v);
+  }
+}
+
 // ---- backward ------------------------------------------------------------------------------------
 // The five products of the backward, each fed bf16 pairs over its inner dimension:
 //   S  = Q K^T      pairs over d    (Q rows as stored; K^T packed Kd[x2][key])
@@ -102,31 +113,34 @@ inline void pack_f32_consecutive(const float* r, int n, uint32_t* dst) {
   }
 }
 
-// out[c][x] += sum_r2 a[r2][c] . b[r2][x]  (bf16 pairs over rows), c < kBN, x < ldb; blocked
+// out[c][x] += sum_r2 a[r2][c] . b[r2][x]  (bf16 pairs over rows), c < NC, x < ldb; blocked
 // summation as micro_tn
-inline void micro_tn_bf16(const uint32_t* a, const uint32_t* b, int rows2, int ldb, float* out) {
-  for (int c0 = 0; c0 < kBN; c0 += kRM) {
-    const int nc = std::min(kRM, kBN - c0);
-    for (int dc = 0; dc < ldb; dc += kNV * kN) {
-      __m512 acc[kRM][kNV];
-      for (int c = 0; c < kRM; ++c)
-        for (int v = 0; v < kNV; ++v) acc[c][v] = _mm512_setzero_ps();
-      for (int r = 0; r < rows2; ++r) {
-        __m512bh bv[kNV];
-        for (int v = 0; v < kNV; ++v) bv[v] = as_bh(_mm512_loadu_si512(b + r * ldb + dc + v * kN));
-        for (int c = 0; c < kRM; ++c) {
-          if (c >= nc) break;
-          const __m512bh ab = as_bh(_mm512_set1_epi32(int(a[r * kBN + c0 + c])));
-          for (int v = 0; v < kNV; ++v) acc[c][v] = _mm512_dpbf16_ps(acc[c][v], bv[v], ab);
-        }
+template <int NC>
+inline void micro_tn_bf16_block(const uint32_t* a, const uint32_t* b, int rows2, int ldb, float* out) {
+  for (int dc = 0; dc < ldb; dc += kNV * kN) {
+    __m512 acc[NC][kNV];
+    for (int c = 0; c < NC; ++c)
+      for (int v = 0; v < kNV; ++v) acc[c][v] = _mm512_setzero_ps();
+    for (int r = 0; r < rows2; ++r) {
+      __m512bh bv[kNV];
+      for (int v = 0; v < kNV; ++v) bv[v] = as_bh(_mm512_loadu_si512(b + r * ldb + dc + v * kN));
+      for (int c = 0; c < NC; ++c) {
+        const __m512bh ab = as_bh(_mm512_set1_epi32(int(a[r * kBN + c])));
+        for (int v = 0; v < kNV; ++v) acc[c][v] = _mm512_dpbf16_ps(acc[c][v], bv[v], ab);
       }
-      for (int c = 0; c < nc; ++c)
-        for (int v = 0; v < kNV; ++v) {
-          float* o = out + (c0 + c) * ldb + dc + v * kN;
-          _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[c][v]));
-        }
     }
+    for (int c = 0; c < NC; ++c)
+      for (int v = 0; v < kNV; ++v) {
+        float* o = out + c * ldb + dc + v * kN;
+        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[c][v]));
+      }
   }
+}
+// over the kBN keys: full kRM-key blocks, then the tail (compile-time sizes: see micro_tn)
+inline void micro_tn_bf16(const uint32_t* a, const uint32_t* b, int rows2, int ldb, float* out) {
+  constexpr int kFull = kBN / kRM * kRM, kTail = kBN - kFull;
+  for (int c0 = 0; c0 < kFull; c0 += kRM) micro_tn_bf16_block<kRM>(a + c0, b, rows2, ldb, out + c0 * ldb);
+  if constexpr (kTail > 0) micro_tn_bf16_block<kTail>(a + kFull, b, rows2, ldb, out + kFull * ldb);
 }
 
 }  // namespace

@@ -46,33 +46,38 @@ inline void micro_pv(const float* pr, const float* vp, int cols, int dvp, float*
 }
 
 // out[c][x] += sum_{r < rows} A[r][c] * B[r][x]   (A^T B; A rows kBN apart, B and out rows ldb
-// apart; c < kBN, x < ldb with ldb a multiple of kNV * kN). Blocks of kRM keys x kNV vectors.
+// apart; c < kBN, x < ldb with ldb a multiple of kNV * kN). Blocks of NC <= kRM keys x kNV vectors.
 // The block's sum starts from zero and is added to out once (blocked summation: dK/dV sum s_q
 // rows, and a running sum would grow their rounding error with s_q instead of s_q / rows).
-inline void micro_tn(const float* a, const float* b, int rows, int ldb, float* out) {
-  for (int c0 = 0; c0 < kBN; c0 += kRM) {
-    const int nc = std::min(kRM, kBN - c0);
-    for (int dc = 0; dc < ldb; dc += kNV * kN) {
-      VF acc[kRM][kNV];
-      for (int c = 0; c < kRM; ++c)
-        for (int v = 0; v < kNV; ++v) acc[c][v] = VF::zero();
-      for (int r = 0; r < rows; ++r) {
-        VF bv[kNV];
-        for (int v = 0; v < kNV; ++v) bv[v] = VF::load(b + r * ldb + dc + v * kN);
-        const float* ar = a + r * kBN + c0;
-        for (int c = 0; c < kRM; ++c) {
-          if (c >= nc) break;
-          const VF ab = VF::set1(ar[c]);
-          for (int v = 0; v < kNV; ++v) acc[c][v] = fma(ab, bv[v], acc[c][v]);
-        }
+template <int NC>
+inline void micro_tn_block(const float* a, const float* b, int rows, int ldb, float* out) {
+  for (int dc = 0; dc < ldb; dc += kNV * kN) {
+    VF acc[NC][kNV];
+    for (int c = 0; c < NC; ++c)
+      for (int v = 0; v < kNV; ++v) acc[c][v] = VF::zero();
+    for (int r = 0; r < rows; ++r) {
+      VF bv[kNV];
+      for (int v = 0; v < kNV; ++v) bv[v] = VF::load(b + r * ldb + dc + v * kN);
+      const float* ar = a + r * kBN;
+      for (int c = 0; c < NC; ++c) {
+        const VF ab = VF::set1(ar[c]);
+        for (int v = 0; v < kNV; ++v) acc[c][v] = fma(ab, bv[v], acc[c][v]);
       }
-      for (int c = 0; c < nc; ++c)
-        for (int v = 0; v < kNV; ++v) {
-          float* o = out + (c0 + c) * ldb + dc + v * kN;
-          (VF::load(o) + acc[c][v]).store(o);
-        }
     }
+    for (int c = 0; c < NC; ++c)
+      for (int v = 0; v < kNV; ++v) {
+        float* o = out + c * ldb + dc + v * kN;
+        (VF::load(o) + acc[c][v]).store(o);
+      }
   }
+}
+// A^T B over the kBN keys: full kRM-key blocks, then the kBN % kRM tail. Compile-time block sizes
+// keep the accumulators in registers: one loop with a runtime `break` at the tail ran the dK / dV
+// products at half the FMA rate (backward fp32 H8 N2048 D64, 1 thread, Zen 5: 139 -> 106 ms)
+inline void micro_tn(const float* a, const float* b, int rows, int ldb, float* out) {
+  constexpr int kFull = kBN / kRM * kRM, kTail = kBN - kFull;
+  for (int c0 = 0; c0 < kFull; c0 += kRM) micro_tn_block<kRM>(a + c0, b, rows, ldb, out + c0 * ldb);
+  if constexpr (kTail > 0) micro_tn_block<kTail>(a + kFull, b, rows, ldb, out + kFull * ldb);
 }
 
 // dK / dV summed over the query rows in levels (blocked summation, as a GEMM's K loop): micro_tn

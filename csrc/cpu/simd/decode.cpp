@@ -28,7 +28,8 @@ struct DecodeHead {
   // software prefetch of the next block's rows (per-head streams; see run()). Kept for contiguous
   // rows too: without it, head-contiguous decode falls to a third (fp16) or half (fp32)
   bool prefetch = true;
-  // bf16 K/V with several rows on AVX-512: the products run on bf16 pairs (decode_bf16.h); qf then
+  // bf16 K/V on AVX-512: S = Q K^T runs on bf16 pairs (decode_bf16.h; one row: K rows in place,
+  // H32 1x32768 D128 head-major 1 thread 34.4 -> 37.8 GB/s), and with several rows P V too; qf then
   // holds each row's q as pairs (unscaled) and `scale` multiplies the scores
   bool pairs = false;
   float scale = 1.f;
@@ -72,7 +73,7 @@ struct DecodeHead {
 
     for (int r = 0; r < rows; ++r) rr[r] = vis.keys_of_row(r);
 #if defined(FAL_SIMD_AVX512)
-    pairs = std::is_same_v<T, bf16_t> && rows > 1;
+    pairs = std::is_same_v<T, bf16_t>;
 #endif
     scale = float(p.scale);
     return true;
@@ -156,14 +157,24 @@ struct DecodeHead {
           kp[jj] = k + krows.at(jb + jj);
           vp[jj] = v + vrows.at(jb + jj);
         }
-        VF acc[kN];
-        for (int jj = 0; jj < kN; ++jj) acc[jj] = VF::zero();
-        for (int x = 0; x < d; x += kN) {
-          const int w = std::min(kN, d - x);
-          const VF qv = VF::load(qf + x);
-          for (int jj = 0; jj < nk; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + x, w), acc[jj]);
+        bool done = false;  // (keys past nk: zero scores, masked below)
+#if defined(FAL_SIMD_AVX512)
+        if constexpr (std::is_same_v<T, bf16_t>)
+          if (pairs) {
+            decode_qk_row_bf16(reinterpret_cast<const uint32_t*>(qf), kp, nk, d, scale, sc);
+            done = true;
+          }
+#endif
+        if (!done) {
+          VF acc[kN];
+          for (int jj = 0; jj < kN; ++jj) acc[jj] = VF::zero();
+          for (int x = 0; x < d; x += kN) {
+            const int w = std::min(kN, d - x);
+            const VF qv = VF::load(qf + x);
+            for (int jj = 0; jj < nk; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + x, w), acc[jj]);
+          }
+          hsum_each(acc).store(sc);
         }
-        hsum_each(acc).store(sc);                                 // (keys past nk: zero accumulators, masked below)
         if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
           for (int jj = 0; jj < kN; ++jj) {
             const int j = jb + jj;
@@ -203,12 +214,16 @@ struct DecodeHead {
           }
           uint32_t* kpk = reinterpret_cast<uint32_t*>(kb);
           uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
-          decode_pack_k_pairs(kp, nk, d, kpk);
           const uint32_t* qp = reinterpret_cast<const uint32_t*>(qf);
           alignas(64) float sall[kDecodeMaxRows * kN];
-          for_row_blocks<8>(rows, [&](int r0, auto rn) {
-            decode_qk_rows_bf16<decltype(rn)::value>(qp + size_t(r0) * dp, dp, kpk, d, scale, sall + r0 * kN);
-          });
+          if (rows <= kRowwiseQkRows) {  // K rows in place, row by row (no transposes)
+            for (int r = 0; r < rows; ++r) decode_qk_row_bf16(qp + size_t(r) * dp, kp, nk, d, scale, sall + r * kN);
+          } else {
+            decode_pack_k_pairs(kp, nk, d, kpk);
+            for_row_blocks<8>(rows, [&](int r0, auto rn) {
+              decode_qk_rows_bf16<decltype(rn)::value>(qp + size_t(r0) * dp, dp, kpk, d, scale, sall + r0 * kN);
+            });
+          }
           rows_softmax(jb, nk, sall);
           decode_pack_v_pairs(vp, nk, dv, dvp, vpk);
           alignas(64) uint32_t pb[kDecodeMaxRows * kN / 2];

@@ -225,6 +225,12 @@ struct DecodeHead {
             });
           }
           rows_softmax(jb, nk, sall);
+          if (rows < kPairsPvMinRows) {  // P V in fp32 on the V rows in place (no V pair packing)
+            for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
+              decode_pv_rows<decltype(rn)::value>(sall + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
+            });
+            continue;
+          }
           decode_pack_v_pairs(vp, nk, dv, dvp, vpk);
           alignas(64) uint32_t pb[kDecodeMaxRows * kN / 2];
           decode_p_pairs(sall, rows, pb);

@@ -5,10 +5,13 @@
 // against 4 d bytes of bf16 K and V. The fp32 kernels (decode_qk_rows / decode_pv_rows) convert K
 // and V to fp32 and run one FMA per product; these take bf16 pairs, one vdpbf16ps per two products,
 // as the bf16 forward does (micro_bf16.h):
-//   S = Q K^T:  K packed as pairs over d, transposed (kpk[x2][key]); the q pair broadcast; the scale
-//               applied to the fp32 sums (q stays exact in bf16);
-//   O += P V:   V packed as pairs over keys (vpk[j2][x]); P rounded to bf16 and broadcast as pairs
-//               (the row sums keep the unrounded fp32 P, as in the forward).
+//   S = Q K^T:  up to kRowwiseQkRows rows: each row's pairs against the K rows in place (one
+//               reduction per key); more rows: K packed as pairs over d, transposed (kpk[x2][key]),
+//               the q pair broadcast; the scale applied to the fp32 sums (q stays exact in bf16);
+//   O += P V:   from kPairsPvMinRows rows: V packed as pairs over keys (vpk[j2][x]), P rounded to
+//               bf16 and broadcast as pairs (the row sums keep the unrounded fp32 P, as in the
+//               forward); fewer rows: the fp32 P V of decode_rows.h.
+// decode.cpp's single-row path uses decode_qk_row_bf16 too.
 #pragma once
 #include "cpu/simd/micro_bf16.h"
 
@@ -48,6 +51,12 @@ inline void decode_q_pairs(const bf16_t* q, int d, uint32_t* qp) {
 // per 16 keys at d = 128: R (64 + 45) row by row against 384 + 64 R packed. A/B of the binaries
 // (Zen 5, 1 thread, 32768 keys, H8): 2 rows 8.4 -> 6.8 ms, 4 rows unchanged (8.6 -> 8.4).
 constexpr int kRowwiseQkRows = 4;
+
+// From this many rows, O += P V runs on bf16 pairs (decode_pack_v_pairs + decode_pv_rows_bf16); fewer
+// rows run the fp32 P V on the V rows in place (decode_pv_rows: a shift per 16 values converts), where
+// packing V cost more than it saved. A/B in one process (Zen 5, 1 thread, H8, 32768 keys, D128):
+// 2 rows 7.9 -> 6.7 ms, 3 rows 9.0 -> 7.7, 4 rows 9.6 vs 9.8 (kept on pairs).
+constexpr int kPairsPvMinRows = 4;
 
 // One query row: sc[jj] = c * q . k_jj for the block's keys (0 past nk), K rows read in place as
 // pairs over d (no packing): one vdpbf16ps per 32 products against a bf16 -> fp32 shift and an FMA

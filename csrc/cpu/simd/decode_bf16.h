@@ -23,16 +23,11 @@ namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
 // Pairs of a block: kpk[x2][jj] = (k_jj[2 x2], k_jj[2 x2 + 1]) for x2 < ceil(d / 32) * 16, keys
-// jj < kN (zero past nk and past d): 16 x 16 transposes of 32-bit pairs.
+// jj < kN (zero past nk and past d).
 inline void decode_pack_k_pairs(const bf16_t* const* kp, int nk, int d, uint32_t* kpk) {
-  for (int x0 = 0; x0 < d; x0 += 2 * kN) {
-    const int n = std::min(2 * kN, d - x0);  // valid bf16 of this chunk
-    const __mmask32 mk = n == 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u);
-    VF blk[kN];
-    for (int jj = 0; jj < kN; ++jj)
-      blk[jj].v = jj < nk ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, kp[jj] + x0)) : _mm512_setzero_ps();
-    transpose_store(blk, reinterpret_cast<float*>(kpk + (x0 / 2) * kN), kN);
-  }
+  const bf16_t* rows[kN];
+  for (int jj = 0; jj < kN; ++jj) rows[jj] = jj < nk ? kp[jj] : nullptr;
+  transpose_pairs(rows, d, kpk, kN);
 }
 
 // Pairs over keys: vpk[j2][x] = (v_{2 j2}[x], v_{2 j2 + 1}[x]) for j2 < ceil(nk / 2), x < dvp.

@@ -90,38 +90,18 @@ struct PanelsBf16 {
     for (int r = 0; r < rows; ++r)
       for (int x = 0; x < d2; ++x) q[size_t(r) * d2 + x] = pair_at(q0 + r * p.q_row_stride, x, d);
   }
-  // K as pairs over d (kp: d2 x kBN), V as pairs over keys (vp: kBN / 2 x dvp), zero-padded. K by
-  // kN x kN blocks of pairs: kN rows of 2 kN elements loaded (an odd d's last pair zero-extended by
-  // the masked load) and transposed as 32-bit lanes in registers (transpose_store). Against a
-  // scalar pair loop (same A/B): fwd H8 N2048 D64 15.7 -> 14.5 ms, causal H8 N4096 D128 57.2 -> 52.5
+  // K as pairs over d (kp: d2 x kBN, transpose_pairs: kN keys at a time), V as pairs over keys (vp:
+  // kBN / 2 x dvp), zero-padded. Against a scalar pair loop for K (A/B of the binaries, 2 threads,
+  // Zen 5, 2026-12-01): fwd H8 N2048 D64 15.7 -> 14.5 ms, causal H8 N4096 D128 57.2 -> 52.5
   void pack(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int j0, int cols) {
-    float* kpp = reinterpret_cast<float*>(kp.data());
     for (int c0 = 0; c0 < kBN; c0 += kN) {
       const T* kr[kN];
       for (int c = 0; c < kN; ++c) kr[c] = c0 + c < cols ? k + krows.at(j0 + c0 + c) : nullptr;
-      VF blk[kN];
-      for (int x = 0; x < d2; x += kN) {
-        const int n = std::min(2 * kN, d - 2 * x);  // elements of the row in these kN pairs
-        const __mmask32 mk = n == 2 * kN ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u);
-        for (int c = 0; c < kN; ++c)
-          blk[c].v = kr[c] ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, kr[c] + 2 * x)) : _mm512_setzero_ps();
-        transpose_store(blk, kpp + size_t(x) * kBN + c0, kBN);
-      }
+      transpose_pairs(kr, d, kp.data() + c0, kBN);
     }
-    for (int j = 0; j < kBN / 2; ++j) {
-      const T* r0p = 2 * j < cols ? v + vrows.at(j0 + 2 * j) : nullptr;
-      const T* r1p = 2 * j + 1 < cols ? v + vrows.at(j0 + 2 * j + 1) : nullptr;
-      uint32_t* dst = vp.data() + size_t(j) * dvp;
-      for (int x = 0; x < dvp; x += kN) {
-        const int n = std::max(0, std::min(kN, dv - x));
-        const __mmask16 mk = n == kN ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
-        const __m512i a =
-            r0p && n ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, r0p + x)) : _mm512_setzero_si512();
-        const __m512i b =
-            r1p && n ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, r1p + x)) : _mm512_setzero_si512();
-        _mm512_storeu_si512(dst + x, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
-      }
-    }
+    for (int j = 0; j < kBN / 2; ++j)
+      pack_row_pairs(2 * j < cols ? v + vrows.at(j0 + 2 * j) : nullptr,
+                     2 * j + 1 < cols ? v + vrows.at(j0 + 2 * j + 1) : nullptr, dv, dvp, vp.data() + size_t(j) * dvp);
   }
   void qk(int r0, float* S) { micro_qk_bf16(q.data() + size_t(r0) * d2, d2, d2, kp.data(), S, scale); }
   // row r's P (fp32, kBN) -> bf16 pairs for P V

@@ -83,6 +83,20 @@ inline void copy_pairs(const bf16_t* row, int n, uint32_t* dst) {
 //   dQ += dS K      pairs over keys (K packed Kk[c2][x]; dS pairs broadcast)
 // P and dS are rounded to bf16 for the products (as FA2 does on GPUs); all sums are fp32.
 
+// kN bf16 rows (null: zeros) as pairs over d, transposed: dst[x2 * ld + c] = (row_c[2 x2],
+// row_c[2 x2 + 1]) for x2 < ceil(d / 32) * 16 (zero past d), by kN x kN register transposes of the
+// 32-bit pairs (transpose_store). K panels of the bf16 forward and of the multi-row decode.
+inline void transpose_pairs(const bf16_t* const* rows, int d, uint32_t* dst, int ld) {
+  for (int x0 = 0; x0 < d; x0 += 2 * kN) {
+    const int n = std::min(2 * kN, d - x0);  // valid elements of this chunk
+    const __mmask32 mk = n == 2 * kN ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u);
+    VF blk[kN];
+    for (int c = 0; c < kN; ++c)
+      blk[c].v = rows[c] ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, rows[c] + x0)) : _mm512_setzero_ps();
+    transpose_store(blk, reinterpret_cast<float*>(dst + size_t(x0 / 2) * ld), ld);
+  }
+}
+
 // dst[x] = (a[x], b[x]) as a bf16 pair, x < n (n a multiple of kN; zeros past `valid` or for null
 // rows). 32 elements of each row per step, interleaved by two vpermt2w (word i of the low result:
 // a[i / 2] for even i, b[i / 2] for odd i; the high result the same from element 16 on).

@@ -23,19 +23,21 @@ inline __m512bh as_bh(__m512i x) { return reinterpret_cast<__m512bh&>(x); }
 // S[r][c] = scale * sum_x2 Q[r][x2] . Kp[x2][c]  (pairs), r < kRM, c < kBN
 inline void micro_qk_bf16(const uint32_t* q, int d2, int ldq, const uint32_t* kp, float* s, float scale) {
   const __m512 sc = _mm512_set1_ps(scale);
-  __m512 acc[kRM][kNV];
-  for (int r = 0; r < kRM; ++r)
-    for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_setzero_ps();
-  for (int x = 0; x < d2; ++x) {
-    __m512bh kv[kNV];
-    for (int v = 0; v < kNV; ++v) kv[v] = as_bh(_mm512_loadu_si512(kp + x * kBN + v * kN));
-    for (int r = 0; r < kRM; ++r) {
-      const __m512bh qb = as_bh(_mm512_set1_epi32(int(q[r * ldq + x])));
-      for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], kv[v], qb);
+  for (int kc = 0; kc < kBN; kc += kNV * kN) {
+    __m512 acc[kRM][kNV];
+    for (int r = 0; r < kRM; ++r)
+      for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int x = 0; x < d2; ++x) {
+      __m512bh kv[kNV];
+      for (int v = 0; v < kNV; ++v) kv[v] = as_bh(_mm512_loadu_si512(kp + x * kBN + kc + v * kN));
+      for (int r = 0; r < kRM; ++r) {
+        const __m512bh qb = as_bh(_mm512_set1_epi32(int(q[r * ldq + x])));
+        for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], kv[v], qb);
+      }
     }
+    for (int r = 0; r < kRM; ++r)
+      for (int v = 0; v < kNV; ++v) _mm512_storeu_ps(s + r * kBN + kc + v * kN, _mm512_mul_ps(acc[r][v], sc));
   }
-  for (int r = 0; r < kRM; ++r)
-    for (int v = 0; v < kNV; ++v) _mm512_storeu_ps(s + r * kBN + v * kN, _mm512_mul_ps(acc[r][v], sc));
 }
 
 // O[r][x] += sum_j P[r][j] V[j][x]; pb: kRM rows of kBN / 2 bf16 pairs; vp: (kBN / 2) x dvp pairs.

@@ -112,6 +112,22 @@ struct PanelsBf16 {
 };
 #endif
 
+// The next key tile's K and V rows [jn, min(jn + kBN, j_end)) into L1, a slice per row group of the
+// current tile, so pack() finds them cached: fwd H8 N2048 D64, in one process (Zen 5, 1 / 2 threads):
+// bf16 -5.7 / -5.5 %, fp32 -1.8 / -2.6 %, fp16 -1.2 / -3.2 %.
+template <typename T>
+inline void prefetch_next_tile(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int kbytes, int vbytes,
+                               int jn, int j_end, int r0, int rows) {
+  const int gi = r0 / kRM, ng = (rows + kRM - 1) / kRM;
+  const int a = jn + gi * kBN / ng, b = std::min(j_end, jn + (gi + 1) * kBN / ng);
+  for (int j = a; j < b; ++j) {
+    const char* kr = reinterpret_cast<const char*>(k + krows.at(j));
+    const char* vr = reinterpret_cast<const char*>(v + vrows.at(j));
+    for (int off = 0; off < kbytes; off += 64) _mm_prefetch(kr + off, _MM_HINT_T0);
+    for (int off = 0; off < vbytes; off += 64) _mm_prefetch(vr + off, _MM_HINT_T0);
+  }
+}
+
 // Per-chunk state besides the panels: S of a row group, O, m, l of the chunk's rows.
 struct ChunkState {
   Buf<float> s, o, m, l;
@@ -150,6 +166,7 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkStat
       const int g0 = i0 + r0, g1 = std::min(g0 + kRM, i1);
       const KeyRange gr = vis.keys_of_rows(g0, g1);
       if (gr.hi <= j0 || gr.lo >= j0 + cols) continue;  // no row of the group sees this tile
+      prefetch_next_tile(k, krows, v, vrows, p.d * int(sizeof(T)), p.d_v * int(sizeof(T)), j0 + kBN, kr.hi, r0, rows);
       pn.qk(r0, S);
       const bool full = cols == kBN && vis.tile_fully_visible(g0, g1, j0, j0 + cols);
       for (int r = 0; r < kRM; ++r) {

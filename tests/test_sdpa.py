@@ -53,3 +53,17 @@ def test_sdpa_gradients_match_torch(dtype):
     factor = 3.0 if dtype == torch.bfloat16 else 2.0
     for name, a, t, r in zip(("dq", "dk", "dv"), grads[0], grads[1], ref):
         assert_rule(a, r, t, factor=factor, what=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_sdpa_all_true_mask_changes_nothing(isa, dtype):
+    """torch's docstring: "A boolean mask where a value of True indicates that the element *should*
+    take part in attention." An all-True mask therefore leaves the result as it is -- bit for bit
+    here, since the kernels then run the same arithmetic (the CPU forward takes its row-by-row
+    softmax path with a mask and its grouped one without: the two must agree exactly)."""
+    q, k, v = (randn((2, 3, n, 64), dtype) for n in (300, 517, 517))
+    mask = torch.ones(300, 517, dtype=torch.bool)
+    plain = scaled_dot_product_attention(q, k, v)
+    masked = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(plain, masked)
+    assert_rule(plain, sdpa_ref(q, k, v), F.scaled_dot_product_attention(q, k, v))

@@ -29,6 +29,13 @@ inline bool softmax_row_step(float* s, int n, float& m, float& l, float* acc, in
   return online_softmax_step<VecLane>(s, n, m, l, acc, acc_n);
 }
 
+// The step for R rows at once (online_softmax_rows_step): rows lds apart, acc rows acc_ld apart.
+template <int R>
+inline void softmax_rows_step(float* s, int lds, int n, float* m, float* l, float* acc, int acc_ld, int acc_n,
+                              bool* seen) {
+  online_softmax_rows_step<VecLane, R>(s, lds, n, m, l, acc, acc_ld, acc_n, seen);
+}
+
 // out[0, n) = acc * inv in T and the row's LSE, from the final (m, l) (finish_row).
 template <typename T>
 inline float write_row(const float* acc, int n, float m, float l, T* out) {

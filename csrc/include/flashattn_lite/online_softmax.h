@@ -111,5 +111,47 @@ inline bool online_softmax_step(E* s, int n, E& m, E& l, E* acc, int acc_n) {
   return true;
 }
 
+// online_softmax_step for R rows at once (score rows lds apart, acc rows acc_ld apart), the same
+// arithmetic row by row with the phases interleaved across the rows -- every row's max, then every
+// row's exponentials, then the rescales -- so the rows' dependency chains (horizontal max, exp
+// polynomial, horizontal sum) overlap instead of following each other. A row that has seen no
+// key yet sends the whole group through online_softmax_step. seen[r]: its return value.
+template <class L, int R, typename E>
+inline void online_softmax_rows_step(E* s, int lds, int n, E* m, E* l, E* acc, int acc_ld, int acc_n, bool* seen) {
+  E mx[R];
+  bool empty = false;
+  for (int r = 0; r < R; ++r) {
+    L mv = L::set1(m[r]);
+    for (int c = 0; c < n; c += L::N) mv = vmax(mv, L::load(s + r * lds + c));
+    mx[r] = mv.hmax();
+    empty |= mx[r] == -std::numeric_limits<E>::infinity();
+  }
+  if (empty) {
+    for (int r = 0; r < R; ++r) seen[r] = online_softmax_step<L>(s + r * lds, n, m[r], l[r], acc + r * acc_ld, acc_n);
+    return;
+  }
+  L sum[R];
+  for (int r = 0; r < R; ++r) {
+    const L mb = L::set1(mx[r]);
+    sum[r] = L::zero();
+    for (int c = 0; c < n; c += L::N) {
+      const L p = L::exp_diff(L::load(s + r * lds + c), mb);
+      p.store(s + r * lds + c);
+      sum[r] = sum[r] + p;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    if (mx[r] != m[r]) {
+      const E alpha = L::exp_diff(m[r], mx[r]);
+      const L ab = L::set1(alpha);
+      for (int x = 0; x < acc_n; x += L::N) (L::load(acc + r * acc_ld + x) * ab).store(acc + r * acc_ld + x);
+      l[r] *= alpha;
+      m[r] = mx[r];
+    }
+    l[r] += sum[r].hsum();
+    seen[r] = true;
+  }
+}
+
 FAL_ISA_NS_END
 }  // namespace fal

@@ -374,8 +374,9 @@ def test_gradcheck_varlen_fp64(isa):
     "h,h_kv,d,s_k", [slow(48, 48, 256, 700), slow(40, 8, 16, 1025), (6, 2, 59, 97), slow(33, 11, 128, 300)]
 )
 @pytest.mark.parametrize("extra", ["plain", "alibi_softcap", slow("window")])
-def test_decode_head_groups(dtype, h, h_kv, d, s_k, extra, isa):
-    q, k, v = _qkv(2, 1, s_k, h, h_kv, d, dtype)  # k/v (b, s_k, h_kv, d): heads interleaved in a row
+@pytest.mark.parametrize("s_q", [1, 5, slow(16)])  # one token; speculative decoding / several rows
+def test_decode_head_groups(dtype, h, h_kv, d, s_k, extra, s_q, isa):
+    q, k, v = _qkv(2, s_q, s_k, h, h_kv, d, dtype)  # k/v (b, s_k, h_kv, d): heads interleaved in a row
     kw = {}
     if extra == "alibi_softcap":
         kw = dict(alibi_slopes=torch.rand(h) * 0.05, softcap=5.0)

@@ -236,8 +236,8 @@ struct BwdPanelsBf16 {
         rows_pad(bwd_rows_pad(s_q)),
         score_mul(float(p.scale)),
         dk_scale(float(p.scale)),
-        Kd(size_t(d2) * kBN),
-        Vd(size_t(dv2) * kBN),
+        Kd(size_t(round_up(d2, kN)) * kBN),  // transpose_pairs writes whole kN-row blocks
+        Vd(size_t(round_up(dv2, kN)) * kBN),
         Kk(size_t(kBN / 2) * dp),
         QsAll(size_t(g) * rows_pad * d2, 0u),
         dOsAll(size_t(g) * rows_pad * dv2, 0u),
@@ -250,11 +250,15 @@ struct BwdPanelsBf16 {
   // K^T and V^T as pairs over the head dims (Kd, Vd), K as pairs over keys (Kk), zero-padded
   void pack_keys(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int j0, int cols) {
     cols2 = (cols + 1) / 2;
-    for (int cc = 0; cc < kBN; ++cc) {
-      const T* kr = cc < cols ? k + (j0 + cc) * k_stride : nullptr;
-      const T* vr = cc < cols ? v + (j0 + cc) * v_stride : nullptr;
-      for (int x = 0; x < d2; ++x) Kd[x * kBN + cc] = kr ? pair_at(kr, x, d) : 0u;
-      for (int x = 0; x < dv2; ++x) Vd[x * kBN + cc] = vr ? pair_at(vr, x, dv) : 0u;
+    for (int c0 = 0; c0 < kBN; c0 += kN) {
+      const T* kr[kN];
+      const T* vr[kN];
+      for (int c = 0; c < kN; ++c) {
+        kr[c] = c0 + c < cols ? k + (j0 + c0 + c) * k_stride : nullptr;
+        vr[c] = c0 + c < cols ? v + (j0 + c0 + c) * v_stride : nullptr;
+      }
+      transpose_pairs(kr, d, Kd.data() + c0, kBN);
+      transpose_pairs(vr, dv, Vd.data() + c0, kBN);
     }
     for (int c2 = 0; c2 < kBN / 2; ++c2) {
       const T* a = 2 * c2 < cols ? k + (j0 + 2 * c2) * k_stride : nullptr;

@@ -245,18 +245,11 @@ struct DecodeHead {
       const T* vp[kN];
       {
         const T* kp[kN];
-        for (int jj = 0; jj < nk; ++jj) {
-          kp[jj] = k + krows.at(jb + jj);
-          vp[jj] = v + vrows.at(jb + jj);
+        for (int jj = 0; jj < kN; ++jj) {
+          kp[jj] = jj < nk ? k + krows.at(jb + jj) : nullptr;
+          if (jj < nk) vp[jj] = v + vrows.at(jb + jj);
         }
-        float* const kT = kb;
-        const int dd = d;
-        VF blk[kN];
-        for (int x = 0; x < dp; x += kN) {
-          const int w = std::max(0, std::min(kN, dd - x));
-          for (int jj = 0; jj < kN; ++jj) blk[jj] = jj < nk ? load_f32(kp[jj] + x, w) : VF::zero();
-          transpose_store(blk, kT + size_t(x) * kN, kN);
-        }
+        transpose_rows(kp, d, kb, kN);
       }
       alignas(64) float sall[kDecodeMaxRows * kN];
       for_row_blocks<kQkRows>(rows, [&](int r0, auto rn) {

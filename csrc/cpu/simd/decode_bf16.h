@@ -37,9 +37,7 @@ inline void decode_pack_v_pairs(const bf16_t* const* vp, int nk, int dv, int dvp
 }
 
 // q row -> pairs (q[2 x2], q[2 x2 + 1]), zero past d.
-inline void decode_q_pairs(const bf16_t* q, int d, uint32_t* qp) {
-  for (int x2 = 0; 2 * x2 < d; ++x2) qp[x2] = pair_at(q, x2, d);
-}
+inline void decode_q_pairs(const bf16_t* q, int d, uint32_t* qp) { copy_pairs(q, d, qp); }
 
 // Up to this many rows, S = Q K^T runs row by row on the K rows in place (decode_qk_row_bf16); more
 // rows amortise the transposed K pairs (decode_pack_k_pairs + decode_qk_rows_bf16). Instructions
@@ -61,7 +59,7 @@ inline void decode_qk_row_bf16(const uint32_t* qp, const bf16_t* const* kp, int 
   for (int jj = 0; jj < kN; ++jj) acc[jj] = VF::zero();
   for (int x0 = 0; x0 < d; x0 += 2 * kN) {
     const int n = std::min(2 * kN, d - x0);  // valid bf16 of this chunk
-    const __mmask32 mk = n == 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u);
+    const __mmask32 mk = first32(n);
     const __m512bh qv = as_bh(_mm512_loadu_si512(qp + x0 / 2));
     for (int jj = 0; jj < nk; ++jj)
       acc[jj].v = _mm512_dpbf16_ps(acc[jj].v, as_bh(_mm512_maskz_loadu_epi16(mk, kp[jj] + x0)), qv);

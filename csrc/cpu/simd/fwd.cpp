@@ -53,12 +53,7 @@ struct PanelsF32 {
     for (int c0 = 0; c0 < kBN; c0 += kN) {
       const T* kr[kN];
       for (int c = 0; c < kN; ++c) kr[c] = c0 + c < cols ? k + krows.at(j0 + c0 + c) : nullptr;
-      VF blk[kN];
-      for (int x = 0; x < d; x += kN) {
-        const int w = std::min(kN, d - x);
-        for (int c = 0; c < kN; ++c) blk[c] = kr[c] ? load_f32(kr[c] + x, w) : VF::zero();
-        transpose_store(blk, ktp + size_t(x) * kBN + c0, kBN);
-      }
+      transpose_rows(kr, d, ktp + c0, kBN);
     }
     float* vp = v.data();
     for (int c = 0; c < cols; ++c) {
@@ -87,8 +82,7 @@ struct PanelsBf16 {
     kp.resize(size_t(round_up(d2, kN)) * kBN);  // transpose_store writes whole kN-row blocks
     vp.resize(size_t(kBN / 2) * dvp);
     pb.resize(size_t(kRM) * (kBN / 2));
-    for (int r = 0; r < rows; ++r)
-      for (int x = 0; x < d2; ++x) q[size_t(r) * d2 + x] = pair_at(q0 + r * p.q_row_stride, x, d);
+    for (int r = 0; r < rows; ++r) copy_pairs(q0 + r * p.q_row_stride, d, q.data() + size_t(r) * d2);
   }
   // K as pairs over d (kp: d2 x kBN, transpose_pairs: kN keys at a time), V as pairs over keys (vp:
   // kBN / 2 x dvp), zero-padded. Against a scalar pair loop for K (A/B of the binaries, 2 threads,

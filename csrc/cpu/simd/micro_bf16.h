@@ -19,6 +19,8 @@ namespace {
 // Half the instructions of the fp32 microkernels for the same FLOPs; the row sums use the
 // unrounded fp32 P (as FA2 does on GPUs).
 inline __m512bh as_bh(__m512i x) { return reinterpret_cast<__m512bh&>(x); }
+// The first n of 32 lanes (0 <= n <= 32): the masked loads of a row's last partial chunk.
+inline __mmask32 first32(int n) { return n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u); }
 
 // S[r][c] = scale * sum_x2 Q[r][x2] . Kp[x2][c]  (pairs), r < kRM, c < kBN
 inline void micro_qk_bf16(const uint32_t* q, int d2, int ldq, const uint32_t* kp, float* s, float scale) {
@@ -59,18 +61,13 @@ inline void micro_pv_bf16(const uint32_t* pb, const uint32_t* vp, int cols2, int
   }
 }
 
-inline uint32_t pair_at(const bf16_t* row, int x2, int d) {  // (row[2 x2], row[2 x2 + 1]), 0-padded
-  const uint32_t lo = row[2 * x2].bits;
-  const uint32_t hi = 2 * x2 + 1 < d ? row[2 * x2 + 1].bits : 0u;
-  return lo | (hi << 16);
-}
-
-// A bf16 row of n elements as (n + 1) / 2 pairs (pair_at for the whole row; zeros for a null row)
+// A bf16 row of n elements as (n + 1) / 2 pairs (row[2 x2], row[2 x2 + 1]), an odd n's last pair
+// zero-padded; zeros for a null row
 inline void copy_pairs(const bf16_t* row, int n, uint32_t* dst) {
   const int n2 = (n + 1) / 2;
   for (int x = 0; x < n2; x += kN) {
     const int e = std::min(2 * kN, n - 2 * x), w = std::min(kN, n2 - x);  // elements, pairs
-    const __mmask32 me = e == 2 * kN ? __mmask32(0xffffffffu) : __mmask32((1u << e) - 1u);
+    const __mmask32 me = first32(e);
     const __m512i v = row ? _mm512_maskz_loadu_epi16(me, row + 2 * x) : _mm512_setzero_si512();
     _mm512_mask_storeu_epi32(dst + x, __mmask16((1u << w) - 1u), v);
   }
@@ -91,7 +88,7 @@ inline void copy_pairs(const bf16_t* row, int n, uint32_t* dst) {
 inline void transpose_pairs(const bf16_t* const* rows, int d, uint32_t* dst, int ld) {
   for (int x0 = 0; x0 < d; x0 += 2 * kN) {
     const int n = std::min(2 * kN, d - x0);  // valid elements of this chunk
-    const __mmask32 mk = n == 2 * kN ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u);
+    const __mmask32 mk = first32(n);
     VF blk[kN];
     for (int c = 0; c < kN; ++c)
       blk[c].v = rows[c] ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, rows[c] + x0)) : _mm512_setzero_ps();
@@ -110,7 +107,7 @@ inline void pack_row_pairs(const bf16_t* a, const bf16_t* b, int valid, int n, u
   const __m512i lo = _mm512_load_si512(kIdx), hi = _mm512_load_si512(kIdx + 32);
   for (int x = 0; x < n; x += 2 * kN) {
     const int m = std::max(0, std::min(2 * kN, valid - x));
-    const __mmask32 mk = m == 2 * kN ? __mmask32(0xffffffffu) : __mmask32((1u << m) - 1u);
+    const __mmask32 mk = first32(m);
     const __m512i va = a && m ? _mm512_maskz_loadu_epi16(mk, a + x) : _mm512_setzero_si512();
     const __m512i vb = b && m ? _mm512_maskz_loadu_epi16(mk, b + x) : _mm512_setzero_si512();
     _mm512_storeu_si512(dst + x, _mm512_permutex2var_epi16(va, lo, vb));

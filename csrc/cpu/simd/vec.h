@@ -228,6 +228,19 @@ inline void transpose_store(VF* r, float* dst, int ld) {
 #endif
 }
 
+// kN rows of n elements (null: zeros), converted to fp32, as a transposed panel: dst[x * ld + c] =
+// row_c[x] for x < round_up(n, kN) (zero past n), by kN x kN register transposes (transpose_store).
+// K panels of the fp32 forward and of the fp32 multi-row decode.
+template <typename T>
+inline void transpose_rows(const T* const* rows, int n, float* dst, int ld) {
+  VF blk[kN];
+  for (int x = 0; x < n; x += kN) {
+    const int w = std::min(kN, n - x);
+    for (int c = 0; c < kN; ++c) blk[c] = rows[c] ? load_f32(rows[c] + x, w) : VF::zero();
+    transpose_store(blk, dst + size_t(x) * ld, ld);
+  }
+}
+
 // dst[0..n) = src[0..n) * mul as fp32 (any n), vectorised.
 template <typename T>
 inline void convert_row(const T* src, int n, float mul, float* dst) {

@@ -131,6 +131,16 @@ struct DecodeHead {
     }
   }
 
+  // The K and V rows of the block of nk keys from jb, kN of each: past nk the last row again, so
+  // the products run over a compile-time kN keys (their scores are masked to -inf).
+  void block_rows(int jb, int nk, const T** kp, const T** vp) const {
+    for (int jj = 0; jj < kN; ++jj) {
+      const int j = jb + std::min(jj, nk - 1);
+      kp[jj] = k + krows.at(j);
+      vp[jj] = v + vrows.at(j);
+    }
+  }
+
   void run(int j_begin, int j_end) {
     const float neg_inf = -std::numeric_limits<float>::infinity();
     alignas(64) float sc[kN];
@@ -153,15 +163,12 @@ struct DecodeHead {
         if (rk.hi <= jb || rk.lo >= jb + nk) continue;
         const T* kp[kN];
         const T* vp[kN];
-        for (int jj = 0; jj < nk; ++jj) {
-          kp[jj] = k + krows.at(jb + jj);
-          vp[jj] = v + vrows.at(jb + jj);
-        }
-        bool done = false;  // (keys past nk: zero scores, masked below)
+        block_rows(jb, nk, kp, vp);
+        bool done = false;  // (keys past nk: the last key's scores, masked below)
 #if defined(FAL_SIMD_AVX512)
         if constexpr (std::is_same_v<T, bf16_t>)
           if (pairs) {
-            decode_qk_row_bf16(reinterpret_cast<const uint32_t*>(qf), kp, nk, d, scale, sc);
+            decode_qk_row_bf16(reinterpret_cast<const uint32_t*>(qf), kp, d, scale, sc);
             done = true;
           }
 #endif
@@ -171,7 +178,7 @@ struct DecodeHead {
           for (int x = 0; x < d; x += kN) {
             const int w = std::min(kN, d - x);
             const VF qv = VF::load(qf + x);
-            for (int jj = 0; jj < nk; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + x, w), acc[jj]);
+            for (int jj = 0; jj < kN; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + x, w), acc[jj]);
           }
           hsum_each(acc).store(sc);
         }
@@ -208,16 +215,13 @@ struct DecodeHead {
         if (pairs) {  // vdpbf16ps on bf16 pairs (decode_bf16.h): K and V packed once per block
           const T* kp[kN];
           const T* vp[kN];
-          for (int jj = 0; jj < nk; ++jj) {
-            kp[jj] = k + krows.at(jb + jj);
-            vp[jj] = v + vrows.at(jb + jj);
-          }
+          block_rows(jb, nk, kp, vp);
           uint32_t* kpk = reinterpret_cast<uint32_t*>(kb);
           uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
           const uint32_t* qp = reinterpret_cast<const uint32_t*>(qf);
           alignas(64) float sall[kDecodeMaxRows * kN];
           if (rows <= kRowwiseQkRows) {  // K rows in place, row by row (no transposes)
-            for (int r = 0; r < rows; ++r) decode_qk_row_bf16(qp + size_t(r) * dp, kp, nk, d, scale, sall + r * kN);
+            for (int r = 0; r < rows; ++r) decode_qk_row_bf16(qp + size_t(r) * dp, kp, d, scale, sall + r * kN);
           } else {
             decode_pack_k_pairs(kp, nk, d, kpk);
             for_row_blocks<8>(rows, [&](int r0, auto rn) {

@@ -156,8 +156,10 @@ inline VF load_f32(const fp16_t* p, int n) {
 constexpr int kN = VF::N;
 
 // s[i] = sum of the lanes of a[i], for kN vectors at once: a transpose-and-add tree (45 shuffles
-// and adds on AVX-512, 21 on AVX2, against ~8 per single horizontal sum).
-inline VF hsum_each(const VF* a) {
+// and adds on AVX-512, 21 on AVX2, against ~8 per single horizontal sum). Always inlined: called
+// out of line, its caller's kN accumulators had to live in memory (a store and a reload per
+// product in the decode's S = Q K^T).
+__attribute__((always_inline)) inline VF hsum_each(const VF* a) {
 #if defined(FAL_SIMD_AVX512)
   __m512 b[8], c[4];
   for (int i = 0; i < 8; ++i)

@@ -36,8 +36,9 @@ step build 400 $PY -m pip install --no-build-isolation --no-deps -v . || { tail 
 ( cd /tmp && $PY -c "import flashattn_lite as f, json; print(json.dumps(f.build_info()))" ) >> "$OUT/env.log" 2>&1
 # the CUDA tests, then all of test_cuda.py again under forward variant 1, backward variant 1 and the
 # opt-in decode configuration (same log); the sanitizer cases under each of those, the default and
-# the opt-in softcap / ALiBi (FLASHATTN_LITE_CUDA_UNVERIFIED=1; their tests set it themselves)
-step pytest_cuda 300 sh -c "$PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py tests/test_cuda_variants.py -p no:cacheprovider; r=\$?; \
+# the opt-in softcap / ALiBi and feature SIMT kernels (FLASHATTN_LITE_CUDA_UNVERIFIED=1; their tests
+# set it themselves: tests/test_cuda_variants.py, tests/test_cuda_features.py)
+step pytest_cuda 300 sh -c "$PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py tests/test_cuda_variants.py tests/test_cuda_features.py -p no:cacheprovider; r=\$?; \
   for cfg in FLASHATTN_LITE_CUDA_FWD=v1 FLASHATTN_LITE_CUDA_BWD=v1 FLASHATTN_LITE_CUDA_DECODE=v3; do echo \"== again with \$cfg\"; \
   env \$cfg $PY -m pytest -q --maxfail=30 -rf tests/test_cuda.py -p no:cacheprovider || r=1; done; exit \$r"
 step sanitizers 300 sh -c "for cfg in FLASHATTN_LITE_CUDA_FWD= FLASHATTN_LITE_CUDA_FWD=v1 FLASHATTN_LITE_CUDA_BWD=v1 FLASHATTN_LITE_CUDA_DECODE=v3 FLASHATTN_LITE_CUDA_UNVERIFIED=1; do echo == \$cfg; \

@@ -43,7 +43,40 @@ def main() -> None:
             out.float().sum().backward()
             torch.cuda.synchronize()
             assert torch.isfinite(out).all()
+    if os.environ.get("FLASHATTN_LITE_CUDA_UNVERIFIED") == "1":  # the feature SIMT kernels (attn_simt_feat.cuh)
+        feature_cases(dev)
     print("sanitize cases ran")
+
+
+def feature_cases(dev: str) -> None:
+    """varlen fwd+bwd, a bool and a float mask with its gradient, dropout fwd+bwd, a paged KV cache
+    with leftpad: one small call each."""
+    bf = torch.bfloat16
+    lq, lk = [3, 70], [50, 1]
+    cq = torch.tensor([0, 3, 73], dtype=torch.int32, device=dev)
+    ck = torch.tensor([0, 50, 51], dtype=torch.int32, device=dev)
+    q = torch.randn(sum(lq), 4, 40, device=dev, dtype=bf, requires_grad=True)
+    k, v = (torch.randn(sum(lk), 2, 40, device=dev, dtype=bf, requires_grad=True) for _ in range(2))
+    out = fal.flash_attn_varlen_func(q, k, v, cq, ck, max(lq), max(lk), causal=True)
+    out.float().sum().backward()
+    q, k, v = (torch.randn(2, 3, n, 32, device=dev, requires_grad=True) for n in (33, 77, 77))
+    for mask in (
+        torch.rand(2, 1, 33, 77, device=dev) > 0.3,
+        torch.randn(1, 3, 33, 77, device=dev, requires_grad=True),
+    ):
+        fal.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward()
+    q, k, v = (torch.randn(2, n, 4, 40, device=dev, dtype=bf, requires_grad=True) for n in (65, 130, 130))
+    fal.flash_attn_func(q, k, v, dropout_p=0.3, causal=True).float().sum().backward()
+    kc, vc = (torch.randn(9, 16, 2, 64, device=dev, dtype=bf) for _ in range(2))
+    table = torch.randperm(9, device=dev)[:8].view(2, 4).to(torch.int32)
+    qd = torch.randn(2, 1, 8, 64, device=dev, dtype=bf)
+    seqlens = torch.tensor([40, 64], dtype=torch.int32, device=dev)
+    leftpad = torch.tensor([5, 0], dtype=torch.int32, device=dev)
+    out = fal.flash_attn_with_kvcache(
+        qd, kc, vc, cache_seqlens=seqlens, cache_leftpad=leftpad, block_table=table, causal=True
+    )
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all()
 
 
 if __name__ == "__main__":

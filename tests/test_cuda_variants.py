@@ -203,9 +203,10 @@ def test_score_mods_fwd_bwd(unverified, dtype, d, s_q, s_k, causal, mod):
     _grad_rule(q, k, v, randn((2, s_q, 4, d), dtype, DEV), **kw)
 
 
-def test_score_mods_refused_without_opt_in_or_off_the_tensor_cores(monkeypatch):
-    # without the opt-in, and with it where no variant-2 kernel runs (fp32, head dim 256): the clear
-    # NotImplementedError, never a silently ignored transform
+def test_score_mods_refused_without_opt_in_run_off_the_tensor_cores_with_it(monkeypatch):
+    # without the opt-in: the clear NotImplementedError, never a silently ignored transform; with it,
+    # where no variant-2 kernel runs (fp32, head dim 256), the feature SIMT kernels (attn_simt_feat.cuh)
+    # take the transform, under the same rule
     q, k, v = (randn((1, 50, 2, 64), torch.bfloat16, DEV) for _ in range(3))
     monkeypatch.delenv("FLASHATTN_LITE_CUDA_UNVERIFIED", raising=False)
     with pytest.raises(NotImplementedError, match="softcap"):
@@ -215,5 +216,4 @@ def test_score_mods_refused_without_opt_in_or_off_the_tensor_cores(monkeypatch):
         (q.float(), k.float(), v.float()),
         tuple(randn((1, 50, 2, 256), torch.bfloat16, DEV) for _ in range(3)),
     ):
-        with pytest.raises(NotImplementedError, match="alibi_slopes"):
-            flash_attn_func(qq, kk, vv, alibi_slopes=_slopes(1, 2, False))
+        _check(qq, kk, vv, alibi_slopes=_slopes(1, 2, False), softcap=3.0)

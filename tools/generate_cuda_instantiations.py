@@ -79,6 +79,13 @@ def main() -> None:
             f"template int launch_bwd_simt<{ctype}>(const BwdParams&, cudaStream_t);\n"
             "}  // namespace fal::cuda\n",
         )
+        write(
+            f"inst_simt_feat_{tag}.cu",
+            '#include "cuda/attn_simt_feat.cuh"\n\nnamespace fal::cuda {\n'
+            f"template int launch_fwd_simt_feat<{ctype}>(const FwdParams&, cudaStream_t);\n"
+            f"template int launch_bwd_simt_feat<{ctype}>(const BwdParams&, cudaStream_t);\n"
+            "}  // namespace fal::cuda\n",
+        )
     for old in ROOT.glob("inst_*.cu"):  # instantiations no longer in the lists
         if old.name not in written:
             old.unlink()

@@ -187,6 +187,14 @@ bool tc2_shape(const FwdParams& p, int max_d) {
 }
 }  // namespace
 
+namespace {
+// The params' layout features that only the feature SIMT kernels read (see needs_feature_kernels).
+bool layout_features(const FwdParams& p) {
+  return p.mask != nullptr || p.dropout_p > 0.f || p.cu_seqlens_q != nullptr || p.cu_seqlens_k != nullptr ||
+         p.seqused_k != nullptr || p.leftpad_k != nullptr || p.kv_batch_idx != nullptr || p.block_table != nullptr;
+}
+bool score_mods(const FwdParams& p) { return p.softcap > 0.0 || p.alibi_slopes != nullptr; }
+}  // namespace
 bool score_mods_supported(const FwdParams& p) {
   return tc2_shape(p, kMaxTcHeadDim) && !fwd_v1_requested() && p.scale_log2 > 0.f;
 }
@@ -194,9 +202,15 @@ bool score_mods_supported(const BwdParams& p) {
   return tc2_shape(p, kMaxTcBwdHeadDim) && !bwd_v1_requested() && !p.deterministic;
 }
 
+bool needs_feature_kernels(const FwdParams& p) {
+  return layout_features(p) || (score_mods(p) && !score_mods_supported(p));
+}
+bool needs_feature_kernels(const BwdParams& p) {
+  return layout_features(p) || (score_mods(p) && !score_mods_supported(p));
+}
 bool bwd_uses_tensor_cores(const BwdParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.d == p.d_v && p.d % 8 == 0 &&
-         tile_dim(p.d, kMaxTcBwdHeadDim) != 0 && !p.deterministic;
+         tile_dim(p.d, kMaxTcBwdHeadDim) != 0 && !p.deterministic && !needs_feature_kernels(p);
 }
 
 int fwd_block_m(int d) {
@@ -208,12 +222,20 @@ int fwd_block_n(int d) {
 
 bool fwd_uses_tensor_cores(const FwdParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.d == p.d_v && p.d % 8 == 0 &&
-         tile_dim(p.d, kMaxTcHeadDim) != 0;
+         tile_dim(p.d, kMaxTcHeadDim) != 0 && !needs_feature_kernels(p);
 }
 
 int run_fwd(const FwdParams& p, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if ((p.softcap > 0.0 || p.alibi_slopes) && !score_mods_supported(p)) return int(cudaErrorInvalidValue);
+  if (needs_feature_kernels(p)) {
+    switch (p.dtype) {
+      case DType::kFloat32: return launch_fwd_simt_feat<float>(p, s);
+      case DType::kFloat64: return launch_fwd_simt_feat<double>(p, s);
+      case DType::kFloat16: return launch_fwd_simt_feat<__half>(p, s);
+      case DType::kBFloat16: return launch_fwd_simt_feat<__nv_bfloat16>(p, s);
+    }
+    return int(cudaErrorInvalidValue);
+  }
   if (fwd_uses_tensor_cores(p))
     return p.dtype == DType::kFloat16 ? run_fwd_tc_dim<__half>(p, s) : run_fwd_tc_dim<__nv_bfloat16>(p, s);
   switch (p.dtype) {
@@ -227,7 +249,15 @@ int run_fwd(const FwdParams& p, void* stream) {
 
 int run_bwd(const BwdParams& p, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if ((p.softcap > 0.0 || p.alibi_slopes) && !score_mods_supported(p)) return int(cudaErrorInvalidValue);
+  if (needs_feature_kernels(p)) {
+    switch (p.dtype) {
+      case DType::kFloat32: return launch_bwd_simt_feat<float>(p, s);
+      case DType::kFloat64: return launch_bwd_simt_feat<double>(p, s);
+      case DType::kFloat16: return launch_bwd_simt_feat<__half>(p, s);
+      case DType::kBFloat16: return launch_bwd_simt_feat<__nv_bfloat16>(p, s);
+    }
+    return int(cudaErrorInvalidValue);
+  }
   if (bwd_uses_tensor_cores(p))
     return p.dtype == DType::kFloat16 ? run_bwd_tc_dim<__half>(p, s) : run_bwd_tc_dim<__nv_bfloat16>(p, s);
   switch (p.dtype) {

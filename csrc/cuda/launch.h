@@ -25,6 +25,14 @@ bool bwd_uses_tensor_cores(const BwdParams& p);
 bool score_mods_supported(const FwdParams& p);
 bool score_mods_supported(const BwdParams& p);
 
+// True when the params use a feature that only the feature SIMT kernels (attn_simt_feat.cuh)
+// implement: attn_mask, dropout, varlen (cu_seqlens), seqused_k, cache_leftpad, cache_batch_idx,
+// block_table, or softcap / ALiBi where score_mods_supported is false. Those kernels are not yet
+// verified on a GPU: the glue runs them only with FLASHATTN_LITE_CUDA_UNVERIFIED=1. The
+// tensor-core kernels never take such params (fwd_ / bwd_uses_tensor_cores are false for them).
+bool needs_feature_kernels(const FwdParams& p);
+bool needs_feature_kernels(const BwdParams& p);
+
 // Query rows and key columns per block of the tensor-core forward for padded head dim d (for the
 // split-KV heuristic of the glue).
 int fwd_block_m(int d);

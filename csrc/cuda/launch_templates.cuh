@@ -20,4 +20,8 @@ template <typename T>
 int launch_fwd_simt(const FwdParams& p, cudaStream_t stream);
 template <typename T>
 int launch_bwd_simt(const BwdParams& p, cudaStream_t stream);
+template <typename T>
+int launch_fwd_simt_feat(const FwdParams& p, cudaStream_t stream);
+template <typename T>
+int launch_bwd_simt_feat(const BwdParams& p, cudaStream_t stream);
 }  // namespace fal::cuda

@@ -19,28 +19,31 @@ void check_launch(int err, const char* what) {
   TORCH_CHECK(err == 0, kPre, "CUDA ", what, " kernel failed: ", fal::cuda::error_string(err));
 }
 
-// Features the CUDA kernels do not implement yet (the CPU kernels do): refuse them clearly rather
-// than ignore them. softcap and ALiBi are implemented by the variant-2 tensor-core kernels
-// (cuda::score_mods_supported) but not yet verified on a GPU: they run only with the opt-in
-// FLASHATTN_LITE_CUDA_UNVERIFIED=1 (bench/gpu_check.sh sets it for their tests).
+// Features on CUDA that no GPU run has verified yet: softcap and ALiBi (the variant-2 tensor-core
+// kernels at head dims 64 / 128, cuda::score_mods_supported) and every feature of the CPU kernels
+// that the feature SIMT kernels implement (attn_mask, dropout, varlen, seqused_k / the KV cache,
+// softcap / ALiBi elsewhere: cuda::needs_feature_kernels). They run only with the opt-in
+// FLASHATTN_LITE_CUDA_UNVERIFIED=1 (bench/gpu_check.sh sets it for their tests); otherwise the call
+// is refused clearly rather than run unproven.
 bool unverified_allowed() { return fal::cuda::env_equals("FLASHATTN_LITE_CUDA_UNVERIFIED", "1"); }
 
 template <typename P>
 void check_cuda_features(const P& p) {
+  if (unverified_allowed()) return;
   const bool mods = p.alibi_slopes != nullptr || p.softcap > 0.0;
-  const bool mods_ok = mods && unverified_allowed() && fal::cuda::score_mods_supported(p);
   const char* missing = p.mask                               ? "attn_mask"
-                        : mods && !mods_ok                   ? (p.alibi_slopes ? "alibi_slopes" : "softcap > 0")
+                        : mods                               ? (p.alibi_slopes ? "alibi_slopes" : "softcap > 0")
                         : p.dropout_p > 0.f                  ? "dropout_p > 0"
                         : (p.cu_seqlens_q || p.cu_seqlens_k) ? "cu_seqlens (varlen)"
                         : p.seqused_k                        ? "seqused_k / cache_seqlens"
+                        : p.leftpad_k                        ? "cache_leftpad"
+                        : p.kv_batch_idx                     ? "cache_batch_idx"
+                        : p.block_table                      ? "block_table"
                                                              : nullptr;
   TORCH_CHECK_NOT_IMPLEMENTED(missing == nullptr, kPre, missing,
-                              " is not implemented on CUDA yet (it is on the CPU); tracked by the CUDA issue",
-                              mods && !mods_ok ? " (softcap / ALiBi: written for fp16 / bf16, d == d_v <= 128, on "
-                                                 "the tensor-core kernels, and not yet verified on a GPU: opt in "
-                                                 "with FLASHATTN_LITE_CUDA_UNVERIFIED=1)"
-                                               : "");
+                              " is not implemented on CUDA yet (it is on the CPU): its CUDA kernels are written "
+                              "but not yet verified on a GPU; opt in with FLASHATTN_LITE_CUDA_UNVERIFIED=1 "
+                              "(tracked by the CUDA issue)");
 }
 
 template <typename P>
@@ -97,10 +100,10 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(FAL_FWD_ARGS) {
   const OptArgs a = make_fwd_opt_args(FAL_FWD_FORWARD_ARGS);
   const at::Tensor qc = last_dim_contiguous(q), kc = last_dim_contiguous(k), vc = last_dim_contiguous(v);
   std::vector<at::Tensor> keep;
-  FwdParams probe = make_fwd_params(qc, kc, vc, a, keep);                        // validates the caller's tensors
-  if (q.size(3) == v.size(3)) probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);  // as the kernels will see it
+  FwdParams probe = make_fwd_params(qc, kc, vc, a, keep);                          // validates the caller's tensors
+  if (q.size(-1) == v.size(-1)) probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);  // as the kernels will see it
   check_grid_limits(probe);
-  if (!fal::cuda::fwd_uses_tensor_cores(probe) || q.size(3) != v.size(3) || qc.numel() == 0 || kc.numel() == 0)
+  if (!fal::cuda::fwd_uses_tensor_cores(probe) || q.size(-1) != v.size(-1) || qc.numel() == 0 || kc.numel() == 0)
     return fwd_impl(run_fwd_cuda, qc, kc, vc, a);
   const int64_t d = q.size(3), d8 = probe.d;
   at::Tensor qp = tensor_core_ready(qc, d8), kp = tensor_core_ready(kc, d8), vp = tensor_core_ready(vc, d8);
@@ -130,11 +133,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cuda(FAL_BWD_ARGS
   const at::Tensor qc = last_dim_contiguous(q), kc = last_dim_contiguous(k), vc = last_dim_contiguous(v);
   BwdParams probe;
   std::vector<at::Tensor> keep;
-  static_cast<FwdParams&>(probe) = make_fwd_params(qc, kc, vc, a, keep);         // validates the caller's tensors
-  if (q.size(3) == v.size(3)) probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);  // as the kernels will see it
+  static_cast<FwdParams&>(probe) = make_fwd_params(qc, kc, vc, a, keep);           // validates the caller's tensors
+  if (q.size(-1) == v.size(-1)) probe.d = probe.d_v = int((probe.d + 7) / 8 * 8);  // as the kernels will see it
   probe.deterministic = deterministic;
   check_grid_limits(probe);
-  if (!fal::cuda::bwd_uses_tensor_cores(probe) || q.size(3) != v.size(3) || qc.numel() == 0 || kc.numel() == 0)
+  if (!fal::cuda::bwd_uses_tensor_cores(probe) || q.size(-1) != v.size(-1) || qc.numel() == 0 || kc.numel() == 0)
     return bwd_impl(run_bwd_cuda, dout, dlse, qc, kc, vc, out, softmax_lse, a, deterministic, mask_grad);
   const int64_t d = q.size(3), d8 = probe.d;
   TORCH_CHECK_VALUE(out.dim() == 4 && dout.dim() == 4 && out.size(-1) == d && dout.size(-1) == d, kPre,
@@ -149,6 +152,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cuda(FAL_BWD_ARGS
     dv = dv.narrow(-1, 0, d).contiguous();
   }
   return {dq, dk, dv, dmask};
+}
+
+// flash_attn_with_kvcache on CUDA: the same glue as the CPU (kvcache_glue.cpp), the kernels of
+// run_fwd_cuda (the KV-cache fields take the feature SIMT kernels: opt-in, see check_cuda_features).
+std::tuple<at::Tensor, at::Tensor> fwd_kvcache_cuda(const at::Tensor& q, const at::Tensor& k_cache,
+                                                    const at::Tensor& v_cache, const at::Tensor& cache_seqlens,
+                                                    const OptT& cache_batch_idx, const OptT& cache_leftpad,
+                                                    const OptT& block_table, const OptT& alibi_slopes,
+                                                    double softmax_scale, bool causal, int64_t window_left,
+                                                    int64_t window_right, double softcap, int64_t num_splits) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  return fwd_kvcache_impl(run_fwd_cuda, q, k_cache, v_cache, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
+                          alibi_slopes, softmax_scale, causal, window_left, window_right, softcap, num_splits);
 }
 
 at::Tensor dropout_keep_cuda(const at::Tensor& rng_state, int64_t batch, int64_t heads, int64_t s_q, int64_t s_k,
@@ -176,4 +192,5 @@ TORCH_LIBRARY_IMPL(flashattn_lite, CUDA, m) {
   m.impl("dropout_keep", &fal::glue::dropout_keep_cuda);
   m.impl("fwd", &fal::glue::fwd_cuda);
   m.impl("bwd", &fal::glue::bwd_cuda);
+  m.impl("fwd_kvcache", &fal::glue::fwd_kvcache_cuda);
 }

@@ -66,7 +66,8 @@ inline void decode_qk_row_bf16(const uint32_t* qp, const bf16_t* const* kp, int 
     const __mmask32 mk = first32(d - x0);  // valid bf16 of this chunk
     const __m512bh qv = as_bh(_mm512_loadu_si512(qp + x0 / 2));
 #pragma GCC unroll 16
-    for (int jj = 0; jj < kN; ++jj) a[jj] = _mm512_dpbf16_ps(a[jj], as_bh(_mm512_maskz_loadu_epi16(mk, kp[jj] + x0)), qv);
+    for (int jj = 0; jj < kN; ++jj)
+      a[jj] = _mm512_dpbf16_ps(a[jj], as_bh(_mm512_maskz_loadu_epi16(mk, kp[jj] + x0)), qv);
   }
   VF acc[kN];
 #pragma GCC unroll 16

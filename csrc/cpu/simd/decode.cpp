@@ -175,10 +175,16 @@ struct DecodeHead {
         if (!done) {
           VF acc[kN];
           for (int jj = 0; jj < kN; ++jj) acc[jj] = VF::zero();
-          for (int x = 0; x < d; x += kN) {
-            const int w = std::min(kN, d - x);
+          // whole kN-wide chunks with a compile-time width (the AVX2 loads of a runtime width branch
+          // per load), then the tail
+          const int dfull = d / kN * kN;
+          for (int x = 0; x < dfull; x += kN) {
             const VF qv = VF::load(qf + x);
-            for (int jj = 0; jj < kN; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + x, w), acc[jj]);
+            for (int jj = 0; jj < kN; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + x, kN), acc[jj]);
+          }
+          if (dfull < d) {
+            const VF qv = VF::load(qf + dfull);
+            for (int jj = 0; jj < kN; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + dfull, d - dfull), acc[jj]);
           }
           hsum_each(acc).store(sc);
         }
@@ -202,7 +208,10 @@ struct DecodeHead {
           for (int x = 0; x < dv; x += kN) {
             const int w = std::min(kN, dv - x);
             VF o = VF::load(of + x);
-            for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(sc[jj]), load_f32(vp[jj] + x, w), o);
+            if (w == kN)  // compile-time width (as S = Q K^T above)
+              for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(sc[jj]), load_f32(vp[jj] + x, kN), o);
+            else
+              for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(sc[jj]), load_f32(vp[jj] + x, w), o);
             o.store(of + x);
           }
         } else {

@@ -238,7 +238,10 @@ inline void transpose_rows(const T* const* rows, int n, float* dst, int ld) {
   VF blk[kN];
   for (int x = 0; x < n; x += kN) {
     const int w = std::min(kN, n - x);
-    for (int c = 0; c < kN; ++c) blk[c] = rows[c] ? load_f32(rows[c] + x, w) : VF::zero();
+    if (w == kN)  // a compile-time width: the AVX2 loads of a runtime width branch per load
+      for (int c = 0; c < kN; ++c) blk[c] = rows[c] ? load_f32(rows[c] + x, kN) : VF::zero();
+    else
+      for (int c = 0; c < kN; ++c) blk[c] = rows[c] ? load_f32(rows[c] + x, w) : VF::zero();
     transpose_store(blk, dst + size_t(x) * ld, ld);
   }
 }

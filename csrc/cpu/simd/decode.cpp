@@ -172,22 +172,7 @@ struct DecodeHead {
             done = true;
           }
 #endif
-        if (!done) {
-          VF acc[kN];
-          for (int jj = 0; jj < kN; ++jj) acc[jj] = VF::zero();
-          // whole kN-wide chunks with a compile-time width (the AVX2 loads of a runtime width branch
-          // per load), then the tail
-          const int dfull = d / kN * kN;
-          for (int x = 0; x < dfull; x += kN) {
-            const VF qv = VF::load(qf + x);
-            for (int jj = 0; jj < kN; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + x, kN), acc[jj]);
-          }
-          if (dfull < d) {
-            const VF qv = VF::load(qf + dfull);
-            for (int jj = 0; jj < kN; ++jj) acc[jj] = fma(qv, load_f32(kp[jj] + dfull, d - dfull), acc[jj]);
-          }
-          hsum_each(acc).store(sc);
-        }
+        if (!done) decode_qk_row(qf, kp, d, sc);
         if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
           for (int jj = 0; jj < kN; ++jj) {
             const int j = jb + jj;
@@ -225,18 +210,10 @@ struct DecodeHead {
           const T* kp[kN];
           const T* vp[kN];
           block_rows(jb, nk, kp, vp);
-          uint32_t* kpk = reinterpret_cast<uint32_t*>(kb);
           uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
           const uint32_t* qp = reinterpret_cast<const uint32_t*>(qf);
           alignas(64) float sall[kDecodeMaxRows * kN];
-          if (rows <= kRowwiseQkRows) {  // K rows in place, row by row (no transposes)
-            for (int r = 0; r < rows; ++r) decode_qk_row_bf16(qp + size_t(r) * dp, kp, d, scale, sall + r * kN);
-          } else {
-            decode_pack_k_pairs(kp, nk, d, kpk);
-            for_row_blocks<8>(rows, [&](int r0, auto rn) {
-              decode_qk_rows_bf16<decltype(rn)::value>(qp + size_t(r0) * dp, dp, kpk, d, scale, sall + r0 * kN);
-            });
-          }
+          for (int r = 0; r < rows; ++r) decode_qk_row_bf16(qp + size_t(r) * dp, kp, d, scale, sall + r * kN);
           rows_softmax(jb, nk, sall);
           if (rows < kPairsPvMinRows) {  // P V in fp32 on the V rows in place (no V pair packing)
             for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
@@ -254,20 +231,23 @@ struct DecodeHead {
         }
       }
 #endif
-      // K transposed (kT = kb: dp x kN, keys past nk zero); V read in place by the P V below
+      // S = Q K^T: fp32 rows row by row on the K rows in place (decode_qk_row); bf16 / fp16 rows on K
+      // converted once per block, transposed (kT = kb: dp x kN, keys past nk zero; decode_qk_rows).
+      // V read in place by P V below.
+      const T* kp[kN];
       const T* vp[kN];
-      {
-        const T* kp[kN];
-        for (int jj = 0; jj < kN; ++jj) {
-          kp[jj] = jj < nk ? k + krows.at(jb + jj) : nullptr;
-          if (jj < nk) vp[jj] = v + vrows.at(jb + jj);
-        }
-        transpose_rows(kp, d, kb, kN);
-      }
+      block_rows(jb, nk, kp, vp);
       alignas(64) float sall[kDecodeMaxRows * kN];
-      for_row_blocks<kQkRows>(rows, [&](int r0, auto rn) {
-        decode_qk_rows<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kb, d, sall + r0 * kN);
-      });
+      if constexpr (std::is_same_v<T, float>) {
+        for (int r = 0; r < rows; ++r) decode_qk_row(qf + size_t(r) * dp, kp, d, sall + r * kN);
+      } else {
+        const T* kz[kN];  // rows past nk as zeros
+        for (int jj = 0; jj < kN; ++jj) kz[jj] = jj < nk ? kp[jj] : nullptr;
+        transpose_rows(kz, d, kb, kN);
+        for_row_blocks<kQkRows>(rows, [&](int r0, auto rn) {
+          decode_qk_rows<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kb, d, sall + r0 * kN);
+        });
+      }
       rows_softmax(jb, nk, sall);
       for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
         decode_pv_rows<decltype(rn)::value>(sall + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);

@@ -1,17 +1,15 @@
-// decode_bf16.h -- the multi-row decode products for bf16 K/V on AVX512_BF16 (vdpbf16ps), used by
-// decode.cpp when 2..kDecodeMaxRows query rows (GQA heads packed as rows, speculative decoding)
-// share each block of kN keys. AVX-512 objects only.
+// decode_bf16.h -- the decode products for bf16 K/V on AVX512_BF16 (vdpbf16ps), used by decode.cpp
+// for every query row (S = Q K^T) and, from kPairsPvMinRows rows (GQA heads packed as rows,
+// speculative decoding), for O += P V. AVX-512 objects only.
 // With several rows the decode is no longer bound by memory alone: R rows cost 4 R d FLOPs per key
-// against 4 d bytes of bf16 K and V. The fp32 kernels (decode_qk_rows / decode_pv_rows) convert K
+// against 4 d bytes of bf16 K and V. The fp32 kernels (decode_qk_row / decode_pv_rows) convert K
 // and V to fp32 and run one FMA per product; these take bf16 pairs, one vdpbf16ps per two products,
 // as the bf16 forward does (micro_bf16.h):
-//   S = Q K^T:  up to kRowwiseQkRows rows: each row's pairs against the K rows in place (one
-//               reduction per key); more rows: K packed as pairs over d, transposed (kpk[x2][key]),
-//               the q pair broadcast; the scale applied to the fp32 sums (q stays exact in bf16);
+//   S = Q K^T:  each row's pairs against the K rows in place, one reduction per key
+//               (decode_qk_row_bf16); the scale applied to the fp32 sums (q stays exact in bf16);
 //   O += P V:   from kPairsPvMinRows rows: V packed as pairs over keys (vpk[j2][x]), P rounded to
 //               bf16 and broadcast as pairs (the row sums keep the unrounded fp32 P, as in the
 //               forward); fewer rows: the fp32 P V of decode_rows.h.
-// decode.cpp's single-row path uses decode_qk_row_bf16 too.
 #pragma once
 #include "cpu/simd/micro_bf16.h"
 
@@ -22,14 +20,6 @@
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
-// Pairs of a block: kpk[x2][jj] = (k_jj[2 x2], k_jj[2 x2 + 1]) for x2 < ceil(d / 32) * 16, keys
-// jj < kN (zero past nk and past d).
-inline void decode_pack_k_pairs(const bf16_t* const* kp, int nk, int d, uint32_t* kpk) {
-  const bf16_t* rows[kN];
-  for (int jj = 0; jj < kN; ++jj) rows[jj] = jj < nk ? kp[jj] : nullptr;
-  transpose_pairs(rows, d, kpk, kN);
-}
-
 // Pairs over keys: vpk[j2][x] = (v_{2 j2}[x], v_{2 j2 + 1}[x]) for j2 < ceil(nk / 2), x < dvp.
 inline void decode_pack_v_pairs(const bf16_t* const* vp, int nk, int dv, int dvp, uint32_t* vpk) {
   for (int j2 = 0; 2 * j2 < nk; ++j2)
@@ -39,12 +29,6 @@ inline void decode_pack_v_pairs(const bf16_t* const* vp, int nk, int dv, int dvp
 // q row -> pairs (q[2 x2], q[2 x2 + 1]), zero past d.
 inline void decode_q_pairs(const bf16_t* q, int d, uint32_t* qp) { copy_pairs(q, d, qp); }
 
-// Up to this many rows, S = Q K^T runs row by row on the K rows in place (decode_qk_row_bf16); more
-// rows amortise the transposed K pairs (decode_pack_k_pairs + decode_qk_rows_bf16). Instructions
-// per 16 keys at d = 128: R (64 + 45) row by row against 384 + 64 R packed. A/B of the binaries
-// (Zen 5, 1 thread, 32768 keys, H8): 2 rows 8.4 -> 6.8 ms, 4 rows unchanged (8.6 -> 8.4).
-constexpr int kRowwiseQkRows = 4;
-
 // From this many rows, O += P V runs on bf16 pairs (decode_pack_v_pairs + decode_pv_rows_bf16); fewer
 // rows run the fp32 P V on the V rows in place (decode_pv_rows: a shift per 16 values converts), where
 // packing V cost more than it saved. A/B in one process (Zen 5, 1 thread, H8, 32768 keys, D128):
@@ -53,8 +37,11 @@ constexpr int kPairsPvMinRows = 4;
 
 // One query row: sc[jj] = c * q . k_jj for the block's kN keys, K rows read in place as pairs over
 // d (no packing): one vdpbf16ps per 32 products against a bf16 -> fp32 shift and an FMA per 16 (the
-// fp32 path). kp: kN valid row pointers (the caller repeats a row past the block's end and masks
-// those scores), so the kN accumulators stay in registers -- a loop to a runtime key count kept
+// fp32 path). Every row runs it, however many: against K packed as transposed pairs once per block
+// with the q pair broadcast (the earlier path from 5 rows) it issues the same vdpbf16ps without the
+// transposes -- A/B of the binaries (Zen 5, 2 threads, H8 x 32768 D128, 2026-12-01): 6 / 8 / 12 / 16
+// rows 1.15-1.3 / 1.07-1.22 / 1.05-1.2 / 1.0-1.15x. kp: kN valid row pointers (the caller repeats a row past the
+// block's end and masks those scores), so the kN accumulators stay in registers -- a loop to a runtime key count kept
 // them in memory (4 GQA rows, 1 thread: 32 -> 19 ns per key). qp: the row's pairs, zero up to a
 // multiple of kN pairs.
 inline void decode_qk_row_bf16(const uint32_t* qp, const bf16_t* const* kp, int d, float c, float* sc) {
@@ -73,37 +60,6 @@ inline void decode_qk_row_bf16(const uint32_t* qp, const bf16_t* const* kp, int 
 #pragma GCC unroll 16
   for (int jj = 0; jj < kN; ++jj) acc[jj].v = a[jj];
   (hsum_each(acc) * VF::set1(c)).store(sc);
-}
-
-// sc[r][0..kN) = c * q_r . k_j for the block's keys; qp rows ldq pairs apart. The d / 2 pairs are
-// split over A partial sums per row (A R = 16 chains in flight): with 2, a 2-row block waited on
-// the vdpbf16ps latency (64 dependent steps per block at d = 128).
-template <int R>
-inline void decode_qk_rows_bf16(const uint32_t* qp, int ldq, const uint32_t* kpk, int d, float c, float* sc) {
-  constexpr int A = R >= 8 ? 2 : R >= 4 ? 4 : 8;
-  const int d2 = (d + 1) / 2;
-  __m512 acc[R][A];
-  for (int r = 0; r < R; ++r)
-    for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_ps();
-  int x = 0;
-  for (; x + A <= d2; x += A) {
-    __m512bh kv[A];
-    for (int a = 0; a < A; ++a) kv[a] = as_bh(_mm512_loadu_si512(kpk + size_t(x + a) * kN));
-    for (int r = 0; r < R; ++r)
-      for (int a = 0; a < A; ++a)
-        acc[r][a] = _mm512_dpbf16_ps(acc[r][a], kv[a], as_bh(_mm512_set1_epi32(int(qp[r * ldq + x + a]))));
-  }
-  for (; x < d2; ++x) {
-    const __m512bh k0 = as_bh(_mm512_loadu_si512(kpk + size_t(x) * kN));
-    for (int r = 0; r < R; ++r)
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], k0, as_bh(_mm512_set1_epi32(int(qp[r * ldq + x]))));
-  }
-  const __m512 cv = _mm512_set1_ps(c);
-  for (int r = 0; r < R; ++r) {
-    __m512 s = acc[r][0];
-    for (int a = 1; a < A; ++a) s = _mm512_add_ps(s, acc[r][a]);
-    _mm512_storeu_ps(sc + r * kN, _mm512_mul_ps(s, cv));
-  }
 }
 
 // P rows (kN fp32 each, kN apart) -> kN / 2 bf16 pairs per row, kN / 2 apart.

@@ -7,6 +7,39 @@
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
+// S = Q K^T of one query row against a block of kN keys, row-wise: for each key, the row's d
+// products as d / kN FMAs on the K row in place (converted to fp32 on the fly for bf16 / fp16), the
+// kN keys' partial sums reduced together (hsum_each). The single-row decode runs it for every dtype;
+// several fp32 rows too (the same FMAs as decode_qk_rows below without its K transposes: A/B of the
+// binaries, Zen 5, 2 threads, H8 x 32768 D128, 4-16 rows, 2026-12-01: AVX-512 1.05-1.18x, AVX2
+// 1.1-1.2x). Several bf16 / fp16 rows keep decode_qk_rows: converting K once per block for all rows
+// (transposed, or staged row-major for this kernel) measured equal or better than converting it on
+// the fly per row here.
+// q: the row (fp32, scaled, zero past d); kp: kN valid row pointers (the caller repeats a row past
+// the block's end and masks those scores).
+template <typename T>
+inline void decode_qk_row(const float* q, const T* const* kp, int d, float* sc) {
+  VF a[kN];  // in registers: copied out for the reduction (an array whose address the reduction
+             // takes would be kept in memory, a store per product)
+#pragma GCC unroll 16
+  for (int jj = 0; jj < kN; ++jj) a[jj] = VF::zero();
+  const int dfull = d / kN * kN;
+  for (int x = 0; x < dfull; x += kN) {  // a compile-time width: the AVX2 loads of a runtime width branch
+    const VF qv = VF::load(q + x);
+#pragma GCC unroll 16
+    for (int jj = 0; jj < kN; ++jj) a[jj] = fma(qv, load_f32(kp[jj] + x, kN), a[jj]);
+  }
+  if (dfull < d) {
+    const VF qv = VF::load(q + dfull);
+#pragma GCC unroll 16
+    for (int jj = 0; jj < kN; ++jj) a[jj] = fma(qv, load_f32(kp[jj] + dfull, d - dfull), a[jj]);
+  }
+  VF acc[kN];
+#pragma GCC unroll 16
+  for (int jj = 0; jj < kN; ++jj) acc[jj] = a[jj];
+  hsum_each(acc).store(sc);
+}
+
 // Several query rows (GQA heads packed as rows, speculative decoding) share each block of kN
 // keys: K is staged transposed (dp x kN, one vector = kN keys of one dim), so a row's kN scores
 // are one vector built by d broadcast-FMAs -- no horizontal sums -- and R rows share each K load;

@@ -53,7 +53,7 @@ def _run(fn, tensors, dev, dtype, grad):
     if not grad:
         return [out]
     out.backward(ts[-1])
-    return [out] + [t.grad for t in ts if isinstance(t, torch.Tensor) and t.requires_grad]
+    return [out] + [t.grad for t in ts[:-1] if isinstance(t, torch.Tensor) and t.requires_grad]
 
 
 def _vs_cpu(fn, tensors, dtype, grad=False, names=None):

@@ -244,15 +244,19 @@ __global__ void __launch_bounds__(kSimtThreads) attn_bwd_dkdv_simt_kernel(const 
   for (int x = tid; x < p.d_v; x += kSimtThreads) dv[x] = from_acc<T>(dvs[x]);
 }
 
+// Lets `kernel` use `smem` bytes of dynamic shared memory (the opt-in past 48 KB).
+template <typename K>
+cudaError_t allow_smem(K kernel, size_t smem) {
+  return smem > 48 * 1024 ? cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))
+                          : cudaSuccess;
+}
+
 template <typename T>
 int launch_fwd_simt(const FwdParams& p, cudaStream_t stream) {
   using Acc = typename SimtAcc<T>::type;
   const size_t smem = (size_t(p.d) + p.d_v + kSimtThreads + 32) * sizeof(Acc);
   auto kernel = attn_fwd_simt_kernel<T>;
-  if (smem > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) return int(e);
-  }
+  if (const cudaError_t e = allow_smem(kernel, smem); e != cudaSuccess) return int(e);
   kernel<<<dim3(p.s_q, p.h, p.b), kSimtThreads, smem, stream>>>(p);
   return int(cudaGetLastError());
 }
@@ -265,12 +269,7 @@ int launch_bwd_simt(const BwdParams& p, cudaStream_t stream) {
   auto k1 = attn_bwd_dq_simt_kernel<T>;
   auto k2 = attn_bwd_dkdv_simt_kernel<T>;
   cudaError_t e = cudaSuccess;
-  if (smem1 > 48 * 1024 &&
-      (e = cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1))) != cudaSuccess)
-    return int(e);
-  if (smem2 > 48 * 1024 &&
-      (e = cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2))) != cudaSuccess)
-    return int(e);
+  if ((e = allow_smem(k1, smem1)) != cudaSuccess || (e = allow_smem(k2, smem2)) != cudaSuccess) return int(e);
   k1<<<dim3(p.s_q, p.h, p.b), kSimtThreads, smem1, stream>>>(p);
   if ((e = cudaGetLastError()) != cudaSuccess) return int(e);
   k2<<<dim3(p.s_k, p.h_kv, p.b), kSimtThreads, smem2, stream>>>(p);

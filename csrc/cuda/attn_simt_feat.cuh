@@ -253,10 +253,7 @@ int launch_fwd_simt_feat(const FwdParams& p, cudaStream_t stream) {
   using Acc = typename SimtAcc<T>::type;
   const size_t smem = fwd_feat_smem<Acc>(p);
   auto kernel = attn_fwd_feat_kernel<T>;
-  if (smem > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) return int(e);
-  }
+  if (const cudaError_t e = allow_smem(kernel, smem); e != cudaSuccess) return int(e);
   kernel<<<dim3(p.s_q, p.h, p.b), kSimtThreads, smem, stream>>>(p);
   return int(cudaGetLastError());
 }
@@ -269,12 +266,7 @@ int launch_bwd_simt_feat(const BwdParams& p, cudaStream_t stream) {
   auto k1 = attn_bwd_dq_feat_kernel<T>;
   auto k2 = attn_bwd_dkdv_feat_kernel<T>;
   cudaError_t e = cudaSuccess;
-  if (smem1 > 48 * 1024 &&
-      (e = cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1))) != cudaSuccess)
-    return int(e);
-  if (smem2 > 48 * 1024 &&
-      (e = cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2))) != cudaSuccess)
-    return int(e);
+  if ((e = allow_smem(k1, smem1)) != cudaSuccess || (e = allow_smem(k2, smem2)) != cudaSuccess) return int(e);
   k1<<<dim3(p.s_q, p.h, p.b), kSimtThreads, smem1, stream>>>(p);
   if ((e = cudaGetLastError()) != cudaSuccess) return int(e);
   k2<<<dim3(p.s_k, p.h_kv, p.b), kSimtThreads, smem2, stream>>>(p);

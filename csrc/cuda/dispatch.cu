@@ -225,48 +225,40 @@ bool fwd_uses_tensor_cores(const FwdParams& p) {
          tile_dim(p.d, kMaxTcHeadDim) != 0 && !needs_feature_kernels(p);
 }
 
-int run_fwd(const FwdParams& p, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (needs_feature_kernels(p)) {
-    switch (p.dtype) {
-      case DType::kFloat32: return launch_fwd_simt_feat<float>(p, s);
-      case DType::kFloat64: return launch_fwd_simt_feat<double>(p, s);
-      case DType::kFloat16: return launch_fwd_simt_feat<__half>(p, s);
-      case DType::kBFloat16: return launch_fwd_simt_feat<__nv_bfloat16>(p, s);
-    }
-    return int(cudaErrorInvalidValue);
-  }
-  if (fwd_uses_tensor_cores(p))
-    return p.dtype == DType::kFloat16 ? run_fwd_tc_dim<__half>(p, s) : run_fwd_tc_dim<__nv_bfloat16>(p, s);
-  switch (p.dtype) {
-    case DType::kFloat32: return launch_fwd_simt<float>(p, s);
-    case DType::kFloat64: return launch_fwd_simt<double>(p, s);
-    case DType::kFloat16: return launch_fwd_simt<__half>(p, s);
-    case DType::kBFloat16: return launch_fwd_simt<__nv_bfloat16>(p, s);
+namespace {
+// f(T{}) for the CUDA element type of dtype (the SIMT kernels take every dtype).
+template <typename F>
+int by_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: return f(float{});
+    case DType::kFloat64: return f(double{});
+    case DType::kFloat16: return f(__half{});
+    case DType::kBFloat16: return f(__nv_bfloat16{});
   }
   return int(cudaErrorInvalidValue);
+}
+}  // namespace
+
+int run_fwd(const FwdParams& p, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const bool feat = needs_feature_kernels(p);
+  if (!feat && fwd_uses_tensor_cores(p))
+    return p.dtype == DType::kFloat16 ? run_fwd_tc_dim<__half>(p, s) : run_fwd_tc_dim<__nv_bfloat16>(p, s);
+  return by_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return feat ? launch_fwd_simt_feat<T>(p, s) : launch_fwd_simt<T>(p, s);
+  });
 }
 
 int run_bwd(const BwdParams& p, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (needs_feature_kernels(p)) {
-    switch (p.dtype) {
-      case DType::kFloat32: return launch_bwd_simt_feat<float>(p, s);
-      case DType::kFloat64: return launch_bwd_simt_feat<double>(p, s);
-      case DType::kFloat16: return launch_bwd_simt_feat<__half>(p, s);
-      case DType::kBFloat16: return launch_bwd_simt_feat<__nv_bfloat16>(p, s);
-    }
-    return int(cudaErrorInvalidValue);
-  }
-  if (bwd_uses_tensor_cores(p))
+  const bool feat = needs_feature_kernels(p);
+  if (!feat && bwd_uses_tensor_cores(p))
     return p.dtype == DType::kFloat16 ? run_bwd_tc_dim<__half>(p, s) : run_bwd_tc_dim<__nv_bfloat16>(p, s);
-  switch (p.dtype) {
-    case DType::kFloat32: return launch_bwd_simt<float>(p, s);
-    case DType::kFloat64: return launch_bwd_simt<double>(p, s);
-    case DType::kFloat16: return launch_bwd_simt<__half>(p, s);
-    case DType::kBFloat16: return launch_bwd_simt<__nv_bfloat16>(p, s);
-  }
-  return int(cudaErrorInvalidValue);
+  return by_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return feat ? launch_bwd_simt_feat<T>(p, s) : launch_bwd_simt<T>(p, s);
+  });
 }
 
 const char* error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }

@@ -284,7 +284,7 @@ def main() -> int:
         f"{torch.__version__} capability {torch.backends.cpu.get_cpu_capability()}; threads {args.threads}; "
         f"peaks on {peak.get('isa', 'n/a')}: fp32 FMA {fp32_peak or 'n/a'} GFLOP/s, bf16 dot "
         f"{peak.get('bf16_dot_gflops') or 'none (fp32 peak used)'} GFLOP/s, read {peak.get('read_gbs', 'n/a')} GB/s "
-        f"(bench/peak_fma.cpp)"
+        f"(bench/peak_fma.cpp); decode prefetch {fal._C._decode_prefetch()}"
     )
     lines = [
         f"Machine: {machine}",

@@ -69,3 +69,49 @@ def test_isas_agree(dtype):
             assert_rule(flashattn_lite.flash_attn_func(q, k, v, causal=True), ref, same, what=isa)
     finally:
         flashattn_lite._C._set_cpu_isa(before)
+
+
+_PREFETCH_CODE = """
+import sys, torch, flashattn_lite as f
+torch.manual_seed(0)
+out = {"describe": f._C._decode_prefetch()}
+for dt in (torch.float32, torch.bfloat16, torch.float16):
+    q = torch.randn(2, 1, 8, 72, dtype=dt)
+    k_tok = torch.randn(2, 333, 2, 72, dtype=dt)  # token-major GQA 8/2 (packed rows)
+    k_head = torch.randn(2, 2, 333, 72, dtype=dt).transpose(1, 2)  # head-contiguous
+    for name, k in (("tok", k_tok), ("head", k_head)):
+        out[f"{dt}-{name}"] = f.flash_attn_func(q, k, k * 0.5)
+torch.save(out, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_decode_prefetch_hint_never_changes_results(tmp_path):
+    # FLASHATTN_LITE_DECODE_PREFETCH picks the decode kernels' software-prefetch hint (README,
+    # "Environment variables"): a speed knob, so every value must give bit-identical outputs.
+    results = {}
+    for hint in ("t0", "t1", "nta", "none", ""):
+        path = tmp_path / f"{hint or 'auto'}.pt"
+        env = dict(os.environ, FLASHATTN_LITE_DECODE_PREFETCH=hint)
+        r = subprocess.run(
+            [sys.executable, "-c", _PREFETCH_CODE, str(path)], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 0, r.stderr
+        results[hint] = torch.load(path)
+        assert results[hint]["describe"].startswith(hint or "")
+    for hint, res in results.items():
+        for key, o in res.items():
+            if key != "describe":
+                assert torch.equal(o, results["t0"][key]), (hint, key)
+
+
+@pytest.mark.slow
+def test_decode_prefetch_unknown_is_a_clear_error():
+    code = (
+        "import torch, flashattn_lite as f\nq = torch.randn(1, 1, 2, 16)\n"
+        "try:\n f.flash_attn_func(q, q, q)\nexcept ValueError as e:\n print('ERR', e)"
+    )
+    env = dict(os.environ, FLASHATTN_LITE_DECODE_PREFETCH="L1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ERR") and "FLASHATTN_LITE_DECODE_PREFETCH must be one of t0, t1, nta, none" in r.stdout

@@ -1,6 +1,8 @@
 // isa.cpp -- CPUID / XCR0 detection and the per-ISA kernel tables.
 #include "cpu/isa.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -64,6 +66,31 @@ std::atomic<int> g_active{-1};
 
 Isa best_available() { return available_isas().back(); }
 
+DecodePrefetch resolve_decode_prefetch() {
+  DecodePrefetch d;
+  const char* env = std::getenv("FLASHATTN_LITE_DECODE_PREFETCH");
+  if (env && *env) {
+    const char* names[] = {"t0", "t1", "nta", "none"};
+    for (int i = 0; i < 4; ++i)
+      if (std::strcmp(env, names[i]) == 0) {
+        d.head = d.chunk16 = d.chunk32 = PrefetchHint(i);
+        d.describe = std::string(names[i]) + " (FLASHATTN_LITE_DECODE_PREFETCH)";
+        return d;
+      }
+    d.valid = false;
+    d.describe = "invalid";
+    return d;
+  }
+  const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);  // 0 or -1 when unknown: the small-L1 choice
+  if (l1 >= 48 * 1024) {
+    d.describe = "nta/t0/t1 (L1d " + std::to_string(l1 / 1024) + " KB)";
+  } else {
+    d.head = d.chunk16 = d.chunk32 = PrefetchHint::kT1;
+    d.describe = "t1 (L1d " + (l1 > 0 ? std::to_string(l1 / 1024) + " KB" : std::string("unknown")) + ")";
+  }
+  return d;
+}
+
 Isa initial_isa() {
   const char* env = std::getenv("FLASHATTN_LITE_CPU_ISA");
   if (env && *env) {
@@ -75,6 +102,11 @@ Isa initial_isa() {
 }
 
 }  // namespace
+
+const DecodePrefetch& decode_prefetch() {
+  static const DecodePrefetch d = resolve_decode_prefetch();
+  return d;
+}
 
 const char* isa_name(Isa isa) {
   switch (isa) {

@@ -24,6 +24,22 @@ Isa active_isa();
 // Returns an error message ("" on success).
 std::string set_active_isa(const std::string& name);
 
+// Software prefetch of the decode kernels' K / V streams (decode.cpp), a per-machine choice:
+// FLASHATTN_LITE_DECODE_PREFETCH=t0|t1|nta|none sets one hint for every stream (measurement); unset,
+// the L1 data cache decides. 48 KB or more (Zen 5): the hints measured best there -- NTA one block
+// ahead per head stream; per chunk of a token-major cache T0 (bf16 / fp16) or T1 (fp32). Smaller
+// (Zen 4, Zen 3: 32 KB): T1 everywhere -- T0 / NTA lines fill the small L1 ahead of their use
+// (bench/results/cpu-2026-12-01-zen4.md). Resolved once per process.
+enum class PrefetchHint : int { kT0 = 0, kT1 = 1, kNta = 2, kNone = 3 };
+struct DecodePrefetch {
+  PrefetchHint head = PrefetchHint::kNta;    // head-contiguous streams, one block ahead
+  PrefetchHint chunk16 = PrefetchHint::kT0;  // token-major chunks, 16-bit K / V
+  PrefetchHint chunk32 = PrefetchHint::kT1;  // token-major chunks, fp32 K / V
+  bool valid = true;                         // false: the variable held another value
+  std::string describe;                      // e.g. "t1 (L1d 32 KB)", for benchmark machine lines
+};
+const DecodePrefetch& decode_prefetch();
+
 // One ISA's kernels.
 // A forward call: fwd_plan(p, threads), allocate split-KV scratch when p.num_splits > 1, run
 // fwd_run over [0, fwd_num_work_items(p)), then fwd_combine_run when split, then

@@ -19,9 +19,14 @@ void pack_gqa_decode(FwdParams& p) {
       p.window_left >= 0 || p.lse_head_stride != 1)
     return;
   if (!p.bottom_right && (p.causal || p.window_right >= 0)) return;
-  // K/V heads interleaved in a row: the decode kernel groups the query heads instead (each K/V row
-  // read from memory once, by the first head of its group; measured faster than packed rows)
-  if (p.k_head_stride < p.k_row_stride && p.v_head_stride < p.v_row_stride) return;
+  // K/V heads interleaved in a row (token-major): the decode kernel walks a group of heads over
+  // each K/V chunk either way (decode_group_heads); packed, each kv head's g rows share one pass
+  // over its K / V. B1 32768 keys D128, 2 threads, packed against one row per query head, in one
+  // process (Zen 4, T1 prefetch, 2026-12-01): 32/8 bf16 1.32x, fp32 1.34x, fp16 1.2x; 32/4
+  // 1.3-1.75x; g = 2: bf16 1.1x, fp32 1.04x, but fp16 0.76x (its rows stage K transposed,
+  // decode_rows.h: not worth it for 2 rows), so fp16 with g < 4 stays unpacked
+  if (p.k_head_stride < p.k_row_stride && p.v_head_stride < p.v_row_stride && p.dtype == DType::kFloat16 && g < 4)
+    return;
   p.causal = false;
   p.window_right = -1;
   p.s_q = g;

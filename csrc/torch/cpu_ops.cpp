@@ -25,6 +25,8 @@ const cpu::KernelTable& active_kernels() {
                       "available:",
                       avail);
   }
+  TORCH_CHECK_VALUE(cpu::decode_prefetch().valid,
+                    "flashattn_lite: FLASHATTN_LITE_DECODE_PREFETCH must be one of t0, t1, nta, none (or unset)");
   return cpu::kernels(isa);
 }
 

@@ -47,7 +47,7 @@ inline void p_ds_rows_mod(float* Pr, float* dSr, float mul, int row0, int nrows,
       for (; c0 + kN <= hi; c0 += kN) {
         VF g;
         const VF sv = mod_vec(mod, VF::load(pr + c0) * mb, i, j0 + c0, &g);
-        const VF pv = exp2((sv - lb) * l2e);
+        const VF pv = exp2<5>((sv - lb) * l2e);
         const VF zv = VF::load(z + c0);
         const VF ds = pv * (VF::load(dsr + c0) * zv - Db);
         if (dmrow) ds.store(dmrow + c0);
@@ -85,7 +85,7 @@ inline void p_ds_rows(float* Pr, float* dSr, float mul, int row0, int nrows, int
     const int lo = std::max(0, rk.lo - j0), hi = std::min(cols, rk.hi - j0);
     const VF mb = VF::set1(mul), lb = VF::set1(lse[r]), Db = VF::set1(D[r]), l2e = VF::set1(kLog2e);
     for (int cc = 0; cc < kBN; cc += kN) {
-      const VF pv = exp2(fma(VF::load(pr + cc), mb, VF::zero() - lb) * l2e);  // exp(scale q.k - lse)
+      const VF pv = exp2<5>(fma(VF::load(pr + cc), mb, VF::zero() - lb) * l2e);  // exp(scale q.k - lse)
       pv.store(pr + cc);
       (pv * (VF::load(dsr + cc) - Db)).store(dsr + cc);
     }

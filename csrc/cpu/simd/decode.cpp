@@ -3,6 +3,7 @@
 // optionally split over work items (split-KV, merged by fwd_combine_run). Compiled once per ISA.
 // Memory-bound: the measure is GB/s of K + V against the machine's read bandwidth
 // (bench/cpu_bench.py).
+#include "cpu/isa.h"
 #include "cpu/simd/common.h"
 #include "cpu/simd/softmax_row.h"
 #include "cpu/simd/decode_rows.h"
@@ -13,6 +14,19 @@
 
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
+
+// The n bytes from a into the cache level of the hint, a line at a time. Inline asm, not
+// _mm_prefetch: GCC 12 at -O3 deleted these loops of _mm_prefetch whole (a loop with no side effect;
+// no prefetch instruction in decode.cpp's object) once the hint became a runtime choice.
+inline void prefetch_row(const char* a, int64_t n, PrefetchHint hint) {
+  if (hint == PrefetchHint::kT1) {
+    for (int64_t off = 0; off < n; off += 64) asm volatile("prefetcht1 %0" : : "m"(a[off]));
+  } else if (hint == PrefetchHint::kT0) {
+    for (int64_t off = 0; off < n; off += 64) asm volatile("prefetcht0 %0" : : "m"(a[off]));
+  } else if (hint == PrefetchHint::kNta) {
+    for (int64_t off = 0; off < n; off += 64) asm volatile("prefetchnta %0" : : "m"(a[off]));
+  }
+}
 
 // One work item = (batch, head, split of the keys). Keys go in blocks of kN: the block's K and V
 // rows are converted to fp32 once (L1), the kN scores of a row are kN independent FMA chains,
@@ -143,20 +157,20 @@ struct DecodeHead {
 
   void run(int j_begin, int j_end) {
     const float neg_inf = -std::numeric_limits<float>::infinity();
+    const PrefetchHint hint = decode_prefetch().head;
     alignas(64) float sc[kN];
     const int krow_bytes = d * int(sizeof(T)), vrow_bytes = dv * int(sizeof(T));
     for (int jb = j_begin; jb < j_end; jb += kN) {
       const int nk = std::min(kN, j_end - jb);
-      // software prefetch of the next block, non-temporal: the two streams (K, V) read a block at
-      // a time defeat the hardware prefetcher (without: 15 GB/s fp16 where a plain read gets 45).
-      // One block ahead with NTA against four with T0, interleaved in one process (Zen 5, H32
-      // 1x32768 D128 head-major, 2 threads, 2026-12-01): fp16 36 -> 46-50 GB/s, bf16 35 -> 47-49,
-      // fp32 37 -> 41 (read probe 45); GQA 32/8 bf16 28.5 -> 33-34; AVX2 path fp16 37 -> 43
+      // software prefetch of the next block, one block ahead (the hint: decode_prefetch, isa.h):
+      // the two streams (K, V) read a block at a time defeat the hardware prefetcher (without:
+      // 15 GB/s fp16 where a plain read gets 45 on a Zen 5). There NTA one block ahead beat T0 four
+      // ahead (H32 1x32768 D128 head-major, 2 threads, 2026-12-01): fp16 36 -> 46-50 GB/s, bf16 35
+      // -> 47-49, fp32 37 -> 41 (read probe 45); on a Zen 4 (32 KB L1) T1 beat NTA by 1.1-1.8x and
+      // no prefetch by up to 1.4x (bench/results/cpu-2026-12-01-zen4.md).
       for (int jj = 0; prefetch && jj < kN && jb + kN + jj < j_end; ++jj) {
-        const char* kn = reinterpret_cast<const char*>(k + krows.at(jb + kN + jj));
-        const char* vn = reinterpret_cast<const char*>(v + vrows.at(jb + kN + jj));
-        for (int off = 0; off < krow_bytes; off += 64) _mm_prefetch(kn + off, _MM_HINT_NTA);
-        for (int off = 0; off < vrow_bytes; off += 64) _mm_prefetch(vn + off, _MM_HINT_NTA);
+        prefetch_row(reinterpret_cast<const char*>(k + krows.at(jb + kN + jj)), krow_bytes, hint);
+        prefetch_row(reinterpret_cast<const char*>(v + vrows.at(jb + kN + jj)), vrow_bytes, hint);
       }
       if (rows == 1) {  // single query row: read K and V rows in place, no staging copies
         const KeyRange& rk = rr[0];
@@ -285,18 +299,6 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
   h.finish(split);
 }
 
-// Prefetch of the next decode chunk: into L2 only for fp32 (its 16-key chunk of H32 D128 is 512 KB,
-// which L1 cannot hold: 37 -> 40 GB/s), into L1 for bf16 (half the bytes per key, and the
-// conversion makes the compute heavier: 30 -> 36 GB/s). Measured interleaved in one process,
-// 12 alternating calls per hint, B1 H32 1 x 32768 D128, 2 threads.
-template <typename T>
-inline void prefetch_chunk(const char* a) {
-  if constexpr (sizeof(T) == 4)
-    _mm_prefetch(a, _MM_HINT_T1);
-  else
-    _mm_prefetch(a, _MM_HINT_T0);
-}
-
 // Decode over K/V whose heads are interleaved in a row ((batch, seqlen, heads, dim), the flash-attn
 // and KV-cache layout): one work item = (batch, split of the keys) for *every* head, walking the
 // keys in chunks that fit in L2 and, per chunk, every head over it. Each K/V row is then read
@@ -316,7 +318,10 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
     h.init(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
   }
   // chunks of ~64 KB of K + V (L2-resident while the group's heads pass over them); the next
-  // chunk is prefetched a slice per head, interleaved with the compute
+  // chunk is prefetched a slice per head, interleaved with the compute. The hint (isa.h): on a
+  // Zen 5 T1 for fp32 (its chunk cannot stay in L1: 37 -> 40 GB/s) and T0 for bf16 (30 -> 36), in
+  // one process, B1 H32 1 x 32768 D128, 2 threads; T1 on a 32 KB L1
+  const PrefetchHint hint = sizeof(T) == 4 ? decode_prefetch().chunk32 : decode_prefetch().chunk16;
   const int g = p.h / p.h_kv, hk0 = h0 / g, hk1 = (h1 - 1) / g + 1;
   const int64_t span_k = (int64_t(hk1 - hk0 - 1) * p.k_head_stride + p.d) * int64_t(sizeof(T));
   const int64_t span_v = (int64_t(hk1 - hk0 - 1) * p.v_head_stride + p.d_v) * int64_t(sizeof(T));
@@ -329,10 +334,8 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
     for (int hi = h0; hi < h1; ++hi) {
       const int s0 = int(int64_t(next_n) * (hi - h0) / nh), s1 = int(int64_t(next_n) * (hi - h0 + 1) / nh);
       for (int j = jn + s0; j < jn + s1; ++j) {
-        const char* kr_ = reinterpret_cast<const char*>(k0 + first.krows.at(j));
-        const char* vr_ = reinterpret_cast<const char*>(v0 + first.vrows.at(j));
-        for (int64_t off = 0; off < span_k; off += 64) prefetch_chunk<T>(kr_ + off);
-        for (int64_t off = 0; off < span_v; off += 64) prefetch_chunk<T>(vr_ + off);
+        prefetch_row(reinterpret_cast<const char*>(k0 + first.krows.at(j)), span_k, hint);
+        prefetch_row(reinterpret_cast<const char*>(v0 + first.vrows.at(j)), span_v, hint);
       }
       DecodeHead<T> h;
       h.attach(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);

@@ -19,7 +19,7 @@ struct VecLane {
   friend VecLane vmax(VecLane a, VecLane b) { return {FAL_CPU_NS::vmax(a.v, b.v)}; }
   friend VecLane operator+(VecLane a, VecLane b) { return {a.v + b.v}; }
   friend VecLane operator*(VecLane a, VecLane b) { return {a.v * b.v}; }
-  static VecLane exp_diff(VecLane s, VecLane m) { return {exp2((s.v - m.v) * VF::set1(kLog2e))}; }
+  static VecLane exp_diff(VecLane s, VecLane m) { return {exp2<5>((s.v - m.v) * VF::set1(kLog2e))}; }
   static float exp_diff(float a, float b) { return std::exp2((a - b) * kLog2e); }
 };
 

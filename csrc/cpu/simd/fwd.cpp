@@ -108,7 +108,9 @@ struct PanelsBf16 {
 
 // The next key tile's K and V rows [jn, min(jn + kBN, j_end)) into L1, a slice per row group of the
 // current tile, so pack() finds them cached: fwd H8 N2048 D64, in one process (Zen 5, 1 / 2 threads):
-// bf16 -5.7 / -5.5 %, fp32 -1.8 / -2.6 %, fp16 -1.2 / -3.2 %.
+// bf16 -5.7 / -5.5 %, fp32 -1.8 / -2.6 %, fp16 -1.2 / -3.2 %. As written GCC 12 deletes these
+// _mm_prefetch loops (fwd.cpp's objects hold no prefetch instruction, found 2026-12-01; see the
+// DEVELOPERS pitfall): the forward runs without it until a measured asm version replaces it.
 template <typename T>
 inline void prefetch_next_tile(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int kbytes, int vbytes,
                                int jn, int j_end, int r0, int rows) {

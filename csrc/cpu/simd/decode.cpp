@@ -7,6 +7,7 @@
 #include "cpu/simd/common.h"
 #include "cpu/simd/softmax_row.h"
 #include "cpu/simd/decode_rows.h"
+#include "cpu/simd/prefetch.h"
 #include "cpu/simd/stages.h"
 #if defined(FAL_SIMD_AVX512)
 #include "cpu/simd/decode_bf16.h"
@@ -14,19 +15,6 @@
 
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
-
-// The n bytes from a into the cache level of the hint, a line at a time. Inline asm, not
-// _mm_prefetch: GCC 12 at -O3 deleted these loops of _mm_prefetch whole (a loop with no side effect;
-// no prefetch instruction in decode.cpp's object) once the hint became a runtime choice.
-inline void prefetch_row(const char* a, int64_t n, PrefetchHint hint) {
-  if (hint == PrefetchHint::kT1) {
-    for (int64_t off = 0; off < n; off += 64) asm volatile("prefetcht1 %0" : : "m"(a[off]));
-  } else if (hint == PrefetchHint::kT0) {
-    for (int64_t off = 0; off < n; off += 64) asm volatile("prefetcht0 %0" : : "m"(a[off]));
-  } else if (hint == PrefetchHint::kNta) {
-    for (int64_t off = 0; off < n; off += 64) asm volatile("prefetchnta %0" : : "m"(a[off]));
-  }
-}
 
 // One work item = (batch, head, split of the keys). Keys go in blocks of kN: the block's K and V
 // rows are converted to fp32 once (L1), the kN scores of a row are kN independent FMA chains,
@@ -42,6 +30,10 @@ struct DecodeHead {
   // software prefetch of the next block's rows (per-head streams; see run()). Kept for contiguous
   // rows too: without it, head-contiguous decode falls to a third (fp16) or half (fp32)
   bool prefetch = true;
+  // else, when set: feed_quota lines of this feed to issue over run()'s blocks (decode_item_heads:
+  // a share of the next chunk's lines)
+  KeyLines* feed = nullptr;
+  int64_t feed_quota = 0;
   // bf16 K/V on AVX-512: S = Q K^T runs on bf16 pairs (decode_bf16.h; one row: K rows in place,
   // H32 1x32768 D128 head-major 1 thread 34.4 -> 37.8 GB/s), and with several rows P V too; qf then
   // holds each row's q as pairs (unscaled) and `scale` multiplies the scores
@@ -157,27 +149,39 @@ struct DecodeHead {
 
   void run(int j_begin, int j_end) {
     const float neg_inf = -std::numeric_limits<float>::infinity();
-    const PrefetchHint hint = decode_prefetch().head;
     alignas(64) float sc[kN];
-    const int krow_bytes = d * int(sizeof(T)), vrow_bytes = dv * int(sizeof(T));
+    // software prefetch one block ahead (the hint: decode_prefetch, isa.h), issued in rows + 2
+    // pieces between the block's steps (KeyLines, prefetch.h): the two streams (K, V) read a block
+    // at a time defeat the hardware prefetcher (without: 15 GB/s fp16 where a plain read gets 45 on
+    // a Zen 5). There NTA one block ahead beat T0 four ahead (H32 1x32768 D128 head-major, 2
+    // threads, 2026-12-01): fp16 36 -> 46-50 GB/s, bf16 35 -> 47-49, fp32 37 -> 41 (read probe 45);
+    // on a Zen 4 (32 KB L1) T1 beat NTA by 1.1-1.8x and no prefetch by up to 1.4x
+    // (bench/results/cpu-2026-12-01-zen4.md).
+    KeyLines own;
+    own.setup(k, krows, int64_t(d) * int64_t(sizeof(T)), v, vrows, int64_t(dv) * int64_t(sizeof(T)),
+              prefetch ? decode_prefetch().head : PrefetchHint::kNone);
+    const int steps = rows + 2;
+    const int64_t nb = (j_end - j_begin + kN - 1) / kN;
     for (int jb = j_begin; jb < j_end; jb += kN) {
       const int nk = std::min(kN, j_end - jb);
-      // software prefetch of the next block, one block ahead (the hint: decode_prefetch, isa.h):
-      // the two streams (K, V) read a block at a time defeat the hardware prefetcher (without:
-      // 15 GB/s fp16 where a plain read gets 45 on a Zen 5). There NTA one block ahead beat T0 four
-      // ahead (H32 1x32768 D128 head-major, 2 threads, 2026-12-01): fp16 36 -> 46-50 GB/s, bf16 35
-      // -> 47-49, fp32 37 -> 41 (read probe 45); on a Zen 4 (32 KB L1) T1 beat NTA by 1.1-1.8x and
-      // no prefetch by up to 1.4x (bench/results/cpu-2026-12-01-zen4.md).
-      for (int jj = 0; prefetch && jj < kN && jb + kN + jj < j_end; ++jj) {
-        prefetch_row(reinterpret_cast<const char*>(k + krows.at(jb + kN + jj)), krow_bytes, hint);
-        prefetch_row(reinterpret_cast<const char*>(v + vrows.at(jb + kN + jj)), vrow_bytes, hint);
+      KeyLines* f = feed;
+      int64_t per_step;
+      if (f == nullptr) {
+        own.finish();  // what the previous block's steps left
+        own.start(jb + kN, std::min(jb + 2 * kN, j_end));
+        f = &own;
+        per_step = (own.lines + steps - 1) / steps;
+      } else {
+        per_step = (feed_quota + nb * steps - 1) / (nb * steps);
       }
+      auto pf = [&] { f->issue(per_step); };
       if (rows == 1) {  // single query row: read K and V rows in place, no staging copies
         const KeyRange& rk = rr[0];
         if (rk.hi <= jb || rk.lo >= jb + nk) continue;
         const T* kp[kN];
         const T* vp[kN];
         block_rows(jb, nk, kp, vp);
+        pf();
         bool done = false;  // (keys past nk: the last key's scores, masked below)
 #if defined(FAL_SIMD_AVX512)
         if constexpr (std::is_same_v<T, bf16_t>)
@@ -195,9 +199,11 @@ struct DecodeHead {
             else if (mod.any)
               sc[jj] = mod.apply(sc[jj], 0, j, static_cast<float*>(nullptr));
           }
+        pf();
         // every score so far masked (attn_mask): P = 0, nothing to add -- unless one is NaN
         if (!softmax_row_step(sc, kN, m[0], l[0], of, dvp)) continue;
         if (mod.drop.on) mod.drop.apply_row(0, jb, sc, nk);
+        pf();
         // O += P V. Up to 8 vectors of O (AVX-512 at D <= 128): one accumulator per vector, each a
         // chain of nk FMAs, and the out-of-order core runs the 8 chains side by side. More vectors
         // (AVX2 at D 128: 16) overflow that window: blocks of 4 accumulators instead. Interleaved
@@ -227,8 +233,13 @@ struct DecodeHead {
           uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
           const uint32_t* qp = reinterpret_cast<const uint32_t*>(qf);
           alignas(64) float sall[kDecodeMaxRows * kN];
-          for (int r = 0; r < rows; ++r) decode_qk_row_bf16(qp + size_t(r) * dp, kp, d, scale, sall + r * kN);
+          for (int r = 0; r < rows; ++r) {
+            pf();
+            decode_qk_row_bf16(qp + size_t(r) * dp, kp, d, scale, sall + r * kN);
+          }
+          pf();
           rows_softmax(jb, nk, sall);
+          pf();
           if (rows < kPairsPvMinRows) {  // P V in fp32 on the V rows in place (no V pair packing)
             for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
               decode_pv_rows<decltype(rn)::value>(sall + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
@@ -253,16 +264,22 @@ struct DecodeHead {
       block_rows(jb, nk, kp, vp);
       alignas(64) float sall[kDecodeMaxRows * kN];
       if constexpr (std::is_same_v<T, float>) {
-        for (int r = 0; r < rows; ++r) decode_qk_row(qf + size_t(r) * dp, kp, d, sall + r * kN);
+        for (int r = 0; r < rows; ++r) {
+          pf();
+          decode_qk_row(qf + size_t(r) * dp, kp, d, sall + r * kN);
+        }
       } else {
         const T* kz[kN];  // rows past nk as zeros
         for (int jj = 0; jj < kN; ++jj) kz[jj] = jj < nk ? kp[jj] : nullptr;
         transpose_rows(kz, d, kb, kN);
         for_row_blocks<kQkRows>(rows, [&](int r0, auto rn) {
+          for (int r = 0; r < decltype(rn)::value; ++r) pf();
           decode_qk_rows<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kb, d, sall + r0 * kN);
         });
       }
+      pf();
       rows_softmax(jb, nk, sall);
+      pf();
       for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
         decode_pv_rows<decltype(rn)::value>(sall + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
       });
@@ -318,7 +335,7 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
     h.init(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
   }
   // chunks of ~64 KB of K + V (L2-resident while the group's heads pass over them); the next
-  // chunk is prefetched a slice per head, interleaved with the compute. The hint (isa.h): on a
+  // chunk's lines are prefetched a share per head, issued between that head's steps (KeyLines). The hint (isa.h): on a
   // Zen 5 T1 for fp32 (its chunk cannot stay in L1: 37 -> 40 GB/s) and T0 for bf16 (30 -> 36), in
   // one process, B1 H32 1 x 32768 D128, 2 threads; T1 on a 32 KB L1
   const PrefetchHint hint = sizeof(T) == 4 ? decode_prefetch().chunk32 : decode_prefetch().chunk16;
@@ -329,19 +346,22 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
   const T* k0 = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, first.sq, hk0);
   const T* v0 = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, first.sq, hk0);
   const int nh = h1 - h0;
+  KeyLines next;  // the next chunk's lines, a share per head issued between its steps
+  next.setup(k0, first.krows, span_k, v0, first.vrows, span_v, hint);
   for (int jc = j_begin; jc < j_end; jc += chunk) {
-    const int jn = std::min(jc + chunk, j_end), next_n = std::min(jn + chunk, j_end) - jn;
+    const int jn = std::min(jc + chunk, j_end);
+    next.start(jn, std::min(jn + chunk, j_end));
     for (int hi = h0; hi < h1; ++hi) {
-      const int s0 = int(int64_t(next_n) * (hi - h0) / nh), s1 = int(int64_t(next_n) * (hi - h0 + 1) / nh);
-      for (int j = jn + s0; j < jn + s1; ++j) {
-        prefetch_row(reinterpret_cast<const char*>(k0 + first.krows.at(j)), span_k, hint);
-        prefetch_row(reinterpret_cast<const char*>(v0 + first.vrows.at(j)), span_v, hint);
-      }
+      const int64_t target = next.lines * (hi - h0 + 1) / nh;  // lines issued once this head is done
       DecodeHead<T> h;
       h.attach(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
       h.prefetch = false;
+      h.feed = &next;
+      h.feed_quota = target - next.issued;
       h.run(jc, jn);
+      next.issue(target - next.issued);
     }
+    next.finish();
   }
   for (int hi = h0; hi < h1; ++hi) {
     DecodeHead<T> h;

@@ -19,6 +19,7 @@
 // Measured on a Zen 5 (2 threads, H8 N2048 D64): fp32 71 % of the FMA peak, bf16 49 % of the
 // vdpbf16ps peak (bench/results/cpu-2026-11-28.md).
 #include "cpu/simd/micro_f32.h"
+#include "cpu/simd/prefetch.h"
 #include "cpu/simd/score_mods.h"
 #include "cpu/simd/softmax_row.h"
 #include "cpu/simd/stages.h"
@@ -107,10 +108,12 @@ struct PanelsBf16 {
 #endif
 
 // The next key tile's K and V rows [jn, min(jn + kBN, j_end)) into L1, a slice per row group of the
-// current tile, so pack() finds them cached: fwd H8 N2048 D64, in one process (Zen 5, 1 / 2 threads):
-// bf16 -5.7 / -5.5 %, fp32 -1.8 / -2.6 %, fp16 -1.2 / -3.2 %. As written GCC 12 deletes these
-// _mm_prefetch loops (fwd.cpp's objects hold no prefetch instruction, found 2026-12-01; see the
-// DEVELOPERS pitfall): the forward runs without it until a measured asm version replaces it.
+// current tile, so pack() finds them cached (prefetch.h; 6 prefetch instructions per fwd.cpp object).
+// Time of fwd H8 N2048 D64 / causal bf16 H8 N4096 D128, 2 threads, A/B of the binaries with and
+// without, 5 rounds (Zen 4, 32 KB L1, 2026-12-01): AVX-512 fp32 1.0x, bf16 1.0x, fp16 1.03-1.1x,
+// causal 0.97-1.01x; AVX2 fp32 1.03x, bf16 1.0-1.04x, fp16 1.03x, causal 1.07x; T1 instead of T0
+// no better. (Zen 5's 1.2-5.7 % came from a build where the older _mm_prefetch form was emitted;
+// GCC 12 later deleted it -- the DEVELOPERS pitfall.)
 template <typename T>
 inline void prefetch_next_tile(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int kbytes, int vbytes,
                                int jn, int j_end, int r0, int rows) {
@@ -119,8 +122,8 @@ inline void prefetch_next_tile(const T* k, const KvRows& krows, const T* v, cons
   for (int j = a; j < b; ++j) {
     const char* kr = reinterpret_cast<const char*>(k + krows.at(j));
     const char* vr = reinterpret_cast<const char*>(v + vrows.at(j));
-    for (int off = 0; off < kbytes; off += 64) _mm_prefetch(kr + off, _MM_HINT_T0);
-    for (int off = 0; off < vbytes; off += 64) _mm_prefetch(vr + off, _MM_HINT_T0);
+    prefetch_bytes(kr, kbytes, PrefetchHint::kT0);
+    prefetch_bytes(vr, vbytes, PrefetchHint::kT0);
   }
 }
 

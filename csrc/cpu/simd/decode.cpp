@@ -233,10 +233,10 @@ struct DecodeHead {
           uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
           const uint32_t* qp = reinterpret_cast<const uint32_t*>(qf);
           alignas(64) float sall[kDecodeMaxRows * kN];
-          for (int r = 0; r < rows; ++r) {
-            pf();
-            decode_qk_row_bf16(qp + size_t(r) * dp, kp, d, scale, sall + r * kN);
-          }
+          for_row_blocks<8>(rows, [&](int r0, auto rn) {
+            for (int r = 0; r < decltype(rn)::value; ++r) pf();
+            decode_qk_rows_bf16<decltype(rn)::value>(qp + size_t(r0) * dp, dp, kp, d, scale, sall + r0 * kN);
+          });
           pf();
           rows_softmax(jb, nk, sall);
           pf();

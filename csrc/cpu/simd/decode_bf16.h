@@ -62,6 +62,42 @@ inline void decode_qk_row_bf16(const uint32_t* qp, const bf16_t* const* kp, int 
   (hsum_each(acc) * VF::set1(c)).store(sc);
 }
 
+// R query rows (2..8) against the block's kN keys in one pass over K: keys in groups of G (R G <= 16
+// accumulators, one per row and key), so each K line is loaded once and feeds R vdpbf16ps; one
+// reduction (hsum_each) per group gives its R x G scores. Row by row (decode_qk_row_bf16 per row),
+// a token-major cache re-read every K line per query row, and there the block's rows of one head
+// lie a multiple of 4 KB apart (H32 D128 bf16: 8 KB), all in the same L1 set with more rows than it
+// has ways: each re-read missed L1. qp: R rows of pairs dp apart (zero past d); sall: R rows kN apart.
+template <int R>
+inline void decode_qk_rows_bf16(const uint32_t* qp, int dp, const bf16_t* const* kp, int d, float c, float* sall) {
+  constexpr int G = R <= 1 ? 16 : R == 2 ? 8 : R <= 4 ? 4 : 2;  // keys per group
+  static_assert(R * G <= kN, "one reduction per group");
+  for (int g0 = 0; g0 < kN; g0 += G) {
+    __m512 a[kN];  // a[r * G + g]: row r, key g0 + g (the rest stay zero for the reduction)
+#pragma GCC unroll 16
+    for (int i = 0; i < kN; ++i) a[i] = _mm512_setzero_ps();
+    for (int x0 = 0; x0 < d; x0 += 2 * kN) {
+      const __mmask32 mk = first32(d - x0);
+      __m512bh kv[G];
+#pragma GCC unroll 16
+      for (int g = 0; g < G; ++g) kv[g] = as_bh(_mm512_maskz_loadu_epi16(mk, kp[g0 + g] + x0));
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512bh qv = as_bh(_mm512_loadu_si512(qp + size_t(r) * dp + x0 / 2));
+#pragma GCC unroll 16
+        for (int g = 0; g < G; ++g) a[r * G + g] = _mm512_dpbf16_ps(a[r * G + g], kv[g], qv);
+      }
+    }
+    VF acc[kN];
+#pragma GCC unroll 16
+    for (int i = 0; i < kN; ++i) acc[i].v = a[i];
+    const __m512 sums = (hsum_each(acc) * VF::set1(c)).v;  // lane r * G + g
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)  // lanes r G .. r G + G - 1 to sall[r][g0 .. g0 + G)
+      _mm512_mask_storeu_ps(sall + r * kN + g0 - r * G, __mmask16(((1u << G) - 1u) << (r * G)), sums);
+  }
+}
+
 // P rows (kN fp32 each, kN apart) -> kN / 2 bf16 pairs per row, kN / 2 apart.
 inline void decode_p_pairs(const float* p, int rows, uint32_t* pb) {
   for (int r = 0; r < rows; ++r) {

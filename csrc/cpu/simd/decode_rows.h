@@ -40,6 +40,47 @@ inline void decode_qk_row(const float* q, const T* const* kp, int d, float* sc) 
   hsum_each(acc).store(sc);
 }
 
+// R query rows against the block's kN keys in one pass over K (decode_qk_row's products, keys in
+// groups of G with R G <= kN accumulators): each K load (converted once for bf16 / fp16) feeds R
+// FMAs, and one reduction per group gives its R x G scores. Row by row, a token-major cache
+// re-read K per query row, and there one head's rows lie a multiple of 4 KB apart, in one L1 set
+// (decode_bf16.h's decode_qk_rows_bf16, the same idea on bf16 pairs). q rows dp apart.
+constexpr int kGroupRows = 8;  // rows per pass (16 accumulators + 2 K vectors on AVX-512; 8 + 1 on AVX2)
+template <int R, typename T>
+inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, int d, float* sall) {
+  constexpr int G = R <= 1 ? kN : kN / R >= 8 ? 8 : kN / R >= 4 ? 4 : kN / R >= 2 ? 2 : 1;
+  static_assert(R * G <= kN, "one reduction per group");
+  const int dfull = d / kN * kN;
+  for (int g0 = 0; g0 < kN; g0 += G) {
+    VF a[kN];  // a[r * G + g]: row r, key g0 + g (the rest stay zero for the reduction); in
+               // registers: copied out for the reduction, as in decode_qk_row
+#pragma GCC unroll 16
+    for (int i = 0; i < kN; ++i) a[i] = VF::zero();
+    for (int x = 0; x < d; x += kN) {
+      VF kv[G];
+      if (x < dfull) {  // a compile-time width (AVX2 loads of a runtime width branch)
+#pragma GCC unroll 16
+        for (int g = 0; g < G; ++g) kv[g] = load_f32(kp[g0 + g] + x, kN);
+      } else {
+#pragma GCC unroll 16
+        for (int g = 0; g < G; ++g) kv[g] = load_f32(kp[g0 + g] + x, d - x);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const VF qv = VF::load(qf + size_t(r) * dp + x);
+#pragma GCC unroll 16
+        for (int g = 0; g < G; ++g) a[r * G + g] = fma(qv, kv[g], a[r * G + g]);
+      }
+    }
+    VF acc[kN];
+#pragma GCC unroll 16
+    for (int i = 0; i < kN; ++i) acc[i] = a[i];
+    const VF sums = hsum_each(acc);  // lane r * G + g
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) store_lanes(sums, r * G, G, sall + r * kN + g0 - r * G);
+  }
+}
+
 // Several query rows (GQA heads packed as rows, speculative decoding) share each block of kN
 // keys: K is staged transposed (dp x kN, one vector = kN keys of one dim), so a row's kN scores
 // are one vector built by d broadcast-FMAs -- no horizontal sums -- and R rows share each K load;

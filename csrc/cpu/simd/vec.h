@@ -51,6 +51,11 @@ inline VF keep_where(VF x, const uint8_t* m) {
   return {_mm512_mask_mov_ps(x.v, z, _mm512_set1_ps(-std::numeric_limits<float>::infinity()))};
 }
 
+// Lanes [lo, lo + n) of x to p[lo .. lo + n).
+inline void store_lanes(VF x, int lo, int n, float* p) {
+  _mm512_mask_storeu_ps(p, __mmask16(((1u << n) - 1u) << lo), x.v);
+}
+
 // n consecutive elements (n <= N) as fp32, zeros beyond n.
 inline VF load_f32(const float* p, int n) { return {_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1u), p)}; }
 inline VF load_f32(const bf16_t* p, int n) {
@@ -89,6 +94,13 @@ inline VF vmax(VF a, VF b) { return {_mm256_max_ps(a.v, b.v)}; }
 inline VF vmin(VF a, VF b) { return {_mm256_min_ps(a.v, b.v)}; }
 inline VF operator/(VF a, VF b) { return {_mm256_div_ps(a.v, b.v)}; }
 inline VF vabs(VF a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.f), a.v)}; }
+// Lanes [lo, lo + n) of x to p[lo .. lo + n).
+inline void store_lanes(VF x, int lo, int n, float* p) {
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), idx),
+                                        _mm256_cmpgt_epi32(_mm256_set1_epi32(lo + n), idx));
+  _mm256_maskstore_ps(p, m, x.v);
+}
 inline VF keep_where(VF x, const uint8_t* m) {
   const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
   const __m256 z = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, _mm256_setzero_si256()));

@@ -347,9 +347,9 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
     h.init(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
   }
   // chunks of ~64 KB of K + V (L2-resident while the group's heads pass over them); the next
-  // chunk's lines are prefetched a share per head, issued between that head's steps (KeyLines). The hint (isa.h): on a
-  // Zen 5 T1 for fp32 (its chunk cannot stay in L1: 37 -> 40 GB/s) and T0 for bf16 (30 -> 36), in
-  // one process, B1 H32 1 x 32768 D128, 2 threads; T1 on a 32 KB L1
+  // chunk's lines are prefetched a share per head, issued between that head's steps (KeyLines).
+  // The hint (isa.h): on a Zen 5 T1 for fp32 (its chunk cannot stay in L1: 37 -> 40 GB/s) and T0
+  // for bf16 (30 -> 36), in one process, B1 H32 1 x 32768 D128, 2 threads; T1 on a 32 KB L1
   const PrefetchHint hint = sizeof(T) == 4 ? decode_prefetch().chunk32 : decode_prefetch().chunk16;
   const int g = p.h / p.h_kv, hk0 = h0 / g, hk1 = (h1 - 1) / g + 1;
   const int64_t span_k = (int64_t(hk1 - hk0 - 1) * p.k_head_stride + p.d) * int64_t(sizeof(T));

@@ -262,8 +262,9 @@ struct DecodeHead {
       }
 #endif
       // S = Q K^T: fp32 rows on the K rows in place (one pass for all rows or row by row: k_rows_apart);
-      // bf16 / fp16 rows on K converted once per block, transposed (kT = kb: dp x kN, keys past nk zero;
-      // decode_qk_rows). V read in place by P V below.
+      // bf16 / fp16: up to kGroupedMaxRows16 rows in one pass over K converted on the fly, more on K
+      // converted once per block, transposed (kT = kb: dp x kN, keys past nk zero; decode_qk_rows).
+      // V read in place by P V below.
       const T* kp[kN];
       const T* vp[kN];
       block_rows(jb, nk, kp, vp);
@@ -280,6 +281,11 @@ struct DecodeHead {
             decode_qk_row(qf + size_t(r) * dp, kp, d, sall + r * kN);
           }
         }
+      } else if (rows <= kGroupedMaxRows16) {
+        for_row_blocks<kGroupRows>(rows, [&](int r0, auto rn) {
+          for (int r = 0; r < decltype(rn)::value; ++r) pf();
+          decode_qk_rows_grouped<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kp, d, sall + r0 * kN);
+        });
       } else {
         const T* kz[kN];  // rows past nk as zeros
         for (int jj = 0; jj < kN; ++jj) kz[jj] = jj < nk ? kp[jj] : nullptr;

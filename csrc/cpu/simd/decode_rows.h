@@ -90,11 +90,14 @@ inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, 
 // are one vector built by d broadcast-FMAs -- no horizontal sums -- and R rows share each K load;
 // P V is blocked R rows x 4 vectors of O, so each V load feeds R FMAs.
 // Registers (zmm / ymm): QK 2R accumulators (two dims in flight) + 2 K vectors: R = 8 -> 18 of
-// 32 on AVX-512, R = 4 -> 10 of 16 on AVX2; PV R x 4 accumulators + 4 V vectors + 1 broadcast:
-// R = 4 -> 21 of 32, R = 2 -> 13 of 16. (Splitting the d sum over more chains for small R, as the
-// bf16 kernel does, measured 0.84-0.96x here: fp32 GQA decode, Zen 5, 2026-11-30.)
+// 32 on AVX-512, R = 4 -> 10 of 16 on AVX2; PV R x C accumulators + C V vectors + 1 broadcast:
+// R = 4 -> 4 x 4 + 5 = 21 of 32, 4 x 2 + 3 = 11 of 16 on AVX2 (4 rows there instead of 2 x 4
+// vectors: 1.01-1.14x, Zen 4, 2 threads, 32768 keys D128, 2026-12-01; 8 rows x 2 vectors on AVX-512
+// no better than 4 x 4). (Splitting the d sum over more chains for small R, as the bf16 kernel
+// does, measured 0.84-0.96x here: fp32 GQA decode, Zen 5, 2026-11-30.)
 constexpr int kQkRows = kN == 16 ? 8 : 4;
-constexpr int kPvRows = kN == 16 ? 4 : 2;
+constexpr int kPvRows = 4;
+constexpr int kPvAcc = kN == 16 ? 16 : 8;  // P V accumulators (+ C V vectors + 1 broadcast)
 
 // sc[r][0..kN) = q_r . k_j for the block's keys; q rows dp apart (zero past d), kT = dp x kN.
 template <int R>
@@ -117,37 +120,46 @@ inline void decode_qk_rows(const float* qf, int dp, const float* kT, int d, floa
 }
 
 // o[r][0..dv) += sum_{jj < nk} p[r][jj] v_jj[0..dv), the V rows read in place (converted to fp32
-// on the fly: each load feeds R FMAs); o rows dvp apart, p rows kN apart.
+// on the fly: each load feeds R FMAs); o rows dvp apart, p rows kN apart. Blocked R rows x C
+// vectors of O, R C <= kPvAcc accumulators (C = 4 up to kPvAcc / 4 rows, then 2, then 1).
 template <int R, typename T>
 inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, float* o, int dvp) {
+  constexpr int C = R * 4 <= kPvAcc ? 4 : R * 2 <= kPvAcc ? 2 : 1;
   int x0 = 0;
-  for (; x0 + 4 * kN <= dv; x0 += 4 * kN) {
-    VF acc[R][4];
+  for (; x0 + C * kN <= dv; x0 += C * kN) {
+    VF acc[R][C];
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < 4; ++c) acc[r][c] = VF::load(o + size_t(r) * dvp + x0 + c * kN);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] = VF::load(o + size_t(r) * dvp + x0 + c * kN);
     for (int jj = 0; jj < nk; ++jj) {
       const T* vr = vp[jj] + x0;
-      const VF v0 = load_f32(vr, kN), v1 = load_f32(vr + kN, kN), v2 = load_f32(vr + 2 * kN, kN),
-               v3 = load_f32(vr + 3 * kN, kN);
+      VF vv[C];
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) vv[c] = load_f32(vr + c * kN, kN);
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const VF pr = VF::set1(p[r * kN + jj]);
-        acc[r][0] = fma(pr, v0, acc[r][0]);
-        acc[r][1] = fma(pr, v1, acc[r][1]);
-        acc[r][2] = fma(pr, v2, acc[r][2]);
-        acc[r][3] = fma(pr, v3, acc[r][3]);
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c) acc[r][c] = fma(pr, vv[c], acc[r][c]);
       }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < 4; ++c) acc[r][c].store(o + size_t(r) * dvp + x0 + c * kN);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c].store(o + size_t(r) * dvp + x0 + c * kN);
   }
   for (; x0 < dv; x0 += kN) {
     const int w = std::min(kN, dv - x0);
     VF acc[R];
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r] = VF::load(o + size_t(r) * dvp + x0);
     for (int jj = 0; jj < nk; ++jj) {
       const VF vv = load_f32(vp[jj] + x0, w);
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) acc[r] = fma(VF::set1(p[r * kN + jj]), vv, acc[r]);
     }
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r].store(o + size_t(r) * dvp + x0);
   }
 }

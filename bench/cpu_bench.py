@@ -8,8 +8,10 @@ at most 2x torch's own error in that dtype, plus rounding noise), then timed: ou
 alternately, median of the repeats. FLOPs: fwd 4*B*H*s_q*s_k*D (halved for causal), fwd+bwd 3.5x
 fwd; decode reports GB/s of K and V read. "% peak" is against bench/peak_fma.cpp run in the same
 process tree on the ISA ours uses: the fp32 FMA peak for fp32/fp16 compute and for bf16 where the
-ISA has no bf16 dot product (AVX2), the vdpbf16ps peak for bf16 on AVX-512, the read bandwidth of
-a 1 GiB buffer for decode (it swings between ~42 and ~80 GB/s on this shared host).
+ISA has no bf16 dot product (AVX2), the vdpbf16ps peak for bf16 on AVX-512; for decode the read
+bandwidth of a 1 GiB buffer probed just before and just after each decode row, the larger of the
+two (shown in the unit column: a shared host's bandwidth swings, 42-80 GB/s on a Zen 5 and 32-52
+on a Zen 4, between minutes).
 Scaling rows time ours alone on 1 thread and on --threads threads (the goal is the speedup).
 
 --isa avx2 measures the AVX2 path on an AVX-512 machine: the script re-runs itself with
@@ -121,7 +123,7 @@ CASES += [
 ]
 
 
-def peak_gflops(threads: int, isa: str) -> dict:
+def peak_gflops(threads: int, isa: str, what: str = "all") -> dict:
     src = HERE / "peak_fma.cpp"
     tag = zlib.crc32(src.read_bytes())  # a changed source gets a fresh binary
     exe = Path(tempfile.gettempdir()) / f"flashattn_lite_peak_fma_{tag:08x}"
@@ -130,7 +132,8 @@ def peak_gflops(threads: int, isa: str) -> dict:
             subprocess.run(
                 ["g++", "-O3", "-std=c++17", "-pthread", str(src), "-o", str(exe)], check=True, capture_output=True
             )
-        out = subprocess.run([str(exe), str(threads), isa], check=True, capture_output=True, text=True).stdout
+        cmd = [str(exe), str(threads), isa] + (["read"] if what == "read" else [])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return json.loads(out)
     except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
         return {}
@@ -304,6 +307,9 @@ def main() -> int:
             print(lines[-1])
             continue
         mine = runner(ours, c, q, k, v, do)
+        # decode: the read bandwidth probed just before and after the row (the shared host's
+        # bandwidth swings 30-50 GB/s between minutes), the larger of the two as its peak
+        read_before = peak_gflops(args.threads, isa, "read").get("read_gbs") if c.mode == "decode" else None
         if c.scaling is not None:  # ours on 1 thread against ours on --threads
             torch.set_num_threads(1)
             t1, _ = time_pair(mine, lambda: None, args.repeats)
@@ -321,7 +327,10 @@ def main() -> int:
             label_b = "torch"
         if c.mode == "decode":
             unit, rate, other = "GB/s", c.kv_bytes() / ma / 1e9, c.kv_bytes() / mb / 1e9
-            pk = peak.get("read_gbs")
+            read_after = peak_gflops(args.threads, isa, "read").get("read_gbs")
+            probes = [x for x in (read_before, read_after) if x]
+            pk = max(probes) if probes else peak.get("read_gbs")
+            unit = f"GB/s (read {pk})" if probes else unit
         else:
             unit, rate, other = "GFLOP/s", c.flops() / ma / 1e9, c.flops() / mb / 1e9
             pk = bf16_peak if c.dtype == torch.bfloat16 else fp32_peak

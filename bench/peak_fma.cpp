@@ -4,7 +4,7 @@
 // thread sums its slice of a 1 GiB buffer with vector loads and software prefetch, best of 5
 // passes of two prefetch variants: the ceiling for decode, which streams K and V once). Prints JSON.
 //
-//   peak_fma THREADS [avx512|avx2]      (default: the best ISA this CPU runs)
+//   peak_fma THREADS [avx512|avx2] [read]   (default: the best ISA this CPU runs; read: bandwidth only)
 //
 // One binary for every ISA: each kernel carries its ISA as a target attribute and runs only when
 // __builtin_cpu_supports says the CPU has it, so an AVX2 machine measures its AVX2 peak and an
@@ -175,6 +175,14 @@ int main(int argc, char** argv) {
   const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const char* isa = argc > 2 ? argv[2] : (has512 ? "avx512" : has2 ? "avx2" : "none");
+  if (argc > 3 && std::strcmp(argv[3], "read") == 0) {  // the read bandwidth alone (beside each decode row)
+    const bool avx512 = std::strcmp(isa, "avx512") == 0 && has512;
+    if (!avx512 && !(std::strcmp(isa, "avx2") == 0 && has2)) return 1;
+    const double bw = avx512 ? read_gbs(sum_avx512<false, 4096>, sum_avx512<true, 16384>, threads)
+                             : read_gbs(sum_avx2<false, 4096>, sum_avx2<true, 16384>, threads);
+    std::printf("{\"isa\": \"%s\", \"threads\": %d, \"read_gbs\": %.1f}\n", isa, threads, bw);
+    return 0;
+  }
   if (std::strcmp(isa, "avx512") == 0 && has512) {
     const double f32 = gflops(fp32_avx512, threads, kChains512 * 32.0);   // 16 lanes x (mul + add)
     const double bf16 = gflops(bf16_avx512, threads, kChains512 * 64.0);  // 32 bf16 products + 32 adds

@@ -344,14 +344,15 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
   const size_t per_head = DecodeHead<T>::floats(p);
   buf.resize(per_head * (h1 - h0) + DecodeHead<T>::scratch_floats(p));
   float* scratch = buf.data() + per_head * (h1 - h0);
-  DecodeHead<T> first;  // every head's state lives in buf; the structs are re-attached per use
+  // every head's state lives in buf, its struct (pointers, masks, score mods) in heads: attached
+  // once, not per chunk
+  Buf<DecodeHead<T>> heads(size_t(h1 - h0));
+  DecodeHead<T>& first = heads[0];
   if (!first.init(p, bi, h0, buf.data(), scratch)) return;
   int j_begin, j_end;
   first.split_range(split, j_begin, j_end);
-  for (int hi = h0 + 1; hi < h1; ++hi) {
-    DecodeHead<T> h;
-    h.init(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
-  }
+  for (int hi = h0 + 1; hi < h1; ++hi)
+    heads[size_t(hi - h0)].init(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
   // chunks of ~64 KB of K + V (L2-resident while the group's heads pass over them); the next
   // chunk's lines are prefetched a share per head, issued between that head's steps (KeyLines).
   // The hint (isa.h): on a Zen 5 T1 for fp32 (its chunk cannot stay in L1: 37 -> 40 GB/s) and T0
@@ -371,8 +372,7 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
     next.start(jn, std::min(jn + chunk, j_end));
     for (int hi = h0; hi < h1; ++hi) {
       const int64_t target = next.lines * (hi - h0 + 1) / nh;  // lines issued once this head is done
-      DecodeHead<T> h;
-      h.attach(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
+      DecodeHead<T>& h = heads[size_t(hi - h0)];
       h.prefetch = false;
       h.feed = &next;
       h.feed_quota = target - next.issued;
@@ -381,11 +381,7 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
     }
     next.finish();
   }
-  for (int hi = h0; hi < h1; ++hi) {
-    DecodeHead<T> h;
-    h.attach(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
-    h.finish(split);
-  }
+  for (int hi = h0; hi < h1; ++hi) heads[size_t(hi - h0)].finish(split);
 }
 
 }  // namespace

@@ -27,11 +27,10 @@ template <typename T>
 struct DecodeHead {
   const FwdParams* pp = nullptr;
   int bi = 0, hi = 0, rows = 0, d = 0, dv = 0, dp = 0, dvp = 0;
-  // software prefetch of the next block's rows (per-head streams; see run()). Kept for contiguous
-  // rows too: without it, head-contiguous decode falls to a third (fp16) or half (fp32)
-  bool prefetch = true;
-  // else, when set: feed_quota lines of this feed to issue over run()'s blocks (decode_item_heads:
-  // a share of the next chunk's lines)
+  // software prefetch during run(): unset, the next block's rows (per-head streams; kept for
+  // contiguous rows too: without it, head-contiguous decode falls to a third (fp16) or half
+  // (fp32)); set, feed_quota lines of this feed over run()'s blocks (decode_item_heads: a share of
+  // the next chunk's lines)
   KeyLines* feed = nullptr;
   int64_t feed_quota = 0;
   // bf16 K/V on AVX-512: S = Q K^T runs on bf16 pairs (decode_bf16.h; one row: K rows in place,
@@ -164,7 +163,7 @@ struct DecodeHead {
     // (bench/results/cpu-2026-12-01-zen4.md).
     KeyLines own;
     own.setup(k, krows, int64_t(d) * int64_t(sizeof(T)), v, vrows, int64_t(dv) * int64_t(sizeof(T)),
-              prefetch ? decode_prefetch().head : PrefetchHint::kNone);
+              decode_prefetch().head);
     const int steps = rows + 2;
     const int64_t nb = (j_end - j_begin + kN - 1) / kN;
     for (int jb = j_begin; jb < j_end; jb += kN) {
@@ -191,11 +190,11 @@ struct DecodeHead {
 #if defined(FAL_SIMD_AVX512)
         if constexpr (std::is_same_v<T, bf16_t>)
           if (pairs) {
-            decode_qk_row_bf16(reinterpret_cast<const uint32_t*>(qf), kp, d, scale, sc);
+            decode_qk_rows_bf16<1>(reinterpret_cast<const uint32_t*>(qf), dp, kp, d, scale, sc);
             done = true;
           }
 #endif
-        if (!done) decode_qk_row(qf, kp, d, sc);
+        if (!done) decode_qk_rows_grouped<1>(qf, dp, kp, d, sc);
         if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
           for (int jj = 0; jj < kN; ++jj) {
             const int j = jb + jj;
@@ -278,7 +277,7 @@ struct DecodeHead {
         } else {
           for (int r = 0; r < rows; ++r) {
             pf();
-            decode_qk_row(qf + size_t(r) * dp, kp, d, sall + r * kN);
+            decode_qk_rows_grouped<1>(qf + size_t(r) * dp, dp, kp, d, sall + r * kN);
           }
         }
       } else if (rows <= kGroupedMaxRows16) {
@@ -373,7 +372,6 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
     for (int hi = h0; hi < h1; ++hi) {
       const int64_t target = next.lines * (hi - h0 + 1) / nh;  // lines issued once this head is done
       DecodeHead<T>& h = heads[size_t(hi - h0)];
-      h.prefetch = false;
       h.feed = &next;
       h.feed_quota = target - next.issued;
       h.run(jc, jn);

@@ -2,11 +2,11 @@
 // for every query row (S = Q K^T) and, from kPairsPvMinRows rows (GQA heads packed as rows,
 // speculative decoding), for O += P V. AVX-512 objects only.
 // With several rows the decode is no longer bound by memory alone: R rows cost 4 R d FLOPs per key
-// against 4 d bytes of bf16 K and V. The fp32 kernels (decode_qk_row / decode_pv_rows) convert K
+// against 4 d bytes of bf16 K and V. The fp32 kernels (decode_qk_rows_grouped / decode_pv_rows) convert K
 // and V to fp32 and run one FMA per product; these take bf16 pairs, one vdpbf16ps per two products,
 // as the bf16 forward does (micro_bf16.h):
 //   S = Q K^T:  each row's pairs against the K rows in place, one reduction per key
-//               (decode_qk_row_bf16); the scale applied to the fp32 sums (q stays exact in bf16);
+//               (decode_qk_rows_bf16); the scale applied to the fp32 sums (q stays exact in bf16);
 //   O += P V:   from kPairsPvMinRows rows: V packed as pairs over keys (vpk[j2][x]), P rounded to
 //               bf16 and broadcast as pairs (the row sums keep the unrounded fp32 P, as in the
 //               forward); fewer rows: the fp32 P V of decode_rows.h.
@@ -35,39 +35,16 @@ inline void decode_q_pairs(const bf16_t* q, int d, uint32_t* qp) { copy_pairs(q,
 // 2 rows 7.9 -> 6.7 ms, 3 rows 9.0 -> 7.7, 4 rows 9.6 vs 9.8 (kept on pairs).
 constexpr int kPairsPvMinRows = 4;
 
-// One query row: sc[jj] = c * q . k_jj for the block's kN keys, K rows read in place as pairs over
-// d (no packing): one vdpbf16ps per 32 products against a bf16 -> fp32 shift and an FMA per 16 (the
-// fp32 path). Every row runs it, however many: against K packed as transposed pairs once per block
-// with the q pair broadcast (the earlier path from 5 rows) it issues the same vdpbf16ps without the
-// transposes -- A/B of the binaries (Zen 5, 2 threads, H8 x 32768 D128, 2026-12-01): 6 / 8 / 12 / 16
-// rows 1.15-1.3 / 1.07-1.22 / 1.05-1.2 / 1.0-1.15x. kp: kN valid row pointers (the caller repeats a row past the
-// block's end and masks those scores), so the kN accumulators stay in registers -- a loop to a runtime key count kept
-// them in memory (4 GQA rows, 1 thread: 32 -> 19 ns per key). qp: the row's pairs, zero up to a
-// multiple of kN pairs.
-inline void decode_qk_row_bf16(const uint32_t* qp, const bf16_t* const* kp, int d, float c, float* sc) {
-  __m512 a[kN];  // the key accumulators, copied out for the reduction (an array whose address the
-                 // reduction takes is kept in memory, a store per product)
-#pragma GCC unroll 16
-  for (int jj = 0; jj < kN; ++jj) a[jj] = _mm512_setzero_ps();
-  for (int x0 = 0; x0 < d; x0 += 2 * kN) {
-    const __mmask32 mk = first32(d - x0);  // valid bf16 of this chunk
-    const __m512bh qv = as_bh(_mm512_loadu_si512(qp + x0 / 2));
-#pragma GCC unroll 16
-    for (int jj = 0; jj < kN; ++jj)
-      a[jj] = _mm512_dpbf16_ps(a[jj], as_bh(_mm512_maskz_loadu_epi16(mk, kp[jj] + x0)), qv);
-  }
-  VF acc[kN];
-#pragma GCC unroll 16
-  for (int jj = 0; jj < kN; ++jj) acc[jj].v = a[jj];
-  (hsum_each(acc) * VF::set1(c)).store(sc);
-}
-
-// R query rows (2..8) against the block's kN keys in one pass over K: keys in groups of G (R G <= 16
-// accumulators, one per row and key), so each K line is loaded once and feeds R vdpbf16ps; one
-// reduction (hsum_each) per group gives its R x G scores. Row by row (decode_qk_row_bf16 per row),
-// a token-major cache re-read every K line per query row, and there the block's rows of one head
-// lie a multiple of 4 KB apart (H32 D128 bf16: 8 KB), all in the same L1 set with more rows than it
-// has ways: each re-read missed L1. qp: R rows of pairs dp apart (zero past d); sall: R rows kN apart.
+// S = Q K^T of R query rows (1..8) against the block's kN keys, K rows read in place as pairs over d
+// (no packing): one vdpbf16ps per 32 products against a bf16 -> fp32 shift and an FMA per 16 (the
+// fp32 path); the scale c applied to the fp32 sums. Keys in groups of G (R G <= 16 accumulators),
+// so each K line is loaded once and feeds R vdpbf16ps, one reduction (hsum_each) per group for its
+// R x G scores. Row by row, a token-major cache re-read every K line per query row, and there the
+// block's rows of one head lie a multiple of 4 KB apart (H32 D128 bf16: 8 KB), all in one L1 set
+// with more rows than it has ways: each re-read missed L1. Against K packed as transposed pairs
+// (the path before, from 5 rows) the row-by-row form already measured 1.0-1.3x (Zen 5). kp: kN
+// valid row pointers (the caller repeats a row past the block's end and masks those scores), so the
+// accumulators stay in registers. qp: R rows of pairs dp apart (zero past d); sall: R rows kN apart.
 template <int R>
 inline void decode_qk_rows_bf16(const uint32_t* qp, int dp, const bf16_t* const* kp, int d, float c, float* sall) {
   constexpr int G = R <= 1 ? 16 : R == 2 ? 8 : R <= 4 ? 4 : 2;  // keys per group
@@ -93,8 +70,7 @@ inline void decode_qk_rows_bf16(const uint32_t* qp, int dp, const bf16_t* const*
     for (int i = 0; i < kN; ++i) acc[i].v = a[i];
     const __m512 sums = (hsum_each(acc) * VF::set1(c)).v;  // lane r * G + g
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)  // lanes r G .. r G + G - 1 to sall[r][g0 .. g0 + G)
-      _mm512_mask_storeu_ps(sall + r * kN + g0 - r * G, __mmask16(((1u << G) - 1u) << (r * G)), sums);
+    for (int r = 0; r < R; ++r) store_lanes({sums}, r * G, G, sall + r * kN + g0 - r * G);
   }
 }
 

@@ -7,44 +7,14 @@
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
-// S = Q K^T of one query row against a block of kN keys, row-wise: for each key, the row's d
-// products as d / kN FMAs on the K row in place (converted to fp32 on the fly for bf16 / fp16), the
-// kN keys' partial sums reduced together (hsum_each). The single-row decode runs it for every dtype;
-// several fp32 rows too (the same FMAs as decode_qk_rows below without its K transposes: A/B of the
-// binaries, Zen 5, 2 threads, H8 x 32768 D128, 4-16 rows, 2026-12-01: AVX-512 1.05-1.18x, AVX2
-// 1.1-1.2x). Several bf16 / fp16 rows keep decode_qk_rows: converting K once per block for all rows
-// (transposed, or staged row-major for this kernel) measured equal or better than converting it on
-// the fly per row here.
-// q: the row (fp32, scaled, zero past d); kp: kN valid row pointers (the caller repeats a row past
-// the block's end and masks those scores).
-template <typename T>
-inline void decode_qk_row(const float* q, const T* const* kp, int d, float* sc) {
-  VF a[kN];  // in registers: copied out for the reduction (an array whose address the reduction
-             // takes would be kept in memory, a store per product)
-#pragma GCC unroll 16
-  for (int jj = 0; jj < kN; ++jj) a[jj] = VF::zero();
-  const int dfull = d / kN * kN;
-  for (int x = 0; x < dfull; x += kN) {  // a compile-time width: the AVX2 loads of a runtime width branch
-    const VF qv = VF::load(q + x);
-#pragma GCC unroll 16
-    for (int jj = 0; jj < kN; ++jj) a[jj] = fma(qv, load_f32(kp[jj] + x, kN), a[jj]);
-  }
-  if (dfull < d) {
-    const VF qv = VF::load(q + dfull);
-#pragma GCC unroll 16
-    for (int jj = 0; jj < kN; ++jj) a[jj] = fma(qv, load_f32(kp[jj] + dfull, d - dfull), a[jj]);
-  }
-  VF acc[kN];
-#pragma GCC unroll 16
-  for (int jj = 0; jj < kN; ++jj) acc[jj] = a[jj];
-  hsum_each(acc).store(sc);
-}
-
-// R query rows against the block's kN keys in one pass over K (decode_qk_row's products, keys in
-// groups of G with R G <= kN accumulators): each K load (converted once for bf16 / fp16) feeds R
-// FMAs, and one reduction per group gives its R x G scores. Row by row, a token-major cache
-// re-read K per query row, and there one head's rows lie a multiple of 4 KB apart, in one L1 set
-// (decode_bf16.h's decode_qk_rows_bf16, the same idea on bf16 pairs). q rows dp apart.
+// S = Q K^T of R query rows against a block of kN keys on the K rows in place (converted to fp32 on
+// the fly for bf16 / fp16): for each key, a row's d products as d / kN FMAs, keys in groups of G
+// with R G <= kN accumulators, one reduction (hsum_each) per group for its R x G scores. R = 1
+// (G = kN) is the single-row decode of every dtype. With several rows each K load feeds R FMAs: row
+// by row, a token-major cache re-read K per query row, and there one head's rows lie a multiple of
+// 4 KB apart, in one L1 set (decode_bf16.h's decode_qk_rows_bf16, the same idea on bf16 pairs).
+// q rows dp apart (fp32, scaled, zero past d); kp: kN valid row pointers (the caller repeats a row
+// past the block's end and masks those scores).
 // bf16 / fp16 rows (no vdpbf16ps path) use the one-pass products up to this many rows, K staged
 // transposed beyond: 2-4 rows 1.1-1.35x, 16 rows 0.78-0.82x (AVX-512 fp16 and AVX2 bf16 / fp16, Zen
 // 4, 2 threads, 32768 keys D128, both layouts, 2026-12-01).
@@ -57,7 +27,8 @@ inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, 
   const int dfull = d / kN * kN;
   for (int g0 = 0; g0 < kN; g0 += G) {
     VF a[kN];  // a[r * G + g]: row r, key g0 + g (the rest stay zero for the reduction); in
-               // registers: copied out for the reduction, as in decode_qk_row
+               // registers: copied out for the reduction (an array whose address the reduction
+               // takes would be kept in memory, a store per product)
 #pragma GCC unroll 16
     for (int i = 0; i < kN; ++i) a[i] = VF::zero();
     for (int x = 0; x < d; x += kN) {

@@ -53,6 +53,7 @@ inline VF keep_where(VF x, const uint8_t* m) {
 
 // Lanes [lo, lo + n) of x to p[lo .. lo + n).
 inline void store_lanes(VF x, int lo, int n, float* p) {
+  if (n == VF::N) return x.store(p);
   _mm512_mask_storeu_ps(p, __mmask16(((1u << n) - 1u) << lo), x.v);
 }
 
@@ -96,6 +97,7 @@ inline VF operator/(VF a, VF b) { return {_mm256_div_ps(a.v, b.v)}; }
 inline VF vabs(VF a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.f), a.v)}; }
 // Lanes [lo, lo + n) of x to p[lo .. lo + n).
 inline void store_lanes(VF x, int lo, int n, float* p) {
+  if (n == VF::N) return x.store(p);
   const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i m = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), idx),
                                         _mm256_cmpgt_epi32(_mm256_set1_epi32(lo + n), idx));

@@ -11,7 +11,10 @@ process tree on the ISA ours uses: the fp32 FMA peak for fp32/fp16 compute and f
 ISA has no bf16 dot product (AVX2), the vdpbf16ps peak for bf16 on AVX-512; for decode the read
 bandwidth of a 1 GiB buffer probed just before and just after each decode row, the larger of the
 two (shown in the unit column: a shared host's bandwidth swings, 42-80 GB/s on a Zen 5 and 32-52
-on a Zen 4, between minutes).
+on a Zen 4, between minutes). A decode row's % is of its roofline time, the longer of reading K and
+V at that bandwidth and of its FLOPs (4 * H * rows * s_k * D) at the compute peak: with 16 query
+rows per K/V row, bf16 decode needs more time at the vdpbf16ps peak than for its bytes on a
+2-core Zen 4 (the unit column says which bound applies).
 Scaling rows time ours alone on 1 thread and on --threads threads (the goal is the speedup).
 
 --isa avx2 measures the AVX2 path on an AVX-512 machine: the script re-runs itself with
@@ -330,11 +333,17 @@ def main() -> int:
             read_after = peak_gflops(args.threads, isa, "read").get("read_gbs")
             probes = [x for x in (read_before, read_after) if x]
             pk = max(probes) if probes else peak.get("read_gbs")
-            unit = f"GB/s (read {pk})" if probes else unit
+            # several query rows per K/V row can make the call compute-bound: the roofline time is
+            # the longer of reading K and V at pk and the FLOPs at the compute peak
+            cpk = bf16_peak if c.dtype == torch.bfloat16 else fp32_peak
+            bound = "compute" if pk and cpk and c.flops() / (cpk * 1e9) > c.kv_bytes() / (pk * 1e9) else "memory"
+            unit = f"GB/s (read {pk}; {bound}-bound)" if probes else unit
         else:
             unit, rate, other = "GFLOP/s", c.flops() / ma / 1e9, c.flops() / mb / 1e9
             pk = bf16_peak if c.dtype == torch.bfloat16 else fp32_peak
         pct = 100 * rate / pk if pk else None
+        if c.mode == "decode" and pk and cpk:  # % of the roofline time (the memory or the compute peak)
+            pct = 100 * max(c.kv_bytes() / (pk * 1e9), c.flops() / (cpk * 1e9)) / ma
         speed = mb / ma if mb == mb else None
         goal, met = goal_cells(c, isa_idx, pct, speed)
         lines.append(

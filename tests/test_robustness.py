@@ -149,6 +149,28 @@ def test_nan_in_v_decode_reaches_only_rows_that_see_it(dtype, s_q, layout, isa):
     _nan_matches(out, ref, 1e-5 if dtype == torch.float32 else 2e-2)
 
 
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, slow(torch.float16)])
+@pytest.mark.parametrize("s_q", [12, slow(16)])
+def test_nan_in_decode_rows_reaches_only_rows_that_see_it(where, dtype, s_q, isa):
+    # several query rows against a cache (the multi-row decode, bf16 on AVX-512 with S transposed, one
+    # lane per row). flash-attn: "If causal=True, the causal mask is aligned to the bottom right
+    # corner of the attention matrix": row i sees keys [0, s_k - s_q + i], so the last key reaches
+    # the last row only; a NaN in q reaches its own row, a NaN in key 100 every row of its head.
+    q, k, v = randn((1, s_q, 2, 40), dtype), randn((1, 300, 2, 40), dtype), randn((1, 300, 2, 40), dtype)
+    if where == "q":
+        q[0, 3, 1, 5] = float("nan")
+    else:
+        t = k if where == "k" else v
+        t[0, 299, 1, 5] = float("nan")
+        t[0, 100, 0, 2] = float("nan")
+    out, lse, _ = fal.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    ref, ref_lse = attention_ref(q, k, v, causal=True)
+    _nan_matches(out, ref, 1e-5 if dtype == torch.float32 else 2e-2)
+    assert torch.equal(torch.isnan(lse), torch.isnan(ref_lse))
+    assert torch.isnan(ref).any() and not torch.isnan(ref).all()  # the case tests something
+
+
 def test_nan_in_v_with_masks_window_and_varlen(isa):
     q, k, v = (randn((2, 150, 2, 24), torch.float32) for _ in range(3))
     v[0, 60, 0, 2] = v[1, 149, 1, 0] = float("nan")

@@ -37,6 +37,12 @@ struct DecodeHead {
   // H32 1x32768 D128 head-major 1 thread 34.4 -> 37.8 GB/s), and with several rows P V too; qf then
   // holds each row's q as pairs (unscaled) and `scale` multiplies the scores
   bool pairs = false;
+  // more than kColsMinRows bf16 rows without a score transform (AVX-512): S transposed, one lane per
+  // row (decode_bf16.h) -- Q^T pairs in qT, each row's visible keys [vis_lo, vis_hi) per lane
+  bool cols = false;
+  uint32_t* qT = nullptr;
+  alignas(64) int32_t vis_lo[kN], vis_hi[kN];
+  int lo_max = 0, hi_min = 0;  // every row sees the keys [lo_max, hi_min)
   // K rows not back to back (a token-major or paged cache): several fp32 rows take one pass over K
   // (decode_qk_rows_grouped: 1.09-1.28x there), else row by row on K in L1 (the grouped pass measured
   // 0.63-0.89x on a head-major cache; Zen 4, 2 threads, 32768 keys D128, 2026-12-01)
@@ -52,7 +58,13 @@ struct DecodeHead {
 
   // per-head state (Q, O, m, l, P of a block) and the block staging scratch (K, V rows as fp32),
   // which heads processed one after the other can share
-  static size_t floats(const FwdParams& p) { return size_t(p.s_q) * (round_up(p.d, kN) + round_up(p.d_v, kN) + 2); }
+  static size_t floats(const FwdParams& p) {
+    size_t n = size_t(p.s_q) * (round_up(p.d, kN) + round_up(p.d_v, kN) + 2);
+#if defined(FAL_SIMD_AVX512)
+    if (p.s_q > kColsMinRows) n += size_t(round_up(p.d, kN)) / 2 * kN;  // qT
+#endif
+    return n;
+  }
   static size_t scratch_floats(const FwdParams& p) {
     return size_t(kN) * round_up(p.d, kN) + size_t(kN / 2) * round_up(p.d_v, kN);  // K staging; V pairs
   }
@@ -83,6 +95,18 @@ struct DecodeHead {
     for (int r = 0; r < rows; ++r) rr[r] = vis.keys_of_row(r);
 #if defined(FAL_SIMD_AVX512)
     pairs = std::is_same_v<T, bf16_t>;
+    cols = pairs && rows > kColsMinRows && !mod.any && !mod.drop.on;
+    if (cols) {
+      qT = reinterpret_cast<uint32_t*>(l + rows);
+      lo_max = 0;
+      hi_min = std::numeric_limits<int>::max();
+      for (int r = 0; r < kN; ++r) {  // lanes past the rows: every key (their results are never used)
+        vis_lo[r] = r < rows ? rr[r].lo : 0;
+        vis_hi[r] = r < rows ? rr[r].hi : std::numeric_limits<int>::max();
+        lo_max = std::max(lo_max, vis_lo[r]);
+        hi_min = std::min(hi_min, vis_hi[r]);
+      }
+    }
 #endif
     k_rows_apart = krows.pages != nullptr || krows.row_stride != d;
     scale = float(p.scale);
@@ -107,6 +131,9 @@ struct DecodeHead {
       convert_row(q + r * p.q_row_stride, d, c, qf + size_t(r) * dp);
       m[r] = -std::numeric_limits<float>::infinity();
     }
+#if defined(FAL_SIMD_AVX512)
+    if (cols) decode_q_pairs_cols(reinterpret_cast<const uint32_t*>(qf), dp, rows, d, qT);
+#endif
     return true;
   }
 
@@ -151,6 +178,44 @@ struct DecodeHead {
     }
   }
 
+#if defined(FAL_SIMD_AVX512)
+  // One block of the transposed path (cols): S^T = K Q^T, the softmax step per lane, the rows whose
+  // max moved rescaled, then O += P V on pairs as the row path does. pf: the prefetch pieces.
+  template <typename F>
+  void run_cols_block(int jb, int nk, const T* const* kp, const T* const* vp, uint32_t* vpk, F&& pf) {
+    alignas(64) float sT[kN * kN];
+    pf();
+    decode_qk_cols_bf16(qT, kp, d, scale, sT);
+    if (nk < kN || jb < lo_max || jb + kN > hi_min) decode_mask_cols(vis_lo, vis_hi, jb, nk, kN, sT);
+    pf();
+    VF st[kN];
+    for (int jj = 0; jj < kN; ++jj) st[jj] = VF::load(sT + jj * kN);
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    const __mmask16 rm = __mmask16((1u << rows) - 1u);
+    VF mv{_mm512_mask_loadu_ps(_mm512_set1_ps(neg_inf), rm, m)}, lv{_mm512_maskz_loadu_ps(rm, l)};
+    const VF alpha = softmax_cols_step(st, kN, mv, lv);
+    _mm512_mask_storeu_ps(m, rm, mv.v);
+    _mm512_mask_storeu_ps(l, rm, lv.v);
+    for (int jj = 0; jj < kN; ++jj) st[jj].store(sT + jj * kN);
+    if (uint32_t moved = lanes_ne(alpha, VF::set1(1.f)) & rm) {
+      alignas(64) float a[kN];
+      alpha.store(a);
+      for (; moved; moved &= moved - 1) {
+        const int r = __builtin_ctz(moved);
+        float* o = of + size_t(r) * dvp;
+        for (int x = 0; x < dvp; x += kN) (VF::load(o + x) * VF::set1(a[r])).store(o + x);
+      }
+    }
+    alignas(64) uint32_t pt[kN / 2 * kN];
+    decode_p_pairs_cols(sT, kN, pt);
+    decode_pack_v_pairs(vp, nk, dv, dvp, vpk);
+    for_row_blocks<4>(rows, [&](int r0, auto rn) {
+      pf();
+      decode_pv_rows_bf16<decltype(rn)::value>(pt + r0, 1, kN, vpk, (nk + 1) / 2, dvp, of + size_t(r0) * dvp);
+    });
+  }
+#endif
+
   void run(int j_begin, int j_end) {
     const float neg_inf = -std::numeric_limits<float>::infinity();
     alignas(64) float sc[kN];
@@ -164,7 +229,7 @@ struct DecodeHead {
     KeyLines own;
     own.setup(k, krows, int64_t(d) * int64_t(sizeof(T)), v, vrows, int64_t(dv) * int64_t(sizeof(T)),
               decode_prefetch().head);
-    const int steps = rows + 2;
+    const int steps = cols ? 2 + (rows + 3) / 4 : rows + 2;  // the pf() calls of a block
     const int64_t nb = (j_end - j_begin + kN - 1) / kN;
     for (int jb = j_begin; jb < j_end; jb += kN) {
       const int nk = std::min(kN, j_end - jb);
@@ -236,6 +301,10 @@ struct DecodeHead {
           block_rows(jb, nk, kp, vp);
           uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
           const uint32_t* qp = reinterpret_cast<const uint32_t*>(qf);
+          if (cols) {
+            run_cols_block(jb, nk, kp, vp, vpk, pf);
+            continue;
+          }
           alignas(64) float sall[kDecodeMaxRows * kN];
           for_row_blocks<8>(rows, [&](int r0, auto rn) {
             for (int r = 0; r < decltype(rn)::value; ++r) pf();
@@ -254,7 +323,8 @@ struct DecodeHead {
           alignas(64) uint32_t pb[kDecodeMaxRows * kN / 2];
           decode_p_pairs(sall, rows, pb);
           for_row_blocks<4>(rows, [&](int r0, auto rn) {
-            decode_pv_rows_bf16<decltype(rn)::value>(pb + r0 * (kN / 2), vpk, (nk + 1) / 2, dvp, of + size_t(r0) * dvp);
+            decode_pv_rows_bf16<decltype(rn)::value>(pb + r0 * (kN / 2), kN / 2, 1, vpk, (nk + 1) / 2, dvp,
+                                                     of + size_t(r0) * dvp);
           });
           continue;
         }

@@ -10,7 +10,12 @@
 //   O += P V:   from kPairsPvMinRows rows: V packed as pairs over keys (vpk[j2][x]), P rounded to
 //               bf16 and broadcast as pairs (the row sums keep the unrounded fp32 P, as in the
 //               forward); fewer rows: the fp32 P V of decode_rows.h.
+// Beyond kColsMinRows rows (and no score transform) S is computed transposed, one lane per row
+// (decode_qk_cols_bf16 on Q^T pairs packed once, each K pair broadcast from the row in place), so
+// the products need no reduction and the softmax none (softmax_cols_step).
 #pragma once
+#include <cstring>
+
 #include "cpu/simd/micro_bf16.h"
 
 #if !defined(FAL_SIMD_AVX512)
@@ -74,6 +79,76 @@ inline void decode_qk_rows_bf16(const uint32_t* qp, int dp, const bf16_t* const*
   }
 }
 
+// More rows than this (and no score transform) take the transposed S (decode_qk_cols_bf16).
+constexpr int kColsMinRows = 8;
+
+// Q^T as pairs: qT[x2 * kN + r] = (q_r[2 x2], q_r[2 x2 + 1]) for x2 < ceil(d / 2), r < kN (zero for
+// r >= rows); qp: the rows as pairs (decode_q_pairs), dp apart.
+inline void decode_q_pairs_cols(const uint32_t* qp, int dp, int rows, int d, uint32_t* qT) {
+  for (int x2 = 0; x2 < (d + 1) / 2; ++x2)
+    for (int r = 0; r < kN; ++r) qT[x2 * kN + r] = r < rows ? qp[size_t(r) * dp + x2] : 0u;
+}
+
+// S^T of the block: sT[jj * kN + r] = c * q_r . k_jj for its kN keys and the kN rows of qT, each K
+// pair broadcast from the row in place into one vdpbf16ps against a Q^T pair vector: keys in two
+// groups of 8 accumulators (8 K row pointers in registers), the Q^T vector loaded once per group. An
+// odd d's last pair takes k[d - 1] alone (the element past it may be outside the tensor). kp: kN
+// valid row pointers (as decode_qk_rows_bf16).
+inline void decode_qk_cols_bf16(const uint32_t* qT, const bf16_t* const* kp, int d, float c, float* sT) {
+  constexpr int G = 8;
+  const int d2 = d / 2;
+  for (int g0 = 0; g0 < kN; g0 += G) {
+    const bf16_t* kr[G];
+    __m512 a[G];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      kr[g] = kp[g0 + g];
+      a[g] = _mm512_setzero_ps();
+    }
+    for (int x2 = 0; x2 < d2; ++x2) {
+      const __m512bh qv = as_bh(_mm512_loadu_si512(qT + x2 * kN));
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) {
+        uint32_t w;
+        std::memcpy(&w, kr[g] + 2 * x2, sizeof w);
+        a[g] = _mm512_dpbf16_ps(a[g], as_bh(_mm512_set1_epi32(int(w))), qv);
+      }
+    }
+    if (d & 1) {
+      const __m512bh qv = as_bh(_mm512_loadu_si512(qT + d2 * kN));
+      for (int g = 0; g < G; ++g) a[g] = _mm512_dpbf16_ps(a[g], as_bh(_mm512_set1_epi32(int(kr[g][d - 1].bits))), qv);
+    }
+    const __m512 cs = _mm512_set1_ps(c);
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) _mm512_storeu_ps(sT + (g0 + g) * kN, _mm512_mul_ps(a[g], cs));
+  }
+}
+
+// Keys of the block a row cannot see -> -inf in S^T: key jb + jj (jj < n) is visible to lane r when
+// lo[r] <= jb + jj < hi[r] and jj < nk.
+inline void decode_mask_cols(const int32_t* lo, const int32_t* hi, int jb, int nk, int n, float* sT) {
+  const __m512i lov = _mm512_loadu_si512(lo), hiv = _mm512_loadu_si512(hi);
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int jj = 0; jj < n; ++jj) {
+    const __m512i j = _mm512_set1_epi32(jb + jj);
+    const __mmask16 vis = jj < nk ? _mm512_cmple_epi32_mask(lov, j) & _mm512_cmplt_epi32_mask(j, hiv) : 0;
+    _mm512_storeu_ps(sT + jj * kN, _mm512_mask_mov_ps(neg_inf, vis, _mm512_loadu_ps(sT + jj * kN)));
+  }
+}
+
+// P^T (sT: n keys x kN rows, fp32) -> pairs over keys, still one lane per row: pt[j2 * kN + r] =
+// (P[r][2 j2], P[r][2 j2 + 1]) as bf16, for j2 < n / 2.
+inline void decode_p_pairs_cols(const float* sT, int n, uint32_t* pt) {
+  auto bits = [](const float* p) {  // kN fp32 -> bf16, each in the low half of a 32-bit lane
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(p));
+    return _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(h));
+  };
+  for (int j2 = 0; j2 < n / 2; ++j2) {
+    const __m512i lo = bits(sT + 2 * j2 * kN), hi = bits(sT + (2 * j2 + 1) * kN);
+    _mm512_storeu_si512(pt + j2 * kN, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
+
 // P rows (kN fp32 each, kN apart) -> kN / 2 bf16 pairs per row, kN / 2 apart.
 inline void decode_p_pairs(const float* p, int rows, uint32_t* pb) {
   for (int r = 0; r < rows; ++r) {
@@ -82,29 +157,34 @@ inline void decode_p_pairs(const float* p, int rows, uint32_t* pb) {
   }
 }
 
-// o[r][0..dvp) += sum_{j2 < n2} pb[r][j2] . vpk[j2][0..dvp)  (pairs over keys); o rows dvp apart.
+// o[r][0..dvp) += sum_{j2 < n2} pb[r * rs + j2 * js] . vpk[j2][0..dvp)  (pairs over keys; P by rows:
+// rs = kN / 2, js = 1; transposed, decode_p_pairs_cols: rs = 1, js = kN); o rows dvp apart.
 // Blocked R rows x 4 vectors: each V pair vector feeds R vdpbf16ps.
-template <int R>
-inline void decode_pv_rows_bf16(const uint32_t* pb, const uint32_t* vpk, int n2, int dvp, float* o) {
+template <int R, int C = 4>
+inline void decode_pv_rows_bf16(const uint32_t* pb, int rs, int js, const uint32_t* vpk, int n2, int dvp, float* o) {
   int x0 = 0;
-  for (; x0 + 4 * kN <= dvp; x0 += 4 * kN) {
-    __m512 acc[R][4];
+  for (; x0 + C * kN <= dvp; x0 += C * kN) {
+    __m512 acc[R][C];
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_loadu_ps(o + size_t(r) * dvp + x0 + c * kN);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(o + size_t(r) * dvp + x0 + c * kN);
     for (int j2 = 0; j2 < n2; ++j2) {
       const uint32_t* vr = vpk + size_t(j2) * dvp + x0;
-      const __m512bh v0 = as_bh(_mm512_loadu_si512(vr)), v1 = as_bh(_mm512_loadu_si512(vr + kN));
-      const __m512bh v2 = as_bh(_mm512_loadu_si512(vr + 2 * kN)), v3 = as_bh(_mm512_loadu_si512(vr + 3 * kN));
+      __m512bh vv[C];
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) vv[c] = as_bh(_mm512_loadu_si512(vr + c * kN));
+#pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
-        const __m512bh pr = as_bh(_mm512_set1_epi32(int(pb[r * (kN / 2) + j2])));
-        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], v0, pr);
-        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], v1, pr);
-        acc[r][2] = _mm512_dpbf16_ps(acc[r][2], v2, pr);
-        acc[r][3] = _mm512_dpbf16_ps(acc[r][3], v3, pr);
+        const __m512bh pr = as_bh(_mm512_set1_epi32(int(pb[r * rs + j2 * js])));
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], vv[c], pr);
       }
     }
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + size_t(r) * dvp + x0 + c * kN, acc[r][c]);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + size_t(r) * dvp + x0 + c * kN, acc[r][c]);
   }
   for (; x0 < dvp; x0 += kN) {
     __m512 acc[R];
@@ -112,7 +192,7 @@ inline void decode_pv_rows_bf16(const uint32_t* pb, const uint32_t* vpk, int n2,
     for (int j2 = 0; j2 < n2; ++j2) {
       const __m512bh vv = as_bh(_mm512_loadu_si512(vpk + size_t(j2) * dvp + x0));
       for (int r = 0; r < R; ++r)
-        acc[r] = _mm512_dpbf16_ps(acc[r], vv, as_bh(_mm512_set1_epi32(int(pb[r * (kN / 2) + j2]))));
+        acc[r] = _mm512_dpbf16_ps(acc[r], vv, as_bh(_mm512_set1_epi32(int(pb[r * rs + j2 * js]))));
     }
     for (int r = 0; r < R; ++r) _mm512_storeu_ps(o + size_t(r) * dvp + x0, acc[r]);
   }

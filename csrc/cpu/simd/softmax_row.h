@@ -36,6 +36,36 @@ inline void softmax_rows_step(float* s, int lds, int n, float* m, float* l, floa
   online_softmax_rows_step<VecLane, R>(s, lds, n, m, l, acc, acc_ld, acc_n, seen);
 }
 
+// The step for kN rows held one per lane (S transposed: s[j] = key j's scores of every row), as
+// the multi-row decode computes them (decode_bf16.h): every reduction over the keys is a vertical
+// max or add, none horizontal. m, l: the rows' running max and sum, one per lane; s[0, n) become
+// P^T. Per lane the arithmetic of online_softmax_step: a row that has seen no key yet (max -inf)
+// gets P = 0 and keeps m = -inf, l = 0 (NaN when one of its scores is NaN). Returns each row's
+// accumulator factor exp(m_old - m_new): exactly 1 where the max did not change, the caller
+// rescales only the other rows (the comparison is unordered: a NaN factor rescales too).
+inline VF softmax_cols_step(VF* s, int n, VF& m, VF& l) {
+  const VF neg_inf = VF::set1(-std::numeric_limits<float>::infinity());
+  // four partial maxima and sums: short dependency chains (n a multiple of 4)
+  VF mp[4] = {m, s[1], s[2], s[3]};
+  mp[0] = vmax(mp[0], s[0]);
+  for (int j = 4; j < n; j += 4)
+    for (int i = 0; i < 4; ++i) mp[i] = vmax(mp[i], s[j + i]);
+  const VF mx = vmax(vmax(mp[0], mp[1]), vmax(mp[2], mp[3]));
+  const VF mu = select_eq(mx, neg_inf, VF::zero(), mx);  // unseen rows: exp(-inf - 0) = 0
+  const VF c = VF::set1(kLog2e);
+  VF sp[4] = {VF::zero(), VF::zero(), VF::zero(), VF::zero()};
+  for (int j = 0; j < n; j += 4)
+    for (int i = 0; i < 4; ++i) {
+      s[j + i] = exp2<5>((s[j + i] - mu) * c);
+      sp[i] = sp[i] + s[j + i];
+    }
+  const VF sum = (sp[0] + sp[1]) + (sp[2] + sp[3]);
+  const VF alpha = select_eq(mx, neg_inf, VF::set1(1.f), exp2<5>((m - mu) * c));
+  l = fma(l, alpha, sum);
+  m = mx;
+  return alpha;
+}
+
 // out[0, n) = acc * inv in T and the row's LSE, from the final (m, l) (finish_row).
 template <typename T>
 inline float write_row(const float* acc, int n, float m, float l, T* out) {

@@ -44,6 +44,12 @@ inline VF vmax(VF a, VF b) { return {_mm512_max_ps(a.v, b.v)}; }
 inline VF vmin(VF a, VF b) { return {_mm512_min_ps(a.v, b.v)}; }
 inline VF operator/(VF a, VF b) { return {_mm512_div_ps(a.v, b.v)}; }
 inline VF vabs(VF a) { return {_mm512_abs_ps(a.v)}; }
+// Per lane: a == b ? x : y (ordered: a NaN lane takes y).
+inline VF select_eq(VF a, VF b, VF x, VF y) {
+  return {_mm512_mask_mov_ps(y.v, _mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ), x.v)};
+}
+// Bit i set where lane i of a != b or either is NaN.
+inline uint32_t lanes_ne(VF a, VF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_NEQ_UQ); }
 // x where m[lane] != 0, -inf where m[lane] == 0 (a bool attn_mask row, N bytes)
 inline VF keep_where(VF x, const uint8_t* m) {
   const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)));
@@ -95,6 +101,10 @@ inline VF vmax(VF a, VF b) { return {_mm256_max_ps(a.v, b.v)}; }
 inline VF vmin(VF a, VF b) { return {_mm256_min_ps(a.v, b.v)}; }
 inline VF operator/(VF a, VF b) { return {_mm256_div_ps(a.v, b.v)}; }
 inline VF vabs(VF a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.f), a.v)}; }
+inline VF select_eq(VF a, VF b, VF x, VF y) {
+  return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ))};
+}
+inline uint32_t lanes_ne(VF a, VF b) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a.v, b.v, _CMP_NEQ_UQ))); }
 // Lanes [lo, lo + n) of x to p[lo .. lo + n).
 inline void store_lanes(VF x, int lo, int n, float* p) {
   if (n == VF::N) return x.store(p);

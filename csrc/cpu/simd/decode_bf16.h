@@ -79,9 +79,6 @@ inline void decode_qk_rows_bf16(const uint32_t* qp, int dp, const bf16_t* const*
   }
 }
 
-// More rows than this (and no score transform) take the transposed S (decode_qk_cols_bf16).
-constexpr int kColsMinRows = 8;
-
 // Q^T as pairs: qT[x2 * kN + r] = (q_r[2 x2], q_r[2 x2 + 1]) for x2 < ceil(d / 2), r < kN (zero for
 // r >= rows); qp: the rows as pairs (decode_q_pairs), dp apart.
 inline void decode_q_pairs_cols(const uint32_t* qp, int dp, int rows, int d, uint32_t* qT) {
@@ -121,18 +118,6 @@ inline void decode_qk_cols_bf16(const uint32_t* qT, const bf16_t* const* kp, int
     const __m512 cs = _mm512_set1_ps(c);
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) _mm512_storeu_ps(sT + (g0 + g) * kN, _mm512_mul_ps(a[g], cs));
-  }
-}
-
-// Keys of the block a row cannot see -> -inf in S^T: key jb + jj (jj < n) is visible to lane r when
-// lo[r] <= jb + jj < hi[r] and jj < nk.
-inline void decode_mask_cols(const int32_t* lo, const int32_t* hi, int jb, int nk, int n, float* sT) {
-  const __m512i lov = _mm512_loadu_si512(lo), hiv = _mm512_loadu_si512(hi);
-  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int jj = 0; jj < n; ++jj) {
-    const __m512i j = _mm512_set1_epi32(jb + jj);
-    const __mmask16 vis = jj < nk ? _mm512_cmple_epi32_mask(lov, j) & _mm512_cmplt_epi32_mask(j, hiv) : 0;
-    _mm512_storeu_ps(sT + jj * kN, _mm512_mask_mov_ps(neg_inf, vis, _mm512_loadu_ps(sT + jj * kN)));
   }
 }
 

@@ -50,6 +50,13 @@ inline VF select_eq(VF a, VF b, VF x, VF y) {
 }
 // Bit i set where lane i of a != b or either is NaN.
 inline uint32_t lanes_ne(VF a, VF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_NEQ_UQ); }
+// x where lo[lane] <= j < hi[lane], -inf elsewhere (N int32 bounds).
+inline VF keep_in_range(VF x, const int32_t* lo, const int32_t* hi, int j) {
+  const __m512i jv = _mm512_set1_epi32(j);
+  const __mmask16 in =
+      _mm512_cmple_epi32_mask(_mm512_loadu_si512(lo), jv) & _mm512_cmplt_epi32_mask(jv, _mm512_loadu_si512(hi));
+  return {_mm512_mask_mov_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), in, x.v)};
+}
 // x where m[lane] != 0, -inf where m[lane] == 0 (a bool attn_mask row, N bytes)
 inline VF keep_where(VF x, const uint8_t* m) {
   const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)));
@@ -105,6 +112,13 @@ inline VF select_eq(VF a, VF b, VF x, VF y) {
   return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ))};
 }
 inline uint32_t lanes_ne(VF a, VF b) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a.v, b.v, _CMP_NEQ_UQ))); }
+inline VF keep_in_range(VF x, const int32_t* lo, const int32_t* hi, int j) {
+  const __m256i jv = _mm256_set1_epi32(j);
+  const __m256i lov = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo));
+  const __m256i hiv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi));
+  const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi32(lov, jv), _mm256_cmpgt_epi32(hiv, jv));
+  return {_mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), x.v, _mm256_castsi256_ps(in))};
+}
 // Lanes [lo, lo + n) of x to p[lo .. lo + n).
 inline void store_lanes(VF x, int lo, int n, float* p) {
   if (n == VF::N) return x.store(p);

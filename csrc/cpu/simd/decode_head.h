@@ -1,0 +1,438 @@
+// decode_head.h -- one (batch, query head)'s decode state and its walk over a key range
+// (DecodeHead), for decode.cpp's work items. Compiled once per ISA (included by decode.cpp only).
+#pragma once
+#include "cpu/isa.h"
+#include "cpu/simd/common.h"
+#include "cpu/simd/decode_rows.h"
+#include "cpu/simd/prefetch.h"
+#include "cpu/simd/softmax_row.h"
+#if defined(FAL_SIMD_AVX512)
+#include "cpu/simd/decode_bf16.h"
+#endif
+
+namespace fal::cpu::FAL_CPU_NS {
+namespace {
+
+// One (batch, query head)'s decode state over a key range: run() may be called on consecutive key
+// ranges (decode.cpp's all-heads items interleave the heads chunk by chunk), finish() writes the
+// output (or the split's partial output and LSE). Keys go in blocks of kN, K and V rows read in
+// place (nothing is packed across blocks); per block, by the number of query rows:
+//   1 row            kN scores as kN FMA chains reduced together (decode_qk_rows_grouped<1> /
+//                    decode_qk_rows_bf16<1>), the softmax step on that vector, O += P V with O's
+//                    vectors as accumulators;
+//   2..kColsMinRows  the row-wise multi-row products (decode_rows.h, decode_bf16.h), the softmax
+//                    row by row (rows_softmax);
+//   more             without a score transform: S transposed, one lane per row (run_cols_block).
+template <typename T>
+struct DecodeHead {
+  const FwdParams* pp = nullptr;
+  int bi = 0, hi = 0, rows = 0, d = 0, dv = 0, dp = 0, dvp = 0;
+  // software prefetch during run(): unset, the next block's rows (per-head streams; kept for
+  // contiguous rows too: without it, head-contiguous decode falls to a third (fp16) or half
+  // (fp32)); set, feed_quota lines of this feed over run()'s blocks (decode_item_heads: a share of
+  // the next chunk's lines)
+  KeyLines* feed = nullptr;
+  int64_t feed_quota = 0;
+  // bf16 K/V on AVX-512: S = Q K^T runs on bf16 pairs (decode_bf16.h; one row: K rows in place,
+  // H32 1x32768 D128 head-major 1 thread 34.4 -> 37.8 GB/s), and with several rows P V too; qf then
+  // holds each row's q as pairs (unscaled) and `scale` multiplies the scores
+  bool pairs = false;
+  // more than kColsMinRows rows without a score transform: S transposed, one lane per row
+  // (decode_rows.h) -- Q^T in qT (fp32; bf16 pairs with `pairs`), each row's visible keys
+  // [vis_lo, vis_hi) per lane
+  bool cols = false;
+  float* qT = nullptr;
+  alignas(64) int32_t vis_lo[kDecodeMaxRows], vis_hi[kDecodeMaxRows];
+  int lo_max = 0, hi_min = 0;  // every row sees the keys [lo_max, hi_min)
+  // K rows not back to back (a token-major or paged cache): several fp32 rows take one pass over K
+  // (decode_qk_rows_grouped: 1.09-1.28x there), else row by row on K in L1 (the grouped pass measured
+  // 0.63-0.89x on a head-major cache; Zen 4, 2 threads, 32768 keys D128, 2026-12-01)
+  bool k_rows_apart = false;
+  float scale = 1.f;
+  SeqInfo sq{};
+  ScoreMod mod;
+  float *qf = nullptr, *of = nullptr, *m = nullptr, *l = nullptr, *kb = nullptr;
+  const T *k = nullptr, *v = nullptr;
+  KvRows krows, vrows;
+  KeyRange rr[kDecodeMaxRows];
+  KeyRange kr{0, 0};
+
+  // per-head state (Q, O, m, l, P of a block) and the block staging scratch (K, V rows as fp32),
+  // which heads processed one after the other can share
+  static size_t floats(const FwdParams& p) {
+    size_t n = size_t(p.s_q) * (round_up(p.d, kN) + round_up(p.d_v, kN)) + 2 * kDecodeMaxRows;
+    if (p.s_q > kColsMinRows) n += size_t(round_up(p.d, kN)) * round_up(p.s_q, kN);  // qT
+    return n;
+  }
+  static size_t scratch_floats(const FwdParams& p) {
+    return size_t(kN) * round_up(p.d, kN) + size_t(kN / 2) * round_up(p.d_v, kN);  // K staging; V pairs
+  }
+
+  // Points the state at mem (its layout: floats(p)) without touching it; false when the sequence
+  // has no query row.
+  bool attach(const FwdParams& p, int bi_, int hi_, float* mem, float* scratch) {
+    pp = &p;
+    bi = bi_;
+    hi = hi_;
+    sq = seq_info(p, bi);
+    d = p.d, dv = p.d_v, dp = round_up(d, kN), dvp = round_up(dv, kN), rows = sq.s_q;
+    if (rows <= 0) return false;
+    const int hk = hi / (p.h / p.h_kv);
+    mod = make_score_mod(p, bi, hi, sq.s_q, sq.s_k);
+    qf = mem;                     // rows x dp (scaled by c)
+    of = qf + size_t(rows) * dp;  // rows x dvp
+    m = of + size_t(rows) * dvp;  // kDecodeMaxRows (a lane vector per kN rows)
+    l = m + kDecodeMaxRows;       // kDecodeMaxRows
+    kb = scratch;                 // K of a block, transposed: dp x kN (then the V pairs: kN / 2 x dvp)
+    k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
+    v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
+    krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);
+    vrows = kv_rows(p, sq, bi, p.v_row_stride, p.v_batch_stride);
+    const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
+    kr = vis.keys_of_rows(0, rows);
+
+    for (int r = 0; r < rows; ++r) rr[r] = vis.keys_of_row(r);
+#if defined(FAL_SIMD_AVX512)
+    pairs = std::is_same_v<T, bf16_t>;
+#endif
+    cols = rows > kColsMinRows && !mod.any && !mod.drop.on;
+    if (cols) {
+      qT = l + kDecodeMaxRows;
+      lo_max = 0;
+      hi_min = std::numeric_limits<int>::max();
+      for (int r = 0; r < kDecodeMaxRows; ++r) {  // lanes past the rows: every key (never used)
+        vis_lo[r] = r < rows ? rr[r].lo : 0;
+        vis_hi[r] = r < rows ? rr[r].hi : std::numeric_limits<int>::max();
+        lo_max = std::max(lo_max, vis_lo[r]);
+        hi_min = std::min(hi_min, vis_hi[r]);
+      }
+    }
+    k_rows_apart = krows.pages != nullptr || krows.row_stride != d;
+    scale = float(p.scale);
+    return true;
+  }
+
+  // attach + a fresh state: Q converted (times the scale), O = 0, m = -inf, l = 0.
+  bool init(const FwdParams& p, int bi_, int hi_, float* mem, float* scratch) {
+    if (!attach(p, bi_, hi_, mem, scratch)) return false;
+    fill(mem, mem + floats(p), 0.f);
+    const T* q = static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride;
+    const float c = float(p.scale);  // natural-unit scores; exp2 of (s - m) * log2 e
+    for (int r = 0; r < rows; ++r) {
+#if defined(FAL_SIMD_AVX512)
+      if constexpr (std::is_same_v<T, bf16_t>)
+        if (pairs) {
+          decode_q_pairs(q + r * p.q_row_stride, d, reinterpret_cast<uint32_t*>(qf + size_t(r) * dp));
+          continue;
+        }
+#endif
+      convert_row(q + r * p.q_row_stride, d, c, qf + size_t(r) * dp);
+    }
+    fill(m, m + kDecodeMaxRows, -std::numeric_limits<float>::infinity());
+    if (!cols) return true;
+#if defined(FAL_SIMD_AVX512)
+    if (pairs) {
+      decode_q_pairs_cols(reinterpret_cast<const uint32_t*>(qf), dp, rows, d, reinterpret_cast<uint32_t*>(qT));
+      return true;
+    }
+#endif
+    decode_q_cols(qf, dp, rows, d, qT);
+    return true;
+  }
+
+  // Keys [j_begin, j_end) of split `split` of the visible range.
+  void split_range(int split, int& j_begin, int& j_end) const {
+    const int n = kr.hi - kr.lo, per = (n + pp->num_splits - 1) / pp->num_splits;
+    j_begin = kr.lo + std::min(n, split * per);
+    j_end = kr.lo + std::min(n, (split + 1) * per);
+  }
+
+  // The scores of every row over a block (sall: rows x kN) -> P in place: mask, score mods, the
+  // online-softmax step (rescaling the row's O), dropout. A row that sees nothing gets P = 0.
+  void rows_softmax(int jb, int nk, float* sall) {
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    for (int r = 0; r < rows; ++r) {
+      float* srow = sall + r * kN;
+      const KeyRange& rk = rr[r];
+      if (rk.hi <= jb || rk.lo >= jb + nk) {  // the row sees nothing in this block
+        fill(srow, srow + kN, 0.f);
+        continue;
+      }
+      if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
+        for (int jj = 0; jj < kN; ++jj) {
+          const int j = jb + jj;
+          if (!(jj < nk && j >= rk.lo && j < rk.hi))
+            srow[jj] = neg_inf;
+          else if (mod.any)
+            srow[jj] = mod.apply(srow[jj], r, j, static_cast<float*>(nullptr));
+        }
+      if (softmax_row_step(srow, kN, m[r], l[r], of + size_t(r) * dvp, dvp) && mod.drop.on)
+        mod.drop.apply_row(r, jb, srow, nk);
+    }
+  }
+
+  // The K and V rows of the block of nk keys from jb, kN of each: past nk the last row again, so
+  // the products run over a compile-time kN keys (their scores are masked to -inf).
+  void block_rows(int jb, int nk, const T** kp, const T** vp) const {
+    for (int jj = 0; jj < kN; ++jj) {
+      const int j = jb + std::min(jj, nk - 1);
+      kp[jj] = k + krows.at(j);
+      vp[jj] = v + vrows.at(j);
+    }
+  }
+
+  // One block of the transposed path (cols): S^T = K Q^T (bf16 pairs on vdpbf16ps, else fp32: K rows
+  // in place or staged as fp32 rows in kb), the keys no row sees masked, the softmax step per lane,
+  // the rows whose max moved rescaled, then O += P V (on pairs from P^T; else in fp32 on P
+  // transposed back to rows). pf: the prefetch pieces.
+  template <typename F>
+  void run_cols_block(int jb, int nk, F&& pf) {
+    const T* kp[kN];
+    const T* vp[kN];
+    block_rows(jb, nk, kp, vp);
+    const int rv = (rows + kN - 1) / kN;
+    alignas(64) float sT[kColsVecs * kN * kN];  // [lane vector][key][lane]
+    pf();
+    if (pairs) {
+#if defined(FAL_SIMD_AVX512)
+      if constexpr (std::is_same_v<T, bf16_t>)
+        decode_qk_cols_bf16(reinterpret_cast<const uint32_t*>(qT), kp, d, scale, sT);
+#endif
+    } else {
+      const float* kf[kN];
+      for (int jj = 0; jj < kN; ++jj) {
+        if constexpr (std::is_same_v<T, float>) {
+          kf[jj] = kp[jj];
+        } else {
+          convert_row(kp[jj], d, 1.f, kb + size_t(jj) * dp);
+          kf[jj] = kb + size_t(jj) * dp;
+        }
+      }
+      if (kColsVecs > 1 && rv > 1)
+        decode_qk_cols<kColsVecs>(qT, kf, d, sT);
+      else
+        decode_qk_cols<1>(qT, kf, d, sT);
+    }
+    if (nk < kN || jb < lo_max || jb + kN > hi_min)
+      for (int v = 0; v < rv; ++v) decode_mask_cols(vis_lo + v * kN, vis_hi + v * kN, jb, nk, kN, sT + v * kN * kN);
+    pf();
+    alignas(64) float alpha[kDecodeMaxRows];
+    for (int v = 0; v < rv; ++v) {
+      float* s = sT + v * kN * kN;
+      VF st[kN];
+      for (int jj = 0; jj < kN; ++jj) st[jj] = VF::load(s + jj * kN);
+      VF mv = VF::load(m + v * kN), lv = VF::load(l + v * kN);  // lanes past the rows: never read
+      softmax_cols_step(st, kN, mv, lv).store(alpha + v * kN);
+      mv.store(m + v * kN);
+      lv.store(l + v * kN);
+      if (pairs) {
+        for (int jj = 0; jj < kN; ++jj) st[jj].store(s + jj * kN);
+      } else {
+        transpose_store(st, s, kN);  // P rows (row v kN + r at s + r kN) for P V
+      }
+    }
+    for (int r = 0; r < rows; ++r)
+      if (!(alpha[r] == 1.f)) {  // the max moved (or NaN): rescale the row's O
+        float* o = of + size_t(r) * dvp;
+        const VF a = VF::set1(alpha[r]);
+        for (int x = 0; x < dvp; x += kN) (VF::load(o + x) * a).store(o + x);
+      }
+#if defined(FAL_SIMD_AVX512)
+    if constexpr (std::is_same_v<T, bf16_t>) {
+      if (pairs) {
+        alignas(64) uint32_t pt[kN / 2 * kN];
+        decode_p_pairs_cols(sT, kN, pt);
+        uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
+        decode_pack_v_pairs(vp, nk, dv, dvp, vpk);
+        for_row_blocks<4>(rows, [&](int r0, auto rn) {
+          pf();
+          decode_pv_rows_bf16<decltype(rn)::value>(pt + r0, 1, kN, vpk, (nk + 1) / 2, dvp, of + size_t(r0) * dvp);
+        });
+        return;
+      }
+    }
+#endif
+    for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
+      pf();
+      decode_pv_rows<decltype(rn)::value>(sT + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
+    });
+  }
+
+  void run(int j_begin, int j_end) {
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    alignas(64) float sc[kN];
+    // software prefetch one block ahead (the hint: decode_prefetch, isa.h), issued in rows + 2
+    // pieces between the block's steps (KeyLines, prefetch.h): the two streams (K, V) read a block
+    // at a time defeat the hardware prefetcher (without: 15 GB/s fp16 where a plain read gets 45 on
+    // a Zen 5). There NTA one block ahead beat T0 four ahead (H32 1x32768 D128 head-major, 2
+    // threads, 2026-12-01): fp16 36 -> 46-50 GB/s, bf16 35 -> 47-49, fp32 37 -> 41 (read probe 45);
+    // on a Zen 4 (32 KB L1) T1 beat NTA by 1.1-1.8x and no prefetch by up to 1.4x
+    // (bench/results/cpu-2026-12-01-zen4.md).
+    KeyLines own;
+    own.setup(k, krows, int64_t(d) * int64_t(sizeof(T)), v, vrows, int64_t(dv) * int64_t(sizeof(T)),
+              decode_prefetch().head);
+    const int steps = cols ? 2 + (rows + kPvRows - 1) / kPvRows : rows + 2;  // the pf() calls of a block
+    const int64_t nb = (j_end - j_begin + kN - 1) / kN;
+    for (int jb = j_begin; jb < j_end; jb += kN) {
+      const int nk = std::min(kN, j_end - jb);
+      KeyLines* f = feed;
+      int64_t per_step;
+      if (f == nullptr) {
+        own.finish();  // what the previous block's steps left
+        own.start(jb + kN, std::min(jb + 2 * kN, j_end));
+        f = &own;
+        per_step = (own.lines + steps - 1) / steps;
+      } else {
+        per_step = (feed_quota + nb * steps - 1) / (nb * steps);
+      }
+      auto pf = [&] { f->issue(per_step); };
+      if (cols) {
+        run_cols_block(jb, nk, pf);
+        continue;
+      }
+      if (rows == 1) {  // single query row: read K and V rows in place, no staging copies
+        const KeyRange& rk = rr[0];
+        if (rk.hi <= jb || rk.lo >= jb + nk) continue;
+        const T* kp[kN];
+        const T* vp[kN];
+        block_rows(jb, nk, kp, vp);
+        pf();
+        bool done = false;  // (keys past nk: the last key's scores, masked below)
+#if defined(FAL_SIMD_AVX512)
+        if constexpr (std::is_same_v<T, bf16_t>)
+          if (pairs) {
+            decode_qk_rows_bf16<1>(reinterpret_cast<const uint32_t*>(qf), dp, kp, d, scale, sc);
+            done = true;
+          }
+#endif
+        if (!done) decode_qk_rows_grouped<1>(qf, dp, kp, d, sc);
+        if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
+          for (int jj = 0; jj < kN; ++jj) {
+            const int j = jb + jj;
+            if (!(jj < nk && j >= rk.lo && j < rk.hi))
+              sc[jj] = neg_inf;
+            else if (mod.any)
+              sc[jj] = mod.apply(sc[jj], 0, j, static_cast<float*>(nullptr));
+          }
+        pf();
+        // every score so far masked (attn_mask): P = 0, nothing to add -- unless one is NaN
+        if (!softmax_row_step(sc, kN, m[0], l[0], of, dvp)) continue;
+        if (mod.drop.on) mod.drop.apply_row(0, jb, sc, nk);
+        pf();
+        // O += P V. Up to 8 vectors of O (AVX-512 at D <= 128): one accumulator per vector, each a
+        // chain of nk FMAs, and the out-of-order core runs the 8 chains side by side. More vectors
+        // (AVX2 at D 128: 16) overflow that window: blocks of 4 accumulators instead. Interleaved
+        // in one process (Zen 5, H32 1x32768 D128 fp32, 2 threads): AVX2 23 -> 31 GB/s blocked,
+        // AVX-512 44 per-vector vs 33 blocked.
+        if (dvp / kN <= 8) {
+          for (int x = 0; x < dv; x += kN) {
+            const int w = std::min(kN, dv - x);
+            VF o = VF::load(of + x);
+            if (w == kN)  // compile-time width (as S = Q K^T above)
+              for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(sc[jj]), load_f32(vp[jj] + x, kN), o);
+            else
+              for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(sc[jj]), load_f32(vp[jj] + x, w), o);
+            o.store(of + x);
+          }
+        } else {
+          decode_pv_rows<1>(sc, vp, dv, nk, of, dvp);
+        }
+        continue;
+      }
+#if defined(FAL_SIMD_AVX512)
+      if constexpr (std::is_same_v<T, bf16_t>) {
+        if (pairs) {  // vdpbf16ps on bf16 pairs (decode_bf16.h): K and V packed once per block
+          const T* kp[kN];
+          const T* vp[kN];
+          block_rows(jb, nk, kp, vp);
+          uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
+          const uint32_t* qp = reinterpret_cast<const uint32_t*>(qf);
+          alignas(64) float sall[kDecodeMaxRows * kN];
+          for_row_blocks<8>(rows, [&](int r0, auto rn) {
+            for (int r = 0; r < decltype(rn)::value; ++r) pf();
+            decode_qk_rows_bf16<decltype(rn)::value>(qp + size_t(r0) * dp, dp, kp, d, scale, sall + r0 * kN);
+          });
+          pf();
+          rows_softmax(jb, nk, sall);
+          pf();
+          if (rows < kPairsPvMinRows) {  // P V in fp32 on the V rows in place (no V pair packing)
+            for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
+              decode_pv_rows<decltype(rn)::value>(sall + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
+            });
+            continue;
+          }
+          decode_pack_v_pairs(vp, nk, dv, dvp, vpk);
+          alignas(64) uint32_t pb[kDecodeMaxRows * kN / 2];
+          decode_p_pairs(sall, rows, pb);
+          for_row_blocks<4>(rows, [&](int r0, auto rn) {
+            decode_pv_rows_bf16<decltype(rn)::value>(pb + r0 * (kN / 2), kN / 2, 1, vpk, (nk + 1) / 2, dvp,
+                                                     of + size_t(r0) * dvp);
+          });
+          continue;
+        }
+      }
+#endif
+      // S = Q K^T: fp32 rows on the K rows in place (one pass for all rows or row by row: k_rows_apart);
+      // bf16 / fp16: up to kGroupedMaxRows16 rows in one pass over K converted on the fly, more on K
+      // converted once per block, transposed (kT = kb: dp x kN, keys past nk zero; decode_qk_rows).
+      // V read in place by P V below.
+      const T* kp[kN];
+      const T* vp[kN];
+      block_rows(jb, nk, kp, vp);
+      alignas(64) float sall[kDecodeMaxRows * kN];
+      if constexpr (std::is_same_v<T, float>) {
+        if (k_rows_apart) {
+          for_row_blocks<kGroupRows>(rows, [&](int r0, auto rn) {
+            for (int r = 0; r < decltype(rn)::value; ++r) pf();
+            decode_qk_rows_grouped<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kp, d, sall + r0 * kN);
+          });
+        } else {
+          for (int r = 0; r < rows; ++r) {
+            pf();
+            decode_qk_rows_grouped<1>(qf + size_t(r) * dp, dp, kp, d, sall + r * kN);
+          }
+        }
+      } else if (rows <= kGroupedMaxRows16) {
+        for_row_blocks<kGroupRows>(rows, [&](int r0, auto rn) {
+          for (int r = 0; r < decltype(rn)::value; ++r) pf();
+          decode_qk_rows_grouped<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kp, d, sall + r0 * kN);
+        });
+      } else {
+        const T* kz[kN];  // rows past nk as zeros
+        for (int jj = 0; jj < kN; ++jj) kz[jj] = jj < nk ? kp[jj] : nullptr;
+        transpose_rows(kz, d, kb, kN);
+        for_row_blocks<kQkRows>(rows, [&](int r0, auto rn) {
+          for (int r = 0; r < decltype(rn)::value; ++r) pf();
+          decode_qk_rows<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kb, d, sall + r0 * kN);
+        });
+      }
+      pf();
+      rows_softmax(jb, nk, sall);
+      pf();
+      for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
+        decode_pv_rows<decltype(rn)::value>(sall + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
+      });
+    }
+  }
+
+  void finish(int split) {
+    const FwdParams& p = *pp;
+    const bool partial = p.num_splits > 1;
+    const int64_t row0 = (int64_t(bi) * p.h + hi) * p.s_q;
+    for (int r = 0; r < rows; ++r) {
+      const float* src = of + size_t(r) * dvp;
+      if (partial) {  // the split's normalised partial output and LSE, merged by fwd_combine_run
+        const int64_t w = int64_t(split) * p.b * p.h * p.s_q + row0 + r;
+        p.lse_accum[w] = write_row(src, dv, m[r], l[r], p.o_accum + w * dv);
+      } else {
+        T* orow =
+            static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + (sq.q_row0 + r) * p.o_row_stride;
+        static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0 + r] =
+            write_row(src, dv, m[r], l[r], orow);
+      }
+    }
+  }
+};
+
+}  // namespace
+}  // namespace fal::cpu::FAL_CPU_NS

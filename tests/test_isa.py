@@ -81,13 +81,14 @@ for dt in (torch.float32, torch.bfloat16, torch.float16):
     k_head = torch.randn(2, 2, 333, 72, dtype=dt).transpose(1, 2)  # head-contiguous
     for name, k in (("tok", k_tok), ("head", k_head)):
         out[f"{dt}-{name}"] = f.flash_attn_func(q, k, k * 0.5)
+        out[f"{dt}-{name}-fwd"] = f.flash_attn_func(torch.randn(2, 40, 8, 72, dtype=dt), k, k * 0.5)  # the forward
 torch.save(out, sys.argv[1])
 """
 
 
 @pytest.mark.slow
 def test_decode_prefetch_hint_never_changes_results(tmp_path):
-    # FLASHATTN_LITE_DECODE_PREFETCH picks the decode kernels' software-prefetch hint (README,
+    # FLASHATTN_LITE_DECODE_PREFETCH picks the decode's (and the forward's next-tile) software-prefetch hint (README,
     # "Environment variables"): a speed knob, so every value must give bit-identical outputs.
     results = {}
     for hint in ("t0", "t1", "nta", "none", ""):

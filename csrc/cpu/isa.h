@@ -24,7 +24,8 @@ Isa active_isa();
 // Returns an error message ("" on success).
 std::string set_active_isa(const std::string& name);
 
-// Software prefetch of the decode kernels' K / V streams (decode.cpp), a per-machine choice:
+// Software prefetch of the decode kernels' K / V streams (decode_head.h, decode.cpp; the forward's
+// next key tile takes `head` too, fwd.cpp), a per-machine choice:
 // FLASHATTN_LITE_DECODE_PREFETCH=t0|t1|nta|none sets one hint for every stream (measurement); unset,
 // the L1 data cache decides. 48 KB or more (Zen 5): the hints measured best there -- NTA one block
 // ahead per head stream; per chunk of a token-major cache T0 (bf16 / fp16) or T1 (fp32). Smaller

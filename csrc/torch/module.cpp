@@ -93,7 +93,8 @@ PYBIND11_MODULE(_C, mod) {
       "The CPU ISA the kernels use now.");
   mod.def(
       "_decode_prefetch", [] { return fal::cpu::decode_prefetch().describe; },
-      "The decode kernels' software-prefetch hints on this machine (FLASHATTN_LITE_DECODE_PREFETCH or the L1 size).");
+      "The decode kernels' (and the forward's next-tile) software-prefetch hints on this machine "
+      "(FLASHATTN_LITE_DECODE_PREFETCH or the L1 size).");
   mod.def(
       "available_isas",
       [] {

@@ -107,26 +107,6 @@ struct PanelsBf16 {
 };
 #endif
 
-// The next key tile's K and V rows [jn, min(jn + kBN, j_end)) into L1, a slice per row group of the
-// current tile, so pack() finds them cached (prefetch.h; 6 prefetch instructions per fwd.cpp object).
-// Time of fwd H8 N2048 D64 / causal bf16 H8 N4096 D128, 2 threads, A/B of the binaries with and
-// without, 5 rounds (Zen 4, 32 KB L1, 2026-12-01): AVX-512 fp32 1.0x, bf16 1.0x, fp16 1.03-1.1x,
-// causal 0.97-1.01x; AVX2 fp32 1.03x, bf16 1.0-1.04x, fp16 1.03x, causal 1.07x; T1 instead of T0
-// no better. (Zen 5's 1.2-5.7 % came from a build where the older _mm_prefetch form was emitted;
-// GCC 12 later deleted it -- the DEVELOPERS pitfall.)
-template <typename T>
-inline void prefetch_next_tile(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int kbytes, int vbytes,
-                               int jn, int j_end, int r0, int rows) {
-  const int gi = r0 / kRM, ng = (rows + kRM - 1) / kRM;
-  const int a = jn + gi * kBN / ng, b = std::min(j_end, jn + (gi + 1) * kBN / ng);
-  for (int j = a; j < b; ++j) {
-    const char* kr = reinterpret_cast<const char*>(k + krows.at(j));
-    const char* vr = reinterpret_cast<const char*>(v + vrows.at(j));
-    prefetch_bytes(kr, kbytes, PrefetchHint::kT0);
-    prefetch_bytes(vr, vbytes, PrefetchHint::kT0);
-  }
-}
-
 // Per-chunk state besides the panels: S of a row group, O, m, l of the chunk's rows.
 struct ChunkState {
   Buf<float> s, o, m, l;
@@ -158,15 +138,30 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkStat
   const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
   const KeyRange kr = vis.keys_of_rows(i0, i1);
   float* S = w.s.data();
+  // The next key tile's K and V lines, prefetched in pieces between the row groups' steps (KeyLines,
+  // prefetch.h) with the decode's hint for a head's next block (isa.h: T1 on a 32 KB L1), so pack()
+  // finds them cached. Against the whole slice of a row group at once into L1 (T0), 2 threads, 5
+  // rounds (Zen 4, 2026-12-01): few rows over a long cache (chunked prefill: 32-64 query rows,
+  // 16384-32768 keys, D128) AVX-512 1.02-1.19x, AVX2 1.1-1.18x; fwd H8 N2048 D64 and causal N4096
+  // D128 1.0-1.02x on AVX-512, 1.03-1.2x on AVX2.
+  KeyLines next;
+  next.setup(k, krows, int64_t(p.d) * int64_t(sizeof(T)), v, vrows, int64_t(p.d_v) * int64_t(sizeof(T)),
+             decode_prefetch().head);
+  const int steps = 3 * ((rows + kRM - 1) / kRM);  // the pf() calls of a tile
   for (int j0 = kr.lo; j0 < kr.hi; j0 += kBN) {
     const int cols = std::min(kBN, kr.hi - j0);
+    next.finish();
+    next.start(j0 + kBN, std::min(j0 + 2 * kBN, kr.hi));
+    const int64_t per_step = (next.lines + steps - 1) / steps;
+    auto pf = [&] { next.issue(per_step); };
     pn.pack(k, krows, v, vrows, j0, cols);
     for (int r0 = 0; r0 < rows; r0 += kRM) {
       const int g0 = i0 + r0, g1 = std::min(g0 + kRM, i1);
       const KeyRange gr = vis.keys_of_rows(g0, g1);
       if (gr.hi <= j0 || gr.lo >= j0 + cols) continue;  // no row of the group sees this tile
-      prefetch_next_tile(k, krows, v, vrows, p.d * int(sizeof(T)), p.d_v * int(sizeof(T)), j0 + kBN, kr.hi, r0, rows);
+      pf();
       pn.qk(r0, S);
+      pf();
       const bool full = cols == kBN && vis.tile_fully_visible(g0, g1, j0, j0 + cols);
       // The plain case (no transform, mask or dropout; every row of the group sees the whole tile):
       // the group's rows through one interleaved softmax step, bit-identical to the row loop below
@@ -176,6 +171,7 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkStat
         softmax_rows_step<kRM>(S, kBN, kBN, w.m.data() + r0, w.l.data() + r0, w.o.data() + size_t(r0) * dvp, dvp, dvp,
                                seen);
         for (int r = 0; r < kRM; ++r) pn.emit_p(r, S + r * kBN);
+        pf();
         pn.pv(r0, S, cols, w.o.data() + size_t(r0) * dvp);
         continue;
       }
@@ -197,6 +193,7 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkStat
         }
         pn.emit_p(r, sr);
       }
+      pf();
       pn.pv(r0, S, cols, w.o.data() + size_t(r0) * dvp);
     }
   }

@@ -121,14 +121,14 @@ inline void decode_qk_cols_bf16(const uint32_t* qT, const bf16_t* const* kp, int
   }
 }
 
-// P^T (sT: n keys x kN rows, fp32) -> pairs over keys, still one lane per row: pt[j2 * kN + r] =
-// (P[r][2 j2], P[r][2 j2 + 1]) as bf16, for j2 < n / 2.
-inline void decode_p_pairs_cols(const float* sT, int n, uint32_t* pt) {
+// P^T (sT: kN keys x kN rows, fp32) -> pairs over keys, still one lane per row: pt[j2 * kN + r] =
+// (P[r][2 j2], P[r][2 j2 + 1]) as bf16, for j2 < kN / 2.
+inline void decode_p_pairs_cols(const float* sT, uint32_t* pt) {
   auto bits = [](const float* p) {  // kN fp32 -> bf16, each in the low half of a 32-bit lane
     const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(p));
     return _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(h));
   };
-  for (int j2 = 0; j2 < n / 2; ++j2) {
+  for (int j2 = 0; j2 < kN / 2; ++j2) {
     const __m512i lo = bits(sT + 2 * j2 * kN), hi = bits(sT + (2 * j2 + 1) * kN);
     _mm512_storeu_si512(pt + j2 * kN, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
   }
@@ -145,8 +145,9 @@ inline void decode_p_pairs(const float* p, int rows, uint32_t* pb) {
 // o[r][0..dvp) += sum_{j2 < n2} pb[r * rs + j2 * js] . vpk[j2][0..dvp)  (pairs over keys; P by rows:
 // rs = kN / 2, js = 1; transposed, decode_p_pairs_cols: rs = 1, js = kN); o rows dvp apart.
 // Blocked R rows x 4 vectors: each V pair vector feeds R vdpbf16ps.
-template <int R, int C = 4>
+template <int R>
 inline void decode_pv_rows_bf16(const uint32_t* pb, int rs, int js, const uint32_t* vpk, int n2, int dvp, float* o) {
+  constexpr int C = 4;
   int x0 = 0;
   for (; x0 + C * kN <= dvp; x0 += C * kN) {
     __m512 acc[R][C];

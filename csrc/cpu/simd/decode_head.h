@@ -57,8 +57,9 @@ struct DecodeHead {
   KeyRange rr[kDecodeMaxRows];
   KeyRange kr{0, 0};
 
-  // per-head state (Q, O, m, l, P of a block) and the block staging scratch (K, V rows as fp32),
-  // which heads processed one after the other can share
+  // per-head state (Q, O, m and l -- kDecodeMaxRows each, whole lane vectors for the transposed
+  // path -- and Q^T for it) and the block staging scratch (K as fp32, V pairs), which heads processed
+  // one after the other can share
   static size_t floats(const FwdParams& p) {
     size_t n = size_t(p.s_q) * (round_up(p.d, kN) + round_up(p.d_v, kN)) + 2 * kDecodeMaxRows;
     if (p.s_q > kColsMinRows) n += size_t(round_up(p.d, kN)) * round_up(p.s_q, kN);  // qT
@@ -83,7 +84,7 @@ struct DecodeHead {
     of = qf + size_t(rows) * dp;  // rows x dvp
     m = of + size_t(rows) * dvp;  // kDecodeMaxRows (a lane vector per kN rows)
     l = m + kDecodeMaxRows;       // kDecodeMaxRows
-    kb = scratch;                 // K of a block, transposed: dp x kN (then the V pairs: kN / 2 x dvp)
+    kb = scratch;                 // K of a block as fp32 (dp x kN transposed; kN x dp rows: cols), V pairs
     k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
     v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
     krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);
@@ -214,7 +215,7 @@ struct DecodeHead {
         decode_qk_cols<1>(qT, kf, d, sT);
     }
     if (nk < kN || jb < lo_max || jb + kN > hi_min)
-      for (int v = 0; v < rv; ++v) decode_mask_cols(vis_lo + v * kN, vis_hi + v * kN, jb, nk, kN, sT + v * kN * kN);
+      for (int v = 0; v < rv; ++v) decode_mask_cols(vis_lo + v * kN, vis_hi + v * kN, jb, nk, sT + v * kN * kN);
     pf();
     alignas(64) float alpha[kDecodeMaxRows];
     for (int v = 0; v < rv; ++v) {
@@ -241,7 +242,7 @@ struct DecodeHead {
     if constexpr (std::is_same_v<T, bf16_t>) {
       if (pairs) {
         alignas(64) uint32_t pt[kN / 2 * kN];
-        decode_p_pairs_cols(sT, kN, pt);
+        decode_p_pairs_cols(sT, pt);
         uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
         decode_pack_v_pairs(vp, nk, dv, dvp, vpk);
         for_row_blocks<4>(rows, [&](int r0, auto rn) {

@@ -185,10 +185,10 @@ inline void decode_qk_cols(const float* qT, const float* const* kf, int d, float
   }
 }
 
-// Keys of the block a row cannot see -> -inf in S^T (n keys, kN lanes each, kN apart): key jb + jj
+// Keys of the block a row cannot see -> -inf in S^T (kN keys, kN lanes each, kN apart): key jb + jj
 // is visible to lane r when lo[r] <= jb + jj < hi[r] and jj < nk.
-inline void decode_mask_cols(const int32_t* lo, const int32_t* hi, int jb, int nk, int n, float* sT) {
-  for (int jj = 0; jj < n; ++jj) {
+inline void decode_mask_cols(const int32_t* lo, const int32_t* hi, int jb, int nk, float* sT) {
+  for (int jj = 0; jj < kN; ++jj) {
     float* s = sT + size_t(jj) * kN;
     const VF x = jj < nk ? VF::load(s) : VF::set1(-std::numeric_limits<float>::infinity());
     keep_in_range(x, lo, hi, jb + jj).store(s);

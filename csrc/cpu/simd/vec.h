@@ -48,8 +48,6 @@ inline VF vabs(VF a) { return {_mm512_abs_ps(a.v)}; }
 inline VF select_eq(VF a, VF b, VF x, VF y) {
   return {_mm512_mask_mov_ps(y.v, _mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ), x.v)};
 }
-// Bit i set where lane i of a != b or either is NaN.
-inline uint32_t lanes_ne(VF a, VF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_NEQ_UQ); }
 // x where lo[lane] <= j < hi[lane], -inf elsewhere (N int32 bounds).
 inline VF keep_in_range(VF x, const int32_t* lo, const int32_t* hi, int j) {
   const __m512i jv = _mm512_set1_epi32(j);
@@ -111,7 +109,6 @@ inline VF vabs(VF a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.f), a.v)}; }
 inline VF select_eq(VF a, VF b, VF x, VF y) {
   return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ))};
 }
-inline uint32_t lanes_ne(VF a, VF b) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a.v, b.v, _CMP_NEQ_UQ))); }
 inline VF keep_in_range(VF x, const int32_t* lo, const int32_t* hi, int j) {
   const __m256i jv = _mm256_set1_epi32(j);
   const __m256i lov = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo));

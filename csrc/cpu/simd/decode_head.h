@@ -148,10 +148,24 @@ struct DecodeHead {
     j_end = kr.lo + std::min(n, (split + 1) * per);
   }
 
+  // Row r's kN scores of the block from jb (nk keys real): keys the row cannot see, or past nk, to
+  // -inf, the score mods applied to the rest; nothing to do when every key is visible as is.
+  void mask_row(float* s, int r, int jb, int nk) {
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    const KeyRange& rk = rr[r];
+    if (!(mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)) return;
+    for (int jj = 0; jj < kN; ++jj) {
+      const int j = jb + jj;
+      if (!(jj < nk && j >= rk.lo && j < rk.hi))
+        s[jj] = neg_inf;
+      else if (mod.any)
+        s[jj] = mod.apply(s[jj], r, j, static_cast<float*>(nullptr));
+    }
+  }
+
   // The scores of every row over a block (sall: rows x kN) -> P in place: mask, score mods, the
   // online-softmax step (rescaling the row's O), dropout. A row that sees nothing gets P = 0.
   void rows_softmax(int jb, int nk, float* sall) {
-    const float neg_inf = -std::numeric_limits<float>::infinity();
     for (int r = 0; r < rows; ++r) {
       float* srow = sall + r * kN;
       const KeyRange& rk = rr[r];
@@ -159,14 +173,7 @@ struct DecodeHead {
         fill(srow, srow + kN, 0.f);
         continue;
       }
-      if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
-        for (int jj = 0; jj < kN; ++jj) {
-          const int j = jb + jj;
-          if (!(jj < nk && j >= rk.lo && j < rk.hi))
-            srow[jj] = neg_inf;
-          else if (mod.any)
-            srow[jj] = mod.apply(srow[jj], r, j, static_cast<float*>(nullptr));
-        }
+      mask_row(srow, r, jb, nk);
       if (softmax_row_step(srow, kN, m[r], l[r], of + size_t(r) * dvp, dvp) && mod.drop.on)
         mod.drop.apply_row(r, jb, srow, nk);
     }
@@ -260,7 +267,6 @@ struct DecodeHead {
   }
 
   void run(int j_begin, int j_end) {
-    const float neg_inf = -std::numeric_limits<float>::infinity();
     alignas(64) float sc[kN];
     // software prefetch one block ahead (the hint: decode_prefetch, isa.h), issued in rows + 2
     // pieces between the block's steps (KeyLines, prefetch.h): the two streams (K, V) read a block
@@ -307,14 +313,7 @@ struct DecodeHead {
           }
 #endif
         if (!done) decode_qk_rows_grouped<1>(qf, dp, kp, d, sc);
-        if (mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)  // else: every key of the block visible as is
-          for (int jj = 0; jj < kN; ++jj) {
-            const int j = jb + jj;
-            if (!(jj < nk && j >= rk.lo && j < rk.hi))
-              sc[jj] = neg_inf;
-            else if (mod.any)
-              sc[jj] = mod.apply(sc[jj], 0, j, static_cast<float*>(nullptr));
-          }
+        mask_row(sc, 0, jb, nk);
         pf();
         // every score so far masked (attn_mask): P = 0, nothing to add -- unless one is NaN
         if (!softmax_row_step(sc, kN, m[0], l[0], of, dvp)) continue;

@@ -48,6 +48,11 @@ struct DecodeHead {
   // (decode_qk_rows_grouped: 1.09-1.28x there), else row by row on K in L1 (the grouped pass measured
   // 0.63-0.89x on a head-major cache; Zen 4, 2 threads, 32768 keys D128, 2026-12-01)
   bool k_rows_apart = false;
+  // O's rows held split in groups of 2 kN (decode_rows.h's split_cols; bf16 V read by the fp32 P V),
+  // put back in order by finish()
+  bool o_split = false;
+  // q's rows held split (bf16 S = Q K^T by decode_qk_rows_grouped: AVX2, up to kGroupedMaxRows16 rows)
+  bool q_split = false;
   float scale = 1.f;
   SeqInfo sq{};
   ScoreMod mod;
@@ -97,18 +102,23 @@ struct DecodeHead {
     pairs = std::is_same_v<T, bf16_t>;
 #endif
     cols = rows > kColsMinRows && !mod.any && !mod.drop.on;
-    if (cols) {
-      qT = l + kDecodeMaxRows;
-      lo_max = 0;
-      hi_min = std::numeric_limits<int>::max();
-      for (int r = 0; r < kDecodeMaxRows; ++r) {  // lanes past the rows: every key (never used)
-        vis_lo[r] = r < rows ? rr[r].lo : 0;
-        vis_hi[r] = r < rows ? rr[r].hi : std::numeric_limits<int>::max();
-        lo_max = std::max(lo_max, vis_lo[r]);
-        hi_min = std::min(hi_min, vis_hi[r]);
-      }
+    if (cols) qT = l + kDecodeMaxRows;
+    lo_max = 0;
+    hi_min = std::numeric_limits<int>::max();
+    for (int r = 0; r < kDecodeMaxRows; ++r) {  // lanes past the rows: every key (never used)
+      vis_lo[r] = r < rows ? rr[r].lo : 0;
+      vis_hi[r] = r < rows ? rr[r].hi : std::numeric_limits<int>::max();
+      lo_max = std::max(lo_max, vis_lo[r]);
+      hi_min = std::min(hi_min, vis_hi[r]);
     }
     k_rows_apart = krows.pages != nullptr || krows.row_stride != d;
+    // bf16 V through the fp32 P V (decode_pv_rows, the single-row loop): O held split; the pairs'
+    // P V (decode_pv_rows_bf16: 4+ rows, or the transposed path) keeps O in order
+    q_split = std::is_same_v<T, bf16_t> && !pairs && !cols && rows <= kGroupedMaxRows16;
+    o_split = std::is_same_v<T, bf16_t>;
+#if defined(FAL_SIMD_AVX512)
+    o_split = o_split && !(pairs && (cols || rows >= kPairsPvMinRows));
+#endif
     scale = float(p.scale);
     return true;
   }
@@ -128,6 +138,7 @@ struct DecodeHead {
         }
 #endif
       convert_row(q + r * p.q_row_stride, d, c, qf + size_t(r) * dp);
+      if (q_split) split_row(qf + size_t(r) * dp, d, false);
     }
     fill(m, m + kDecodeMaxRows, -std::numeric_limits<float>::infinity());
     if (!cols) return true;
@@ -166,6 +177,17 @@ struct DecodeHead {
   // The scores of every row over a block (sall: rows x kN) -> P in place: mask, score mods, the
   // online-softmax step (rescaling the row's O), dropout. A row that sees nothing gets P = 0.
   void rows_softmax(int jb, int nk, float* sall) {
+    if (!mod.any && !mod.drop.on && nk == kN && jb >= lo_max && jb + kN <= hi_min) {
+      // every row sees the whole block as is: the rows' steps interleaved (online_softmax_rows_step),
+      // their dependency chains (max, exp, sum) overlapping: 4 rows (GQA 4/1) AVX2 bf16 1.04-1.14x,
+      // fp32 1.05-1.06x, AVX-512 1.0-1.03x (D128, 2048 keys from L2, 1 thread, Zen 4, 2026-12-01)
+      for_row_blocks<8>(rows, [&](int r0, auto rn) {
+        bool seen[8];
+        softmax_rows_step<decltype(rn)::value>(sall + r0 * kN, kN, kN, m + r0, l + r0, of + size_t(r0) * dvp, dvp, dvp,
+                                               seen);
+      });
+      return;
+    }
     for (int r = 0; r < rows; ++r) {
       float* srow = sall + r * kN;
       const KeyRange& rk = rr[r];
@@ -325,7 +347,21 @@ struct DecodeHead {
         // in one process (Zen 5, H32 1x32768 D128 fp32, 2 threads): AVX2 23 -> 31 GB/s blocked,
         // AVX-512 44 per-vector vs 33 blocked.
         if (dvp / kN <= 8) {
-          for (int x = 0; x < dv; x += kN) {
+          int x = 0;
+          if constexpr (std::is_same_v<T, bf16_t>)  // whole groups split (decode_rows.h's split_cols)
+            for (; x < split_cols(dv); x += 2 * kN) {
+              VF oe = VF::load(of + x), oo = VF::load(of + x + kN);
+              for (int jj = 0; jj < nk; ++jj) {
+                VF e, o;
+                load_bf16_split(vp[jj] + x, e, o);
+                const VF pj = VF::set1(sc[jj]);
+                oe = fma(pj, e, oe);
+                oo = fma(pj, o, oo);
+              }
+              oe.store(of + x);
+              oo.store(of + x + kN);
+            }
+          for (; x < dv; x += kN) {
             const int w = std::min(kN, dv - x);
             VF o = VF::load(of + x);
             if (w == kN)  // compile-time width (as S = Q K^T above)
@@ -421,6 +457,11 @@ struct DecodeHead {
     const int64_t row0 = (int64_t(bi) * p.h + hi) * p.s_q;
     for (int r = 0; r < rows; ++r) {
       const float* src = of + size_t(r) * dvp;
+      if (o_split) {  // back in order, in the block scratch
+        for (int x = 0; x < dv; ++x) kb[x] = src[x];
+        split_row(kb, dv, true);
+        src = kb;
+      }
       if (partial) {  // the split's normalised partial output and LSE, merged by fwd_combine_run
         const int64_t w = int64_t(split) * p.b * p.h * p.s_q + row0 + r;
         p.lse_accum[w] = write_row(src, dv, m[r], l[r], p.o_accum + w * dv);

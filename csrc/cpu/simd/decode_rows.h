@@ -7,6 +7,30 @@
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
+// bf16 K and V rows are read split (load_bf16_split: a shift and a mask per 2 kN values, where
+// widening each half costs two shuffles more): a row of O -- and, for S = Q K^T, of q -- holds each
+// whole group of 2 kN values (from 0 to split_cols) as its even values, then its odd ones.
+// decode_pv_rows and decode_qk_rows_grouped do so for bf16 (the latter on AVX2 only: AVX-512 runs
+// bf16 S on vdpbf16ps); DecodeHead splits q (split_row) and puts O back in order (finish).
+inline int split_cols(int n) { return n / (2 * kN) * (2 * kN); }
+
+// x[0, n) in the split order (whole groups of 2 kN: evens, then odds), or back (inverse).
+inline void split_row(float* x, int n, bool inverse) {
+  float t[2 * kN];
+  for (int g = 0; g < split_cols(n); g += 2 * kN) {
+    for (int i = 0; i < 2 * kN; ++i) t[i] = x[g + i];
+    for (int i = 0; i < kN; ++i) {
+      if (inverse) {
+        x[g + 2 * i] = t[i];
+        x[g + 2 * i + 1] = t[kN + i];
+      } else {
+        x[g + i] = t[2 * i];
+        x[g + kN + i] = t[2 * i + 1];
+      }
+    }
+  }
+}
+
 // S = Q K^T of R query rows against a block of kN keys on the K rows in place (converted to fp32 on
 // the fly for bf16 / fp16): for each key, a row's d products as d / kN FMAs, keys in groups of G
 // with R G <= kN accumulators, one reduction (hsum_each) per group for its R x G scores. R = 1
@@ -31,7 +55,21 @@ inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, 
                // takes would be kept in memory, a store per product)
 #pragma GCC unroll 16
     for (int i = 0; i < kN; ++i) a[i] = VF::zero();
-    for (int x = 0; x < d; x += kN) {
+    int x0 = 0;
+    if constexpr (std::is_same_v<T, bf16_t>)  // whole groups of 2 kN split (q rows split alike)
+      for (; x0 < split_cols(d); x0 += 2 * kN) {
+#pragma GCC unroll 16
+        for (int g = 0; g < G; ++g) {
+          VF ke, ko;
+          load_bf16_split(kp[g0 + g] + x0, ke, ko);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            const float* qr = qf + size_t(r) * dp + x0;
+            a[r * G + g] = fma(VF::load(qr + kN), ko, fma(VF::load(qr), ke, a[r * G + g]));
+          }
+        }
+      }
+    for (int x = x0; x < d; x += kN) {
       VF kv[G];
       if (x < dfull) {  // a compile-time width (AVX2 loads of a runtime width branch)
 #pragma GCC unroll 16
@@ -90,35 +128,52 @@ inline void decode_qk_rows(const float* qf, int dp, const float* kT, int d, floa
   for (int r = 0; r < R; ++r) (a0[r] + a1[r]).store(sc + r * kN);
 }
 
-// o[r][0..dv) += sum_{jj < nk} p[r][jj] v_jj[0..dv), the V rows read in place (converted to fp32
-// on the fly: each load feeds R FMAs); o rows dvp apart, p rows kN apart. Blocked R rows x C
-// vectors of O, R C <= kPvAcc accumulators (C = 4 up to kPvAcc / 4 rows, then 2, then 1).
-template <int R, typename T>
-inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, float* o, int dvp) {
-  constexpr int C = R * 4 <= kPvAcc ? 4 : R * 2 <= kPvAcc ? 2 : 1;
-  int x0 = 0;
-  for (; x0 + C * kN <= dv; x0 += C * kN) {
-    VF acc[R][C];
+// O[r][x0, x0 + C kN) += sum_{jj < nk} p[r][jj] v_jj[x0, x0 + C kN): R rows x C vectors of
+// accumulators, each V load feeding R FMAs (bf16: C / 2 split groups).
+template <int R, int C, typename T>
+inline void decode_pv_block(const float* p, const T* const* vp, int x0, int nk, float* o, int dvp) {
+  static_assert(!std::is_same_v<T, bf16_t> || C % 2 == 0, "bf16 V: whole split groups");
+  VF acc[R][C];
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) acc[r][c] = VF::load(o + size_t(r) * dvp + x0 + c * kN);
-    for (int jj = 0; jj < nk; ++jj) {
-      const T* vr = vp[jj] + x0;
-      VF vv[C];
+    for (int c = 0; c < C; ++c) acc[r][c] = VF::load(o + size_t(r) * dvp + x0 + c * kN);
+  for (int jj = 0; jj < nk; ++jj) {
+    const T* vr = vp[jj] + x0;
+    VF vv[C];
+    if constexpr (std::is_same_v<T, bf16_t>) {
+#pragma GCC unroll 4
+      for (int c = 0; c < C; c += 2) load_bf16_split(vr + c * kN, vv[c], vv[c + 1]);
+    } else {
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) vv[c] = load_f32(vr + c * kN, kN);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const VF pr = VF::set1(p[r * kN + jj]);
-#pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) acc[r][c] = fma(pr, vv[c], acc[r][c]);
-      }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
+      const VF pr = VF::set1(p[r * kN + jj]);
 #pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) acc[r][c].store(o + size_t(r) * dvp + x0 + c * kN);
+      for (int c = 0; c < C; ++c) acc[r][c] = fma(pr, vv[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[r][c].store(o + size_t(r) * dvp + x0 + c * kN);
+}
+
+// o[r][0..dv) += sum_{jj < nk} p[r][jj] v_jj[0..dv), the V rows read in place (converted to fp32
+// on the fly: each load feeds R FMAs); o rows dvp apart, p rows kN apart. Blocked R rows x C
+// vectors of O, R C <= kPvAcc accumulators (C = 4 up to kPvAcc / 4 rows, else 2), then a block of
+// 2 vectors, then vector by vector (bf16: split up to split_cols(dv), in order beyond).
+template <int R, typename T>
+inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, float* o, int dvp) {
+  constexpr int C = R * 4 <= kPvAcc ? 4 : 2;
+  static_assert(R * 2 <= kPvAcc, "kPvRows rows at most");
+  int x0 = 0;
+  for (; x0 + C * kN <= dv; x0 += C * kN) decode_pv_block<R, C>(p, vp, x0, nk, o, dvp);
+  if (C > 2 && x0 + 2 * kN <= dv) {
+    decode_pv_block<R, 2>(p, vp, x0, nk, o, dvp);
+    x0 += 2 * kN;
   }
   for (; x0 < dv; x0 += kN) {
     const int w = std::min(kN, dv - x0);

@@ -24,7 +24,15 @@ inline void prefetch_line(const char* a) {
 // m lines from a (a line-aligned), the hint a runtime value chosen once per call.
 inline void prefetch_lines(const char* a, int64_t m, PrefetchHint hint) {
   auto run = [&](auto h) {
-    for (int64_t i = 0; i < m; ++i) prefetch_line<decltype(h)::value>(a + 64 * i);
+    constexpr PrefetchHint hv = decltype(h)::value;
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+      prefetch_line<hv>(a + 64 * i);
+      prefetch_line<hv>(a + 64 * i + 64);
+      prefetch_line<hv>(a + 64 * i + 128);
+      prefetch_line<hv>(a + 64 * i + 192);
+    }
+    for (; i < m; ++i) prefetch_line<hv>(a + 64 * i);
   };
   switch (hint) {
     case PrefetchHint::kT0: run(std::integral_constant<PrefetchHint, PrefetchHint::kT0>{}); break;
@@ -54,10 +62,10 @@ struct KeyLines {
   int64_t esize = 1, kbytes = 0, vbytes = 0;
   PrefetchHint hint = PrefetchHint::kNone;
   bool spans = false;  // K rows and V rows each one contiguous span
-  int j0 = 0, j = 0, j_end = 0;
-  bool in_v = false;   // the current unit (a row, or the K / V span): V's
-  int64_t off = 0;     // bytes of the current unit's lines already issued (from its first line)
-  int64_t lines = 0;   // about how many lines [j0, j_end) holds (rounded up, + 1 per unit)
+  int j = 0, j_end = 0;  // the rows whose units are not handed out yet: [j, j_end)
+  bool in_v = false;     // the next unit (a row, or the K / V span) is V's
+  const char *cur = nullptr, *end = nullptr;  // the current unit's lines not issued yet
+  int64_t lines = 0;   // about how many lines [start's a, b) holds (rounded up, + 1 per unit)
   int64_t issued = 0;  // lines issued since start
 
   template <typename T>
@@ -74,31 +82,38 @@ struct KeyLines {
   }
   // Keys [a, b) from their first line (an empty range when hint is kNone).
   void start(int a, int b) {
-    j0 = j = a;
+    j = a;
     j_end = hint == PrefetchHint::kNone ? a : b;
     in_v = false;
-    off = 0;
+    cur = end = nullptr;
     issued = 0;
     const int64_t n = j_end > j ? j_end - j : 0;
     lines =
         spans ? (n * kbytes + 63) / 64 + (n * vbytes + 63) / 64 + 2 : n * ((kbytes + 63) / 64 + (vbytes + 63) / 64 + 2);
   }
+  // The next unit's lines into [cur, end): row j's K, then its V (spans: every row's K, then V);
+  // false when every unit was handed out.
+  bool next_unit() {
+    if (j >= j_end) return false;
+    const int64_t rows = spans ? j_end - j : 1;
+    const char* a = in_v ? v + vrows->at(j) * esize : k + krows->at(j) * esize;
+    const char* b = a + rows * (in_v ? vbytes : kbytes);
+    cur = a - (reinterpret_cast<uintptr_t>(a) & 63);
+    end = b + ((64 - (reinterpret_cast<uintptr_t>(b) & 63)) & 63);
+    if (in_v) j += int(rows);
+    in_v = !in_v;
+    return true;
+  }
+  // The next n lines (fewer when the range runs out): a few instructions per call besides the
+  // prefetches themselves -- a call per step of every decode block.
   void issue(int64_t n) {
-    while (n > 0 && j < j_end) {
-      const int64_t rows = spans ? j_end - j0 : 1, first = spans ? j0 : j;
-      const char* a = in_v ? v + vrows->at(first) * esize : k + krows->at(first) * esize;
-      const int64_t bytes = rows * (in_v ? vbytes : kbytes);
-      const int64_t lead = int64_t(reinterpret_cast<uintptr_t>(a) & 63), total = lead + bytes;
-      const int64_t m = std::min(n, (total - off + 63) / 64);
-      prefetch_lines(a - lead + off, m, hint);
-      off += 64 * m;
+    while (n > 0) {
+      if (cur == end && !next_unit()) return;
+      const int64_t m = std::min(n, int64_t(end - cur) / 64);
+      prefetch_lines(cur, m, hint);
+      cur += 64 * m;
       n -= m;
       issued += m;
-      if (off >= total) {
-        off = 0;
-        if (in_v) j = spans ? j_end : j + 1;
-        in_v = !in_v;
-      }
     }
   }
   void finish() { issue(INT64_MAX); }

@@ -77,6 +77,13 @@ inline VF load_f32(const bf16_t* p, int n) {
 inline VF load_f32(const fp16_t* p, int n) {
   return {_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(__mmask16((1u << n) - 1u), p))};
 }
+// 2 N bf16 values from p as two fp32 vectors: e = p[0], p[2], ..., o = p[1], p[3], ... -- a shift
+// and a mask of the 32-bit words, where load_f32 widens each half (a shuffle and a shift per N).
+inline void load_bf16_split(const bf16_t* p, VF& e, VF& o) {
+  const __m512i w = _mm512_loadu_si512(p);
+  e.v = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  o.v = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(int(0xFFFF0000u))));
+}
 #else
 struct VF {
   __m256 v;
@@ -116,13 +123,14 @@ inline VF keep_in_range(VF x, const int32_t* lo, const int32_t* hi, int j) {
   const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi32(lov, jv), _mm256_cmpgt_epi32(hiv, jv));
   return {_mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), x.v, _mm256_castsi256_ps(in))};
 }
-// Lanes [lo, lo + n) of x to p[lo .. lo + n).
+// Lanes [lo, lo + n) of x to p[lo .. lo + n): through a stack copy, not vmaskmovps, whose store
+// form is microcoded on AMD (Zen 3 / 4: ~10x a plain store) -- it cost 4-row bf16 decode, 4 of
+// them per 2 keys, ~10 % of its time (Zen 4, 2026-12-01).
 inline void store_lanes(VF x, int lo, int n, float* p) {
   if (n == VF::N) return x.store(p);
-  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i m = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), idx),
-                                        _mm256_cmpgt_epi32(_mm256_set1_epi32(lo + n), idx));
-  _mm256_maskstore_ps(p, m, x.v);
+  alignas(32) float t[8];
+  _mm256_store_ps(t, x.v);
+  for (int i = lo; i < lo + n; ++i) p[i] = t[i];
 }
 inline VF keep_where(VF x, const uint8_t* m) {
   const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
@@ -150,6 +158,11 @@ inline VF load_f32(const fp16_t* p, int n) {
   alignas(16) uint16_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int i = 0; i < n; ++i) t[i] = p[i].bits;
   return {_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(t)))};
+}
+inline void load_bf16_split(const bf16_t* p, VF& e, VF& o) {
+  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  e.v = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  o.v = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(int(0xFFFF0000u))));
 }
 #endif
 

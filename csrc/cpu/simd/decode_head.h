@@ -43,7 +43,7 @@ struct DecodeHead {
   bool cols = false;
   float* qT = nullptr;
   alignas(64) int32_t vis_lo[kDecodeMaxRows], vis_hi[kDecodeMaxRows];
-  int lo_max = 0, hi_min = 0;  // every row sees the keys [lo_max, hi_min)
+  int lo_max = 0, hi_min = 0;  // every row sees the keys [lo_max, hi_min) (any path: rows_softmax too)
   // K rows not back to back (a token-major or paged cache): several fp32 rows take one pass over K
   // (decode_qk_rows_grouped: 1.09-1.28x there), else row by row on K in L1 (the grouped pass measured
   // 0.63-0.89x on a head-major cache; Zen 4, 2 threads, 32768 keys D128, 2026-12-01)

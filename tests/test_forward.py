@@ -132,6 +132,26 @@ def test_thread_count_does_not_change_result(isa):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("s_q,h,h_kv", [(1, 8, 8), (3, 16, 8)])
+def test_decode_short_cache_any_thread_count(dtype, s_q, h, h_kv, isa):
+    # batch 1, a token-major cache too short to split its keys: the decode plan splits the heads
+    # over the threads instead (uneven groups with 3 threads); every head's result is the same
+    # computation whatever the grouping, so bit for bit the 1-thread result
+    q = randn((1, s_q, h, 128), dtype)
+    k, v = randn((1, 300, h_kv, 128), dtype), randn((1, 300, h_kv, 128), dtype)
+    n = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(_check(q, k, v, causal=True))
+    finally:
+        torch.set_num_threads(n)
+    for out, lse in outs[1:]:
+        assert torch.equal(out, outs[0][0]) and torch.equal(lse, outs[0][1])
+
+
 @pytest.mark.parametrize("dtype", DTYPES_THIN)
 @pytest.mark.parametrize("s_q", [1, slow(3), slow(16)])
 @pytest.mark.parametrize("b,h,h_kv", [slow(1, 1, 1), (2, 4, 2), slow(1, 8, 1)])

@@ -354,3 +354,57 @@ def test_varlen_with_block_table_equals_packed(page_size, dtype, isa):
         flash_attn_varlen_func(q, kp, vp, cq, ck, 20, 40, block_table=bad)
     with pytest.raises(ValueError, match=r"more than its block_table row holds"):
         flash_attn_varlen_func(q, kp, vp, cq, ck, 20, 40, block_table=table[:, :1] if page_size < 40 else table[:, :0])
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_kvcache_append_strided_new_tokens(paged):
+    # flash-attn, k: "If not None, we concatenate k with k_cache, starting at the indices specified
+    # by cache_seqlens" -- whatever k's strides: a view with a strided head dim and a transposed one
+    # land in the cache as their contiguous copies do
+    c = make_case(3, 1, 4, 2, 16, 24, torch.float32, n_new=3)
+    wide = randn((3, 3, 2, 32), torch.float32)
+    k_new = wide[..., ::2]  # head dim stride 2
+    v_new = randn((3, 2, 3, 16), torch.float32).transpose(1, 2)  # seqlen and heads swapped in memory
+    kwargs = {}
+    kc, vc = c["kc"], c["vc"]
+    if paged:
+        kc, vc, bt = to_paged(kc, vc, 5, torch.arange(3))
+        kwargs["block_table"] = bt
+    got_k, got_v = kc.clone(), vc.clone()
+    out = flash_attn_with_kvcache(c["q"], got_k, got_v, k_new, v_new, cache_seqlens=c["seqlens"], **kwargs)
+    want_k, want_v = kc.clone(), vc.clone()
+    ref = flash_attn_with_kvcache(
+        c["q"], want_k, want_v, k_new.contiguous(), v_new.contiguous(), cache_seqlens=c["seqlens"], **kwargs
+    )
+    assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+    assert torch.equal(out, ref)
+    for i in range(3):  # the rows themselves, at cache_seqlens[i] + t
+        for t in range(3):
+            pos = int(c["seqlens"][i]) + t
+            blk, row = (int(kwargs["block_table"][i, pos // 5]), pos % 5) if paged else (i, pos)
+            assert torch.equal(got_k[blk, row], k_new[i, t]) and torch.equal(got_v[blk, row], v_new[i, t])
+
+
+@pytest.mark.parametrize("where", ["cache_batch_idx", "block_table", "negative"])
+def test_kvcache_bad_append_leaves_cache_unchanged(where):
+    # an append that cannot land (its second sequence's destination is outside the cache) raises
+    # before any row is written: the first sequence's rows are not half-appended
+    c = make_case(2, 1, 2, 2, 16, 20, torch.float32, n_new=2)
+    seqlens = torch.tensor([3, 4], dtype=torch.int32)
+    kwargs = {}
+    kc, vc = c["kc"], c["vc"]
+    if where == "cache_batch_idx":
+        kwargs["cache_batch_idx"] = torch.tensor([1, 2], dtype=torch.int32)  # 2: outside 2 cache rows
+        msg = r"cache_batch_idx points outside the cache"
+    elif where == "block_table":
+        kc, vc, bt = to_paged(kc, vc, 4, torch.arange(2))
+        bt[1, 1] = kc.shape[0]  # sequence 1's new tokens (positions 4, 5) go to page 1
+        kwargs["block_table"] = bt
+        msg = r"block_table"
+    else:
+        seqlens = torch.tensor([3, -1], dtype=torch.int32)
+        msg = r"cache_seqlens"
+    k0, v0 = kc.clone(), vc.clone()
+    with pytest.raises(ValueError, match=msg):
+        flash_attn_with_kvcache(c["q"], kc, vc, c["k"], c["v"], cache_seqlens=seqlens, **kwargs)
+    assert torch.equal(kc, k0) and torch.equal(vc, v0)

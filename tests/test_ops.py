@@ -119,6 +119,21 @@ def test_opcheck_dropout_keep():
     )
 
 
+@pytest.mark.parametrize("paged", [False, True])
+def test_opcheck_kvcache_ops(paged):
+    # the attention over a cache and the CPU append (it writes k_cache / v_cache in place: the schema
+    # says so, and opcheck checks that only those two are mutated)
+    kc, vc = randn((2, 12, 2, 8), torch.float32), randn((2, 12, 2, 8), torch.float32)
+    # paged: the same tensors as 2 pages of 12 rows, sequence 0 in page 1, sequence 1 in page 0
+    bt = torch.tensor([[1], [0]], dtype=torch.int32) if paged else None
+    seqlens = torch.tensor([3, 7], dtype=torch.int32)
+    k, v = randn((2, 2, 2, 8), torch.float32), randn((2, 2, 2, 8), torch.float32)
+    torch.library.opcheck(torch.ops.flashattn_lite.kvcache_append.default, (kc, vc, k, v, seqlens, None, bt))
+    q = randn((2, 1, 4, 8), torch.float32)
+    args = (q, kc, vc, seqlens + 2, None, None, bt, None, 0.35, True, -1, -1, 0.0, 0)
+    torch.library.opcheck(torch.ops.flashattn_lite.fwd_kvcache.default, args)
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compile_fullgraph_features(backend):
     torch._dynamo.reset()

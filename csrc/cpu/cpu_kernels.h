@@ -47,21 +47,27 @@ constexpr int kDecodeMaxRows = 16;
 // Decode work items are (batch, group of query heads, split). When K/V heads are interleaved in a
 // row ((batch, seqlen, heads, dim), the flash-attn / KV-cache layout), a group of heads walks the
 // keys together, so each K/V row is read as one contiguous span of the group's heads rather than
-// as one strided stream per head; the group is as large as keeps its per-head state (Q, O rows)
-// within ~32 KB of L1. Head-contiguous layouts use groups of one. (static: no shared symbol
-// between the per-ISA objects)
-static inline int decode_group_heads(const FwdParams& p) {
-  const bool interleaved = p.h_kv > 1 && p.k_head_stride < p.k_row_stride && p.v_head_stride < p.v_row_stride;
+// as one strided stream per head; the group is at most as large as keeps its per-head state (Q, O
+// rows) within ~32 KB of L1 (decode_group_heads_max), and the plan (plan.cpp) may make it smaller
+// to give every thread work (p.decode_heads). Head-contiguous layouts use groups of one. (static:
+// no shared symbol between the per-ISA objects)
+static inline bool decode_heads_interleaved(const FwdParams& p) {
+  return p.h_kv > 1 && p.k_head_stride < p.k_row_stride && p.v_head_stride < p.v_row_stride;
+}
+static inline int decode_group_heads_max(const FwdParams& p) {
   // several query rows group too since their products read K / V in place (decode_bf16.h): B1 32768
   // keys D128, 2 threads, grouped against one item per head, in one process (Zen 5, 2026-12-01):
   // bf16 4 rows H32 12.4 -> 21.9 GB/s, 2 rows 16.2 -> 26.9, 8 rows H8 14.2 -> 17.5, 16 rows 12.1 ->
   // 12.9; fp32 1.2-1.4x
-  if (!interleaved) return 1;
+  if (!decode_heads_interleaved(p)) return 1;
   const int64_t per_head = int64_t(p.d + p.d_v) * 4;
   const int g = p.h / p.h_kv;  // keep the query heads of a kv head together
   int64_t heads = std::max<int64_t>(1, (32 * 1024) / std::max<int64_t>(1, per_head));
   heads = std::max<int64_t>(g, heads / g * g);
   return int(std::min<int64_t>(heads, p.h));
+}
+static inline int decode_group_heads(const FwdParams& p) {
+  return p.decode_heads > 0 ? p.decode_heads : decode_group_heads_max(p);
 }
 static inline int decode_head_groups(const FwdParams& p) {
   const int per = decode_group_heads(p);

@@ -60,8 +60,11 @@ void run_fwd_cpu(FwdParams& p, const at::Tensor& q) {
   k.fwd_plan(p, at::get_num_threads());
   const auto accum = alloc_split_accum(p, q);  // alive until the kernels are done
   parallel_dynamic(k.fwd_num_work_items(p), [&](int64_t begin, int64_t end) { k.fwd_run(p, begin, end); });
+  // the merge of the splits: an item reads num_splits x d_v floats; ~16 K floats per thread at least
+  // (a short decode's merge runs on the calling thread, without a parallel region)
   if (p.num_splits > 1)
-    at::parallel_for(0, cpu::fwd_combine_num_work_items(p), 1,
+    at::parallel_for(0, cpu::fwd_combine_num_work_items(p),
+                     std::max<int64_t>(1, (1 << 14) / (int64_t(p.num_splits) * p.d_v)),
                      [&](int64_t begin, int64_t end) { cpu::fwd_combine_run(p, begin, end); });
   // a NaN value must reach only the rows that see its key (cpu_kernels.h)
   if (k.fwd_nan_pass(p))
@@ -156,4 +159,5 @@ TORCH_LIBRARY_IMPL(flashattn_lite, CPU, m) {
   m.impl("bwd", &fal::glue::bwd_cpu);
   m.impl("dropout_keep", &fal::glue::dropout_keep_cpu);
   m.impl("fwd_kvcache", &fal::glue::fwd_kvcache_cpu);
+  m.impl("kvcache_append", &fal::glue::kvcache_append_cpu);
 }

@@ -1,6 +1,6 @@
 // kvcache_glue.cpp -- flash_attn_with_kvcache's attention op (fwd_kvcache): validation of the
 // cache, its indices and pages, and the params the forward kernels read the cache in place with.
-// The append and rotary happen before it, in Python (kvcache.py).
+// The rotary and the append happen before it (kvcache.py; the CPU append: kvcache_append.cpp).
 #include <cmath>
 
 #include "torch/attn_glue.h"

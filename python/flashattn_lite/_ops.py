@@ -108,3 +108,16 @@ def _fwd_kvcache_fake(q: Tensor, k_cache: Tensor, v_cache: Tensor, *args: Any) -
     b, s_q, h, _ = q.shape
     out = q.new_empty((b, s_q, h, v_cache.shape[-1]))
     return out, q.new_empty((b, h, s_q), dtype=_lse_dtype(q))
+
+
+@torch.library.register_fake("flashattn_lite::kvcache_append")
+def _kvcache_append_fake(
+    k_cache: Tensor,
+    v_cache: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cache_seqlens: Tensor,
+    cache_batch_idx: Tensor | None,
+    block_table: Tensor | None,
+) -> Tensor:
+    return cache_seqlens.new_empty((k.shape[0],))

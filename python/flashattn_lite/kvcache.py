@@ -1,7 +1,8 @@
 """flash-attn 2's ``flash_attn_with_kvcache`` (inference): decode / chunked prefill against a KV
 cache, contiguous or paged, with in-place append and rotary embeddings.
 
-The new keys/values are rotated and written into the cache here (O(new tokens)); the attention
+The new keys/values are rotated here and written into the cache in place (O(new tokens): on the
+CPU by the ``flashattn_lite::kvcache_append`` op, elsewhere with torch ops); the attention
 itself is the ``flashattn_lite::fwd_kvcache`` op, whose kernels read the cache in place (pages
 included) and split long caches over threads.
 """
@@ -149,6 +150,14 @@ def flash_attn_with_kvcache(
         if v.shape[1] != k.shape[1]:
             raise ValueError(f"flashattn_lite: v must have the seqlen of k ({k.shape[1]}), got {v.shape[1]}")
         n_new = k.shape[1]
+    # on the CPU the kvcache_append op checks the capacity (and every destination) itself
+    cpu_append = (
+        k is not None
+        and v is not None
+        and n_new > 0
+        and all(t.device.type == "cpu" for t in (k_cache, v_cache, k, v, seqlens))
+    )
+    if n_new > 0 and (rotary_cos is not None or not cpu_append):  # before the rotary positions' check
         top = int((seqlens.long() + n_new).max().item()) if b else 0
         if top > capacity:
             where = (
@@ -185,7 +194,11 @@ def flash_attn_with_kvcache(
         if k is not None:
             k = apply_rotary(k, rotary_cos, rotary_sin, k_pos, rotary_interleaved)
     used = seqlens
-    if k is not None and v is not None and n_new > 0:
+    if cpu_append and k is not None and v is not None:
+        used = torch.ops.flashattn_lite.kvcache_append.default(
+            k_cache.detach(), v_cache.detach(), k.detach(), v.detach(), seqlens, cache_batch_idx, block_table
+        )
+    elif k is not None and v is not None and n_new > 0:
         rows, pos = _cache_rows(b, n_new, seqlens, block_table, cache_batch_idx, page_size)
         if ((rows < 0) | (rows >= k_cache.shape[0])).any():
             what = "block_table" if paged else "cache_batch_idx"
@@ -199,20 +212,21 @@ def flash_attn_with_kvcache(
         used = (seqlens + n_new).to(torch.int32)
     window = (int(window_size[0]), int(window_size[1]))
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    # positional, in the schema's order (module.cpp): keywords cost ~3 us more per call
     out, lse = torch.ops.flashattn_lite.fwd_kvcache.default(
-        q=q.detach(),
-        k_cache=k_cache.detach(),
-        v_cache=v_cache.detach(),
-        cache_seqlens=used,
-        cache_batch_idx=cache_batch_idx,
-        cache_leftpad=leftpad,
-        block_table=block_table,
-        alibi_slopes=alibi_slopes,
-        softmax_scale=scale,
-        causal=bool(causal),
-        window_left=window[0],
-        window_right=window[1],
-        softcap=float(softcap),
-        num_splits=num_splits,
+        q.detach(),  # q
+        k_cache.detach(),  # k_cache
+        v_cache.detach(),  # v_cache
+        used,  # cache_seqlens
+        cache_batch_idx,
+        leftpad,  # cache_leftpad
+        block_table,
+        alibi_slopes,
+        scale,  # softmax_scale
+        bool(causal),
+        window[0],  # window_left
+        window[1],  # window_right
+        float(softcap),
+        num_splits,
     )
     return (out, lse) if return_softmax_lse else out

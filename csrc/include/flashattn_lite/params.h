@@ -9,6 +9,7 @@
 //   lse  : batch x heads x seqlen_q, fp32 (fp64 for fp64 inputs), natural-log logsumexp of the scaled scores
 //          (-inf for a query row that sees no key)
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace fal {
@@ -78,6 +79,10 @@ struct FwdParams {
   // fp32 partial output and its LSE, and a combine pass merges them:
   //   lse = log sum_s exp(lse_s),  out = sum_s exp(lse_s - lse) * out_s.
   int num_splits = 1;
+  // CPU decode over a token-major cache: query heads per work item (cpu_kernels.h's
+  // decode_group_heads; 0 = not planned). It fills the padding before o_accum, so no offset moves
+  // (the CUDA kernels take these structs by value: tools/verified_sass.py)
+  int decode_heads = 0;
   float* o_accum = nullptr;    // num_splits x b x h x s_q x d_v, fp32
   float* lse_accum = nullptr;  // num_splits x b x h x s_q, fp32
 };
@@ -108,5 +113,9 @@ struct BwdParams : FwdParams {
   void* dmask = nullptr;
   int64_t dmask_batch_stride = 0, dmask_head_stride = 0, dmask_row_stride = 0;
 };
+
+// decode_heads (CPU only) sits in the padding after num_splits: every CUDA-visible offset stays put
+static_assert(offsetof(FwdParams, decode_heads) + sizeof(int) == offsetof(FwdParams, o_accum),
+              "FwdParams::decode_heads must fill the padding before o_accum");
 
 }  // namespace fal

@@ -385,7 +385,7 @@ def test_kvcache_append_strided_new_tokens(paged):
             assert torch.equal(got_k[blk, row], k_new[i, t]) and torch.equal(got_v[blk, row], v_new[i, t])
 
 
-@pytest.mark.parametrize("where", ["cache_batch_idx", "block_table", "negative"])
+@pytest.mark.parametrize("where", ["cache_batch_idx", "block_table", "negative", "rotary"])
 def test_kvcache_bad_append_leaves_cache_unchanged(where):
     # an append that cannot land (its second sequence's destination is outside the cache) raises
     # before any row is written: the first sequence's rows are not half-appended
@@ -401,10 +401,58 @@ def test_kvcache_bad_append_leaves_cache_unchanged(where):
         bt[1, 1] = kc.shape[0]  # sequence 1's new tokens (positions 4, 5) go to page 1
         kwargs["block_table"] = bt
         msg = r"block_table"
-    else:
+    elif where == "negative":
         seqlens = torch.tensor([3, -1], dtype=torch.int32)
         msg = r"cache_seqlens"
+    else:  # sequence 1's new keys sit at positions 4 and 5: a 5-position table lacks the last
+        kwargs["rotary_cos"], kwargs["rotary_sin"] = torch.ones(5, 4), torch.zeros(5, 4)
+        msg = r"rotary_cos/rotary_sin have 5 positions, position 5 is needed"
     k0, v0 = kc.clone(), vc.clone()
     with pytest.raises(ValueError, match=msg):
         flash_attn_with_kvcache(c["q"], kc, vc, c["k"], c["v"], cache_seqlens=seqlens, **kwargs)
     assert torch.equal(kc, k0) and torch.equal(vc, v0)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+def test_kvcache_rotary_tables_in_q_dtype_strided(interleaved, causal):
+    # flash-attn: "rotary_cos [, rotary_sin]: (seqlen_ro, rotary_dim / 2)" -- here in q's dtype (as
+    # models keep them), with strided q / k: the appended keys are k rotated at cache_seqlens + t
+    # (fp64 reference, then one rounding to bf16: within one bf16 step of it), the rows past
+    # rotary_dim untouched, and q rotated as "at indices cache_seqlens, cache_seqlens + 1" when causal
+    dt = torch.bfloat16
+    b, s_q, n, h_kv, d, rd, cap = 2, 2, 3, 2, 16, 10, 30
+    seqlens = torch.tensor([4, 11], dtype=torch.int32)
+    theta = torch.rand(cap + 4, rd // 2) * 6
+    cos, sin = theta.cos().to(dt), theta.sin().to(dt)
+    q = randn((b, s_q, 4, 2 * d), dt)[..., ::2]
+    k = randn((b, h_kv, n, d), dt).transpose(1, 2)
+    v = randn((b, n, h_kv, d), dt)
+    kc, vc = randn((b, cap, h_kv, d), dt), randn((b, cap, h_kv, d), dt)
+    out = flash_attn_with_kvcache(
+        q,
+        kc,
+        vc,
+        k,
+        v,
+        rotary_cos=cos,
+        rotary_sin=sin,
+        cache_seqlens=seqlens,
+        causal=causal,
+        rotary_interleaved=interleaved,
+    )
+    k_pos = seqlens.long()[:, None] + torch.arange(n)[None]
+    want_k = rotary_ref(k, cos, sin, k_pos, interleaved)
+    for i in range(b):
+        got = kc[i, int(seqlens[i]) : int(seqlens[i]) + n]
+        assert torch.allclose(got.float(), want_k[i].float(), rtol=2**-7, atol=2**-7)
+        assert torch.equal(got[..., rd:], k[i, :, :, rd:])
+        assert torch.equal(vc[i, int(seqlens[i]) : int(seqlens[i]) + n], v[i])
+    q_pos = seqlens.long()[:, None] + (torch.arange(s_q)[None] if causal else torch.zeros(1, s_q, dtype=torch.long))
+    qr = rotary_ref(q, cos, sin, q_pos, interleaved)
+    used = seqlens + n
+    for i in range(b):  # per sequence: the keys [0, used) of its cache
+        keys = slice(0, int(used[i]))
+        ref_i, _ = attention_ref(qr[i : i + 1], kc[i : i + 1, keys], vc[i : i + 1, keys], causal=causal)
+        same_i, _ = attention_ref(qr[i : i + 1], kc[i : i + 1, keys], vc[i : i + 1, keys], causal=causal, upcast=False)
+        assert_rule(out[i : i + 1], ref_i, same_i)

@@ -128,8 +128,12 @@ def test_opcheck_kvcache_ops(paged):
     bt = torch.tensor([[1], [0]], dtype=torch.int32) if paged else None
     seqlens = torch.tensor([3, 7], dtype=torch.int32)
     k, v = randn((2, 2, 2, 8), torch.float32), randn((2, 2, 2, 8), torch.float32)
-    torch.library.opcheck(torch.ops.flashattn_lite.kvcache_append.default, (kc, vc, k, v, seqlens, None, bt))
     q = randn((2, 1, 4, 8), torch.float32)
+    cos, sin = randn((16, 3), torch.float32), randn((16, 3), torch.float32)
+    for rot in ((None, None, True, False), (cos, sin, False, True)):
+        torch.library.opcheck(
+            torch.ops.flashattn_lite.kvcache_append.default, (kc, vc, k, v, seqlens, None, bt, q) + rot
+        )
     args = (q, kc, vc, seqlens + 2, None, None, bt, None, 0.35, True, -1, -1, 0.0, 0)
     torch.library.opcheck(torch.ops.flashattn_lite.fwd_kvcache.default, args)
 

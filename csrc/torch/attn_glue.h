@@ -87,11 +87,14 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_impl(FwdRunner run, const at::Ten
                                                     const OptT& block_table, const OptT& alibi_slopes,
                                                     double softmax_scale, bool causal, int64_t window_left,
                                                     int64_t window_right, double softcap, int64_t num_splits);
-// flash_attn_with_kvcache's append on the CPU (kvcache_append.cpp): k / v written into the caches in
-// place; returns cache_seqlens + seqlen_new.
-at::Tensor kvcache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
-                              const at::Tensor& v, const at::Tensor& cache_seqlens, const OptT& cache_batch_idx,
-                              const OptT& block_table);
+// flash_attn_with_kvcache's append on the CPU (kvcache_append.cpp): k (rotated, with rotary) / v
+// written into the caches in place; returns (q rotated or an empty tensor, cache_seqlens + seqlen_new).
+std::tuple<at::Tensor, at::Tensor> kvcache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                                      const at::Tensor& k, const at::Tensor& v,
+                                                      const at::Tensor& cache_seqlens, const OptT& cache_batch_idx,
+                                                      const OptT& block_table, const at::Tensor& q,
+                                                      const OptT& rotary_cos, const OptT& rotary_sin,
+                                                      bool rotary_interleaved, bool rotary_q_rows);
 
 // Op signatures (must match the schema strings in module.cpp).
 #define FAL_FWD_ARGS                                                                                                 \

@@ -1,9 +1,11 @@
 // kvcache_append.cpp -- flash_attn_with_kvcache's in-place append on the CPU (the kvcache_append
 // op): the new k / v rows (batch, seqlen_new, heads_kv, head_dim) written into the cache at the
-// positions cache_seqlens[b] + t, through cache_batch_idx or the block table. One op instead of the
-// ~12 small torch ops of the Python append (a short decode step: ~60 us of overhead per call);
-// kvcache.py keeps the torch-op append for other devices. Every destination is checked before the
-// first row is written, so a bad index leaves the cache as it was.
+// positions cache_seqlens[b] + t, through cache_batch_idx or the block table, k rotated on the way
+// when rotary_cos / rotary_sin are given (and q rotated into a new tensor). One op instead of the
+// small torch ops of the Python path (a short decode step: ~60 us of overhead per call, ~160 more
+// with rotary); kvcache.py keeps the torch-op path for other devices. Every destination and
+// rotary position is checked before the first row is written, so bad input leaves the cache as it
+// was.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -14,15 +16,64 @@
 namespace fal::glue {
 namespace {
 
-// Rows of `src` (b, n, h_kv, d) at (bi, t) to `dst` (blocks, rows, h_kv, d) at (blk, row).
-void copy_row(const at::Tensor& dst, int64_t blk, int64_t row, const at::Tensor& src, int64_t bi, int64_t t) {
-  const int64_t es = int64_t(src.element_size()), h_kv = src.size(2), d = src.size(3);
+float load_f(const char* p, at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return *reinterpret_cast<const float*>(p);
+    case at::kDouble: return float(*reinterpret_cast<const double*>(p));
+    case at::kBFloat16: return float(*reinterpret_cast<const at::BFloat16*>(p));
+    case at::kHalf: return float(*reinterpret_cast<const at::Half*>(p));
+    default: TORCH_CHECK_TYPE(false, kPre, "rotary: unsupported dtype ", st);
+  }
+}
+void store_f(char* p, at::ScalarType st, float x) {  // rounded to nearest even, as Tensor.to
+  switch (st) {
+    case at::kFloat: *reinterpret_cast<float*>(p) = x; break;
+    case at::kDouble: *reinterpret_cast<double*>(p) = double(x); break;
+    case at::kBFloat16: *reinterpret_cast<at::BFloat16*>(p) = at::BFloat16(x); break;
+    case at::kHalf: *reinterpret_cast<at::Half*>(p) = at::Half(x); break;
+    default: TORCH_CHECK_TYPE(false, kPre, "rotary: unsupported dtype ", st);
+  }
+}
+
+// The rotary embedding at one position: rotary_dim = 2 * cos.size(1) leading dims rotate (fp32),
+// pairs (2i, 2i + 1) when interleaved (GPT-J), else (i, i + rotary_dim / 2) (GPT-NeoX); the rest
+// pass through. The same arithmetic as kvcache.py's apply_rotary.
+struct Rotary {
+  const at::Tensor* cos = nullptr;  // (seqlen_ro, rotary_dim / 2)
+  const at::Tensor* sin = nullptr;
+  bool interleaved = true;
+
+  // one head's row of d elements: src (element stride ss) -> dst (element stride ds), both of dtype st
+  void row(char* dst, int64_t ds, const char* src, int64_t ss, int64_t d, at::ScalarType st, int64_t pos) const {
+    const int64_t es = int64_t(c10::elementSize(st)), half = cos->size(1);
+    const char* c = static_cast<const char*>(cos->data_ptr()) + pos * cos->stride(0) * int64_t(cos->element_size());
+    const char* sn = static_cast<const char*>(sin->data_ptr()) + pos * sin->stride(0) * int64_t(sin->element_size());
+    for (int64_t i = 0; i < half; ++i) {
+      const float ci = load_f(c + i * cos->stride(1) * int64_t(cos->element_size()), cos->scalar_type());
+      const float si = load_f(sn + i * sin->stride(1) * int64_t(sin->element_size()), sin->scalar_type());
+      const int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+      const float x1 = load_f(src + a * ss * es, st), x2 = load_f(src + b * ss * es, st);
+      const float p1 = x1 * ci, p2 = x2 * si, p3 = x1 * si, p4 = x2 * ci;  // no fused multiply-add
+      store_f(dst + a * ds * es, st, p1 - p2);
+      store_f(dst + b * ds * es, st, p3 + p4);
+    }
+    for (int64_t x = 2 * half; x < d; ++x) std::memcpy(dst + x * ds * es, src + x * ss * es, size_t(es));
+  }
+};
+
+// Rows of `src` (b, n, h, d) at (bi, t) to `dst` (blocks, rows, h, d) at (blk, row), rotated at
+// position `pos` when `rot` is given.
+void copy_row(const at::Tensor& dst, int64_t blk, int64_t row, const at::Tensor& src, int64_t bi, int64_t t,
+              const Rotary* rot = nullptr, int64_t pos = 0) {
+  const int64_t es = int64_t(src.element_size()), h = src.size(2), d = src.size(3);
   char* to = static_cast<char*>(dst.data_ptr()) + (blk * dst.stride(0) + row * dst.stride(1)) * es;
   const char* from = static_cast<const char*>(src.data_ptr()) + (bi * src.stride(0) + t * src.stride(1)) * es;
-  for (int64_t hh = 0; hh < h_kv; ++hh) {
+  for (int64_t hh = 0; hh < h; ++hh) {
     char* a = to + hh * dst.stride(2) * es;
     const char* b = from + hh * src.stride(2) * es;
-    if (dst.stride(3) == 1 && src.stride(3) == 1) {
+    if (rot) {
+      rot->row(a, dst.stride(3), b, src.stride(3), d, src.scalar_type(), pos);
+    } else if (dst.stride(3) == 1 && src.stride(3) == 1) {
       std::memcpy(a, b, size_t(d * es));
     } else {
       for (int64_t x = 0; x < d; ++x) std::memcpy(a + x * dst.stride(3) * es, b + x * src.stride(3) * es, size_t(es));
@@ -32,10 +83,14 @@ void copy_row(const at::Tensor& dst, int64_t blk, int64_t row, const at::Tensor&
 
 }  // namespace
 
-// Returns cache_seqlens + seqlen_new (int32), the lengths the attention then reads.
-at::Tensor kvcache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
-                              const at::Tensor& v, const at::Tensor& cache_seqlens, const OptT& cache_batch_idx,
-                              const OptT& block_table) {
+// Returns (q rotated -- an empty tensor without rotary --, cache_seqlens + seqlen_new (int32), the
+// lengths the attention then reads).
+std::tuple<at::Tensor, at::Tensor> kvcache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                                      const at::Tensor& k, const at::Tensor& v,
+                                                      const at::Tensor& cache_seqlens, const OptT& cache_batch_idx,
+                                                      const OptT& block_table, const at::Tensor& q,
+                                                      const OptT& rotary_cos, const OptT& rotary_sin,
+                                                      bool rotary_interleaved, bool rotary_q_rows) {
   // the shapes and dtypes of k / v against the caches are checked by kvcache.py; what the copy
   // relies on is checked again here
   TORCH_CHECK_VALUE(k.dim() == 4 && v.dim() == 4 && k_cache.dim() == 4 && v_cache.dim() == 4, kPre,
@@ -78,6 +133,23 @@ at::Tensor kvcache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cac
                     paged ? "the capacity addressable by block_table (max_num_blocks_per_seq * page_size = "
                           : "the capacity of k_cache (seqlen_cache = ",
                     capacity, ")");
+  // flash-attn: "The key @k will be rotated by rotary_cos and rotary_sin at indices cache_seqlens,
+  // cache_seqlens + 1, etc." q: at the same indices when causal or windowed (rotary_q_rows), else
+  // every row at cache_seqlens
+  const bool rotary = rotary_cos.has_value() && rotary_cos->defined();
+  Rotary rot;
+  if (rotary) {
+    TORCH_CHECK_VALUE(rotary_sin.has_value() && rotary_sin->defined() && rotary_cos->dim() == 2 &&
+                          rotary_sin->sizes() == rotary_cos->sizes() && 2 * rotary_cos->size(1) <= k.size(3) &&
+                          q.dim() == 4 && q.size(0) == b && 2 * rotary_cos->size(1) <= q.size(3),
+                      kPre, "kvcache_append: rotary_cos / rotary_sin (seqlen_ro, rotary_dim / 2) do not fit q / k");
+    int64_t need = 0;
+    for (int64_t i = 0; i < b; ++i)
+      need = std::max(need, int64_t(s[i]) + std::max<int64_t>(n - 1, rotary_q_rows ? q.size(1) - 1 : 0));
+    TORCH_CHECK_VALUE(need < rotary_cos->size(0), kPre, "rotary_cos/rotary_sin have ", rotary_cos->size(0),
+                      " positions, position ", need, " is needed");
+    rot = Rotary{&*rotary_cos, &*rotary_sin, rotary_interleaved};
+  }
   // every destination (cache entry, row) first: nothing is written unless all are inside the cache
   std::vector<int64_t> dst(size_t(2 * b * n));
   for (int64_t i = 0; i < b; ++i)
@@ -98,13 +170,22 @@ at::Tensor kvcache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cac
   for (int64_t i = 0; i < b; ++i)
     for (int64_t t = 0; t < n; ++t) {
       const int64_t blk = dst[size_t(2 * (i * n + t))], row = dst[size_t(2 * (i * n + t) + 1)];
-      copy_row(k_cache, blk, row, k, i, t);
+      copy_row(k_cache, blk, row, k, i, t, rotary ? &rot : nullptr, int64_t(s[i]) + t);
       copy_row(v_cache, blk, row, v, i, t);
     }
+  at::Tensor q_rot;
+  if (rotary) {  // (b, s_q, h, d) contiguous, row r of sequence i at cache_seqlens[i] (+ r)
+    q_rot = at::empty(q.sizes(), q.options());
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t r = 0; r < q.size(1); ++r)
+        copy_row(q_rot, i, r, q, i, r, &rot, int64_t(s[i]) + (rotary_q_rows ? r : 0));
+  } else {
+    q_rot = at::empty({0}, q.options());
+  }
   at::Tensor used = at::empty({b}, sl.options());
   int32_t* u = used.data_ptr<int32_t>();
   for (int64_t i = 0; i < b; ++i) u[i] = int32_t(s[i] + n);
-  return used;
+  return {q_rot, used};
 }
 
 }  // namespace fal::glue

@@ -36,11 +36,13 @@ TORCH_LIBRARY(flashattn_lite, m) {
       "fwd_kvcache(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, Tensor? cache_batch_idx, "
       "Tensor? cache_leftpad, Tensor? block_table, Tensor? alibi_slopes, float softmax_scale, bool causal, "
       "int window_left, int window_right, float softcap, int num_splits=0) -> (Tensor out, Tensor softmax_lse)");
-  // flash_attn_with_kvcache's in-place append of the new k / v (CPU; kvcache.py appends with torch
-  // ops elsewhere); returns cache_seqlens + seqlen_new.
+  // flash_attn_with_kvcache's in-place append of the new k / v, with its rotary of k and q (CPU;
+  // kvcache.py uses torch ops elsewhere); returns (q rotated, or an empty tensor without rotary,
+  // cache_seqlens + seqlen_new).
   m.def(
       "kvcache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor cache_seqlens, "
-      "Tensor? cache_batch_idx, Tensor? block_table) -> Tensor");
+      "Tensor? cache_batch_idx, Tensor? block_table, Tensor q, Tensor? rotary_cos, Tensor? rotary_sin, "
+      "bool rotary_interleaved, bool rotary_q_rows) -> (Tensor q_rotated, Tensor cache_seqlens_new)");
   // The dropout keep pattern (bool, batch x heads x seqlen_q x seqlen_k) for an rng_state: what the
   // kernels draw (Philox4x32-10, see attn_math.h), for tests and return_attn_probs.
   m.def("dropout_keep(Tensor rng_state, int batch, int heads, int seqlen_q, int seqlen_k, float dropout_p) -> Tensor");

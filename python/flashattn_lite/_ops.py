@@ -119,5 +119,11 @@ def _kvcache_append_fake(
     cache_seqlens: Tensor,
     cache_batch_idx: Tensor | None,
     block_table: Tensor | None,
-) -> Tensor:
-    return cache_seqlens.new_empty((k.shape[0],))
+    q: Tensor,
+    rotary_cos: Tensor | None,
+    rotary_sin: Tensor | None,
+    rotary_interleaved: bool,
+    rotary_q_rows: bool,
+) -> tuple[Tensor, Tensor]:
+    q_rot = q.new_empty(q.shape) if rotary_cos is not None else q.new_empty((0,))
+    return q_rot, cache_seqlens.new_empty((k.shape[0],))

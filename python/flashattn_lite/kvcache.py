@@ -150,14 +150,16 @@ def flash_attn_with_kvcache(
         if v.shape[1] != k.shape[1]:
             raise ValueError(f"flashattn_lite: v must have the seqlen of k ({k.shape[1]}), got {v.shape[1]}")
         n_new = k.shape[1]
-    # on the CPU the kvcache_append op checks the capacity (and every destination) itself
+    # on the CPU one op (kvcache_append) checks the capacity, the rotary positions and every
+    # destination, rotates q and k and appends; elsewhere torch ops do
     cpu_append = (
         k is not None
         and v is not None
         and n_new > 0
-        and all(t.device.type == "cpu" for t in (k_cache, v_cache, k, v, seqlens))
+        and all(t.device.type == "cpu" for t in (q, k_cache, v_cache, k, v, seqlens))
+        and all(t is None or t.device.type == "cpu" for t in (rotary_cos, rotary_sin))
     )
-    if n_new > 0 and (rotary_cos is not None or not cpu_append):  # before the rotary positions' check
+    if n_new > 0 and not cpu_append:
         top = int((seqlens.long() + n_new).max().item()) if b else 0
         if top > capacity:
             where = (
@@ -169,8 +171,9 @@ def flash_attn_with_kvcache(
                 f"flashattn_lite: KV cache overflow: max(cache_seqlens) + seqlen_new = {top} exceeds {where}"
             )
     # flash-attn: "The key @k will be rotated by rotary_cos and rotary_sin at indices cache_seqlens,
-    # cache_seqlens + 1, etc." -- absolute cache indices, with or without cache_leftpad
-    offsets = seqlens
+    # cache_seqlens + 1, etc." -- absolute cache indices, with or without cache_leftpad; q at the
+    # same indices when causal or windowed, else every row at cache_seqlens
+    windowed = causal or window_size[0] >= 0 or window_size[1] >= 0
     if rotary_cos is not None and rotary_sin is not None:
         if rotary_cos.dim() != 2 or rotary_cos.shape != rotary_sin.shape:
             raise ValueError(
@@ -181,23 +184,37 @@ def flash_attn_with_kvcache(
             raise ValueError(
                 f"flashattn_lite: rotary_dim ({2 * rotary_cos.shape[1]}) must be <= head_dim ({q.shape[-1]})"
             )
-        windowed = causal or window_size[0] >= 0 or window_size[1] >= 0
-        steps = torch.arange(max(s_q, n_new), device=q.device)
-        q_pos = offsets.long().unsqueeze(1) + (steps[:s_q] if windowed else torch.zeros_like(steps[:s_q]))
-        k_pos = offsets.long().unsqueeze(1) + steps[:n_new]
-        need = int(max(q_pos.max().item() if q_pos.numel() else 0, k_pos.max().item() if k_pos.numel() else 0))
-        if need >= rotary_cos.shape[0]:
-            raise ValueError(
-                f"flashattn_lite: rotary_cos/rotary_sin have {rotary_cos.shape[0]} positions, position {need} is needed"
-            )
-        q = apply_rotary(q, rotary_cos, rotary_sin, q_pos, rotary_interleaved)
-        if k is not None:
-            k = apply_rotary(k, rotary_cos, rotary_sin, k_pos, rotary_interleaved)
+        if not cpu_append:
+            steps = torch.arange(max(s_q, n_new), device=q.device)
+            q_pos = seqlens.long().unsqueeze(1) + (steps[:s_q] if windowed else torch.zeros_like(steps[:s_q]))
+            k_pos = seqlens.long().unsqueeze(1) + steps[:n_new]
+            need = int(max(q_pos.max().item() if q_pos.numel() else 0, k_pos.max().item() if k_pos.numel() else 0))
+            if need >= rotary_cos.shape[0]:
+                raise ValueError(
+                    f"flashattn_lite: rotary_cos/rotary_sin have {rotary_cos.shape[0]} positions, "
+                    f"position {need} is needed"
+                )
+            q = apply_rotary(q, rotary_cos, rotary_sin, q_pos, rotary_interleaved)
+            if k is not None:
+                k = apply_rotary(k, rotary_cos, rotary_sin, k_pos, rotary_interleaved)
     used = seqlens
     if cpu_append and k is not None and v is not None:
-        used = torch.ops.flashattn_lite.kvcache_append.default(
-            k_cache.detach(), v_cache.detach(), k.detach(), v.detach(), seqlens, cache_batch_idx, block_table
+        q_rot, used = torch.ops.flashattn_lite.kvcache_append.default(
+            k_cache.detach(),
+            v_cache.detach(),
+            k.detach(),
+            v.detach(),
+            seqlens,
+            cache_batch_idx,
+            block_table,
+            q.detach(),
+            rotary_cos,
+            rotary_sin,
+            bool(rotary_interleaved),
+            bool(windowed),
         )
+        if rotary_cos is not None:
+            q = q_rot
     elif k is not None and v is not None and n_new > 0:
         rows, pos = _cache_rows(b, n_new, seqlens, block_table, cache_batch_idx, page_size)
         if ((rows < 0) | (rows >= k_cache.shape[0])).any():

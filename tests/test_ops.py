@@ -214,3 +214,17 @@ def test_ops_visible_in_profiler():
         flash_attn_func(q, k, v)
     names = {e.name for e in prof.events()}
     assert "flashattn_lite::fwd" in names
+
+
+def test_no_grad_skips_autograd_same_result():
+    # torch.no_grad: "In this mode, the result of every computation will have requires_grad=False,
+    # even when the inputs have requires_grad=True." -- the op then runs below the autograd layer
+    q, k, v = (randn((2, 5, 4, 16), torch.float32, requires_grad=True) for _ in range(3))
+    with torch.no_grad():
+        out = flash_attn_func(q, k, v, causal=True)
+    assert not out.requires_grad and out.grad_fn is None
+    tracked = flash_attn_func(q, k, v, causal=True)
+    assert tracked.requires_grad and tracked.grad_fn is not None
+    assert torch.equal(out, tracked.detach())
+    (dq,) = torch.autograd.grad(tracked.sum(), (q,))
+    assert torch.isfinite(dq).all() and dq.abs().sum() > 0

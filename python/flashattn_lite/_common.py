@@ -59,29 +59,41 @@ def _attn(
 ) -> tuple[Tensor, Tensor]:
     """(b, s_q, h, d) x (b, s_k, h_kv, d) x (b, s_k, h_kv, d_v) -> out (b, s_q, h, d_v), lse (b, h, s_q);
     packed (total, h, d) inputs with cu_seqlens -> out (total_q, h, d_v), lse (h, total_q)."""
-    return torch.ops.flashattn_lite.fwd.default(
-        q=q,
-        k=k,
-        v=v,
-        attn_mask=attn_mask,
-        alibi_slopes=alibi_slopes,
-        cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=cu_seqlens_k,
-        seqused_k=seqused_k,
-        block_table=block_table,
-        rng_state=rng_state,
-        max_seqlen_q=int(max_seqlen_q),
-        max_seqlen_k=int(max_seqlen_k),
-        softmax_scale=float(scale),
-        causal=bool(causal),
-        bottom_right=bool(bottom_right),
-        window_left=window[0],
-        window_right=window[1],
-        softcap=float(softcap),
-        dropout_p=float(dropout_p),
-        num_splits=int(num_splits),
-        deterministic=bool(deterministic),
-    )
+    args = (
+        q,
+        k,
+        v,
+        attn_mask,
+        alibi_slopes,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        seqused_k,
+        block_table,
+        rng_state,
+        int(max_seqlen_q),
+        int(max_seqlen_k),
+        float(scale),
+        bool(causal),
+        bool(bottom_right),
+        window[0],  # window_left
+        window[1],  # window_right
+        float(softcap),
+        float(dropout_p),
+        int(num_splits),
+        bool(deterministic),
+    )  # positional, in the schema's order (module.cpp): keywords cost ~3 us per call
+    op = torch.ops.flashattn_lite.fwd.default
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or not _plain(q, k, v, attn_mask, alibi_slopes):
+        return op(*args)
+    # grad disabled (torch.no_grad: decoding): straight to the device kernel -- the autograd layer
+    # (_ops.py, in Python) would only redispatch, ~8 us per call
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def _plain(*ts: Tensor | None) -> bool:
+    """Plain tensors (no subclass, no functorch wrapper) or None."""
+    return all(t is None or type(t) is Tensor for t in ts)
 
 
 def _attn_probs(q: Tensor, k: Tensor, lse: Tensor, keep: Tensor | None, **score_kwargs: object) -> Tensor:

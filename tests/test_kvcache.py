@@ -414,8 +414,8 @@ def test_kvcache_bad_append_leaves_cache_unchanged(where):
 
 
 @pytest.mark.parametrize("interleaved", [True, False])
-@pytest.mark.parametrize("causal", [False, True])
-def test_kvcache_rotary_tables_in_q_dtype_strided(interleaved, causal):
+@pytest.mark.parametrize("causal,sin_dtype", [(False, torch.bfloat16), (True, torch.bfloat16), (True, torch.float32)])
+def test_kvcache_rotary_tables_in_q_dtype_strided(interleaved, causal, sin_dtype):
     # flash-attn: "rotary_cos [, rotary_sin]: (seqlen_ro, rotary_dim / 2)" -- here in q's dtype (as
     # models keep them), with strided q / k: the appended keys are k rotated at cache_seqlens + t
     # (fp64 reference, then one rounding to bf16: within one bf16 step of it), the rows past
@@ -424,7 +424,7 @@ def test_kvcache_rotary_tables_in_q_dtype_strided(interleaved, causal):
     b, s_q, n, h_kv, d, rd, cap = 2, 2, 3, 2, 16, 10, 30
     seqlens = torch.tensor([4, 11], dtype=torch.int32)
     theta = torch.rand(cap + 4, rd // 2) * 6
-    cos, sin = theta.cos().to(dt), theta.sin().to(dt)
+    cos, sin = theta.cos().to(dt), theta.sin().to(sin_dtype)  # sin in fp32 too: tables of two dtypes
     q = randn((b, s_q, 4, 2 * d), dt)[..., ::2]
     k = randn((b, h_kv, n, d), dt).transpose(1, 2)
     v = randn((b, n, h_kv, d), dt)

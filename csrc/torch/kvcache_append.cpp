@@ -16,48 +16,56 @@
 namespace fal::glue {
 namespace {
 
-float load_f(const char* p, at::ScalarType st) {
-  switch (st) {
-    case at::kFloat: return *reinterpret_cast<const float*>(p);
-    case at::kDouble: return float(*reinterpret_cast<const double*>(p));
-    case at::kBFloat16: return float(*reinterpret_cast<const at::BFloat16*>(p));
-    case at::kHalf: return float(*reinterpret_cast<const at::Half*>(p));
-    default: TORCH_CHECK_TYPE(false, kPre, "rotary: unsupported dtype ", st);
+// The rotary embedding at one position: rotary_dim = 2 * cos.size(1) leading dims rotate (fp32),
+// pairs (2i, 2i + 1) when interleaved (GPT-J), else (i, i + rotary_dim / 2) (GPT-NeoX); the rest
+// pass through. The same arithmetic as kvcache.py's apply_rotary (fp32 products, no fused
+// multiply-add, one rounding to the row's dtype as Tensor.to).
+template <typename T, typename C>
+void rotate_row(char* dst_, int64_t ds, const char* src_, int64_t ss, int64_t d, const char* c_, int64_t cs,
+                const char* s_, int64_t sns, int64_t half, bool interleaved) {
+  T* dst = reinterpret_cast<T*>(dst_);
+  const T* src = reinterpret_cast<const T*>(src_);
+  const C* c = reinterpret_cast<const C*>(c_);
+  const C* sn = reinterpret_cast<const C*>(s_);
+  for (int64_t i = 0; i < half; ++i) {
+    const float ci = float(c[i * cs]), si = float(sn[i * sns]);
+    const int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    const float x1 = float(src[a * ss]), x2 = float(src[b * ss]);
+    const float p1 = x1 * ci, p2 = x2 * si, p3 = x1 * si, p4 = x2 * ci;
+    dst[a * ds] = T(p1 - p2);
+    dst[b * ds] = T(p3 + p4);
   }
+  for (int64_t x = 2 * half; x < d; ++x) dst[x * ds] = src[x * ss];
 }
-void store_f(char* p, at::ScalarType st, float x) {  // rounded to nearest even, as Tensor.to
+
+template <typename F>
+void dispatch_float(at::ScalarType st, F&& f) {
   switch (st) {
-    case at::kFloat: *reinterpret_cast<float*>(p) = x; break;
-    case at::kDouble: *reinterpret_cast<double*>(p) = double(x); break;
-    case at::kBFloat16: *reinterpret_cast<at::BFloat16*>(p) = at::BFloat16(x); break;
-    case at::kHalf: *reinterpret_cast<at::Half*>(p) = at::Half(x); break;
+    case at::kFloat: return f(float{});
+    case at::kDouble: return f(double{});
+    case at::kBFloat16: return f(at::BFloat16{});
+    case at::kHalf: return f(at::Half{});
     default: TORCH_CHECK_TYPE(false, kPre, "rotary: unsupported dtype ", st);
   }
 }
 
-// The rotary embedding at one position: rotary_dim = 2 * cos.size(1) leading dims rotate (fp32),
-// pairs (2i, 2i + 1) when interleaved (GPT-J), else (i, i + rotary_dim / 2) (GPT-NeoX); the rest
-// pass through. The same arithmetic as kvcache.py's apply_rotary.
 struct Rotary {
   const at::Tensor* cos = nullptr;  // (seqlen_ro, rotary_dim / 2)
   const at::Tensor* sin = nullptr;
   bool interleaved = true;
 
-  // one head's row of d elements: src (element stride ss) -> dst (element stride ds), both of dtype st
+  // one head's row of d elements at position pos: src (element stride ss) -> dst (element stride
+  // ds), both of dtype st
   void row(char* dst, int64_t ds, const char* src, int64_t ss, int64_t d, at::ScalarType st, int64_t pos) const {
-    const int64_t es = int64_t(c10::elementSize(st)), half = cos->size(1);
-    const char* c = static_cast<const char*>(cos->data_ptr()) + pos * cos->stride(0) * int64_t(cos->element_size());
-    const char* sn = static_cast<const char*>(sin->data_ptr()) + pos * sin->stride(0) * int64_t(sin->element_size());
-    for (int64_t i = 0; i < half; ++i) {
-      const float ci = load_f(c + i * cos->stride(1) * int64_t(cos->element_size()), cos->scalar_type());
-      const float si = load_f(sn + i * sin->stride(1) * int64_t(sin->element_size()), sin->scalar_type());
-      const int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-      const float x1 = load_f(src + a * ss * es, st), x2 = load_f(src + b * ss * es, st);
-      const float p1 = x1 * ci, p2 = x2 * si, p3 = x1 * si, p4 = x2 * ci;  // no fused multiply-add
-      store_f(dst + a * ds * es, st, p1 - p2);
-      store_f(dst + b * ds * es, st, p3 + p4);
-    }
-    for (int64_t x = 2 * half; x < d; ++x) std::memcpy(dst + x * ds * es, src + x * ss * es, size_t(es));
+    const int64_t ce = int64_t(cos->element_size());
+    const char* c = static_cast<const char*>(cos->data_ptr()) + pos * cos->stride(0) * ce;
+    const char* sn = static_cast<const char*>(sin->data_ptr()) + pos * sin->stride(0) * ce;
+    dispatch_float(st, [&](auto t) {
+      dispatch_float(cos->scalar_type(), [&](auto ct) {
+        rotate_row<decltype(t), decltype(ct)>(dst, ds, src, ss, d, c, cos->stride(1), sn, sin->stride(1), cos->size(1),
+                                              interleaved);
+      });
+    });
   }
 };
 
@@ -138,6 +146,7 @@ std::tuple<at::Tensor, at::Tensor> kvcache_append_cpu(const at::Tensor& k_cache,
   // every row at cache_seqlens
   const bool rotary = rotary_cos.has_value() && rotary_cos->defined();
   Rotary rot;
+  at::Tensor cos_f, sin_f;
   if (rotary) {
     TORCH_CHECK_VALUE(rotary_sin.has_value() && rotary_sin->defined() && rotary_cos->dim() == 2 &&
                           rotary_sin->sizes() == rotary_cos->sizes() && 2 * rotary_cos->size(1) <= k.size(3) &&
@@ -148,7 +157,13 @@ std::tuple<at::Tensor, at::Tensor> kvcache_append_cpu(const at::Tensor& k_cache,
       need = std::max(need, int64_t(s[i]) + std::max<int64_t>(n - 1, rotary_q_rows ? q.size(1) - 1 : 0));
     TORCH_CHECK_VALUE(need < rotary_cos->size(0), kPre, "rotary_cos/rotary_sin have ", rotary_cos->size(0),
                       " positions, position ", need, " is needed");
-    rot = Rotary{&*rotary_cos, &*rotary_sin, rotary_interleaved};
+    // cos and sin of different dtypes: both read as fp32, converted whole (rare)
+    const bool mixed = rotary_sin->scalar_type() != rotary_cos->scalar_type();
+    if (mixed) {
+      cos_f = rotary_cos->to(at::kFloat);
+      sin_f = rotary_sin->to(at::kFloat);
+    }
+    rot = Rotary{mixed ? &cos_f : &*rotary_cos, mixed ? &sin_f : &*rotary_sin, rotary_interleaved};
   }
   // every destination (cache entry, row) first: nothing is written unless all are inside the cache
   std::vector<int64_t> dst(size_t(2 * b * n));

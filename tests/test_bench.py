@@ -188,3 +188,15 @@ def test_cpu_bench_isa_avx2(tmp_path):
     assert "ISA avx2 (forced: --isa avx2)" in text and "capability AVX2" in text
     assert "peaks on avx2: fp32 FMA" in text
     assert "| fwd causal H1 N4096 D64 (scaling) | ok |" in text
+
+
+def test_decode_step_bench_checks_then_times(tmp_path):
+    # every step is checked against fp64 (ours within 2x the torch step's error) before it is timed
+    out = tmp_path / "steps.md"
+    cmd = [sys.executable, str(REPO / "bench" / "decode_step_bench.py"), "--repeats", "2", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert text.startswith("Machine: ") and "WRONG" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| B")]
+    assert len(rows) >= 5 and all(line.rstrip().endswith("x |") for line in rows)

@@ -35,10 +35,13 @@ inline void decode_pack_v_pairs(const bf16_t* const* vp, int nk, int dv, int dvp
 inline void decode_q_pairs(const bf16_t* q, int d, uint32_t* qp) { copy_pairs(q, d, qp); }
 
 // From this many rows, O += P V runs on bf16 pairs (decode_pack_v_pairs + decode_pv_rows_bf16); fewer
-// rows run the fp32 P V on the V rows in place (decode_pv_rows: a shift per 16 values converts), where
-// packing V cost more than it saved. A/B in one process (Zen 5, 1 thread, H8, 32768 keys, D128):
-// 2 rows 7.9 -> 6.7 ms, 3 rows 9.0 -> 7.7, 4 rows 9.6 vs 9.8 (kept on pairs).
-constexpr int kPairsPvMinRows = 4;
+// rows run the fp32 P V on the V rows in place (decode_pv_rows: bf16 read split, one op per 16 values
+// converts), where packing V cost more than it saved. A/B in one process (Zen 5, 1 thread, H8, 32768
+// keys, D128): 2 rows 7.9 -> 6.7 ms, 3 rows 9.0 -> 7.7, 4 rows 9.6 vs 9.8; since the split read, calls
+// alternating in one process (Zen 4, 1 thread, H2 1024 keys D128, L2): fp32 P V 1.03-1.06x pairs at
+// 4-5 rows, 1.0x at 6, 0.89-0.96x at 8; streamed (2 threads, 32768 keys) GQA 32/8 1.025x, 4 rows
+// H32 1.045x.
+constexpr int kPairsPvMinRows = 6;
 
 // S = Q K^T of R query rows (1..8) against the block's kN keys, K rows read in place as pairs over d
 // (no packing): one vdpbf16ps per 32 products against a bf16 -> fp32 shift and an FMA per 16 (the

@@ -113,7 +113,7 @@ struct DecodeHead {
     }
     k_rows_apart = krows.pages != nullptr || krows.row_stride != d;
     // bf16 V through the fp32 P V (decode_pv_rows, the single-row loop): O held split; the pairs'
-    // P V (decode_pv_rows_bf16: 4+ rows, or the transposed path) keeps O in order
+    // P V (decode_pv_rows_bf16: kPairsPvMinRows rows or more, or the transposed path) keeps O in order
     q_split = std::is_same_v<T, bf16_t> && !pairs && !cols && rows <= kGroupedMaxRows16;
     o_split = std::is_same_v<T, bf16_t>;
 #if defined(FAL_SIMD_AVX512)

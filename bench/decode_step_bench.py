@@ -8,7 +8,8 @@ hand-off -- weighs most; long caches show the attention's own speed.
 
 Each case is checked first: ours and the torch step against the same step in fp64 (the numerical
 rule: ours at most 2x the torch step's error, plus rounding noise), then timed alternately in one
-process, median of the repeats, in microseconds per call. "attention only" is ours without the append and rotary (the fwd_kvcache op), so the
+process, each call after 64 MB of other reads (cold caches, as between a layer's decode steps in
+a model), median of the repeats, in microseconds per call. "attention only" is ours without the append and rotary (the fwd_kvcache op), so the
 difference is the step's fixed cost.
 """
 
@@ -94,13 +95,19 @@ def make_steps(b: int, h: int, h_kv: int, d: int, n: int, dtype: torch.dtype):
     return ours, attention_only, torch_step, fp64_step
 
 
+_EVICT = torch.ones(16 * 1024 * 1024)  # 64 MB: twice a 32 MB L3
+
+
 def median_us(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median time per call, each call after reading 64 MB of other data: a model's other layers
+    evict a layer's cache between two of its decode steps, so every step here starts cold, and no
+    function gains from following another."""
     for f in fns:
         f()
     times: list[list[float]] = [[] for _ in fns]
     for r in range(repeats):
-        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
-        for i in order:
+        for i in [(r + j) % len(fns) for j in range(len(fns))]:
+            _EVICT.sum()
             t0 = time.perf_counter()
             fns[i]()
             times[i].append(time.perf_counter() - t0)

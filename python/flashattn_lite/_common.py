@@ -92,7 +92,7 @@ def _attn(
 
 
 def _plain(*ts: Tensor | None) -> bool:
-    """Plain tensors (no subclass, no functorch wrapper) or None."""
+    """Tensors of the plain Python type (not a subclass such as FakeTensor or Parameter), or None."""
     return all(t is None or type(t) is Tensor for t in ts)
 
 

@@ -180,12 +180,19 @@ void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
     using T = decltype(tag);
     const SplitMerge mg = SplitMerge::of(p.num_splits, [&](int s) { return p.lse_accum[s * split_stride + w]; });
     T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + (sq.q_row0 + i) * p.o_row_stride;
-    for (int x = 0; x < p.d_v; ++x) {
-      float acc = 0.f;
+    // chunks of kChunk values: each split's weight (an exp) once per chunk, not per value (16 rows x
+    // D128 x 2 splits spent ~20 us in the exps); the sum per value in split order, as before
+    constexpr int kChunk = 64;
+    for (int x0 = 0; x0 < p.d_v; x0 += kChunk) {
+      const int n = std::min(kChunk, p.d_v - x0);
+      float acc[kChunk] = {};
       if (mg.has_mass())
-        for (int s = 0; s < p.num_splits; ++s)
-          acc += mg.weight(p.lse_accum[s * split_stride + w]) * p.o_accum[(s * split_stride + w) * p.d_v + x];
-      o[x] = store_as<T, float>(acc);
+        for (int s = 0; s < p.num_splits; ++s) {
+          const float ws = mg.weight(p.lse_accum[s * split_stride + w]);
+          const float* src = p.o_accum + (s * split_stride + w) * p.d_v + x0;
+          for (int x = 0; x < n; ++x) acc[x] += ws * src[x];
+        }
+      for (int x = 0; x < n; ++x) o[x0 + x] = store_as<T, float>(acc[x]);
     }
     static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0 + i] = mg.lse;
   });

@@ -164,17 +164,37 @@ def test_decode_long_cache(dtype, s_q, b, h, h_kv, causal, window, isa):
     _check(q, k, v, causal=causal, window_size=window)
 
 
+# (s_q, h, h_kv): packed rows per kv head s_q * h / h_kv = 2, 3, 4, 6, 10, 16 -- on AVX-512 bf16 each
+# of Q^T's slice counts (8, 4, 2 lanes per row; 3 rows row-wise; 1 lane per row from 9 rows)
+MULTI_ROWS = [(1, 4, 2), slow(3, 2, 2), (2, 4, 2), (3, 4, 2), (5, 4, 2), slow(8, 4, 2)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("s_q", [slow(2), 5, slow(9), slow(13), slow(16)])
-@pytest.mark.parametrize("d,d_v", [slow(1, 1), (17, 40), slow(59, 59), slow(111, 64), (128, 128), slow(300, 257)])
-def test_decode_multi_row_blocks(dtype, s_q, d, d_v, isa):
-    # several query rows per head (speculative decoding; GQA heads packed as rows): rows go in
-    # register blocks of up to 8 (QK) and 4 (PV), K staged transposed -- every remainder and tail
-    q = randn((1, s_q, 4, d), dtype)
-    k, v = randn((1, 530, 2, d), dtype), randn((1, 530, 2, d_v), dtype)
+@pytest.mark.parametrize("s_q,h,h_kv", MULTI_ROWS)
+@pytest.mark.parametrize("d,d_v", [slow(1, 1), (17, 40), slow(59, 59), (111, 64), (128, 128), slow(300, 257)])
+def test_decode_multi_row_blocks(dtype, s_q, h, h_kv, d, d_v, isa):
+    # several query rows per head (speculative decoding; GQA heads packed as rows): rows in register
+    # blocks, K broadcast in slices of d or staged transposed, V pairs interleaved -- every remainder
+    # and tail (odd d: the last pair of a slice step alone)
+    q = randn((1, s_q, h, d), dtype)
+    k, v = randn((1, 530, h_kv, d), dtype), randn((1, 530, h_kv, d_v), dtype)
     _check(q, k, v, causal=True)
     _check(
         q.transpose(1, 2).contiguous().transpose(1, 2),
         k.transpose(1, 2).contiguous().transpose(1, 2),
         v.transpose(1, 2).contiguous().transpose(1, 2),
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, slow(torch.float32)])
+@pytest.mark.parametrize("s_q,h,h_kv", [(1, 4, 2), (2, 4, 2), (5, 4, 2), slow(8, 4, 2)])
+def test_decode_multi_row_softcap(dtype, s_q, h, h_kv, isa):
+    # flash-attn: "softcap: float. Anything > 0 activates softcapping attention." A score transform
+    # keeps every row count (also 9-16 rows) on the row-wise decode path: checked against the reference
+    q = randn((1, s_q, h, 72), dtype)
+    k, v = randn((1, 530, h_kv, 72), dtype), randn((1, 530, h_kv, 72), dtype)
+    out, lse, _ = flash_attn_func(q, k, v, causal=True, softcap=3.0, return_attn_probs=True)
+    ref, ref_lse = attention_ref(q, k, v, causal=True, softcap=3.0)
+    same, _ = attention_ref(q, k, v, causal=True, softcap=3.0, upcast=False)
+    assert_rule(out, ref, same)
+    assert torch.allclose(lse, ref_lse, rtol=1e-4, atol=1e-4)

@@ -35,7 +35,8 @@ struct DecodeHead {
   int64_t feed_quota = 0;
   // bf16 K/V on AVX-512: S = Q K^T runs on bf16 pairs (decode_bf16.h; one row: K rows in place,
   // H32 1x32768 D128 head-major 1 thread 34.4 -> 37.8 GB/s), and with several rows P V too; qf then
-  // holds each row's q as pairs (unscaled) and `scale` multiplies the scores
+  // holds each row's q as pairs (unscaled), qT (several rows) Q^T in decode_q_slices(rows) slices,
+  // and `scale` multiplies the scores
   bool pairs = false;
   // more than kColsMinRows rows without a score transform: S transposed, one lane per row
   // (decode_rows.h) -- Q^T in qT (fp32; bf16 pairs with `pairs`), each row's visible keys
@@ -67,7 +68,11 @@ struct DecodeHead {
   // one after the other can share
   static size_t floats(const FwdParams& p) {
     size_t n = size_t(p.s_q) * (round_up(p.d, kN) + round_up(p.d_v, kN)) + 2 * kDecodeMaxRows;
-    if (p.s_q > kColsMinRows) n += size_t(round_up(p.d, kN)) * round_up(p.s_q, kN);  // qT
+    bool q_t = p.s_q > kColsMinRows;  // qT: the transposed path, or several rows on bf16 pairs
+#if defined(FAL_SIMD_AVX512)
+    q_t = q_t || (p.dtype == DType::kBFloat16 && p.s_q > 1);
+#endif
+    if (q_t) n += size_t(round_up(p.d, kN)) * round_up(p.s_q, kN);
     return n;
   }
   static size_t scratch_floats(const FwdParams& p) {
@@ -102,7 +107,7 @@ struct DecodeHead {
     pairs = std::is_same_v<T, bf16_t>;
 #endif
     cols = rows > kColsMinRows && !mod.any && !mod.drop.on;
-    if (cols) qT = l + kDecodeMaxRows;
+    if (cols || (pairs && rows > 1)) qT = l + kDecodeMaxRows;
     lo_max = 0;
     hi_min = std::numeric_limits<int>::max();
     for (int r = 0; r < kDecodeMaxRows; ++r) {  // lanes past the rows: every key (never used)
@@ -113,11 +118,12 @@ struct DecodeHead {
     }
     k_rows_apart = krows.pages != nullptr || krows.row_stride != d;
     // bf16 V through the fp32 P V (decode_pv_rows, the single-row loop): O held split; the pairs'
-    // P V (decode_pv_rows_bf16: kPairsPvMinRows rows or more, or the transposed path) keeps O in order
+    // P V (several rows: decode_pv_rows_bf16_inplace, the transposed path's decode_pv_rows_bf16)
+    // keeps O in order
     q_split = std::is_same_v<T, bf16_t> && !pairs && !cols && rows <= kGroupedMaxRows16;
     o_split = std::is_same_v<T, bf16_t>;
 #if defined(FAL_SIMD_AVX512)
-    o_split = o_split && !(pairs && (cols || rows >= kPairsPvMinRows));
+    o_split = o_split && !(pairs && rows > 1);
 #endif
     scale = float(p.scale);
     return true;
@@ -141,13 +147,14 @@ struct DecodeHead {
       if (q_split) split_row(qf + size_t(r) * dp, d, false);
     }
     fill(m, m + kDecodeMaxRows, -std::numeric_limits<float>::infinity());
-    if (!cols) return true;
 #if defined(FAL_SIMD_AVX512)
-    if (pairs) {
-      decode_q_pairs_cols(reinterpret_cast<const uint32_t*>(qf), dp, rows, d, reinterpret_cast<uint32_t*>(qT));
+    if (pairs && rows > 1) {
+      decode_q_pairs_t(reinterpret_cast<const uint32_t*>(qf), dp, rows, d, decode_q_slices(rows),
+                       reinterpret_cast<uint32_t*>(qT));
       return true;
     }
 #endif
+    if (!cols) return true;
     decode_q_cols(qf, dp, rows, d, qT);
     return true;
   }
@@ -377,32 +384,25 @@ struct DecodeHead {
       }
 #if defined(FAL_SIMD_AVX512)
       if constexpr (std::is_same_v<T, bf16_t>) {
-        if (pairs) {  // vdpbf16ps on bf16 pairs (decode_bf16.h): K and V packed once per block
+        if (pairs) {  // several rows on vdpbf16ps (decode_bf16.h): K and V rows in place
           const T* kp[kN];
           const T* vp[kN];
           block_rows(jb, nk, kp, vp);
-          uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
-          const uint32_t* qp = reinterpret_cast<const uint32_t*>(qf);
           alignas(64) float sall[kDecodeMaxRows * kN];
-          for_row_blocks<8>(rows, [&](int r0, auto rn) {
-            for (int r = 0; r < decltype(rn)::value; ++r) pf();
-            decode_qk_rows_bf16<decltype(rn)::value>(qp + size_t(r0) * dp, dp, kp, d, scale, sall + r0 * kN);
-          });
+          for (int r = 0; r < rows; ++r) pf();
+          if (rows == 3)  // row-wise (decode_bf16.h: a quarter of the slices' lanes would be empty)
+            decode_qk_rows_bf16<3>(reinterpret_cast<const uint32_t*>(qf), dp, kp, d, scale, sall);
+          else
+            decode_qk_slices_rows_bf16(decode_q_slices(rows), reinterpret_cast<const uint32_t*>(qT), kp, d, scale, rows,
+                                       sall);
           pf();
           rows_softmax(jb, nk, sall);
           pf();
-          if (rows < kPairsPvMinRows) {  // P V in fp32 on the V rows in place (no V pair packing)
-            for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
-              decode_pv_rows<decltype(rn)::value>(sall + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
-            });
-            continue;
-          }
-          decode_pack_v_pairs(vp, nk, dv, dvp, vpk);
           alignas(64) uint32_t pb[kDecodeMaxRows * kN / 2];
           decode_p_pairs(sall, rows, pb);
-          for_row_blocks<4>(rows, [&](int r0, auto rn) {
-            decode_pv_rows_bf16<decltype(rn)::value>(pb + r0 * (kN / 2), kN / 2, 1, vpk, (nk + 1) / 2, dvp,
-                                                     of + size_t(r0) * dvp);
+          for_row_blocks<8>(rows, [&](int r0, auto rn) {
+            decode_pv_rows_bf16_inplace<decltype(rn)::value>(pb + r0 * (kN / 2), vp, nk, dv, of + size_t(r0) * dvp,
+                                                             dvp);
           });
           continue;
         }

@@ -96,15 +96,19 @@ inline void transpose_pairs(const bf16_t* const* rows, int d, uint32_t* dst, int
   }
 }
 
+// vpermt2w indices interleaving two rows' 32 values as 16 bf16 pairs: word i of the low result is
+// a[i / 2] for even i, b[i / 2] for odd i (words 0..31 of a and b: 0..31, 32..63); the high result
+// the same from element 16 on.
+alignas(64) inline constexpr uint16_t kPairIdx[64] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+                                                      8,  40, 9,  41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47,
+                                                      16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                      24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+
 // dst[x] = (a[x], b[x]) as a bf16 pair, x < n (n a multiple of kN; zeros past `valid` or for null
 // rows). 32 elements of each row per step, interleaved by two vpermt2w (word i of the low result:
 // a[i / 2] for even i, b[i / 2] for odd i; the high result the same from element 16 on).
 inline void pack_row_pairs(const bf16_t* a, const bf16_t* b, int valid, int n, uint32_t* dst) {
-  alignas(64) static const uint16_t kIdx[64] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
-                                                8,  40, 9,  41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47,
-                                                16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
-                                                24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-  const __m512i lo = _mm512_load_si512(kIdx), hi = _mm512_load_si512(kIdx + 32);
+  const __m512i lo = _mm512_load_si512(kPairIdx), hi = _mm512_load_si512(kPairIdx + 32);
   for (int x = 0; x < n; x += 2 * kN) {
     const int m = std::max(0, std::min(2 * kN, valid - x));
     const __mmask32 mk = first32(m);

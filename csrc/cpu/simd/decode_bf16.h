@@ -89,10 +89,11 @@ inline int decode_q_slices(int rows) {
 inline void decode_q_pairs_t(const uint32_t* qp, int dp, int rows, int d, int S, uint32_t* qT) {
   const int d2 = (d + 1) / 2;
   for (int t = 0; t * S < d2; ++t)
-    for (int lane = 0; lane < kN; ++lane) {
-      const int r = lane / S, x2 = t * S + lane % S;
-      qT[t * kN + lane] = r < rows && x2 < d2 ? qp[size_t(r) * dp + x2] : 0u;
-    }
+    for (int r = 0; r < kN / S; ++r)
+      for (int s = 0; s < S; ++s) {
+        const int x2 = t * S + s;
+        qT[t * kN + r * S + s] = r < rows && x2 < d2 ? qp[size_t(r) * dp + x2] : 0u;
+      }
 }
 
 // S consecutive K pairs from k (2 S bf16) repeated over the vector: lane r S + s gets pair s. The

@@ -3,6 +3,7 @@
 #pragma once
 #include "cpu/isa.h"
 #include "cpu/simd/common.h"
+#include "cpu/simd/decode_cols.h"
 #include "cpu/simd/decode_rows.h"
 #include "cpu/simd/prefetch.h"
 #include "cpu/simd/softmax_row.h"
@@ -25,6 +26,7 @@ namespace {
 //   more             without a score transform: S transposed, one lane per row (run_cols_block).
 template <typename T>
 struct DecodeHead {
+  using Elem = T;
   const FwdParams* pp = nullptr;
   int bi = 0, hi = 0, rows = 0, d = 0, dv = 0, dp = 0, dvp = 0;
   // software prefetch during run(): unset, the next block's rows (per-head streams; kept for
@@ -218,100 +220,43 @@ struct DecodeHead {
     }
   }
 
-  // One block of the transposed path (cols): S^T = K Q^T (bf16 pairs on vdpbf16ps, else fp32: K rows
-  // in place or staged as fp32 rows in kb), the keys no row sees masked, the softmax step per lane,
-  // the rows whose max moved rescaled, then O += P V (on pairs from P^T; else in fp32 on P
-  // transposed back to rows). pf: the prefetch pieces.
+  // One block of the transposed path (decode_cols.h). pf: the prefetch pieces.
   template <typename F>
   void run_cols_block(int jb, int nk, F&& pf) {
-    const T* kp[kN];
-    const T* vp[kN];
-    block_rows(jb, nk, kp, vp);
-    const int rv = (rows + kN - 1) / kN;
-    alignas(64) float sT[kColsVecs * kN * kN];  // [lane vector][key][lane]
-    pf();
-    if (pairs) {
-#if defined(FAL_SIMD_AVX512)
-      if constexpr (std::is_same_v<T, bf16_t>)
-        decode_qk_cols_bf16(reinterpret_cast<const uint32_t*>(qT), kp, d, scale, sT);
-#endif
-    } else {
-      const float* kf[kN];
-      for (int jj = 0; jj < kN; ++jj) {
-        if constexpr (std::is_same_v<T, float>) {
-          kf[jj] = kp[jj];
-        } else {
-          convert_row(kp[jj], d, 1.f, kb + size_t(jj) * dp);
-          kf[jj] = kb + size_t(jj) * dp;
-        }
-      }
-      if (kColsVecs > 1 && rv > 1)
-        decode_qk_cols<kColsVecs>(qT, kf, d, sT);
-      else
-        decode_qk_cols<1>(qT, kf, d, sT);
-    }
-    if (nk < kN || jb < lo_max || jb + kN > hi_min)
-      for (int v = 0; v < rv; ++v) decode_mask_cols(vis_lo + v * kN, vis_hi + v * kN, jb, nk, sT + v * kN * kN);
-    pf();
-    alignas(64) float alpha[kDecodeMaxRows];
-    for (int v = 0; v < rv; ++v) {
-      float* s = sT + v * kN * kN;
-      VF st[kN];
-      for (int jj = 0; jj < kN; ++jj) st[jj] = VF::load(s + jj * kN);
-      VF mv = VF::load(m + v * kN), lv = VF::load(l + v * kN);  // lanes past the rows: never read
-      softmax_cols_step(st, kN, mv, lv).store(alpha + v * kN);
-      mv.store(m + v * kN);
-      lv.store(l + v * kN);
-      if (pairs) {
-        for (int jj = 0; jj < kN; ++jj) st[jj].store(s + jj * kN);
-      } else {
-        transpose_store(st, s, kN);  // P rows (row v kN + r at s + r kN) for P V
-      }
-    }
-    for (int r = 0; r < rows; ++r)
-      if (!(alpha[r] == 1.f)) {  // the max moved (or NaN): rescale the row's O
-        float* o = of + size_t(r) * dvp;
-        const VF a = VF::set1(alpha[r]);
-        for (int x = 0; x < dvp; x += kN) (VF::load(o + x) * a).store(o + x);
-      }
-#if defined(FAL_SIMD_AVX512)
-    if constexpr (std::is_same_v<T, bf16_t>) {
-      if (pairs) {
-        alignas(64) uint32_t pt[kN / 2 * kN];
-        decode_p_pairs_cols(sT, pt);
-        uint32_t* vpk = reinterpret_cast<uint32_t*>(kb + size_t(kN) * dp);
-        decode_pack_v_pairs(vp, nk, dv, dvp, vpk);
-        for_row_blocks<4>(rows, [&](int r0, auto rn) {
-          pf();
-          decode_pv_rows_bf16<decltype(rn)::value>(pt + r0, 1, kN, vpk, (nk + 1) / 2, dvp, of + size_t(r0) * dvp);
-        });
-        return;
-      }
-    }
-#endif
-    for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
-      pf();
-      decode_pv_rows<decltype(rn)::value>(sT + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
-    });
+    decode_cols_block(*this, jb, nk, pf);
+  }
+
+  // Keys ahead of the current block where a single row's software prefetch starts: ~8 KB of K + V,
+  // in half blocks, from half a block to 4 blocks. Head-major H32 1x32768, 2 threads, calls
+  // alternating in one process (Zen 4, 2026-12-01), against one block ahead: AVX-512 fp32 D128 (8
+  // keys) 1.08x, bf16 D64 (32) 1.10x; AVX2 bf16 D128 (16) 1.13x, fp32 D64 (16) 1.05x; where the
+  // rule gives one block, the other distances tried (4-48 keys) ran 0.6-0.9x. Several rows (more
+  // compute per key) stay one block ahead: GQA 32/8 fp32 D128 4 rows ran 0.83x at 8 keys.
+  int prefetch_ahead() const {
+    const int64_t key_bytes = int64_t(d + dv) * int64_t(sizeof(T));
+    const int64_t n = 8192 / std::max<int64_t>(1, key_bytes) / (kN / 2) * (kN / 2);
+    return int(std::min<int64_t>(std::max<int64_t>(n, kN / 2), 4 * kN));
   }
 
   void run(int j_begin, int j_end) {
     alignas(64) float sc[kN];
-    // software prefetch one block ahead (the hint: decode_prefetch, isa.h), issued in rows + 2
-    // pieces between the block's steps (KeyLines, prefetch.h): the two streams (K, V) read a block
-    // at a time defeat the hardware prefetcher (without: 15 GB/s fp16 where a plain read gets 45 on
-    // a Zen 5). There NTA one block ahead beat T0 four ahead (H32 1x32768 D128 head-major, 2
+    // software prefetch of a block's worth of keys prefetch_ahead() ahead (the hint: decode_prefetch,
+    // isa.h), issued in pieces between the block's steps (KeyLines, prefetch.h): the two streams
+    // (K, V) read a block at a time defeat the hardware prefetcher (without: 15 GB/s fp16 where a
+    // plain read gets 45 on a Zen 5). There NTA one block ahead beat T0 four ahead (H32 1x32768 D128 head-major, 2
     // threads, 2026-12-01): fp16 36 -> 46-50 GB/s, bf16 35 -> 47-49, fp32 37 -> 41 (read probe 45);
     // on a Zen 4 (32 KB L1) T1 beat NTA by 1.1-1.8x and no prefetch by up to 1.4x
     // (bench/results/cpu-2026-12-01-zen4.md).
     KeyLines own;
     own.setup(k, krows, int64_t(d) * int64_t(sizeof(T)), v, vrows, int64_t(dv) * int64_t(sizeof(T)),
               decode_prefetch().head);
-    // One row with its own prefetch stream on AVX-512 (16-key blocks): a prefetch piece before each
-    // vector of O in P V too, not only between the steps (smaller bursts): head-major H32 1x32768 D128,
-    // 2 threads, calls alternating in one process (Zen 4, 2026-12-01): fp32 1.13x, bf16 1.13x, fp16
-    // 1.0x; the AVX2 path's 8-key blocks measured 0.86-1.0x that way, the token-major feed 0.95-1.03x
-    const bool pf_pv = kN == 16 && rows == 1 && feed == nullptr;
+    // One row with its own prefetch stream on AVX-512 (16-key blocks), the range past the current
+    // block: a prefetch piece before each vector of O in P V too, not only between the steps
+    // (smaller bursts): head-major H32 1x32768 D128, 2 threads, calls alternating in one process
+    // (Zen 4, 2026-12-01): fp32 1.13x, bf16 1.13x, fp16 1.0x; the AVX2 path's 8-key blocks measured
+    // 0.86-1.0x that way, the token-major feed 0.95-1.03x, a range half in the current block 0.75x
+    const int ahead = rows == 1 ? prefetch_ahead() : kN;
+    const bool pf_pv = kN == 16 && rows == 1 && feed == nullptr && ahead >= kN;
     // the pf() calls of a block (bf16 P V: one per 2 vectors; KeyLines::finish issues what is left)
     const int steps = cols ? 2 + (rows + kPvRows - 1) / kPvRows : rows + 2 + (pf_pv ? dvp / kN : 0);
     const int64_t nb = (j_end - j_begin + kN - 1) / kN;
@@ -321,7 +266,7 @@ struct DecodeHead {
       int64_t per_step;
       if (f == nullptr) {
         own.finish();  // what the previous block's steps left
-        own.start(jb + kN, std::min(jb + 2 * kN, j_end));
+        own.start(std::min(jb + ahead, j_end), std::min(jb + ahead + kN, j_end));
         f = &own;
         per_step = (own.lines + steps - 1) / steps;
       } else {

@@ -23,7 +23,8 @@ namespace {
 //                    vectors as accumulators;
 //   2..kColsMinRows  the row-wise multi-row products (decode_rows.h, decode_bf16.h), the softmax
 //                    row by row (rows_softmax);
-//   more             without a score transform: S transposed, one lane per row (run_cols_block).
+//   more             without a score transform: S transposed, one lane per row (decode_cols_block,
+//                    decode_cols.h).
 template <typename T>
 struct DecodeHead {
   using Elem = T;
@@ -220,12 +221,6 @@ struct DecodeHead {
     }
   }
 
-  // One block of the transposed path (decode_cols.h). pf: the prefetch pieces.
-  template <typename F>
-  void run_cols_block(int jb, int nk, F&& pf) {
-    decode_cols_block(*this, jb, nk, pf);
-  }
-
   // Keys ahead of the current block where a single row's software prefetch starts: ~8 KB of K + V,
   // in half blocks, from half a block to 4 blocks. Head-major H32 1x32768, 2 threads, calls
   // alternating in one process (Zen 4, 2026-12-01), against one block ahead: AVX-512 fp32 D128 (8
@@ -274,7 +269,7 @@ struct DecodeHead {
       }
       auto pf = [&] { f->issue(per_step); };
       if (cols) {
-        run_cols_block(jb, nk, pf);
+        decode_cols_block(*this, jb, nk, pf);
         continue;
       }
       if (rows == 1) {  // single query row: read K and V rows in place, no staging copies

@@ -37,7 +37,7 @@ inline void softmax_rows_step(float* s, int lds, int n, float* m, float* l, floa
 }
 
 // The step for kN rows held one per lane (S transposed: s[j] = key j's scores of every row), as
-// the multi-row decode computes them (decode_head.h's run_cols_block): every reduction over the keys is a vertical
+// the multi-row decode computes them (decode_cols.h's decode_cols_block): every reduction over the keys is a vertical
 // max or add, none horizontal. m, l: the rows' running max and sum, one per lane; s[0, n) become
 // P^T. Per lane the arithmetic of online_softmax_step: a row that has seen no key yet (max -inf)
 // gets P = 0 and keeps m = -inf, l = 0 (NaN when one of its scores is NaN). Returns each row's

@@ -112,6 +112,28 @@ def test_fp16_near_overflow(isa):
     assert (out.double() - ref).abs().max() <= 4 * torch.finfo(torch.float16).eps * ref.abs().max()
 
 
+# A row whose every score is -inf -- an infinite q against keys of the opposite sign, not a mask --
+# sees no key: our rule for such a row (README: "-inf for a row that sees no key", output 0); the
+# rows computed beside it (the forward's row groups, whose plain tiles run the softmax step on the
+# scores in registers and fall back to the step over memory for such a row) match the reference.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_of_minus_inf_scores_leaves_its_neighbours_exact(dtype, isa):
+    q, k, v = randn((1, 70, 2, 64), dtype), randn((1, 150, 2, 64), dtype), randn((1, 150, 2, 64), dtype)
+    k[..., 0] = -k[..., 0].abs() - 0.25
+    q[0, 9, 1] = 0
+    q[0, 9, 1, 0] = float("inf")
+    out, lse, _ = fal.flash_attn_func(q, k, v, return_attn_probs=True)
+    assert torch.equal(out[0, 9, 1], torch.zeros_like(out[0, 9, 1]))
+    assert lse[0, 1, 9].item() == -float("inf")
+    keep = torch.ones(70, dtype=torch.bool)
+    keep[9] = False
+    qs = q[:, keep]
+    ref, ref_lse = attention_ref(qs, k, v)
+    same, _ = attention_ref(qs, k, v, upcast=False)
+    assert_rule(out[:, keep], ref, same)
+    assert torch.allclose(lse[:, :, keep].double(), ref_lse.double(), atol=1e-4)
+
+
 def _nan_matches(out: torch.Tensor, ref: torch.Tensor, atol: float) -> None:
     assert torch.equal(torch.isnan(out), torch.isnan(ref)), (
         f"NaN at {torch.isnan(out).sum().item()} places, the reference at {torch.isnan(ref).sum().item()}"

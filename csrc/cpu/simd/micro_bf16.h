@@ -2,6 +2,7 @@
 // forward and backward. AVX-512 objects only.
 #pragma once
 #include "cpu/simd/common.h"
+#include "cpu/simd/softmax_row.h"
 
 #if !defined(FAL_SIMD_AVX512)
 #error "micro_bf16.h needs AVX512_BF16 (FAL_SIMD_AVX512)"
@@ -40,6 +41,48 @@ inline void micro_qk_bf16(const uint32_t* q, int d2, int ldq, const uint32_t* kp
     for (int r = 0; r < kRM; ++r)
       for (int v = 0; v < kNV; ++v) _mm512_storeu_ps(s + r * kBN + kc + v * kN, _mm512_mul_ps(acc[r][v], sc));
   }
+}
+
+// micro_qk_bf16 fused with the online-softmax step, for a key tile of one pass (kBN = kNV kN keys)
+// that every row of the group sees whole, with no score transform: the rows' scores stay in the
+// accumulators, the step runs on them (online_softmax_tile_step: m, l, O of the kRM rows, m / l / o
+// rows 1 / 1 / dvp apart) and P goes straight to bf16 pairs in pb (kRM rows of kBN / 2) -- the
+// same arithmetic as micro_qk_bf16, softmax_rows_step and pack_f32_consecutive, without S's trips
+// through memory. False when a row's max is -inf: the scaled S is then stored to s (kRM x kBN) for
+// the generic step, nothing else changed.
+inline bool micro_qk_softmax_bf16(const uint32_t* q, int d2, int ldq, const uint32_t* kp, float scale, float* s,
+                                  float* m, float* l, float* o, int dvp, uint32_t* pb) {
+  static_assert(kBN == kNV * kN, "one pass per tile");
+  const __m512 sc = _mm512_set1_ps(scale);
+  __m512 acc[kRM][kNV];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRM; ++r)
+    for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int x = 0; x < d2; ++x) {
+    __m512bh kv[kNV];
+    for (int v = 0; v < kNV; ++v) kv[v] = as_bh(_mm512_loadu_si512(kp + x * kBN + v * kN));
+    for (int r = 0; r < kRM; ++r) {
+      const __m512bh qb = as_bh(_mm512_set1_epi32(int(q[r * ldq + x])));
+      for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], kv[v], qb);
+    }
+  }
+  VecLane t[kRM][kNV];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRM; ++r)
+    for (int v = 0; v < kNV; ++v) t[r][v].v.v = _mm512_mul_ps(acc[r][v], sc);
+  if (!online_softmax_tile_step<VecLane, kRM, kNV>(t, m, l, o, dvp, dvp)) {
+#pragma GCC unroll 8
+    for (int r = 0; r < kRM; ++r)
+      for (int v = 0; v < kNV; ++v) t[r][v].store(s + r * kBN + v * kN);
+    return false;
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kRM; ++r)
+    for (int v = 0; v < kNV; v += 2) {
+      const __m512bh h = _mm512_cvtne2ps_pbh(t[r][v + 1].v.v, t[r][v].v.v);
+      _mm512_storeu_si512(pb + r * (kBN / 2) + v * (kN / 2), reinterpret_cast<const __m512i&>(h));
+    }
+  return true;
 }
 
 // O[r][x] += sum_j P[r][j] V[j][x]; pb: kRM rows of kBN / 2 bf16 pairs; vp: (kBN / 2) x dvp pairs.

@@ -111,6 +111,22 @@ inline bool online_softmax_step(E* s, int n, E& m, E& l, E* acc, int acc_n) {
   return true;
 }
 
+// The end of R rows' step, given each row's new max mx and its sum of P: where the max moved,
+// acc *= exp(m - m_new) and l likewise; then l += the row's sum (online_softmax_step's last lines).
+template <class L, int R, typename E>
+inline void online_softmax_rows_finish(const E* mx, const L* sum, E* m, E* l, E* acc, int acc_ld, int acc_n) {
+  for (int r = 0; r < R; ++r) {
+    if (mx[r] != m[r]) {
+      const E alpha = L::exp_diff(m[r], mx[r]);
+      const L ab = L::set1(alpha);
+      for (int x = 0; x < acc_n; x += L::N) (L::load(acc + r * acc_ld + x) * ab).store(acc + r * acc_ld + x);
+      l[r] *= alpha;
+      m[r] = mx[r];
+    }
+    l[r] += sum[r].hsum();
+  }
+}
+
 // online_softmax_step for R rows at once (score rows lds apart, acc rows acc_ld apart), the same
 // arithmetic row by row with the phases interleaved across the rows -- every row's max, then every
 // row's exponentials, then the rescales -- so the rows' dependency chains (horizontal max, exp
@@ -140,17 +156,40 @@ inline void online_softmax_rows_step(E* s, int lds, int n, E* m, E* l, E* acc, i
       sum[r] = sum[r] + p;
     }
   }
+  online_softmax_rows_finish<L, R>(mx, sum, m, l, acc, acc_ld, acc_n);
+  for (int r = 0; r < R; ++r) seen[r] = true;
+}
+
+// online_softmax_rows_step on a block held in registers: s[r][v], R rows of NV lane vectors (the
+// whole block), become P -- the same arithmetic in the same order, without S going through memory.
+// Returns false, having changed nothing, when a row's max is -inf (no key seen yet, or every score
+// -inf): the caller then stores s and runs online_softmax_rows_step, which handles such rows.
+template <class L, int R, int NV, typename E>
+inline bool online_softmax_tile_step(L (&s)[R][NV], E* m, E* l, E* acc, int acc_ld, int acc_n) {
+  E mx[R];
+  bool empty = false;
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    if (mx[r] != m[r]) {
-      const E alpha = L::exp_diff(m[r], mx[r]);
-      const L ab = L::set1(alpha);
-      for (int x = 0; x < acc_n; x += L::N) (L::load(acc + r * acc_ld + x) * ab).store(acc + r * acc_ld + x);
-      l[r] *= alpha;
-      m[r] = mx[r];
-    }
-    l[r] += sum[r].hsum();
-    seen[r] = true;
+    L mv = L::set1(m[r]);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) mv = vmax(mv, s[r][v]);
+    mx[r] = mv.hmax();
+    empty |= mx[r] == -std::numeric_limits<E>::infinity();
   }
+  if (empty) return false;
+  L sum[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const L mb = L::set1(mx[r]);
+    sum[r] = L::zero();
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      s[r][v] = L::exp_diff(s[r][v], mb);
+      sum[r] = sum[r] + s[r][v];
+    }
+  }
+  online_softmax_rows_finish<L, R>(mx, sum, m, l, acc, acc_ld, acc_n);
+  return true;
 }
 
 FAL_ISA_NS_END

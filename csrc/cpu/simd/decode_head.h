@@ -19,8 +19,8 @@ namespace {
 // output (or the split's partial output and LSE). Keys go in blocks of kN, K and V rows read in
 // place (nothing is packed across blocks); per block, by the number of query rows:
 //   1 row            kN scores as kN FMA chains reduced together (decode_qk_rows_grouped<1> /
-//                    decode_qk_rows_bf16<1>), the softmax step on that vector, O += P V with O's
-//                    vectors as accumulators;
+//                    decode_qk_rows_bf16<1>, or key by key: decode_qk_row_keys), the softmax step
+//                    on that vector, O += P V with O's vectors as accumulators;
 //   2..kColsMinRows  the row-wise multi-row products (decode_rows.h, decode_bf16.h), the softmax
 //                    row by row (rows_softmax);
 //   more             without a score transform: S transposed, one lane per row (decode_cols_block,
@@ -251,7 +251,16 @@ struct DecodeHead {
     // (Zen 4, 2026-12-01): fp32 1.13x, bf16 1.13x, fp16 1.0x; the AVX2 path's 8-key blocks measured
     // 0.86-1.0x that way, the token-major feed 0.95-1.03x, a range half in the current block 0.75x
     const int ahead = rows == 1 ? prefetch_ahead() : kN;
-    const bool pf_pv = kN == 16 && rows == 1 && feed == nullptr && ahead >= kN;
+    // one row, fp32 / fp16 on AVX-512, a head's own stream (d, dv <= kRowKeysMaxVecs vectors), a
+    // block of K + V rows 8 KB or more: the products key by key (decode_rows.h's
+    // decode_qk_row_keys / decode_pv_row_keys; P V without prefetch pieces). H32 1x32768 head-major,
+    // 2 threads, in one process (Zen 4, 2026-12-02): fp32 D128 1.03-1.14x, D64 1.07-1.09x, fp16
+    // D128 1.07-1.30x; fp16 D64 (4 KB blocks) 0.97-0.98x and the token-major feed 0.95-1.0x keep
+    // the x-outer order
+    const bool keys = kN == 16 && !std::is_same_v<T, bf16_t> && rows == 1 && feed == nullptr &&
+                      dp <= kRowKeysMaxVecs * kN && dvp <= kRowKeysMaxVecs * kN &&
+                      int64_t(kN) * (d + dv) * int64_t(sizeof(T)) >= 8192;
+    const bool pf_pv = kN == 16 && rows == 1 && feed == nullptr && ahead >= kN && !keys;
     // the pf() calls of a block (bf16 P V: one per 2 vectors; KeyLines::finish issues what is left)
     const int steps = cols ? 2 + (rows + kPvRows - 1) / kPvRows : rows + 2 + (pf_pv ? dvp / kN : 0);
     const int64_t nb = (j_end - j_begin + kN - 1) / kN;
@@ -287,6 +296,10 @@ struct DecodeHead {
             done = true;
           }
 #endif
+        if (!done && keys) {
+          with_row_vecs(dp / kN, [&](auto nv) { decode_qk_row_keys<decltype(nv)::value>(qf, kp, d, sc); });
+          done = true;
+        }
         if (!done) decode_qk_rows_grouped<1>(qf, dp, kp, d, sc);
         mask_row(sc, 0, jb, nk);
         pf();
@@ -299,7 +312,9 @@ struct DecodeHead {
         // (AVX2 at D 128: 16) overflow that window: blocks of 4 accumulators instead. Interleaved
         // in one process (Zen 5, H32 1x32768 D128 fp32, 2 threads): AVX2 23 -> 31 GB/s blocked,
         // AVX-512 44 per-vector vs 33 blocked.
-        if (dvp / kN <= 8) {
+        if (keys) {
+          with_row_vecs(dvp / kN, [&](auto nv) { decode_pv_row_keys<decltype(nv)::value>(sc, vp, dv, nk, of); });
+        } else if (dvp / kN <= 8) {
           int x = 0;
           if constexpr (std::is_same_v<T, bf16_t>)  // whole groups split (decode_rows.h's split_cols)
             for (; x < split_cols(dv); x += 2 * kN) {

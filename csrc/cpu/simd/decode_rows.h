@@ -94,6 +94,68 @@ inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, 
   }
 }
 
+// ---- one row, key by key (AVX-512: kN = 16) ---------------------------------------------------
+// A single-row block is kN K rows and kN V rows (16 KB at fp32 D128 on AVX-512). Read x-outer
+// (decode_qk_rows_grouped<1>: vector x of every row, then x + 1) all of them are in flight at once;
+// key by key instead, q's NV vectors (d <= NV kN; O's likewise for P V) stay in registers and each
+// K / V row is read front to back, into its own accumulator (one hsum_each per block). H32 1x32768
+// D128 fp32 head-major, 2 threads, the variants alternating in one process (Zen 4, 2026-12-02):
+// 1.10-1.12x (the AVX2 kernel's 8-key blocks were 1.19x ahead of the x-outer order).
+constexpr int kRowKeysMaxVecs = 8;
+
+// sc[0, kN) = q . k_g for the block's kN key rows kp (fp32 / fp16: converted on load), q = qf
+// (fp32, scaled, zero past d), d in ((NV - 1) kN, NV kN].
+template <int NV, typename T>
+inline void decode_qk_row_keys(const float* qf, const T* const* kp, int d, float* sc) {
+  const int wl = d - (NV - 1) * kN;  // the last vector's width
+  VF qv[NV];
+#pragma GCC unroll 8
+  for (int x = 0; x < NV; ++x) qv[x] = VF::load(qf + x * kN);
+  VF a[kN];
+#pragma GCC unroll 16
+  for (int g = 0; g < kN; ++g) {
+    VF acc[2] = {VF::zero(), VF::zero()};  // two chains per key
+#pragma GCC unroll 8
+    for (int x = 0; x + 1 < NV; ++x) acc[x % 2] = fma(qv[x], load_f32(kp[g] + x * kN, kN), acc[x % 2]);
+    acc[(NV - 1) % 2] = fma(qv[NV - 1], load_f32(kp[g] + (NV - 1) * kN, wl), acc[(NV - 1) % 2]);
+    a[g] = acc[0] + acc[1];
+  }
+  hsum_each(a).store(sc);
+}
+
+// o[0, dv) += sum_{jj < nk} p[jj] v_jj[0, dv), O's NV vectors in registers, dv in ((NV - 1) kN,
+// NV kN] (o zero-padded to NV kN).
+template <int NV, typename T>
+inline void decode_pv_row_keys(const float* p, const T* const* vp, int dv, int nk, float* o) {
+  const int wl = dv - (NV - 1) * kN;
+  VF ov[NV];
+#pragma GCC unroll 8
+  for (int x = 0; x < NV; ++x) ov[x] = VF::load(o + x * kN);
+  for (int jj = 0; jj < nk; ++jj) {
+    const VF pj = VF::set1(p[jj]);
+#pragma GCC unroll 8
+    for (int x = 0; x + 1 < NV; ++x) ov[x] = fma(pj, load_f32(vp[jj] + x * kN, kN), ov[x]);
+    ov[NV - 1] = fma(pj, load_f32(vp[jj] + (NV - 1) * kN, wl), ov[NV - 1]);
+  }
+#pragma GCC unroll 8
+  for (int x = 0; x < NV; ++x) ov[x].store(o + x * kN);
+}
+
+// Runtime vector count (1..kRowKeysMaxVecs) -> NV.
+template <typename F>
+inline void with_row_vecs(int nv, F&& f) {
+  switch (nv) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
+  }
+}
+
 // Several query rows (GQA heads packed as rows, speculative decoding) share each block of kN
 // keys: K is staged transposed (dp x kN, one vector = kN keys of one dim), so a row's kN scores
 // are one vector built by d broadcast-FMAs -- no horizontal sums -- and R rows share each K load;

@@ -164,6 +164,21 @@ def test_decode_long_cache(dtype, s_q, b, h, h_kv, causal, window, isa):
     _check(q, k, v, causal=causal, window_size=window)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d,d_v", [(72, 72), (100, 64), (120, 128), (125, 128), (128, 128), slow(128, 96)])
+@pytest.mark.parametrize("layout", ["head_major", "one_kv_head"])
+def test_decode_one_row_head_contiguous(dtype, d, d_v, layout, isa):
+    # one query row per kv head over K / V rows back to back (a head-major cache, or one kv head):
+    # on AVX-512 the products run key by key with q and O in registers when a block's K + V rows
+    # reach 8 KB (fp32 from d + d_v = 128, bf16 / fp16 from 256) -- the last vector's tails here
+    h, h_kv = (3, 3) if layout == "head_major" else (1, 1)
+    q = randn((2, 1, h, d), dtype)
+    k, v = randn((2, h_kv, 531, d), dtype), randn((2, h_kv, 531, d_v), dtype)
+    k, v = k.transpose(1, 2), v.transpose(1, 2)
+    _check(q, k, v)
+    _check(q, k, v, window_size=(200, 0))
+
+
 # (s_q, h, h_kv): packed rows per kv head s_q * h / h_kv = 2, 3, 4, 6, 10, 16 -- on AVX-512 bf16 each
 # of Q^T's slice counts (8, 4, 2 lanes per row; 3 rows row-wise; 1 lane per row from 9 rows)
 MULTI_ROWS = [(1, 4, 2), slow(3, 2, 2), (2, 4, 2), (3, 4, 2), (5, 4, 2), slow(8, 4, 2)]

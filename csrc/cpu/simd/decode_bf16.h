@@ -6,7 +6,8 @@
 // and V to fp32 and run one FMA per product; these take bf16 pairs, one vdpbf16ps per two products,
 // as the bf16 forward does (micro_bf16.h), the scale applied to the fp32 sums (q stays exact in bf16):
 //   1 row:       the row's pairs against the K rows in place, one reduction per 16 keys
-//                (decode_qk_rows_bf16<1>); P V in fp32 on the V rows (decode_head.h);
+//                (decode_qk_rows_bf16<1>, or key by key: decode_qk_row_keys_bf16); P V in fp32 on
+//                the V rows (decode_head.h);
 //   2..8 rows:   Q^T in slices (decode_q_pairs_t: each row owns S = kN / (rows rounded up to a
 //                power of 2) adjacent lanes, one per slice of its d sum), S K pairs broadcast from
 //                the row in place into one vdpbf16ps whose every lane does work, the slices summed
@@ -74,6 +75,28 @@ inline void decode_qk_rows_bf16(const uint32_t* qp, int dp, const bf16_t* const*
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) store_lanes({sums}, r * G, G, sall + r * kN + g0 - r * G);
   }
+}
+
+// decode_qk_rows_bf16<1> key by key (decode_rows.h's decode_qk_row_keys): q's pairs (NV2 vectors
+// of kN pairs, d <= 2 kN NV2) in registers, each K row read front to back into its own accumulator.
+template <int NV2>
+inline void decode_qk_row_keys_bf16(const uint32_t* qp, const bf16_t* const* kp, int d, float c, float* sc) {
+  const __mmask32 ml = first32(d - (NV2 - 1) * 2 * kN);  // the last vector's elements
+  __m512bh qv[NV2];
+#pragma GCC unroll 8
+  for (int x = 0; x < NV2; ++x) qv[x] = as_bh(_mm512_loadu_si512(qp + x * kN));
+  VF a[kN];
+#pragma GCC unroll 16
+  for (int g = 0; g < kN; ++g) {
+    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};  // two chains per key
+#pragma GCC unroll 8
+    for (int x = 0; x + 1 < NV2; ++x)
+      acc[x % 2] = _mm512_dpbf16_ps(acc[x % 2], as_bh(_mm512_loadu_si512(kp[g] + x * 2 * kN)), qv[x]);
+    acc[(NV2 - 1) % 2] = _mm512_dpbf16_ps(acc[(NV2 - 1) % 2],
+                                          as_bh(_mm512_maskz_loadu_epi16(ml, kp[g] + (NV2 - 1) * 2 * kN)), qv[NV2 - 1]);
+    a[g].v = _mm512_add_ps(acc[0], acc[1]);
+  }
+  (hsum_each(a) * VF::set1(c)).store(sc);
 }
 
 // Q^T slices for `rows` rows: S = kN / (rows rounded up to a power of 2); 1 from 9 rows.

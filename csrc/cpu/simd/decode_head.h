@@ -251,15 +251,15 @@ struct DecodeHead {
     // (Zen 4, 2026-12-01): fp32 1.13x, bf16 1.13x, fp16 1.0x; the AVX2 path's 8-key blocks measured
     // 0.86-1.0x that way, the token-major feed 0.95-1.03x, a range half in the current block 0.75x
     const int ahead = rows == 1 ? prefetch_ahead() : kN;
-    // one row, fp32 / fp16 on AVX-512, a head's own stream (d, dv <= kRowKeysMaxVecs vectors), a
-    // block of K + V rows 8 KB or more: the products key by key (decode_rows.h's
-    // decode_qk_row_keys / decode_pv_row_keys; P V without prefetch pieces). H32 1x32768 head-major,
-    // 2 threads, in one process (Zen 4, 2026-12-02): fp32 D128 1.03-1.14x, D64 1.07-1.09x, fp16
-    // D128 1.07-1.30x; fp16 D64 (4 KB blocks) 0.97-0.98x and the token-major feed 0.95-1.0x keep
-    // the x-outer order
-    const bool keys = kN == 16 && !std::is_same_v<T, bf16_t> && rows == 1 && feed == nullptr &&
-                      dp <= kRowKeysMaxVecs * kN && dvp <= kRowKeysMaxVecs * kN &&
-                      int64_t(kN) * (d + dv) * int64_t(sizeof(T)) >= 8192;
+    // one row on AVX-512, a head's own stream (d, dv <= kRowKeysMaxVecs vectors; bf16: dv a multiple
+    // of 2 kN), a block of K + V rows 8 KB or more: the products key by key (decode_rows.h's
+    // decode_qk_row_keys / decode_pv_row_keys, decode_bf16.h's decode_qk_row_keys_bf16; P V without
+    // prefetch pieces). H32 1x32768 head-major, 2 threads, in one process (Zen 4, 2026-12-02): fp32
+    // D128 1.03-1.14x, D64 1.07-1.09x, fp16 D128 1.07-1.30x, bf16 D128 1.08-1.24x; fp16 D64 (4 KB
+    // blocks) 0.97-0.98x, bf16 D96 1.0x and the token-major feed 0.95-1.0x keep the x-outer order
+    const bool keys = kN == 16 && rows == 1 && feed == nullptr && dp <= kRowKeysMaxVecs * kN &&
+                      dvp <= kRowKeysMaxVecs * kN && int64_t(kN) * (d + dv) * int64_t(sizeof(T)) >= 8192 &&
+                      (!std::is_same_v<T, bf16_t> || (pairs && dv % (2 * kN) == 0));
     const bool pf_pv = kN == 16 && rows == 1 && feed == nullptr && ahead >= kN && !keys;
     // the pf() calls of a block (bf16 P V: one per 2 vectors; KeyLines::finish issues what is left)
     const int steps = cols ? 2 + (rows + kPvRows - 1) / kPvRows : rows + 2 + (pf_pv ? dvp / kN : 0);
@@ -291,8 +291,17 @@ struct DecodeHead {
         bool done = false;  // (keys past nk: the last key's scores, masked below)
 #if defined(FAL_SIMD_AVX512)
         if constexpr (std::is_same_v<T, bf16_t>)
-          if (pairs) {
+          if (pairs && !keys) {
             decode_qk_rows_bf16<1>(reinterpret_cast<const uint32_t*>(qf), dp, kp, d, scale, sc);
+            done = true;
+          }
+#endif
+#if defined(FAL_SIMD_AVX512)
+        if constexpr (std::is_same_v<T, bf16_t>)
+          if (keys) {
+            with_row_vecs((d + 2 * kN - 1) / (2 * kN), [&](auto nv) {
+              decode_qk_row_keys_bf16<decltype(nv)::value>(reinterpret_cast<const uint32_t*>(qf), kp, d, scale, sc);
+            });
             done = true;
           }
 #endif

@@ -133,9 +133,19 @@ inline void decode_pv_row_keys(const float* p, const T* const* vp, int dv, int n
   for (int x = 0; x < NV; ++x) ov[x] = VF::load(o + x * kN);
   for (int jj = 0; jj < nk; ++jj) {
     const VF pj = VF::set1(p[jj]);
+    if constexpr (std::is_same_v<T, bf16_t>) {  // O split (split_row): dv a multiple of 2 kN, NV even
 #pragma GCC unroll 8
-    for (int x = 0; x + 1 < NV; ++x) ov[x] = fma(pj, load_f32(vp[jj] + x * kN, kN), ov[x]);
-    ov[NV - 1] = fma(pj, load_f32(vp[jj] + (NV - 1) * kN, wl), ov[NV - 1]);
+      for (int x = 0; x + 1 < NV; x += 2) {
+        VF e, od;
+        load_bf16_split(vp[jj] + x * kN, e, od);
+        ov[x] = fma(pj, e, ov[x]);
+        ov[x + 1] = fma(pj, od, ov[x + 1]);
+      }
+    } else {
+#pragma GCC unroll 8
+      for (int x = 0; x + 1 < NV; ++x) ov[x] = fma(pj, load_f32(vp[jj] + x * kN, kN), ov[x]);
+      ov[NV - 1] = fma(pj, load_f32(vp[jj] + (NV - 1) * kN, wl), ov[NV - 1]);
+    }
   }
 #pragma GCC unroll 8
   for (int x = 0; x < NV; ++x) ov[x].store(o + x * kN);

@@ -104,8 +104,11 @@ inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, 
 constexpr int kRowKeysMaxVecs = 8;
 
 // sc[0, kN) = q . k_g for the block's kN key rows kp (fp32 / fp16: converted on load), q = qf
-// (fp32, scaled, zero past d), d in ((NV - 1) kN, NV kN].
-template <int NV, typename T>
+// (fp32, scaled, zero past d), d in ((NV - 1) kN, NV kN]. Chains: FMA chains per key -- 2 for one
+// row; 1 sums in decode_qk_rows_grouped's order (the same scores bit for bit: several fp32 rows
+// take that one pass over token-major or paged K, this one row by row over K rows back to back,
+// and a paged cache's output equals the contiguous one's; two chains ran 1.01-1.04x there)
+template <int NV, typename T, int Chains = 2>
 inline void decode_qk_row_keys(const float* qf, const T* const* kp, int d, float* sc) {
   const int wl = d - (NV - 1) * kN;  // the last vector's width
   VF qv[NV];
@@ -114,11 +117,18 @@ inline void decode_qk_row_keys(const float* qf, const T* const* kp, int d, float
   VF a[kN];
 #pragma GCC unroll 16
   for (int g = 0; g < kN; ++g) {
-    VF acc[2] = {VF::zero(), VF::zero()};  // two chains per key
+    if constexpr (Chains == 1) {
+      VF acc = VF::zero();
 #pragma GCC unroll 8
-    for (int x = 0; x + 1 < NV; ++x) acc[x % 2] = fma(qv[x], load_f32(kp[g] + x * kN, kN), acc[x % 2]);
-    acc[(NV - 1) % 2] = fma(qv[NV - 1], load_f32(kp[g] + (NV - 1) * kN, wl), acc[(NV - 1) % 2]);
-    a[g] = acc[0] + acc[1];
+      for (int x = 0; x + 1 < NV; ++x) acc = fma(qv[x], load_f32(kp[g] + x * kN, kN), acc);
+      a[g] = fma(qv[NV - 1], load_f32(kp[g] + (NV - 1) * kN, wl), acc);
+    } else {
+      VF acc[2] = {VF::zero(), VF::zero()};
+#pragma GCC unroll 8
+      for (int x = 0; x + 1 < NV; ++x) acc[x % 2] = fma(qv[x], load_f32(kp[g] + x * kN, kN), acc[x % 2]);
+      acc[(NV - 1) % 2] = fma(qv[NV - 1], load_f32(kp[g] + (NV - 1) * kN, wl), acc[(NV - 1) % 2]);
+      a[g] = acc[0] + acc[1];
+    }
   }
   hsum_each(a).store(sc);
 }

@@ -9,10 +9,12 @@ alternately, median of the repeats. FLOPs: fwd 4*B*H*s_q*s_k*D (halved for causa
 fwd; decode reports GB/s of K and V read. "% peak" is against bench/peak_fma.cpp run in the same
 process tree on the ISA ours uses: the fp32 FMA peak for fp32/fp16 compute and for bf16 where the
 ISA has no bf16 dot product (AVX2), the vdpbf16ps peak for bf16 on AVX-512; for decode the read
-bandwidth of a 1 GiB buffer probed just before and just after each decode row, the larger of the
-two (shown in the unit column: a shared host's bandwidth swings, 42-80 GB/s on a Zen 5 and 32-52
-on a Zen 4, between minutes). A decode row's % is of its roofline time, the longer of reading K and
-V at that bandwidth and of its FLOPs (4 * H * rows * s_k * D) at the compute peak: with 16 query
+bandwidth probed in this process just before each of our calls (flashattn_lite._bench_core.read_gbps:
+peak_fma.cpp's read loops on the active ISA over 256 MB; a shared host's bandwidth swings, 42-80
+GB/s on a Zen 5 and 30-50 on a Zen 4, within seconds), the unit column showing its median and range.
+A decode row's % is the median over the repeats of its roofline time in that round -- the longer of
+reading K and V at that round's probe and of its FLOPs (4 * H * rows * s_k * D) at the compute
+peak -- over its time: with 16 query
 rows per K/V row, bf16 decode needs more time at the vdpbf16ps peak than for its bytes on a
 2-core Zen 4 (the unit column says which bound applies).
 Scaling rows time ours alone on 1 thread and on --threads threads (the goal is the speedup).
@@ -46,7 +48,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashattn_lite as fal
-from flashattn_lite._bench_core import cpu_model
+from flashattn_lite._bench_core import cpu_model, read_gbps
 from flashattn_lite.reference import sdpa_ref
 
 HERE = Path(__file__).resolve().parent
@@ -126,7 +128,7 @@ CASES += [
 ]
 
 
-def peak_gflops(threads: int, isa: str, what: str = "all") -> dict:
+def peak_gflops(threads: int, isa: str) -> dict:
     src = HERE / "peak_fma.cpp"
     tag = zlib.crc32(src.read_bytes())  # a changed source gets a fresh binary
     exe = Path(tempfile.gettempdir()) / f"flashattn_lite_peak_fma_{tag:08x}"
@@ -135,7 +137,7 @@ def peak_gflops(threads: int, isa: str, what: str = "all") -> dict:
             subprocess.run(
                 ["g++", "-O3", "-std=c++17", "-pthread", str(src), "-o", str(exe)], check=True, capture_output=True
             )
-        cmd = [str(exe), str(threads), isa] + (["read"] if what == "read" else [])
+        cmd = [str(exe), str(threads), isa]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return json.loads(out)
     except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
@@ -197,17 +199,22 @@ def runner(fn: Callable, c: Case, q, k, v, do) -> Callable[[], object]:
     return run
 
 
-def time_pair(a: Callable, b: Callable, repeats: int) -> tuple[list[float], list[float]]:
+def time_pair(
+    a: Callable, b: Callable, repeats: int, probe: Callable[[], float] | None = None
+) -> tuple[list[float], list[float], list[float]]:
+    """Times of a and b, alternating, and (with probe) a read-bandwidth probe run just before each a."""
     a(), b()  # warm-up
-    ta, tb = [], []
+    ta, tb, tp = [], [], []
     for _ in range(repeats):
+        if probe is not None:
+            tp.append(probe())
         t0 = time.perf_counter()
         a()
         ta.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         b()
         tb.append(time.perf_counter() - t0)
-    return ta, tb
+    return ta, tb, tp
 
 
 MEMORY_SCRIPT = r"""
@@ -284,6 +291,7 @@ def main() -> int:
     peak = peak_gflops(args.threads, isa)
     fp32_peak = peak.get("fp32_fma_gflops")
     bf16_peak = peak.get("bf16_dot_gflops") or fp32_peak  # AVX2 has no bf16 dot product: fp32 is its peak
+    probe_buf = torch.ones(64 * 2**20)  # 256 MB for the in-process read probe beside each decode call
     forced = f" (forced: --isa {args.isa})" if args.isa else ""
     machine = (
         f"{cpu_model()}, {os.cpu_count()} CPUs; flashattn_lite {fal.__version__} ISA {isa}{forced}, torch "
@@ -310,40 +318,41 @@ def main() -> int:
             print(lines[-1])
             continue
         mine = runner(ours, c, q, k, v, do)
-        # decode: the read bandwidth probed just before and after the row (the shared host's
-        # bandwidth swings 30-50 GB/s between minutes), the larger of the two as its peak
-        read_before = peak_gflops(args.threads, isa, "read").get("read_gbs") if c.mode == "decode" else None
+        # decode: the read bandwidth probed in this process just before each of our calls (the
+        # shared host's bandwidth swings 30-50 GB/s within seconds): % per round, the median
+        probe = (lambda: read_gbps(probe_buf, passes=2)) if c.mode == "decode" else None
+        tp: list[float] = []
         if c.scaling is not None:  # ours on 1 thread against ours on --threads
             torch.set_num_threads(1)
-            t1, _ = time_pair(mine, lambda: None, args.repeats)
+            t1, _, _ = time_pair(mine, lambda: None, args.repeats)
             torch.set_num_threads(args.threads)
-            ta, _ = time_pair(mine, lambda: None, args.repeats)
+            ta, _, _ = time_pair(mine, lambda: None, args.repeats)
             ma, mb = statistics.median(ta), statistics.median(t1)
             label_b = "1 thread"
         else:
             try:
-                ta, tb = time_pair(mine, runner(torch_flash, c, q, k, v, do), args.repeats)
+                ta, tb, tp = time_pair(mine, runner(torch_flash, c, q, k, v, do), args.repeats, probe)
                 ma, mb = statistics.median(ta), statistics.median(tb)
             except RuntimeError:  # torch's flash CPU kernel refuses the case
-                ta, _ = time_pair(mine, lambda: None, args.repeats)
+                ta, _, tp = time_pair(mine, lambda: None, args.repeats, probe)
                 ma, mb = statistics.median(ta), float("nan")
             label_b = "torch"
         if c.mode == "decode":
             unit, rate, other = "GB/s", c.kv_bytes() / ma / 1e9, c.kv_bytes() / mb / 1e9
-            read_after = peak_gflops(args.threads, isa, "read").get("read_gbs")
-            probes = [x for x in (read_before, read_after) if x]
-            pk = max(probes) if probes else peak.get("read_gbs")
+            pk = statistics.median(tp)
             # several query rows per K/V row can make the call compute-bound: the roofline time is
-            # the longer of reading K and V at pk and the FLOPs at the compute peak
+            # the longer of reading K and V at the round's probe and the FLOPs at the compute peak
             cpk = bf16_peak if c.dtype == torch.bfloat16 else fp32_peak
-            bound = "compute" if pk and cpk and c.flops() / (cpk * 1e9) > c.kv_bytes() / (pk * 1e9) else "memory"
-            unit = f"GB/s (read {pk}; {bound}-bound)" if probes else unit
+            bound = "compute" if cpk and c.flops() / (cpk * 1e9) > c.kv_bytes() / (pk * 1e9) else "memory"
+            unit = f"GB/s (read {pk:.1f}, {min(tp):.0f}-{max(tp):.0f}; {bound}-bound)"
         else:
             unit, rate, other = "GFLOP/s", c.flops() / ma / 1e9, c.flops() / mb / 1e9
             pk = bf16_peak if c.dtype == torch.bfloat16 else fp32_peak
         pct = 100 * rate / pk if pk else None
-        if c.mode == "decode" and pk and cpk:  # % of the roofline time (the memory or the compute peak)
-            pct = 100 * max(c.kv_bytes() / (pk * 1e9), c.flops() / (cpk * 1e9)) / ma
+        if c.mode == "decode" and cpk:  # % of the roofline time (memory or compute), per round
+            pct = statistics.median(
+                100 * max(c.kv_bytes() / (p * 1e9), c.flops() / (cpk * 1e9)) / t for p, t in zip(tp, ta)
+            )
         speed = mb / ma if mb == mb else None
         goal, met = goal_cells(c, isa_idx, pct, speed)
         lines.append(

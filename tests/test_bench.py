@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import flashattn_lite
 from flashattn_lite import bench
+from flashattn_lite._bench_core import read_gbps
 
 
 @pytest.fixture(autouse=True)
@@ -142,6 +144,17 @@ def test_peaks_are_cached(tmp_path):
     a = bench.get_peaks("cpu")
     b = bench.get_peaks("cpu")
     assert a == b and a["fp32_gflops"] > 0 and a["read_gbps"] > 0
+
+
+def test_read_probe(isa):
+    # the in-process read-bandwidth probe (the profiler's peak; beside each decode call in
+    # bench/cpu_bench.py) runs the active ISA's loop: a rate on every ISA; a wrong buffer is refused
+    x = torch.ones(4 * 2**20 + 5)
+    assert read_gbps(x, passes=1) > 0
+    with pytest.raises(ValueError, match="contiguous float32 CPU tensor"):
+        read_gbps(x.double())
+    with pytest.raises(ValueError, match="contiguous float32 CPU tensor"):
+        read_gbps(x[::2])
 
 
 @pytest.mark.parametrize(

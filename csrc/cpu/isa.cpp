@@ -24,6 +24,7 @@ namespace fal::cpu {
   void bwd_run(const BwdParams& p, int64_t begin, int64_t end); \
   float peak_loop(int kind, int64_t iters);                     \
   double peak_flops_per_iter(int kind);                         \
+  float read_sum(int kind, const float* p, int64_t n);          \
   }
 #ifdef FAL_HAVE_AVX2
 FAL_DECLARE_ISA_TABLE(avx2)
@@ -158,9 +159,9 @@ std::string set_active_isa(const std::string& name) {
 }
 
 const KernelTable& kernels(Isa isa) {
-  static const KernelTable scalar{fwd_plan_portable,         fwd_num_work_items, fwd_run, fwd_nan_pass_portable,
-                                  bwd_plan_portable,         bwd_num_work_items, bwd_run, peak_loop_scalar,
-                                  peak_flops_per_iter_scalar};
+  static const KernelTable scalar{fwd_plan_portable,          fwd_num_work_items, fwd_run, fwd_nan_pass_portable,
+                                  bwd_plan_portable,          bwd_num_work_items, bwd_run, peak_loop_scalar,
+                                  peak_flops_per_iter_scalar, read_sum_scalar};
 #ifdef FAL_HAVE_AVX2
   static const KernelTable t_avx2{fwd_plan_simd,
                                   avx2::fwd_num_work_items,
@@ -170,7 +171,8 @@ const KernelTable& kernels(Isa isa) {
                                   avx2::bwd_num_work_items,
                                   avx2::bwd_run,
                                   avx2::peak_loop,
-                                  avx2::peak_flops_per_iter};
+                                  avx2::peak_flops_per_iter,
+                                  avx2::read_sum};
   if (isa == Isa::kAvx2) return t_avx2;
 #endif
 #ifdef FAL_HAVE_AVX512
@@ -182,7 +184,8 @@ const KernelTable& kernels(Isa isa) {
                                     avx512::bwd_num_work_items,
                                     avx512::bwd_run,
                                     avx512::peak_loop,
-                                    avx512::peak_flops_per_iter};
+                                    avx512::peak_flops_per_iter,
+                                    avx512::read_sum};
   if (isa == Isa::kAvx512) return t_avx512;
 #endif
   (void)isa;
@@ -198,5 +201,13 @@ float peak_loop_scalar(int /*kind*/, int64_t iters) {
   return s;
 }
 double peak_flops_per_iter_scalar(int /*kind*/) { return 8 * 2.0; }
+float read_sum_scalar(int /*kind*/, const float* p, int64_t n) {
+  float s[8] = {};
+  for (int64_t i = 0; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += p[i + j];
+  float t = 0;
+  for (float x : s) t += x;
+  return t;
+}
 
 }  // namespace fal::cpu

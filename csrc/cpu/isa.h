@@ -60,11 +60,15 @@ struct KernelTable {
   // FLOPs done = iters * peak_flops_per_iter(kind).
   float (*peak_loop)(int kind, int64_t iters);
   double (*peak_flops_per_iter)(int kind);
+  // Read-bandwidth probe: the sum of p[0, n) (n a multiple of 64), streaming with a software
+  // prefetch per line (kind 0: T0 4 KB ahead, 1: T1 16 KB ahead).
+  float (*read_sum)(int kind, const float* p, int64_t n);
 };
 const KernelTable& kernels(Isa isa);
 
 // Portable (scalar) peak probe, the scalar table's entries.
 float peak_loop_scalar(int kind, int64_t iters);
 double peak_flops_per_iter_scalar(int kind);
+float read_sum_scalar(int kind, const float* p, int64_t n);
 
 }  // namespace fal::cpu

@@ -154,6 +154,28 @@ double fal_cpu_peak_gflops(int kind, double seconds) {
   return double(threads) * double(iters) * k.peak_flops_per_iter(kind) / sec / 1e9;
 }
 
+// Read-bandwidth probe on torch's intra-op threads: every thread sums its slice of p[0, n) with the
+// active ISA's read_sum; `passes` passes of each prefetch kind, the best GB/s.
+double fal_cpu_read_gbps(const float* p, int64_t n, int64_t passes) {
+  TORCH_CHECK(p != nullptr && passes >= 1, "_cpu_read_gbps: a buffer and passes >= 1");
+  const fal::cpu::KernelTable& k = fal::glue::active_kernels_for_probe();
+  const int64_t threads = at::get_num_threads();
+  const int64_t per = n / threads / 64 * 64;  // floats per thread, whole 256-byte steps
+  TORCH_CHECK(per > 0, "_cpu_read_gbps: the buffer must hold at least 64 floats per thread");
+  double best = 0;
+  for (int64_t pass = 0; pass < passes; ++pass)
+    for (int kind = 0; kind < 2; ++kind) {
+      std::atomic<int64_t> sink{0};
+      const auto t0 = std::chrono::steady_clock::now();
+      at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) sink += int64_t(k.read_sum(kind, p + t * per, per));
+      });
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      best = std::max(best, double(threads * per) * sizeof(float) / sec / 1e9);
+    }
+  return best;
+}
+
 TORCH_LIBRARY_IMPL(flashattn_lite, CPU, m) {
   m.impl("fwd", &fal::glue::fwd_cpu);
   m.impl("bwd", &fal::glue::bwd_cpu);

@@ -8,7 +8,8 @@
 
 namespace py = pybind11;
 
-double fal_cpu_peak_gflops(int kind, double seconds);  // cpu_ops.cpp
+double fal_cpu_peak_gflops(int kind, double seconds);                   // cpu_ops.cpp
+double fal_cpu_read_gbps(const float* buf, int64_t n, int64_t passes);  // cpu_ops.cpp
 
 // Layouts: q (b, s_q, h, d), k (b, s_k, h_kv, d), v (b, s_k, h_kv, d_v), any strides with a
 // contiguous last dim. out (b, s_q, h, d_v), softmax_lse (b, h, s_q) fp32. With cu_seqlens_q/k
@@ -117,6 +118,14 @@ PYBIND11_MODULE(_C, mod) {
         return fal_cpu_peak_gflops(kind == "bf16" ? 1 : 0, seconds);
       },
       "Measured peak GFLOP/s of the active CPU ISA on torch's threads: kind 'fp32' (FMA) or 'bf16' (dot).");
+  mod.def(
+      "_cpu_read_gbps",
+      [](uintptr_t data_ptr, int64_t n, int64_t passes) {
+        pybind11::gil_scoped_release nogil;
+        return fal_cpu_read_gbps(reinterpret_cast<const float*>(data_ptr), n, passes);
+      },
+      "Measured read bandwidth (GB/s) of the active CPU ISA on torch's threads: the best of `passes` "
+      "streaming sums over n floats at data_ptr (use flashattn_lite._bench_core.read_gbps(tensor)).");
   mod.def(
       "_set_cpu_isa",
       [](const std::string& name) {

@@ -279,9 +279,23 @@ def measure_peaks(device: str) -> dict:
             ms = min(time_ms(partial(torch.matmul, a, b), device, repeats=5, warmup=2))
             peaks[f"{name}_gflops"] = 2 * n**3 / ms / 1e6
     x = torch.randn(64 * 2**20, device=device)  # 256 MB
-    ms = min(time_ms(lambda: x.sum(), device, repeats=5, warmup=1))
-    peaks["read_gbps"] = x.numel() * 4 / ms / 1e6
+    if device == "cpu":
+        peaks["read_gbps"] = read_gbps(x, passes=5)
+    else:
+        ms = min(time_ms(lambda: x.sum(), device, repeats=5, warmup=1))
+        peaks["read_gbps"] = x.numel() * 4 / ms / 1e6
     return peaks
+
+
+def read_gbps(buf: torch.Tensor, passes: int = 3) -> float:
+    """CPU read bandwidth (GB/s) on torch's threads: the best of ``passes`` streaming sums over
+    ``buf`` (a contiguous float32 CPU tensor larger than the caches, e.g. 256 MB) with the active
+    ISA's vector loads and software prefetch (flashattn_lite._C; bench/peak_fma.cpp's loops)."""
+    if buf.device.type != "cpu" or buf.dtype != torch.float32 or not buf.is_contiguous():
+        raise ValueError("read_gbps: buf must be a contiguous float32 CPU tensor")
+    from . import _C
+
+    return _C._cpu_read_gbps(buf.data_ptr(), buf.numel(), passes)
 
 
 def get_peaks(device: str, refresh: bool = False) -> dict:

@@ -1,6 +1,7 @@
 // kernels.cpp -- one ISA's kernel table entries (isa.h): which stage runs a call, and the peak
-// probe. fp64 always runs the portable kernels (attn_fwd_cpu.cpp, attn_bwd_cpu.cpp).
+// and read probes. fp64 always runs the portable kernels (attn_fwd_cpu.cpp, attn_bwd_cpu.cpp).
 #include "cpu/simd/common.h"
+#include "cpu/simd/prefetch.h"
 #include "cpu/simd/stages.h"
 
 namespace fal::cpu::FAL_CPU_NS {
@@ -53,6 +54,25 @@ float peak_loop(int kind, int64_t iters) {
   VF s = VF::zero();
   for (int i = 0; i < kPeakChains; ++i) s = s + acc[i];
   return s.hsum();
+}
+
+// Read probe: the sum of p[0, n) (n a multiple of 4 kN) with 4 vector accumulators and one
+// software prefetch per step of 4 vectors, kind 0: T0 4 KB ahead, 1: T1 16 KB ahead -- the loops
+// of bench/peak_fma.cpp, which it matches (Zen 4, 2026-12-02: 30-31 / 47 GB/s in the host's slow /
+// fast moments; a prefetch per line read ~10 % less).
+float read_sum(int kind, const float* p, int64_t n) {
+  VF s[4] = {VF::zero(), VF::zero(), VF::zero(), VF::zero()};
+  const char* a = reinterpret_cast<const char*>(p);
+  const int64_t ahead = kind == 1 ? 16384 : 4096;
+  for (int64_t i = 0; i + 4 * kN <= n; i += 4 * kN) {
+    const int64_t b = int64_t(i) * int64_t(sizeof(float)) + ahead;  // this step's bytes, ahead
+    if (kind == 1)
+      prefetch_line<PrefetchHint::kT1>(a + b);
+    else
+      prefetch_line<PrefetchHint::kT0>(a + b);
+    for (int v = 0; v < 4; ++v) s[v] = s[v] + VF::load(p + i + v * kN);
+  }
+  return ((s[0] + s[1]) + (s[2] + s[3])).hsum();
 }
 
 double peak_flops_per_iter(int kind) {

@@ -64,11 +64,8 @@ struct PanelsF32 {
   }
   // S (kRM x kBN) = Q[r0, r0 + kRM) K^T
   void qk(int r0, float* S) { micro_qk(q.data() + size_t(r0) * d, d, kt.data(), S, d); }
-  // S only (the fused step is the bf16 panels'): false, the caller runs the softmax step on S
-  bool qk_softmax(int r0, float* S, float* /*m*/, float* /*l*/, float* /*o*/) {
-    qk(r0, S);
-    return false;
-  }
+  static constexpr bool kFusedStep = false;  // S through memory, the step over it (fwd_chunk)
+  bool qk_softmax(int /*r0*/, float* /*m*/, float* /*l*/, float* /*o*/) { return false; }
   void emit_p(int /*r*/, const float* /*sr*/) {}  // P V reads the fp32 P in S
   // O[r0, r0 + kRM) += P V
   void pv(const float* S, int cols, float* o) { micro_pv(S, v.data(), cols, dvp, o); }
@@ -104,10 +101,11 @@ struct PanelsBf16 {
                      2 * j + 1 < cols ? v + vrows.at(j0 + 2 * j + 1) : nullptr, dv, dvp, vp.data() + size_t(j) * dvp);
   }
   void qk(int r0, float* S) { micro_qk_bf16(q.data() + size_t(r0) * d2, d2, d2, kp.data(), S, scale); }
-  // S and, unless a row's max is -inf (then false: S stored), the softmax step and P's bf16 pairs
-  // (micro_qk_softmax_bf16) of a plain, fully visible tile
-  bool qk_softmax(int r0, float* S, float* m, float* l, float* o) {
-    return micro_qk_softmax_bf16(q.data() + size_t(r0) * d2, d2, d2, kp.data(), scale, S, m, l, o, dvp, pb.data());
+  // S, the softmax step and P's bf16 pairs of a plain, fully visible tile in registers
+  // (micro_qk_softmax_bf16); false, nothing done, when a row's max is -inf
+  static constexpr bool kFusedStep = true;
+  bool qk_softmax(int r0, float* m, float* l, float* o) {
+    return micro_qk_softmax_bf16(q.data() + size_t(r0) * d2, d2, d2, kp.data(), scale, m, l, o, dvp, pb.data());
   }
   // row r's P (fp32, kBN) -> bf16 pairs for P V
   void emit_p(int r, const float* sr) { pack_f32_consecutive(sr, kBN, pb.data() + r * (kBN / 2)); }
@@ -172,23 +170,26 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkStat
       // and 2-8 % faster overall (fwd H8 N2048 D64 fp32 / bf16 / fp16, 1 and 2 threads, in one
       // process); the bf16 panels run it on S in registers (qk_softmax: 1.02-1.035x, 1 and 2 threads,
       // Zen 4, 2026-12-02)
-      const bool full = cols == kBN && vis.tile_fully_visible(g0, g1, j0, j0 + cols);
-      const bool plain = full && !mod.any && !mod.drop.on && g1 - g0 == kRM;
-      float* mr = w.m.data() + r0;
-      float* lr = w.l.data() + r0;
-      float* orow = w.o.data() + size_t(r0) * dvp;
+      // (full and plain: before S only for panels with a fused step, after it for all)
+      auto is_full = [&] { return cols == kBN && vis.tile_fully_visible(g0, g1, j0, j0 + cols); };
+      auto is_plain = [&](bool full) { return full && !mod.any && !mod.drop.on && g1 - g0 == kRM; };
       pf();
-      const bool fused = plain && pn.qk_softmax(r0, S, mr, lr, orow);
-      if (!plain) pn.qk(r0, S);
+      bool fused = false;
+      if constexpr (Panels::kFusedStep)
+        fused =
+            is_plain(is_full()) && pn.qk_softmax(r0, w.m.data() + r0, w.l.data() + r0, w.o.data() + size_t(r0) * dvp);
+      if (!fused) pn.qk(r0, S);
       pf();
-      if (plain) {
+      const bool full = is_full();
+      if (is_plain(full)) {
         if (!fused) {
           bool seen[kRM];
-          softmax_rows_step<kRM>(S, kBN, kBN, mr, lr, orow, dvp, dvp, seen);
+          softmax_rows_step<kRM>(S, kBN, kBN, w.m.data() + r0, w.l.data() + r0, w.o.data() + size_t(r0) * dvp, dvp, dvp,
+                                 seen);
           for (int r = 0; r < kRM; ++r) pn.emit_p(r, S + r * kBN);
         }
         pf();
-        pn.pv(S, cols, orow);
+        pn.pv(S, cols, w.o.data() + size_t(r0) * dvp);
         continue;
       }
       for (int r = 0; r < kRM; ++r) {
@@ -210,7 +211,7 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkStat
         pn.emit_p(r, sr);
       }
       pf();
-      pn.pv(S, cols, orow);
+      pn.pv(S, cols, w.o.data() + size_t(r0) * dvp);
     }
   }
 

@@ -48,10 +48,10 @@ inline void micro_qk_bf16(const uint32_t* q, int d2, int ldq, const uint32_t* kp
 // accumulators, the step runs on them (online_softmax_tile_step: m, l, O of the kRM rows, m / l / o
 // rows 1 / 1 / dvp apart) and P goes straight to bf16 pairs in pb (kRM rows of kBN / 2) -- the
 // same arithmetic as micro_qk_bf16, softmax_rows_step and pack_f32_consecutive, without S's trips
-// through memory. False when a row's max is -inf: the scaled S is then stored to s (kRM x kBN) for
-// the generic step, nothing else changed.
-inline bool micro_qk_softmax_bf16(const uint32_t* q, int d2, int ldq, const uint32_t* kp, float scale, float* s,
-                                  float* m, float* l, float* o, int dvp, uint32_t* pb) {
+// through memory. False, having changed nothing, when a row's max is -inf (the caller then runs
+// micro_qk_bf16 and the step over memory, which handles such a row).
+inline bool micro_qk_softmax_bf16(const uint32_t* q, int d2, int ldq, const uint32_t* kp, float scale, float* m,
+                                  float* l, float* o, int dvp, uint32_t* pb) {
   static_assert(kBN == kNV * kN, "one pass per tile");
   const __m512 sc = _mm512_set1_ps(scale);
   __m512 acc[kRM][kNV];
@@ -70,12 +70,7 @@ inline bool micro_qk_softmax_bf16(const uint32_t* q, int d2, int ldq, const uint
 #pragma GCC unroll 8
   for (int r = 0; r < kRM; ++r)
     for (int v = 0; v < kNV; ++v) t[r][v].v.v = _mm512_mul_ps(acc[r][v], sc);
-  if (!online_softmax_tile_step<VecLane, kRM, kNV>(t, m, l, o, dvp, dvp)) {
-#pragma GCC unroll 8
-    for (int r = 0; r < kRM; ++r)
-      for (int v = 0; v < kNV; ++v) t[r][v].store(s + r * kBN + v * kN);
-    return false;
-  }
+  if (!online_softmax_tile_step<VecLane, kRM, kNV>(t, m, l, o, dvp, dvp)) return false;
 #pragma GCC unroll 8
   for (int r = 0; r < kRM; ++r)
     for (int v = 0; v < kNV; v += 2) {

@@ -112,7 +112,8 @@ inline bool online_softmax_step(E* s, int n, E& m, E& l, E* acc, int acc_n) {
 }
 
 // The end of R rows' step, given each row's new max mx and its sum of P: where the max moved,
-// acc *= exp(m - m_new) and l likewise; then l += the row's sum (online_softmax_step's last lines).
+// acc *= exp(m - m_new) and l likewise; then l += the row's sum (online_softmax_step's last lines;
+// online_softmax_rows_step writes the same lines out).
 template <class L, int R, typename E>
 inline void online_softmax_rows_finish(const E* mx, const L* sum, E* m, E* l, E* acc, int acc_ld, int acc_n) {
   for (int r = 0; r < R; ++r) {
@@ -156,8 +157,19 @@ inline void online_softmax_rows_step(E* s, int lds, int n, E* m, E* l, E* acc, i
       sum[r] = sum[r] + p;
     }
   }
-  online_softmax_rows_finish<L, R>(mx, sum, m, l, acc, acc_ld, acc_n);
-  for (int r = 0; r < R; ++r) seen[r] = true;
+  // online_softmax_rows_finish's lines, written out: through the helper (even always inlined) the
+  // AVX2 fp32 / bf16 forward issued 1.5 % more instructions (callgrind, 2026-12-02)
+  for (int r = 0; r < R; ++r) {
+    if (mx[r] != m[r]) {
+      const E alpha = L::exp_diff(m[r], mx[r]);
+      const L ab = L::set1(alpha);
+      for (int x = 0; x < acc_n; x += L::N) (L::load(acc + r * acc_ld + x) * ab).store(acc + r * acc_ld + x);
+      l[r] *= alpha;
+      m[r] = mx[r];
+    }
+    l[r] += sum[r].hsum();
+    seen[r] = true;
+  }
 }
 
 // online_softmax_rows_step on a block held in registers: s[r][v], R rows of NV lane vectors (the

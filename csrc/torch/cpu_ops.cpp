@@ -168,7 +168,7 @@ double fal_cpu_read_gbps(const float* p, int64_t n, int64_t passes) {
       std::atomic<int64_t> sink{0};
       const auto t0 = std::chrono::steady_clock::now();
       at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
-        for (int64_t t = b; t < e; ++t) sink += int64_t(k.read_sum(kind, p + t * per, per));
+        for (int64_t t = b; t < e; ++t) sink += k.read_sum(kind, p + t * per, per) == 1.2345f ? 1 : 0;  // keeps the sum
       });
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       best = std::max(best, double(threads * per) * sizeof(float) / sec / 1e9);

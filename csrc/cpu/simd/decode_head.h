@@ -295,8 +295,6 @@ struct DecodeHead {
             decode_qk_rows_bf16<1>(reinterpret_cast<const uint32_t*>(qf), dp, kp, d, scale, sc);
             done = true;
           }
-#endif
-#if defined(FAL_SIMD_AVX512)
         if constexpr (std::is_same_v<T, bf16_t>)
           if (keys) {
             with_row_vecs((d + 2 * kN - 1) / (2 * kN), [&](auto nv) {
@@ -398,10 +396,10 @@ struct DecodeHead {
           // row by row; on AVX-512 (d <= kRowKeysMaxVecs vectors) key by key, one chain per key (the
           // grouped pass's sums): GQA fp32 D128 head-major, 2 threads, in one process (Zen 4,
           // 2026-12-02), two chains: 3 rows 1.02x, 4 rows 1.02-1.04x, 8 rows 1.11x; one: 0.96x that
-          const bool keys = kN == 16 && dp <= kRowKeysMaxVecs * kN;
+          const bool row_keys = kN == 16 && dp <= kRowKeysMaxVecs * kN;
           for (int r = 0; r < rows; ++r) {
             pf();
-            if (keys)
+            if (row_keys)
               with_row_vecs(dp / kN, [&](auto nv) {
                 decode_qk_row_keys<decltype(nv)::value, T, 1>(qf + size_t(r) * dp, kp, d, sall + r * kN);
               });

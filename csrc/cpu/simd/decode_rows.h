@@ -98,9 +98,9 @@ inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, 
 // A single-row block is kN K rows and kN V rows (16 KB at fp32 D128 on AVX-512). Read x-outer
 // (decode_qk_rows_grouped<1>: vector x of every row, then x + 1) all of them are in flight at once;
 // key by key instead, q's NV vectors (d <= NV kN; O's likewise for P V) stay in registers and each
-// K / V row is read front to back, into its own accumulator (one hsum_each per block). H32 1x32768
-// D128 fp32 head-major, 2 threads, the variants alternating in one process (Zen 4, 2026-12-02):
-// 1.10-1.12x (the AVX2 kernel's 8-key blocks were 1.19x ahead of the x-outer order).
+// K / V row is read front to back, into its own accumulator (one hsum_each per block): 1.03-1.3x
+// where a block's K + V reach 8 KB (decode_head.h: where it runs, the measurements); the AVX2
+// kernel's 8-key blocks had read the same cache up to 1.2x faster than the x-outer order.
 constexpr int kRowKeysMaxVecs = 8;
 
 // sc[0, kN) = q . k_g for the block's kN key rows kp (fp32 / fp16: converted on load), q = qf

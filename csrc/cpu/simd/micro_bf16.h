@@ -49,7 +49,9 @@ inline void micro_qk_bf16(const uint32_t* q, int d2, int ldq, const uint32_t* kp
 // rows 1 / 1 / dvp apart) and P goes straight to bf16 pairs in pb (kRM rows of kBN / 2) -- the
 // same arithmetic as micro_qk_bf16, softmax_rows_step and pack_f32_consecutive, without S's trips
 // through memory. False, having changed nothing, when a row's max is -inf (the caller then runs
-// micro_qk_bf16 and the step over memory, which handles such a row).
+// micro_qk_bf16 and the step over memory, which handles such a row). The product loop is
+// micro_qk_bf16's, written out: an accumulator array handed to a shared helper is the pitfall that
+// kept accumulators in memory (DEVELOPERS.md).
 inline bool micro_qk_softmax_bf16(const uint32_t* q, int d2, int ldq, const uint32_t* kp, float scale, float* m,
                                   float* l, float* o, int dvp, uint32_t* pb) {
   static_assert(kBN == kNV * kN, "one pass per tile");

@@ -6,6 +6,7 @@
 #include "cpu/simd/decode_cols.h"
 #include "cpu/simd/decode_rows.h"
 #include "cpu/simd/prefetch.h"
+#include "cpu/simd/score_mods.h"
 #include "cpu/simd/softmax_row.h"
 #if defined(FAL_SIMD_AVX512)
 #include "cpu/simd/decode_bf16.h"
@@ -55,7 +56,7 @@ struct DecodeHead {
   // O's rows held split in groups of 2 kN (decode_rows.h's split_cols; bf16 V read by the fp32 P V),
   // put back in order by finish()
   bool o_split = false;
-  // q's rows held split (bf16 S = Q K^T by decode_qk_rows_grouped: AVX2, up to kGroupedMaxRows16 rows)
+  // q's rows held split (bf16 S = Q K^T by decode_qk_rows_grouped: AVX2)
   bool q_split = false;
   float scale = 1.f;
   SeqInfo sq{};
@@ -97,7 +98,7 @@ struct DecodeHead {
     of = qf + size_t(rows) * dp;  // rows x dvp
     m = of + size_t(rows) * dvp;  // kDecodeMaxRows (a lane vector per kN rows)
     l = m + kDecodeMaxRows;       // kDecodeMaxRows
-    kb = scratch;                 // K of a block as fp32 (dp x kN transposed; kN x dp rows: cols), V pairs
+    kb = scratch;                 // K of a block as fp32 rows (the transposed path), V pairs, O put in order
     k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
     v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
     krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);
@@ -123,7 +124,7 @@ struct DecodeHead {
     // bf16 V through the fp32 P V (decode_pv_rows, the single-row loop): O held split; the pairs'
     // P V (several rows: decode_pv_rows_bf16_inplace, the transposed path's decode_pv_rows_bf16)
     // keeps O in order
-    q_split = std::is_same_v<T, bf16_t> && !pairs && !cols && rows <= kGroupedMaxRows16;
+    q_split = std::is_same_v<T, bf16_t> && !pairs && !cols;
     o_split = std::is_same_v<T, bf16_t>;
 #if defined(FAL_SIMD_AVX512)
     o_split = o_split && !(pairs && rows > 1);
@@ -174,7 +175,10 @@ struct DecodeHead {
   void mask_row(float* s, int r, int jb, int nk) {
     const float neg_inf = -std::numeric_limits<float>::infinity();
     const KeyRange& rk = rr[r];
-    if (!(mod.any || nk < kN || jb < rk.lo || jb + kN > rk.hi)) return;
+    if (nk == kN && jb >= rk.lo && jb + kN <= rk.hi) {  // every key visible: the mods on one vector
+      if (mod.any) mod_vec(mod, VF::load(s), r, jb, nullptr).store(s);
+      return;
+    }
     for (int jj = 0; jj < kN; ++jj) {
       const int j = jb + jj;
       if (!(jj < nk && j >= rk.lo && j < rk.hi))
@@ -187,7 +191,9 @@ struct DecodeHead {
   // The scores of every row over a block (sall: rows x kN) -> P in place: mask, score mods, the
   // online-softmax step (rescaling the row's O), dropout. A row that sees nothing gets P = 0.
   void rows_softmax(int jb, int nk, float* sall) {
-    if (!mod.any && !mod.drop.on && nk == kN && jb >= lo_max && jb + kN <= hi_min) {
+    if (!mod.drop.on && nk == kN && jb >= lo_max && jb + kN <= hi_min) {
+      if (mod.any)
+        for (int r = 0; r < rows; ++r) mask_row(sall + r * kN, r, jb, nk);
       // every row sees the whole block as is: the rows' steps interleaved (online_softmax_rows_step),
       // their dependency chains (max, exp, sum) overlapping: 4 rows (GQA 4/1) AVX2 bf16 1.04-1.14x,
       // fp32 1.05-1.06x, AVX-512 1.0-1.03x (D128, 2048 keys from L2, 1 thread, Zen 4, 2026-12-01)
@@ -378,48 +384,33 @@ struct DecodeHead {
         }
       }
 #endif
-      // S = Q K^T: fp32 rows on the K rows in place (one pass for all rows or row by row: k_rows_apart);
-      // bf16 / fp16: up to kGroupedMaxRows16 rows in one pass over K converted on the fly, more on K
-      // converted once per block, transposed (kT = kb: dp x kN, keys past nk zero; decode_qk_rows).
-      // V read in place by P V below.
+      // S = Q K^T on the K rows in place: in passes of kGroupRows rows over K (converted on the fly
+      // for bf16 / fp16; decode_qk_rows_grouped), fp32 K rows back to back row by row. V read in
+      // place by P V below.
       const T* kp[kN];
       const T* vp[kN];
       block_rows(jb, nk, kp, vp);
       alignas(64) float sall[kDecodeMaxRows * kN];
-      if constexpr (std::is_same_v<T, float>) {
-        if (k_rows_apart) {
-          for_row_blocks<kGroupRows>(rows, [&](int r0, auto rn) {
-            for (int r = 0; r < decltype(rn)::value; ++r) pf();
-            decode_qk_rows_grouped<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kp, d, sall + r0 * kN);
-          });
-        } else {
-          // row by row; on AVX-512 (d <= kRowKeysMaxVecs vectors) key by key, one chain per key (the
-          // grouped pass's sums): GQA fp32 D128 head-major, 2 threads, in one process (Zen 4,
-          // 2026-12-02), two chains: 3 rows 1.02x, 4 rows 1.02-1.04x, 8 rows 1.11x; one: 0.96x that
-          const bool row_keys = kN == 16 && dp <= kRowKeysMaxVecs * kN;
-          for (int r = 0; r < rows; ++r) {
-            pf();
-            if (row_keys)
-              with_row_vecs(dp / kN, [&](auto nv) {
-                decode_qk_row_keys<decltype(nv)::value, T, 1>(qf + size_t(r) * dp, kp, d, sall + r * kN);
-              });
-            else
-              decode_qk_rows_grouped<1>(qf + size_t(r) * dp, dp, kp, d, sall + r * kN);
-          }
-        }
-      } else if (rows <= kGroupedMaxRows16) {
+      if (!std::is_same_v<T, float> || k_rows_apart) {
         for_row_blocks<kGroupRows>(rows, [&](int r0, auto rn) {
           for (int r = 0; r < decltype(rn)::value; ++r) pf();
           decode_qk_rows_grouped<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kp, d, sall + r0 * kN);
         });
       } else {
-        const T* kz[kN];  // rows past nk as zeros
-        for (int jj = 0; jj < kN; ++jj) kz[jj] = jj < nk ? kp[jj] : nullptr;
-        transpose_rows(kz, d, kb, kN);
-        for_row_blocks<kQkRows>(rows, [&](int r0, auto rn) {
-          for (int r = 0; r < decltype(rn)::value; ++r) pf();
-          decode_qk_rows<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kb, d, sall + r0 * kN);
-        });
+        // row by row; on AVX-512 (d <= kRowKeysMaxVecs vectors) key by key, one chain per key (the
+        // grouped pass's sums): GQA fp32 D128 head-major, 2 threads, in one process (Zen 4,
+        // 2026-12-02), two chains: 3 rows 1.02x, 4 rows 1.02-1.04x, 8 rows 1.11x; one: 0.96x that.
+        // The grouped passes of 4 rows ran 0.92-0.95x this (4 and 8 rows, both ISAs).
+        const bool row_keys = kN == 16 && dp <= kRowKeysMaxVecs * kN;
+        for (int r = 0; r < rows; ++r) {
+          pf();
+          if (row_keys)
+            with_row_vecs(dp / kN, [&](auto nv) {
+              decode_qk_row_keys<decltype(nv)::value, T, 1>(qf + size_t(r) * dp, kp, d, sall + r * kN);
+            });
+          else
+            decode_qk_rows_grouped<1>(qf + size_t(r) * dp, dp, kp, d, sall + r * kN);
+        }
       }
       pf();
       rows_softmax(jb, nk, sall);

@@ -39,11 +39,12 @@ inline void split_row(float* x, int n, bool inverse) {
 // 4 KB apart, in one L1 set (decode_bf16.h's decode_qk_rows_bf16, the same idea on bf16 pairs).
 // q rows dp apart (fp32, scaled, zero past d); kp: kN valid row pointers (the caller repeats a row
 // past the block's end and masks those scores).
-// bf16 / fp16 rows (no vdpbf16ps path) use the one-pass products up to this many rows, K staged
-// transposed beyond: 2-4 rows 1.1-1.35x, 16 rows 0.78-0.82x (AVX-512 fp16 and AVX2 bf16 / fp16, Zen
-// 4, 2 threads, 32768 keys D128, both layouts, 2026-12-01).
-constexpr int kGroupedMaxRows16 = 4;
-constexpr int kGroupRows = 8;  // rows per pass (16 accumulators + 2 K vectors on AVX-512; 8 + 1 on AVX2)
+// Rows per pass: 4, each pass one read of the block's K from L1 (AVX2: G = 2 keys x 4 rows = 8
+// accumulators, 4 K and 2 q vectors). Passes of 4 rows against passes of 8 (fp32) or K staged
+// transposed and broadcast-FMAs (bf16 / fp16 beyond 4 rows), calls alternating in one process
+// (Zen 4, 2 threads, D128, 4-8 rows, 16384-32768 keys, 2026-12-02): AVX2 bf16 5-8 rows
+// 1.19-1.44x, fp16 1.07-1.28x; AVX-512 fp16 1.24-1.34x, fp32 (token-major) 1.01-1.34x.
+constexpr int kGroupRows = 4;
 template <int R, typename T>
 inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, int d, float* sall) {
   constexpr int G = R <= 1 ? kN : kN / R >= 8 ? 8 : kN / R >= 4 ? 4 : kN / R >= 2 ? 2 : 1;
@@ -58,6 +59,22 @@ inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, 
     int x0 = 0;
     if constexpr (std::is_same_v<T, bf16_t>)  // whole groups of 2 kN split (q rows split alike)
       for (; x0 < split_cols(d); x0 += 2 * kN) {
+        if constexpr (G <= 2) {  // K first (2 G registers), then each q vector loaded once for its G FMAs:
+          // AVX2 3-4 rows 1.09-1.16x (2 threads, 32768 keys D128, both layouts, Zen 4, 2026-12-02)
+          VF ke[G], ko[G];
+#pragma GCC unroll 2
+          for (int g = 0; g < G; ++g) load_bf16_split(kp[g0 + g] + x0, ke[g], ko[g]);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            const float* qr = qf + size_t(r) * dp + x0;
+            VF qe = VF::load(qr), qo = VF::load(qr + kN);
+            keep_in_register(qe);
+            keep_in_register(qo);
+#pragma GCC unroll 2
+            for (int g = 0; g < G; ++g) a[r * G + g] = fma(qo, ko[g], fma(qe, ke[g], a[r * G + g]));
+          }
+          continue;
+        }
 #pragma GCC unroll 16
         for (int g = 0; g < G; ++g) {
           VF ke, ko;
@@ -177,38 +194,13 @@ inline void with_row_vecs(int nv, F&& f) {
 }
 
 // Several query rows (GQA heads packed as rows, speculative decoding) share each block of kN
-// keys: K is staged transposed (dp x kN, one vector = kN keys of one dim), so a row's kN scores
-// are one vector built by d broadcast-FMAs -- no horizontal sums -- and R rows share each K load;
-// P V is blocked R rows x 4 vectors of O, so each V load feeds R FMAs.
-// Registers (zmm / ymm): QK 2R accumulators (two dims in flight) + 2 K vectors: R = 8 -> 18 of
-// 32 on AVX-512, R = 4 -> 10 of 16 on AVX2; PV R x C accumulators + C V vectors + 1 broadcast:
-// R = 4 -> 4 x 4 + 5 = 21 of 32, 4 x 2 + 3 = 11 of 16 on AVX2 (4 rows there instead of 2 x 4
-// vectors: 1.01-1.14x, Zen 4, 2 threads, 32768 keys D128, 2026-12-01; 8 rows x 2 vectors on AVX-512
-// no better than 4 x 4). (Splitting the d sum over more chains for small R, as the bf16 kernel
-// does, measured 0.84-0.96x here: fp32 GQA decode, Zen 5, 2026-11-30.)
-constexpr int kQkRows = kN == 16 ? 8 : 4;
+// keys: S by decode_qk_rows_grouped (passes of kGroupRows rows), P V below blocked R rows x C
+// vectors of O, so each V load feeds R FMAs.
+// Registers (zmm / ymm) of P V: R x C accumulators + C V vectors + 1 broadcast: R = 4 -> 4 x 4 +
+// 5 = 21 of 32, 4 x 2 + 3 = 11 of 16 on AVX2 (4 rows there instead of 2 x 4 vectors: 1.01-1.14x,
+// Zen 4, 2 threads, 32768 keys D128, 2026-12-01; 8 rows x 2 vectors on AVX-512 no better than 4 x 4).
 constexpr int kPvRows = 4;
 constexpr int kPvAcc = kN == 16 ? 16 : 8;  // P V accumulators (+ C V vectors + 1 broadcast)
-
-// sc[r][0..kN) = q_r . k_j for the block's keys; q rows dp apart (zero past d), kT = dp x kN.
-template <int R>
-inline void decode_qk_rows(const float* qf, int dp, const float* kT, int d, float* sc) {
-  VF a0[R], a1[R];
-  for (int r = 0; r < R; ++r) a0[r] = a1[r] = VF::zero();
-  int x = 0;
-  for (; x + 1 < d; x += 2) {
-    const VF k0 = VF::load(kT + size_t(x) * kN), k1 = VF::load(kT + size_t(x + 1) * kN);
-    for (int r = 0; r < R; ++r) {
-      a0[r] = fma(VF::set1(qf[size_t(r) * dp + x]), k0, a0[r]);
-      a1[r] = fma(VF::set1(qf[size_t(r) * dp + x + 1]), k1, a1[r]);
-    }
-  }
-  if (x < d) {
-    const VF k0 = VF::load(kT + size_t(x) * kN);
-    for (int r = 0; r < R; ++r) a0[r] = fma(VF::set1(qf[size_t(r) * dp + x]), k0, a0[r]);
-  }
-  for (int r = 0; r < R; ++r) (a0[r] + a1[r]).store(sc + r * kN);
-}
 
 // O[r][x0, x0 + C kN) += sum_{jj < nk} p[r][jj] v_jj[x0, x0 + C kN): R rows x C vectors of
 // accumulators, each V load feeding R FMAs (bf16: C / 2 split groups).

@@ -168,6 +168,11 @@ inline void load_bf16_split(const bf16_t* p, VF& e, VF& o) {
 
 constexpr int kN = VF::N;
 
+// x as an opaque register value: a vector loaded once and used by several FMAs stays one load
+// (GCC otherwise folds the load into each FMA as its memory operand, a load per use -- on AVX2,
+// whose 16 registers make it short of them, that doubled the loads of 4-row bf16 decode's S).
+inline void keep_in_register(VF& x) { asm("" : "+v"(x.v)); }
+
 // 2^f for f in [-1/2, 1/2] by Horner (FMA) with relative-minimax coefficients (fitted in fp64,
 // rounded to fp32; max relative error of the fp32 evaluation over the interval, by a 400k-point scan:
 // degree 6 2.2e-7, degree 5 1.8e-7 -- both dominated by fp32 rounding; the exact-coefficient error is

@@ -181,7 +181,7 @@ def test_decode_one_row_head_contiguous(dtype, d, d_v, layout, isa):
 
 # (s_q, h, h_kv): packed rows per kv head s_q * h / h_kv = 2, 3, 4, 6, 10, 16 -- on AVX-512 bf16 each
 # of Q^T's slice counts (8, 4, 2 lanes per row; 3 rows row-wise; 1 lane per row from 9 rows)
-MULTI_ROWS = [(1, 4, 2), slow(3, 2, 2), (2, 4, 2), (3, 4, 2), (5, 4, 2), slow(8, 4, 2)]
+MULTI_ROWS = [(1, 4, 2), slow(3, 2, 2), (2, 4, 2), (3, 4, 2), (5, 4, 2), slow(8, 4, 2), (12, 2, 1), slow(16, 2, 2)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -189,8 +189,9 @@ MULTI_ROWS = [(1, 4, 2), slow(3, 2, 2), (2, 4, 2), (3, 4, 2), (5, 4, 2), slow(8,
 @pytest.mark.parametrize("d,d_v", [slow(1, 1), (17, 40), slow(59, 59), (111, 64), (128, 128), slow(300, 257)])
 def test_decode_multi_row_blocks(dtype, s_q, h, h_kv, d, d_v, isa):
     # several query rows per head (speculative decoding; GQA heads packed as rows): rows in register
-    # blocks, K broadcast in slices of d or staged transposed, V pairs interleaved -- every remainder
-    # and tail (odd d: the last pair of a slice step alone)
+    # blocks (passes of 4 rows; bf16 on AVX-512: K broadcast in slices of d), V pairs interleaved,
+    # 12 rows row-wise but transposed for bf16 on AVX-512, 16 transposed -- every remainder and tail
+    # (odd d: the last pair of a slice step alone)
     q = randn((1, s_q, h, d), dtype)
     k, v = randn((1, 530, h_kv, d), dtype), randn((1, 530, h_kv, d_v), dtype)
     _check(q, k, v, causal=True)
@@ -202,7 +203,7 @@ def test_decode_multi_row_blocks(dtype, s_q, h, h_kv, d, d_v, isa):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, slow(torch.float32)])
-@pytest.mark.parametrize("s_q,h,h_kv", [(1, 4, 2), (2, 4, 2), (5, 4, 2), slow(8, 4, 2)])
+@pytest.mark.parametrize("s_q,h,h_kv", [(1, 4, 2), (2, 4, 2), (5, 4, 2), slow(8, 4, 2), (12, 2, 1)])
 def test_decode_multi_row_softcap(dtype, s_q, h, h_kv, isa):
     # flash-attn: "softcap: float. Anything > 0 activates softcapping attention." A score transform
     # keeps every row count (also 9-16 rows) on the row-wise decode path: checked against the reference

@@ -1,4 +1,4 @@
-// decode_cols.h -- the decode's transposed path, one block: more than kColsMinRows query rows and no
+// decode_cols.h -- the decode's transposed path, one block: more than kColsMinRows(Fma) query rows and no
 // score transform (DecodeHead::cols). Compiled once per ISA (included by decode_head.h only).
 #pragma once
 #include "cpu/simd/common.h"

@@ -22,10 +22,10 @@ namespace {
 //   1 row            kN scores as kN FMA chains reduced together (decode_qk_rows_grouped<1> /
 //                    decode_qk_rows_bf16<1>, or key by key: decode_qk_row_keys), the softmax step
 //                    on that vector, O += P V with O's vectors as accumulators;
-//   2..kColsMinRows  the row-wise multi-row products (decode_rows.h, decode_bf16.h), the softmax
+//   2..8 / 12       the row-wise multi-row products (decode_rows.h, decode_bf16.h), the softmax
 //                    row by row (rows_softmax);
 //   more             without a score transform: S transposed, one lane per row (decode_cols_block,
-//                    decode_cols.h).
+//                    decode_cols.h; kColsMinRows / kColsMinRowsFma, decode_rows.h).
 template <typename T>
 struct DecodeHead {
   using Elem = T;
@@ -42,7 +42,7 @@ struct DecodeHead {
   // holds each row's q as pairs (unscaled), qT (several rows) Q^T in decode_q_slices(rows) slices,
   // and `scale` multiplies the scores
   bool pairs = false;
-  // more than kColsMinRows rows without a score transform: S transposed, one lane per row
+  // more than kColsMinRows(Fma) rows without a score transform: S transposed, one lane per row
   // (decode_rows.h) -- Q^T in qT (fp32; bf16 pairs with `pairs`), each row's visible keys
   // [vis_lo, vis_hi) per lane
   bool cols = false;
@@ -72,7 +72,7 @@ struct DecodeHead {
   // one after the other can share
   static size_t floats(const FwdParams& p) {
     size_t n = size_t(p.s_q) * (round_up(p.d, kN) + round_up(p.d_v, kN)) + 2 * kDecodeMaxRows;
-    bool q_t = p.s_q > kColsMinRows;  // qT: the transposed path, or several rows on bf16 pairs
+    bool q_t = p.s_q > kColsMinRows;  // qT: the transposed path (from 9 or 13 rows), or bf16 pairs
 #if defined(FAL_SIMD_AVX512)
     q_t = q_t || (p.dtype == DType::kBFloat16 && p.s_q > 1);
 #endif
@@ -110,7 +110,7 @@ struct DecodeHead {
 #if defined(FAL_SIMD_AVX512)
     pairs = std::is_same_v<T, bf16_t>;
 #endif
-    cols = rows > kColsMinRows && !mod.any && !mod.drop.on;
+    cols = rows > (pairs ? kColsMinRows : kColsMinRowsFma) && !mod.any && !mod.drop.on;
     if (cols || (pairs && rows > 1)) qT = l + kDecodeMaxRows;
     lo_max = 0;
     hi_min = std::numeric_limits<int>::max();

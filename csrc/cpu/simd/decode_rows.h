@@ -265,16 +265,21 @@ inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, f
 }
 
 // ---- the transposed path: S^T, one lane per query row ----------------------------------------
-// More rows than kColsMinRows (and no score transform): S of a block is computed transposed, key jj's
-// scores of every row in one vector (rows in lanes; on AVX2 16 rows take two vectors), each K element
-// broadcast against a Q^T vector -- no reduction, no K transpose -- and the online softmax runs per
-// lane (softmax_cols_step): its maxima and sums are vertical. Rows up to kColsMinRows keep the
-// row-wise products above, where a vector of rows would be mostly empty lanes (bf16 5-8 rows on
-// AVX-512 measured 0.86-0.94x this way). 16 rows against the row-wise kernels, H8 D128, 2 threads, in
-// one process (Zen 4, 2026-12-01; the same ratio 32768 keys from memory and 1024 keys from L2: the
-// work is compute-bound): AVX-512 bf16 1.24-1.5x, fp32 1.44-1.51x, fp16 1.14-1.24x; AVX2 bf16
-// 1.13-1.29x, fp32 1.0-1.07x, fp16 1.04-1.2x; 9-12 rows 0.9-1.3x (noise-level on AVX2).
+// More rows than kColsMinRows (bf16 on vdpbf16ps, AVX-512) or kColsMinRowsFma (the fp32 FMA
+// products: fp32, fp16, AVX2 bf16), and no score transform: S of a block is computed transposed, key
+// jj's scores of every row in one vector (rows in lanes; on AVX2 16 rows take two vectors), each K
+// element broadcast against a Q^T vector -- no reduction, no K transpose -- and the online softmax
+// runs per lane (softmax_cols_step): its maxima and sums are vertical. Fewer rows keep the row-wise
+// products above, where a vector of rows would be mostly empty lanes (bf16 5-8 rows on AVX-512
+// measured 0.86-0.94x this way). 16 rows against the row-wise kernels, H8 D128, 2 threads, in one
+// process (Zen 4, 2026-12-01; the same ratio 32768 keys from memory and 1024 keys from L2: the work
+// is compute-bound): AVX-512 bf16 1.24-1.5x, fp32 1.44-1.51x, fp16 1.14-1.24x; AVX2 bf16 1.13-1.29x,
+// fp32 1.0-1.07x, fp16 1.04-1.2x. Since the row-wise S runs in passes of 4 rows, against it
+// (2026-12-02, 16384 keys): 10-12 rows AVX2 bf16 0.88-0.9x, fp32 0.97x, AVX-512 fp16 0.83x, fp32
+// 0.91-0.94x (AVX2 fp16 12 rows 1.07x, noise-level); 14 rows 0.99-1.06x, 16 rows 1.06-1.27x; AVX-512
+// bf16 12 rows 1.12x.
 constexpr int kColsMinRows = 8;
+constexpr int kColsMinRowsFma = 12;
 constexpr int kColsVecs = kDecodeMaxRows / kN;  // lane vectors per key at most: 1 on AVX-512, 2 on AVX2
 
 // Q^T: qT[(x * rv + v) * kN + lane] = q_{v kN + lane}[x] (the scaled fp32 rows qf, dp apart), zero

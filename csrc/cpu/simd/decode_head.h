@@ -330,31 +330,9 @@ struct DecodeHead {
         if (keys) {
           with_row_vecs(dvp / kN, [&](auto nv) { decode_pv_row_keys<decltype(nv)::value>(sc, vp, dv, nk, of); });
         } else if (dvp / kN <= 8) {
-          int x = 0;
-          if constexpr (std::is_same_v<T, bf16_t>)  // whole groups split (decode_rows.h's split_cols)
-            for (; x < split_cols(dv); x += 2 * kN) {
-              if (pf_pv) pf();
-              VF oe = VF::load(of + x), oo = VF::load(of + x + kN);
-              for (int jj = 0; jj < nk; ++jj) {
-                VF e, o;
-                load_bf16_split(vp[jj] + x, e, o);
-                const VF pj = VF::set1(sc[jj]);
-                oe = fma(pj, e, oe);
-                oo = fma(pj, o, oo);
-              }
-              oe.store(of + x);
-              oo.store(of + x + kN);
-            }
-          for (; x < dv; x += kN) {
+          decode_pv_row_vecs(sc, vp, dv, nk, of, [&] {
             if (pf_pv) pf();
-            const int w = std::min(kN, dv - x);
-            VF o = VF::load(of + x);
-            if (w == kN)  // compile-time width (as S = Q K^T above)
-              for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(sc[jj]), load_f32(vp[jj] + x, kN), o);
-            else
-              for (int jj = 0; jj < nk; ++jj) o = fma(VF::set1(sc[jj]), load_f32(vp[jj] + x, w), o);
-            o.store(of + x);
-          }
+          });
         } else {
           decode_pv_rows<1>(sc, vp, dv, nk, of, dvp);
         }

@@ -45,6 +45,14 @@ inline void split_row(float* x, int n, bool inverse) {
 // (Zen 4, 2 threads, D128, 4-8 rows, 16384-32768 keys, 2026-12-02): AVX2 bf16 5-8 rows
 // 1.19-1.44x, fp16 1.07-1.28x; AVX-512 fp16 1.24-1.34x, fp32 (token-major) 1.01-1.34x.
 constexpr int kGroupRows = 4;
+// 2 where one row's vector is half a 64-byte line (fp16 on AVX-512): the one-row products then
+// take both halves of each K / V row's line in one step. x-outer over a block's 16 rows, each line
+// was read twice, and a token-major cache puts the rows a multiple of 4 KB apart, 16 lines in one
+// 8-way L1 set: H32 1x32768 D128 token-major, calls alternating in one process (Zen 4,
+// 2026-12-02) 1.05x on 2 threads, 1.09x on 1 (head-major runs key by key: no change); fp32 on AVX2
+// (two vectors a line) measured 1.0x that way
+template <typename T>
+constexpr int kLineVecs = kN == 16 && std::is_same_v<T, fp16_t> ? 2 : 1;
 template <int R, typename T>
 inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, int d, float* sall) {
   constexpr int G = R <= 1 ? kN : kN / R >= 8 ? 8 : kN / R >= 4 ? 4 : kN / R >= 2 ? 2 : 1;
@@ -85,6 +93,13 @@ inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, 
             a[r * G + g] = fma(VF::load(qr + kN), ko, fma(VF::load(qr), ke, a[r * G + g]));
           }
         }
+      }
+    if constexpr (kLineVecs<T> == 2 && R == 1)
+      for (; x0 + 2 * kN <= dfull; x0 += 2 * kN) {  // a whole line of each K row at once
+        const VF q0 = VF::load(qf + x0), q1 = VF::load(qf + x0 + kN);
+#pragma GCC unroll 16
+        for (int g = 0; g < G; ++g)
+          a[g] = fma(q1, load_f32(kp[g0 + g] + x0 + kN, kN), fma(q0, load_f32(kp[g0 + g] + x0, kN), a[g]));
       }
     for (int x = x0; x < d; x += kN) {
       VF kv[G];
@@ -176,6 +191,45 @@ inline void decode_pv_row_keys(const float* p, const T* const* vp, int dv, int n
   }
 #pragma GCC unroll 8
   for (int x = 0; x < NV; ++x) ov[x].store(o + x * kN);
+}
+
+// o[0, dv) += sum_{jj < nk} p[jj] v_jj[0, dv) for one row, x-outer: each vector of O one
+// accumulator, a chain of nk FMAs (bf16: a split group, fp16 on AVX-512: a line -- two vectors --
+// per step); piece() before each step (the caller's prefetch pieces).
+template <typename T, typename F>
+inline void decode_pv_row_vecs(const float* p, const T* const* vp, int dv, int nk, float* o, F&& piece) {
+  int x = 0;
+  if constexpr (std::is_same_v<T, bf16_t> || kLineVecs<T> == 2) {
+    const int x2 = std::is_same_v<T, bf16_t> ? split_cols(dv) : dv / (2 * kN) * (2 * kN);
+    for (; x < x2; x += 2 * kN) {
+      piece();
+      VF o0 = VF::load(o + x), o1 = VF::load(o + x + kN);
+      for (int jj = 0; jj < nk; ++jj) {
+        VF a, b;
+        if constexpr (std::is_same_v<T, bf16_t>) {  // O split (split_row)
+          load_bf16_split(vp[jj] + x, a, b);
+        } else {
+          a = load_f32(vp[jj] + x, kN);
+          b = load_f32(vp[jj] + x + kN, kN);
+        }
+        const VF pj = VF::set1(p[jj]);
+        o0 = fma(pj, a, o0);
+        o1 = fma(pj, b, o1);
+      }
+      o0.store(o + x);
+      o1.store(o + x + kN);
+    }
+  }
+  for (; x < dv; x += kN) {
+    piece();
+    const int w = std::min(kN, dv - x);
+    VF ov = VF::load(o + x);
+    if (w == kN)  // a compile-time width (AVX2 loads of a runtime width branch)
+      for (int jj = 0; jj < nk; ++jj) ov = fma(VF::set1(p[jj]), load_f32(vp[jj] + x, kN), ov);
+    else
+      for (int jj = 0; jj < nk; ++jj) ov = fma(VF::set1(p[jj]), load_f32(vp[jj] + x, w), ov);
+    ov.store(o + x);
+  }
 }
 
 // Runtime vector count (1..kRowKeysMaxVecs) -> NV.

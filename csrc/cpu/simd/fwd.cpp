@@ -65,6 +65,7 @@ struct PanelsF32 {
   // S (kRM x kBN) = Q[r0, r0 + kRM) K^T
   void qk(int r0, float* S) { micro_qk(q.data() + size_t(r0) * d, d, kt.data(), S, d); }
   static constexpr bool kFusedStep = false;  // S through memory, the step over it (fwd_chunk)
+  using Lane = VecLane;                      // the softmax step's lanes (softmax_row.h)
   bool qk_softmax(int /*r0*/, float* /*m*/, float* /*l*/, float* /*o*/) { return false; }
   void emit_p(int /*r*/, const float* /*sr*/) {}  // P V reads the fp32 P in S
   // O[r0, r0 + kRM) += P V
@@ -104,6 +105,7 @@ struct PanelsBf16 {
   // S, the softmax step and P's bf16 pairs of a plain, fully visible tile in registers
   // (micro_qk_softmax_bf16); false, nothing done, when a row's max is -inf
   static constexpr bool kFusedStep = true;
+  using Lane = VecLaneBf16P;  // P rounded to bf16 for P V
   bool qk_softmax(int r0, float* m, float* l, float* o) {
     return micro_qk_softmax_bf16(q.data() + size_t(r0) * d2, d2, d2, kp.data(), scale, m, l, o, dvp, pb.data());
   }
@@ -184,8 +186,8 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkStat
       if (is_plain(full)) {
         if (!fused) {
           bool seen[kRM];
-          softmax_rows_step<kRM>(S, kBN, kBN, w.m.data() + r0, w.l.data() + r0, w.o.data() + size_t(r0) * dvp, dvp, dvp,
-                                 seen);
+          softmax_rows_step<kRM, typename Panels::Lane>(S, kBN, kBN, w.m.data() + r0, w.l.data() + r0,
+                                                        w.o.data() + size_t(r0) * dvp, dvp, dvp, seen);
           for (int r = 0; r < kRM; ++r) pn.emit_p(r, S + r * kBN);
         }
         pf();
@@ -205,7 +207,8 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkStat
             for (int c = 0; c < kBN; ++c)
               if (c < lo || c >= hi_) sr[c] = neg_inf;
           }
-          const bool seen = softmax_row_step(sr, kBN, w.m[ri], w.l[ri], w.o.data() + size_t(ri) * dvp, dvp);
+          const bool seen =
+              softmax_row_step<typename Panels::Lane>(sr, kBN, w.m[ri], w.l[ri], w.o.data() + size_t(ri) * dvp, dvp);
           if (seen && mod.drop.on) dropout_row_vec(mod.drop, g0 + r, j0, sr, cols);  // P V with the dropped P
         }
         pn.emit_p(r, sr);

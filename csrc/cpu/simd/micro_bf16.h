@@ -68,11 +68,11 @@ inline bool micro_qk_softmax_bf16(const uint32_t* q, int d2, int ldq, const uint
       for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], kv[v], qb);
     }
   }
-  VecLane t[kRM][kNV];
+  VecLaneBf16P t[kRM][kNV];
 #pragma GCC unroll 8
   for (int r = 0; r < kRM; ++r)
     for (int v = 0; v < kNV; ++v) t[r][v].v.v = _mm512_mul_ps(acc[r][v], sc);
-  if (!online_softmax_tile_step<VecLane, kRM, kNV>(t, m, l, o, dvp, dvp)) return false;
+  if (!online_softmax_tile_step<VecLaneBf16P, kRM, kNV>(t, m, l, o, dvp, dvp)) return false;
 #pragma GCC unroll 8
   for (int r = 0; r < kRM; ++r)
     for (int v = 0; v < kNV; v += 2) {

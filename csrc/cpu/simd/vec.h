@@ -177,12 +177,16 @@ inline void keep_in_register(VF& x) { asm("" : "+v"(x.v)); }
 // rounded to fp32; max relative error of the fp32 evaluation over the interval, by a 400k-point scan:
 // degree 6 2.2e-7, degree 5 1.8e-7 -- both dominated by fp32 rounding; the exact-coefficient error is
 // 1.9e-9 and 9.3e-8). Degree 6 for tanh (softcap), whose 1 - 2 / (1 + e) cancels and amplifies e's
-// error near 0; degree 5 for the softmax's P (one FMA fewer per 16 / 8 scores).
+// error near 0; degree 5 for the softmax's P (one FMA fewer per 16 / 8 scores); degree 3 (1.0e-4)
+// for a P rounded to bf16 (softmax_row.h's VecLaneBf16P).
 template <int Deg>
 inline VF exp2_poly(VF f) {
-  static_assert(Deg == 5 || Deg == 6, "exp2_poly: degree 5 or 6");
+  static_assert(Deg == 3 || Deg == 5 || Deg == 6, "exp2_poly: degree 3, 5 or 6");
   VF p;
-  if constexpr (Deg == 6) {
+  if constexpr (Deg == 3) {
+    p = fma(VF::set1(5.5008720606565475e-2f), f, VF::set1(2.4221046268939972e-1f));
+    p = fma(p, f, VF::set1(6.932829022407532e-1f));
+  } else if constexpr (Deg == 6) {
     p = fma(VF::set1(1.5403530393381606e-4f), f, VF::set1(1.3333558146428443e-3f));
     p = fma(p, f, VF::set1(9.6181291076284772e-3f));
     p = fma(p, f, VF::set1(5.5504108664821580e-2f));

@@ -49,9 +49,9 @@ struct DecodeHead {
   float* qT = nullptr;
   alignas(64) int32_t vis_lo[kDecodeMaxRows], vis_hi[kDecodeMaxRows];
   int lo_max = 0, hi_min = 0;  // every row sees the keys [lo_max, hi_min) (any path: rows_softmax too)
-  // K rows not back to back (a token-major or paged cache): several fp32 rows take one pass over K
-  // (decode_qk_rows_grouped: 1.09-1.28x there), else row by row on K in L1 (the grouped pass measured
-  // 0.63-0.89x on a head-major cache; Zen 4, 2 threads, 32768 keys D128, 2026-12-01)
+  // K rows not back to back (a token-major or paged cache): several fp32 rows take passes of 4 rows
+  // over K (decode_qk_rows_grouped: 1.09-1.28x there), else row by row on K in L1 (the grouped
+  // passes measured 0.63-0.95x on a head-major cache; Zen 4, 2 threads, 32768 keys D128)
   bool k_rows_apart = false;
   // O's rows held split in groups of 2 kN (decode_rows.h's split_cols; bf16 V read by the fp32 P V),
   // put back in order by finish()
@@ -371,12 +371,14 @@ struct DecodeHead {
       const T* vp[kN];
       block_rows(jb, nk, kp, vp);
       alignas(64) float sall[kDecodeMaxRows * kN];
-      if (!std::is_same_v<T, float> || k_rows_apart) {
+      bool grouped = true;
+      if constexpr (std::is_same_v<T, float>) grouped = k_rows_apart;
+      if (grouped) {
         for_row_blocks<kGroupRows>(rows, [&](int r0, auto rn) {
           for (int r = 0; r < decltype(rn)::value; ++r) pf();
           decode_qk_rows_grouped<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kp, d, sall + r0 * kN);
         });
-      } else {
+      } else if constexpr (std::is_same_v<T, float>) {
         // row by row; on AVX-512 (d <= kRowKeysMaxVecs vectors) key by key, one chain per key (the
         // grouped pass's sums): GQA fp32 D128 head-major, 2 threads, in one process (Zen 4,
         // 2026-12-02), two chains: 3 rows 1.02x, 4 rows 1.02-1.04x, 8 rows 1.11x; one: 0.96x that.

@@ -76,6 +76,40 @@ def test_fully_masked_rows_are_zero(dtype, isa):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("s_q", [1, 5, 40])  # one-row and multi-row decode, the forward
+@pytest.mark.parametrize("d", [40, 64])  # whole vectors, and a tail on AVX-512
+@pytest.mark.parametrize("tiny", [False, True])  # normal values, or subnormals of the dtype
+def test_output_rounds_to_nearest_even(dtype, s_q, d, tiny, isa):
+    # flash_attn_func returns "out: (batch_size, seqlen, nheads, headdim)" in q's dtype. With q = 0
+    # every score is 0 and P = 1 exactly, so the fp32 result is the exact mean of the two keys'
+    # values; a and b = a + j ulp put it halfway between two values of the dtype for odd j. The
+    # output must be that mean rounded as torch rounds it (to nearest even, subnormals kept). README:
+    # the AVX-512 bf16 kernels beyond one-row decode multiply on vdpbf16ps, which reads a subnormal
+    # as 0 and flushes a subnormal sum to 0.
+    fin = torch.finfo(dtype)
+    dp = dtype == torch.bfloat16 and isa == "avx512" and s_q > 1
+
+    def flush(x):
+        return torch.where(x.abs() < fin.smallest_normal, torch.zeros_like(x), x) if dp else x
+
+    a = torch.randn((1, 1, 2, d)) * (fin.smallest_normal * 16 if tiny else 1.0)
+    a = a.to(dtype).float()
+    mant = 7 if dtype == torch.bfloat16 else 10
+    exp = torch.floor(torch.log2(a.abs().clamp_min(fin.smallest_normal)))
+    ulp = torch.exp2(exp - mant)
+    b = (a + torch.randint(-3, 4, a.shape).float() * ulp).to(dtype).float()
+    assert torch.equal(b.to(dtype).float(), b)
+    v = torch.cat([a, b], dim=1).to(dtype)
+    q = torch.zeros((1, s_q, 2, d), dtype=dtype)
+    k = randn((1, 2, 2, d), dtype)
+    out = flash_attn_func(q, k, v)
+    want = (flush(flush(a) + flush(b)) / 2).to(dtype).expand(1, s_q, 2, d)
+    halfway = ((a + b) / 2 != want.float()).sum().item()
+    assert halfway > 0  # the data has values to round
+    assert torch.equal(out, want)
+
+
 @pytest.mark.parametrize("window", [(0, 0), (5, 3), (16, -1), (-1, 7), (300, 300)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_sliding_window(window, causal, isa):

@@ -148,9 +148,10 @@ bool tile_has_nan_value(const FwdParams& p, int bi, int hi, int qt) {
 
 }  // namespace
 
-void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
+bool fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
   for_each_tile(p, begin, end,
                 [&](auto tag, int bi, int hi, int qt, auto& buf) { fwd_tile<decltype(tag)>(p, bi, hi, qt, buf); });
+  return true;
 }
 
 void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end) {

@@ -16,9 +16,10 @@ void fwd_plan_simd(FwdParams& p, int threads);
 bool fwd_nan_pass_portable(const FwdParams& p);
 bool fwd_nan_pass_simd(const FwdParams& p);
 
-// Forward (portable kernel): one work item = (batch, head, query tile).
+// Forward (portable kernel): one work item = (batch, head, query tile). fwd_run returns true, the
+// kernel tables' "may hold a NaN value" (isa.h) without looking: this kernel needs no NaN pass.
 int64_t fwd_num_work_items(const FwdParams& p);
-void fwd_run(const FwdParams& p, int64_t begin, int64_t end);
+bool fwd_run(const FwdParams& p, int64_t begin, int64_t end);
 // NaN fix-up after a SIMD forward (same work items as fwd_run): a tile whose output has a NaN in
 // a row with a finite LSE (a NaN value, not a NaN score) is computed again here, where a key
 // masked for a row never reaches it -- the SIMD kernels multiply the 0 probability of a masked

@@ -19,7 +19,7 @@ namespace fal::cpu {
 #define FAL_DECLARE_ISA_TABLE(ns)                               \
   namespace ns {                                                \
   int64_t fwd_num_work_items(const FwdParams& p);               \
-  void fwd_run(const FwdParams& p, int64_t begin, int64_t end); \
+  bool fwd_run(const FwdParams& p, int64_t begin, int64_t end); \
   int64_t bwd_num_work_items(const BwdParams& p);               \
   void bwd_run(const BwdParams& p, int64_t begin, int64_t end); \
   float peak_loop(int kind, int64_t iters);                     \

@@ -44,13 +44,14 @@ const DecodePrefetch& decode_prefetch();
 // One ISA's kernels.
 // A forward call: fwd_plan(p, threads), allocate split-KV scratch when p.num_splits > 1, run
 // fwd_run over [0, fwd_num_work_items(p)), then fwd_combine_run when split, then
-// fwd_redo_nan_tiles when fwd_nan_pass(p) (cpu_kernels.h). A backward: bwd_plan(p, threads),
+// fwd_redo_nan_tiles when fwd_nan_pass(p) and a fwd_run returned true (an output row of its items
+// may hold a NaN value; cpu_kernels.h). A backward: bwd_plan(p, threads),
 // zeroed dq_partial when p.key_splits > 1, bwd_run over [0, bwd_num_work_items(p)), then
 // bwd_combine_run when split.
 struct KernelTable {
   void (*fwd_plan)(FwdParams&, int threads);
   int64_t (*fwd_num_work_items)(const FwdParams&);
-  void (*fwd_run)(const FwdParams&, int64_t begin, int64_t end);
+  bool (*fwd_run)(const FwdParams&, int64_t begin, int64_t end);
   bool (*fwd_nan_pass)(const FwdParams&);
   void (*bwd_plan)(BwdParams&, int threads);
   int64_t (*bwd_num_work_items)(const BwdParams&);

@@ -132,7 +132,7 @@ void write_dq(const BwdParams& p, int bi, int hk, const float* dq_acc, int dp) {
     for (int i = 0; i < sq.s_q; ++i) {
       const float* src = dq_acc + (size_t(gi) * sq.s_q + i) * dp;
       T* dqr = dq + i * p.dq_row_stride;
-      for (int x = 0; x < p.d; ++x) dqr[x] = store_as<T, float>(src[x] * sc);
+      store_row(src, p.d, sc, dqr);
     }
   }
 }
@@ -407,8 +407,8 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
     for (int cc = 0; cc < cols; ++cc) {
       T* dkr = dkp + (j0 + cc) * p.dk_row_stride;
       T* dvr = dvp_out + (j0 + cc) * p.dv_row_stride;
-      for (int x = 0; x < d; ++x) dkr[x] = store_as<T, float>(dKs[size_t(cc) * dp + x] * pn.dk_scale);
-      for (int x = 0; x < dv; ++x) dvr[x] = store_as<T, float>(dVs[size_t(cc) * dvp + x]);
+      store_row(dKs + size_t(cc) * dp, d, pn.dk_scale, dkr);
+      store_row(dVs + size_t(cc) * dvp, dv, 1.f, dvr);
     }
   }
   if (ns > 1)

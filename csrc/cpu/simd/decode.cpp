@@ -10,15 +10,16 @@
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
+// decode_item, decode_item_heads: true when an output row may hold a NaN value (DecodeHead::finish)
 template <typename T>
-void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf) {
+bool decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf) {
   buf.resize(DecodeHead<T>::floats(p) + DecodeHead<T>::scratch_floats(p));
   DecodeHead<T> h;
-  if (!h.init(p, bi, hi, buf.data(), buf.data() + DecodeHead<T>::floats(p))) return;
+  if (!h.init(p, bi, hi, buf.data(), buf.data() + DecodeHead<T>::floats(p))) return false;
   int j0, j1;
   h.split_range(split, j0, j1);
   h.run(j0, j1);
-  h.finish(split);
+  return h.finish(split);
 }
 
 // Decode over K/V whose heads are interleaved in a row ((batch, seqlen, heads, dim), the flash-attn
@@ -27,7 +28,7 @@ void decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf)
 // from memory once, as a contiguous h_kv * d span (prefetched a chunk ahead), instead of as h_kv
 // strided streams, one per head item (measured: 12.5 GB/s that way at H32 D128 bf16).
 template <typename T>
-void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Buf<float>& buf) {
+bool decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Buf<float>& buf) {
   const size_t per_head = DecodeHead<T>::floats(p);
   buf.resize(per_head * (h1 - h0) + DecodeHead<T>::scratch_floats(p));
   float* scratch = buf.data() + per_head * (h1 - h0);
@@ -35,7 +36,7 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
   // once, not per chunk
   Buf<DecodeHead<T>> heads(size_t(h1 - h0));
   DecodeHead<T>& first = heads[0];
-  if (!first.init(p, bi, h0, buf.data(), scratch)) return;
+  if (!first.init(p, bi, h0, buf.data(), scratch)) return false;
   int j_begin, j_end;
   first.split_range(split, j_begin, j_end);
   for (int hi = h0 + 1; hi < h1; ++hi)
@@ -67,16 +68,19 @@ void decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
     }
     next.finish();
   }
-  for (int hi = h0; hi < h1; ++hi) heads[size_t(hi - h0)].finish(split);
+  bool nan_value = false;
+  for (int hi = h0; hi < h1; ++hi) nan_value |= heads[size_t(hi - h0)].finish(split);
+  return nan_value;
 }
 
 }  // namespace
 
 int64_t decode_items(const FwdParams& p) { return int64_t(p.b) * decode_head_groups(p) * std::max(1, p.num_splits); }
 
-void decode_run(const FwdParams& p, int64_t begin, int64_t end) {
+bool decode_run(const FwdParams& p, int64_t begin, int64_t end) {
   const int ns = std::max(1, p.num_splits);
   Buf<float> buf;
+  bool nan_value = false;
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, double>) {  // fp64 runs the portable kernel (kernels.cpp)
@@ -85,12 +89,13 @@ void decode_run(const FwdParams& p, int64_t begin, int64_t end) {
         const int64_t bg = it / ns;
         const int bi = int(bg / groups), h0 = int(bg % groups) * per;
         if (per == 1)
-          decode_item<T>(p, bi, h0, int(it % ns), buf);
+          nan_value |= decode_item<T>(p, bi, h0, int(it % ns), buf);
         else
-          decode_item_heads<T>(p, bi, h0, std::min(p.h, h0 + per), int(it % ns), buf);
+          nan_value |= decode_item_heads<T>(p, bi, h0, std::min(p.h, h0 + per), int(it % ns), buf);
       }
     }
   });
+  return nan_value;
 }
 
 }  // namespace fal::cpu::FAL_CPU_NS

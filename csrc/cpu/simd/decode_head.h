@@ -403,9 +403,12 @@ struct DecodeHead {
     }
   }
 
-  void finish(int split) {
+  // Writes the rows' outputs and LSEs. True when a row written to p.o may hold a NaN value
+  // (write_row), and always when split (the merge writes p.o): the NaN pass then scans them.
+  bool finish(int split) {
     const FwdParams& p = *pp;
     const bool partial = p.num_splits > 1;
+    bool nan_value = partial;
     const int64_t row0 = (int64_t(bi) * p.h + hi) * p.s_q;
     for (int r = 0; r < rows; ++r) {
       const float* src = of + size_t(r) * dvp;
@@ -416,14 +419,15 @@ struct DecodeHead {
       }
       if (partial) {  // the split's normalised partial output and LSE, merged by fwd_combine_run
         const int64_t w = int64_t(split) * p.b * p.h * p.s_q + row0 + r;
-        p.lse_accum[w] = write_row(src, dv, m[r], l[r], p.o_accum + w * dv);
+        p.lse_accum[w] = write_row(src, dv, m[r], l[r], p.o_accum + w * dv, nan_value);
       } else {
         T* orow =
             static_cast<T*>(p.o) + bi * p.o_batch_stride + hi * p.o_head_stride + (sq.q_row0 + r) * p.o_row_stride;
         static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0 + r] =
-            write_row(src, dv, m[r], l[r], orow);
+            write_row(src, dv, m[r], l[r], orow, nan_value);
       }
     }
+    return nan_value;
   }
 };
 

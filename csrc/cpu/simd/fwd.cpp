@@ -120,15 +120,16 @@ struct ChunkState {
   Buf<float> s, o, m, l;
 };
 
+// One work item; true when an output row may hold a NaN value (write_row).
 template <class Panels>
-void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkState& w) {
+bool fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkState& w) {
   using T = typename Panels::T;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int dv = p.d_v, dvp = round_up(dv, kNV * kN);
   const int hk = hi / (p.h / p.h_kv);
   const SeqInfo sq = seq_info(p, bi);
   const int i0 = qc * kQC, i1 = std::min(i0 + kQC, sq.s_q), rows = i1 - i0;
-  if (rows <= 0) return;  // a chunk past this (varlen) sequence's end
+  if (rows <= 0) return false;  // a chunk past this (varlen) sequence's end
   const int rows_pad = round_up(rows, kRM);
   const ScoreMod mod = make_score_mod(p, bi, hi, sq.s_q, sq.s_k);
 
@@ -220,26 +221,30 @@ void fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkStat
 
   T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
   float* lse = static_cast<float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
+  bool nan_value = false;
   for (int r = 0; r < rows; ++r)
-    lse[i0 + r] = write_row(w.o.data() + size_t(r) * dvp, dv, w.m[r], w.l[r], o + (i0 + r) * p.o_row_stride);
+    lse[i0 + r] = write_row(w.o.data() + size_t(r) * dvp, dv, w.m[r], w.l[r], o + (i0 + r) * p.o_row_stride, nan_value);
+  return nan_value;
 }
 
 template <class Panels>
-void run_chunks(const FwdParams& p, int64_t begin, int64_t end) {
+bool run_chunks(const FwdParams& p, int64_t begin, int64_t end) {
   const int nqc = (p.s_q + kQC - 1) / kQC;
   Panels pn;
   ChunkState w;
+  bool nan_value = false;
   for (int64_t it = begin; it < end; ++it) {
     const int64_t bh = it / nqc;
-    fwd_chunk(p, int(bh / p.h), int(bh % p.h), int(it % nqc), pn, w);
+    nan_value |= fwd_chunk(p, int(bh / p.h), int(bh % p.h), int(it % nqc), pn, w);
   }
+  return nan_value;
 }
 
 }  // namespace
 
 int64_t fwd_chunk_items(const FwdParams& p) { return int64_t(p.b) * p.h * ((p.s_q + kQC - 1) / kQC); }
 
-void fwd_chunks_run(const FwdParams& p, int64_t begin, int64_t end) {
+bool fwd_chunks_run(const FwdParams& p, int64_t begin, int64_t end) {
   switch (p.dtype) {
     case DType::kFloat32: return run_chunks<PanelsF32<float>>(p, begin, end);
     case DType::kFloat16: return run_chunks<PanelsF32<fp16_t>>(p, begin, end);
@@ -252,6 +257,7 @@ void fwd_chunks_run(const FwdParams& p, int64_t begin, int64_t end) {
 #endif
     case DType::kFloat64: break;  // the portable kernel (kernels.cpp)
   }
+  return true;
 }
 
 }  // namespace fal::cpu::FAL_CPU_NS

@@ -11,10 +11,10 @@ int64_t fwd_num_work_items(const FwdParams& p) {
   return p.s_q <= kDecodeMaxRows ? decode_items(p) : fwd_chunk_items(p);
 }
 
-void fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
+bool fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
   if (p.dtype == DType::kFloat64) return fal::cpu::fwd_run(p, begin, end);
   if (p.s_q <= kDecodeMaxRows) return decode_run(p, begin, end);
-  fwd_chunks_run(p, begin, end);
+  return fwd_chunks_run(p, begin, end);
 }
 
 int64_t bwd_num_work_items(const BwdParams& p) {

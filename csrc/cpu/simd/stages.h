@@ -10,12 +10,13 @@
 namespace fal::cpu::FAL_CPU_NS {
 
 // Forward of more than kDecodeMaxRows query rows (fwd.cpp): (batch, head, chunk of query rows).
+// The runs return the kernel table's fwd_run flag (isa.h): whether an output row may hold a NaN value.
 int64_t fwd_chunk_items(const FwdParams& p);
-void fwd_chunks_run(const FwdParams& p, int64_t begin, int64_t end);
+bool fwd_chunks_run(const FwdParams& p, int64_t begin, int64_t end);
 
 // Decode, at most kDecodeMaxRows query rows (decode.cpp): (batch, group of heads, split).
 int64_t decode_items(const FwdParams& p);
-void decode_run(const FwdParams& p, int64_t begin, int64_t end);
+bool decode_run(const FwdParams& p, int64_t begin, int64_t end);
 
 // Backward (bwd.cpp): (batch, kv head).
 int64_t bwd_items(const BwdParams& p);

@@ -319,6 +319,59 @@ inline void transpose_rows(const T* const* rows, int n, float* dst, int ld) {
   }
 }
 
+// p[0, kN) = x as T: fp32 as is; fp16 and bf16 rounded to nearest even, the bits of the scalar
+// StoreFrom<T>::cvt (numeric.h) except a NaN's payload in fp16 (vcvtps2ph). bf16 by integer
+// rounding, not vcvtneps2bf16, which flushes subnormals to zero.
+inline void store_vec(VF x, float* p) { x.store(p); }
+#if defined(FAL_SIMD_AVX512)
+inline void store_vec(VF x, fp16_t* p) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+inline void store_vec(VF x, bf16_t* p) {
+  const __m512i u = _mm512_castps_si512(x.v), hi = _mm512_srli_epi32(u, 16);
+  const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);  // quiet NaN: the high half | 0x40
+  const __m512i r =
+      _mm512_mask_or_epi32(_mm512_srli_epi32(_mm512_add_epi32(u, bias), 16), nan, hi, _mm512_set1_epi32(0x40));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+#else
+inline void store_vec(VF x, fp16_t* p) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT));
+}
+inline void store_vec(VF x, bf16_t* p) {
+  const __m256i u = _mm256_castps_si256(x.v), hi = _mm256_srli_epi32(u, 16);
+  const __m256i bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(hi, _mm256_set1_epi32(1)));
+  const __m256 nan = _mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q);  // quiet NaN: the high half | 0x40
+  const __m256i r = _mm256_blendv_epi8(_mm256_srli_epi32(_mm256_add_epi32(u, bias), 16),
+                                       _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), _mm256_castps_si256(nan));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));  // <= 0xffff: exact
+}
+#endif
+
+// dst[0, n) = src[0, n) * mul as T (store_vec, a scalar tail; any n). Returns the sum of y - y over
+// the stored values y: NaN when one of them is NaN or infinite.
+template <typename T>
+inline float store_row(const float* src, int n, float mul, T* dst) {
+  const VF m = VF::set1(mul);
+  VF chk = VF::zero();
+  int x = 0;
+  for (; x + kN <= n; x += kN) {
+    const VF y = VF::load(src + x) * m;
+    store_vec(y, dst + x);
+    chk = chk + (y - y);
+  }
+  float c = chk.hsum();
+  for (; x < n; ++x) {
+    const float y = src[x] * mul;
+    dst[x] = StoreFrom<T>::cvt(y);
+    c += y - y;
+  }
+  return c;
+}
+
 // dst[0..n) = src[0..n) * mul as fp32 (any n), vectorised.
 template <typename T>
 inline void convert_row(const T* src, int n, float mul, float* dst) {

@@ -171,6 +171,21 @@ def test_nan_in_v_decode_reaches_only_rows_that_see_it(dtype, s_q, layout, isa):
     _nan_matches(out, ref, 1e-5 if dtype == torch.float32 else 2e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_splits", [1, 4])
+def test_nan_in_v_split_decode_reaches_only_rows_that_see_it(dtype, num_splits, isa):
+    # flash_attn_with_kvcache, num_splits: "If > 1, split the key/value into this many chunks along
+    # the sequence." Split or not, a NaN value of key j reaches exactly the rows that see it; causal
+    # is bottom-right aligned, so the last key reaches the last query row only.
+    q = randn((1, 4, 4, 64), dtype)
+    k_cache, v_cache = randn((1, 700, 2, 64), dtype), randn((1, 700, 2, 64), dtype)
+    v_cache[0, 699, 0, 5] = float("nan")
+    out = fal.flash_attn_with_kvcache(q, k_cache, v_cache, causal=True, num_splits=num_splits)
+    ref, _ = attention_ref(q, k_cache, v_cache, causal=True)
+    _nan_matches(out, ref, 1e-5 if dtype == torch.float32 else 2e-2)
+    assert torch.isnan(ref).any() and not torch.isnan(ref[0, :3]).any()  # the case tests something
+
+
 @pytest.mark.parametrize("where", ["q", "k", "v"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, slow(torch.float16)])
 @pytest.mark.parametrize("s_q", [12, slow(16)])

@@ -174,7 +174,8 @@ void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end) {
     });
 }
 
-void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
+bool fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
+  bool nan_value = false;
   // lse = log sum_s exp(lse_s); out = sum_s exp(lse_s - lse) * out_s  (SplitMerge, online_softmax.h)
   const int64_t split_stride = int64_t(p.b) * p.h * p.s_q;
   for_each_split_row(p, begin, end, [&](auto tag, int64_t w, int bi, int hi, int i, const SeqInfo& sq) {
@@ -193,10 +194,16 @@ void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end) {
           const float* src = p.o_accum + (s * split_stride + w) * p.d_v + x0;
           for (int x = 0; x < n; ++x) acc[x] += ws * src[x];
         }
-      for (int x = 0; x < n; ++x) o[x0 + x] = store_as<T, float>(acc[x]);
+      int bad = 0;  // a value NaN or infinite (an OR of compares: vectorised, unlike a float sum)
+      for (int x = 0; x < n; ++x) {
+        o[x0 + x] = store_as<T, float>(acc[x]);
+        bad |= int(acc[x] - acc[x] != 0.f);
+      }
+      if (bad && mg.lse == mg.lse) nan_value = true;
     }
     static_cast<float*>(p.lse)[bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0 + i] = mg.lse;
   });
+  return nan_value;
 }
 
 }  // namespace fal::cpu

@@ -76,7 +76,9 @@ static inline int decode_head_groups(const FwdParams& p) {
 }
 // Split-KV merge: one work item per (batch, head, query row).
 inline int64_t fwd_combine_num_work_items(const FwdParams& p) { return int64_t(p.b) * p.h * p.s_q; }
-void fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end);
+// True when a row it wrote may hold a NaN value (a NaN or infinite value, the LSE not NaN): the
+// NaN pass of a split call scans the output only then.
+bool fwd_combine_run(const FwdParams& p, int64_t begin, int64_t end);
 
 // Tile sizes (rows of Q, columns of K) of the portable kernels; exposed for tests/bench.
 constexpr int kFwdBlockM = 32;

@@ -44,8 +44,8 @@ const DecodePrefetch& decode_prefetch();
 // One ISA's kernels.
 // A forward call: fwd_plan(p, threads), allocate split-KV scratch when p.num_splits > 1, run
 // fwd_run over [0, fwd_num_work_items(p)), then fwd_combine_run when split, then
-// fwd_redo_nan_tiles when fwd_nan_pass(p) and a fwd_run returned true (an output row of its items
-// may hold a NaN value; cpu_kernels.h). A backward: bwd_plan(p, threads),
+// fwd_redo_nan_tiles when fwd_nan_pass(p) and the output may hold a NaN value: a fwd_run returned
+// true or, split, a fwd_combine_run did (cpu_kernels.h). A backward: bwd_plan(p, threads),
 // zeroed dq_partial when p.key_splits > 1, bwd_run over [0, bwd_num_work_items(p)), then
 // bwd_combine_run when split.
 struct KernelTable {

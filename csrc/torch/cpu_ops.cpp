@@ -65,10 +65,15 @@ void run_fwd_cpu(FwdParams& p, const at::Tensor& q) {
   });
   // the merge of the splits: an item reads num_splits x d_v floats; ~16 K floats per thread at least
   // (a short decode's merge runs on the calling thread, without a parallel region)
-  if (p.num_splits > 1)
+  // (split: the merge writes the output, its flag replaces the kernels')
+  if (p.num_splits > 1) {
+    nan_value.store(false);
     at::parallel_for(0, cpu::fwd_combine_num_work_items(p),
                      std::max<int64_t>(1, (1 << 14) / (int64_t(p.num_splits) * p.d_v)),
-                     [&](int64_t begin, int64_t end) { cpu::fwd_combine_run(p, begin, end); });
+                     [&](int64_t begin, int64_t end) {
+                       if (cpu::fwd_combine_run(p, begin, end)) nan_value.store(true, std::memory_order_relaxed);
+                     });
+  }
   // a NaN value must reach only the rows that see its key (cpu_kernels.h); the SIMD kernels flag
   // the rows they write with a NaN value, and without one the scan of the output is skipped
   // (2-3 % of the bf16 forward, H8 N2048 D64, Zen 4)

@@ -403,12 +403,12 @@ struct DecodeHead {
     }
   }
 
-  // Writes the rows' outputs and LSEs. True when a row written to p.o may hold a NaN value
-  // (write_row), and always when split (the merge writes p.o): the NaN pass then scans them.
+  // Writes the rows' outputs and LSEs. True when a row may hold a NaN value (write_row; split,
+  // the merge's flag decides, fwd_combine_run): the NaN pass then scans the output.
   bool finish(int split) {
     const FwdParams& p = *pp;
     const bool partial = p.num_splits > 1;
-    bool nan_value = partial;
+    bool nan_value = false;
     const int64_t row0 = (int64_t(bi) * p.h + hi) * p.s_q;
     for (int r = 0; r < rows; ++r) {
       const float* src = of + size_t(r) * dvp;

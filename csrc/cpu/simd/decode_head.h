@@ -148,7 +148,7 @@ struct DecodeHead {
         }
 #endif
       convert_row(q + r * p.q_row_stride, d, c, qf + size_t(r) * dp);
-      if (q_split) split_row(qf + size_t(r) * dp, d, false);
+      if (q_split) split_row(qf + size_t(r) * dp, qf + size_t(r) * dp, d, false);
     }
     fill(m, m + kDecodeMaxRows, -std::numeric_limits<float>::infinity());
 #if defined(FAL_SIMD_AVX512)
@@ -413,8 +413,7 @@ struct DecodeHead {
     for (int r = 0; r < rows; ++r) {
       const float* src = of + size_t(r) * dvp;
       if (o_split) {  // back in order, in the block scratch
-        for (int x = 0; x < dv; ++x) kb[x] = src[x];
-        split_row(kb, dv, true);
+        split_row(src, kb, dv, true);
         src = kb;
       }
       if (partial) {  // the split's normalised partial output and LSE, merged by fwd_combine_run

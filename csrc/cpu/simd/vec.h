@@ -319,6 +319,36 @@ inline void transpose_rows(const T* const* rows, int n, float* dst, int ld) {
   }
 }
 
+// The 2 kN values [a, b] as (a[0], b[0], a[1], b[1], ...) into [a, b] (interleave_pairs), and back
+// (deinterleave_pairs: a = the even positions, b = the odd ones).
+#if defined(FAL_SIMD_AVX512)
+inline void interleave_pairs(VF& a, VF& b) {
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  const __m512 l = _mm512_permutex2var_ps(a.v, lo, b.v), h = _mm512_permutex2var_ps(a.v, hi, b.v);
+  a.v = l;
+  b.v = h;
+}
+inline void deinterleave_pairs(VF& a, VF& b) {
+  const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512 e = _mm512_permutex2var_ps(a.v, ev, b.v), o = _mm512_permutex2var_ps(a.v, od, b.v);
+  a.v = e;
+  b.v = o;
+}
+#else
+inline void interleave_pairs(VF& a, VF& b) {
+  const __m256 u = _mm256_unpacklo_ps(a.v, b.v), w = _mm256_unpackhi_ps(a.v, b.v);  // per 128-bit half
+  a.v = _mm256_permute2f128_ps(u, w, 0x20);
+  b.v = _mm256_permute2f128_ps(u, w, 0x31);
+}
+inline void deinterleave_pairs(VF& a, VF& b) {
+  const __m256 e = _mm256_shuffle_ps(a.v, b.v, 0x88), o = _mm256_shuffle_ps(a.v, b.v, 0xDD);  // 64-bit chunks 0 2 1 3
+  a.v = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
+  b.v = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8));
+}
+#endif
+
 // p[0, kN) = x as T: fp32 as is; fp16 and bf16 rounded to nearest even, the bits of the scalar
 // StoreFrom<T>::cvt (numeric.h) except a NaN's payload in fp16 (vcvtps2ph). bf16 by integer
 // rounding, not vcvtneps2bf16, which flushes subnormals to zero.

@@ -21,7 +21,7 @@ bool fwd_nan_pass_simd(const FwdParams& p);
 int64_t fwd_num_work_items(const FwdParams& p);
 bool fwd_run(const FwdParams& p, int64_t begin, int64_t end);
 // NaN fix-up after a SIMD forward (same work items as fwd_run): a tile whose output has a NaN in
-// a row with a finite LSE (a NaN value, not a NaN score) is computed again here, where a key
+// a row whose LSE is not NaN (a NaN value, not a NaN score) is computed again here, where a key
 // masked for a row never reaches it -- the SIMD kernels multiply the 0 probability of a masked
 // key inside a visible tile by its value, so a NaN there would spread to neighbouring rows.
 // Reads the output once; recomputes nothing for inputs without NaN.

@@ -24,7 +24,7 @@ bool fwd_run(const FwdParams& p, int64_t begin, int64_t end);
 // a row whose LSE is not NaN (a NaN value, not a NaN score) is computed again here, where a key
 // masked for a row never reaches it -- the SIMD kernels multiply the 0 probability of a masked
 // key inside a visible tile by its value, so a NaN there would spread to neighbouring rows.
-// Reads the output once; recomputes nothing for inputs without NaN.
+// Reads the output once, and only when a kernel flagged a row with a NaN value (run_fwd_cpu).
 void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end);
 
 // Backward: one work item = (batch, kv head) -- with the SIMD plan, (batch, kv head, key split);

@@ -322,19 +322,19 @@ inline void transpose_rows(const T* const* rows, int n, float* dst, int ld) {
 // The 2 kN values [a, b] as (a[0], b[0], a[1], b[1], ...) into [a, b] (interleave_pairs), and back
 // (deinterleave_pairs: a = the even positions, b = the odd ones).
 #if defined(FAL_SIMD_AVX512)
+// a, b = lanes i0, i1 of the 32 values [a, b] (vpermt2ps)
+inline void permute_pairs(VF& a, VF& b, __m512i i0, __m512i i1) {
+  const __m512 x = _mm512_permutex2var_ps(a.v, i0, b.v), y = _mm512_permutex2var_ps(a.v, i1, b.v);
+  a.v = x;
+  b.v = y;
+}
 inline void interleave_pairs(VF& a, VF& b) {
-  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-  const __m512 l = _mm512_permutex2var_ps(a.v, lo, b.v), h = _mm512_permutex2var_ps(a.v, hi, b.v);
-  a.v = l;
-  b.v = h;
+  permute_pairs(a, b, _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0),
+                _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8));
 }
 inline void deinterleave_pairs(VF& a, VF& b) {
-  const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-  const __m512 e = _mm512_permutex2var_ps(a.v, ev, b.v), o = _mm512_permutex2var_ps(a.v, od, b.v);
-  a.v = e;
-  b.v = o;
+  permute_pairs(a, b, _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0),
+                _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1));
 }
 #else
 inline void interleave_pairs(VF& a, VF& b) {

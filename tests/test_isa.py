@@ -91,7 +91,7 @@ def test_decode_prefetch_hint_never_changes_results(tmp_path):
     # FLASHATTN_LITE_DECODE_PREFETCH picks the decode's (and the forward's next-tile) software-prefetch hint (README,
     # "Environment variables"): a speed knob, so every value must give bit-identical outputs.
     results = {}
-    for hint in ("t0", "t1", "nta", "none", ""):
+    for hint in ("t0", "t1", "nta", "none", "nta,t1,none,t0", ""):
         path = tmp_path / f"{hint or 'auto'}.pt"
         env = dict(os.environ, FLASHATTN_LITE_DECODE_PREFETCH=hint)
         r = subprocess.run(
@@ -116,3 +116,23 @@ def test_decode_prefetch_unknown_is_a_clear_error():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ERR") and "FLASHATTN_LITE_DECODE_PREFETCH must be one of t0, t1, nta, none" in r.stdout
+
+
+def test_set_decode_prefetch_in_process():
+    # The benchmark knob: one hint for every stream, four (head, rows, chunk16, chunk32), or "" for the machine's own
+    # choice; anything else names the rule. Outputs never change (the hints only move cache lines earlier).
+    before = flashattn_lite._C._decode_prefetch()
+    q, k = randn((1, 1, 8, 64), torch.bfloat16), randn((1, 700, 2, 64), torch.bfloat16)
+    outs = []
+    try:
+        for hint in ("none", "nta,t0,t1,none", "t0"):
+            flashattn_lite._C._set_decode_prefetch(hint)
+            assert flashattn_lite._C._decode_prefetch().startswith(hint)
+            outs.append(flashattn_lite.flash_attn_func(q, k, k))
+        for bad in ("t2", "t0,t1", "t0,t1,t1,t1,t1", "t0,,t1,t1"):
+            with pytest.raises(ValueError, match="decode prefetch must be one of t0, t1, nta, none"):
+                flashattn_lite._C._set_decode_prefetch(bad)
+    finally:
+        flashattn_lite._C._set_decode_prefetch("")
+    assert flashattn_lite._C._decode_prefetch() == before or "FLASHATTN_LITE_DECODE_PREFETCH" in before
+    assert all(torch.equal(o, outs[0]) for o in outs)

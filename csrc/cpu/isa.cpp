@@ -67,28 +67,83 @@ std::atomic<int> g_active{-1};
 
 Isa best_available() { return available_isas().back(); }
 
-DecodePrefetch resolve_decode_prefetch() {
+// "t0" (one hint for every stream) or "t0,t1,none,t1" (head, rows, chunk16, chunk32); false on any
+// other text.
+bool parse_decode_prefetch(const std::string& text, DecodePrefetch& d) {
+  const char* names[] = {"t0", "t1", "nta", "none"};
+  PrefetchHint h[4];
+  size_t pos = 0;
+  int n = 0;
+  for (;;) {
+    const size_t comma = text.find(',', pos);
+    const std::string word = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    int i = 0;
+    while (i < 4 && word != names[i]) ++i;
+    if (i == 4 || n == 4) return false;
+    h[n++] = PrefetchHint(i);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  if (n != 1 && n != 4) return false;
+  d.head = h[0];
+  d.rows = h[n == 4 ? 1 : 0];
+  d.chunk16 = h[n == 4 ? 2 : 0];
+  d.chunk32 = h[n == 4 ? 3 : 0];
+  d.chunk_hw_span = 0;
+  d.valid = true;
+  return true;
+}
+
+bool intel_cpu() {
+#ifdef FAL_X86
+  unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+  return b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;  // "GenuineIntel"
+#else
+  return false;
+#endif
+}
+
+// The hints this machine gets when FLASHATTN_LITE_DECODE_PREFETCH is unset.
+DecodePrefetch machine_decode_prefetch() {
   DecodePrefetch d;
+  const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);  // 0 or -1 when unknown: the small-L1 choice
+  const std::string l1s = l1 > 0 ? std::to_string(l1 / 1024) + " KB" : std::string("unknown");
+  if (intel_cpu()) {
+    // B1 32768 keys D128, 2 threads, hints alternating call by call in one process (Xeon, 48 KB L1,
+    // 2 MB L2, 2026-12-02): NTA 0.3-0.5x T0 on every stream; head-major one row T0 26 GB/s (read
+    // probe 28), several rows (GQA 32/8, 16 rows) T1 1.03-1.14x T0; token-major rows of 4 KB or
+    // more per item none 1.0-1.25x T1 (H32 bf16 4 rows 20.0 vs 16.0 GB/s), smaller rows T1
+    // 1.25-1.85x none (GQA 32/4 bf16 12.5 vs 6.8); the forward's tiles T1 0.99x T0 (H8 N2048
+    // D64), 1.07x (64 rows x 32768 keys), NTA 0.75-0.97x
+    d.head = PrefetchHint::kT0;
+    d.rows = d.chunk16 = d.chunk32 = PrefetchHint::kT1;
+    d.chunk_hw_span = 4096;
+    d.describe = "t0/t1/t1/t1, none on >= 4 KB rows (Intel, L1d " + l1s + ")";
+  } else if (l1 >= 48 * 1024) {
+    d.describe = "nta/nta/t0/t1 (L1d " + l1s + ")";
+  } else {
+    d.head = d.rows = d.chunk16 = d.chunk32 = PrefetchHint::kT1;
+    d.describe = "t1 (L1d " + l1s + ")";
+  }
+  return d;
+}
+
+DecodePrefetch resolve_decode_prefetch() {
   const char* env = std::getenv("FLASHATTN_LITE_DECODE_PREFETCH");
-  if (env && *env) {
-    const char* names[] = {"t0", "t1", "nta", "none"};
-    for (int i = 0; i < 4; ++i)
-      if (std::strcmp(env, names[i]) == 0) {
-        d.head = d.chunk16 = d.chunk32 = PrefetchHint(i);
-        d.describe = std::string(names[i]) + " (FLASHATTN_LITE_DECODE_PREFETCH)";
-        return d;
-      }
+  if (!env || !*env) return machine_decode_prefetch();
+  DecodePrefetch d;
+  if (parse_decode_prefetch(env, d)) {
+    d.describe = std::string(env) + " (FLASHATTN_LITE_DECODE_PREFETCH)";
+  } else {
     d.valid = false;
     d.describe = "invalid";
-    return d;
   }
-  const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);  // 0 or -1 when unknown: the small-L1 choice
-  if (l1 >= 48 * 1024) {
-    d.describe = "nta/t0/t1 (L1d " + std::to_string(l1 / 1024) + " KB)";
-  } else {
-    d.head = d.chunk16 = d.chunk32 = PrefetchHint::kT1;
-    d.describe = "t1 (L1d " + (l1 > 0 ? std::to_string(l1 / 1024) + " KB" : std::string("unknown")) + ")";
-  }
+  return d;
+}
+
+DecodePrefetch& decode_prefetch_state() {
+  static DecodePrefetch d = resolve_decode_prefetch();
   return d;
 }
 
@@ -104,9 +159,21 @@ Isa initial_isa() {
 
 }  // namespace
 
-const DecodePrefetch& decode_prefetch() {
-  static const DecodePrefetch d = resolve_decode_prefetch();
-  return d;
+const DecodePrefetch& decode_prefetch() { return decode_prefetch_state(); }
+
+std::string set_decode_prefetch(const std::string& text) {
+  if (text.empty()) {
+    decode_prefetch_state() = machine_decode_prefetch();
+    return "";
+  }
+  DecodePrefetch d;
+  if (!parse_decode_prefetch(text, d))
+    return "decode prefetch must be one of t0, t1, nta, none, or three of them "
+           "separated by commas (head,chunk16,chunk32); got '" +
+           text + "'";
+  d.describe = text + " (set)";
+  decode_prefetch_state() = d;
+  return "";
 }
 
 const char* isa_name(Isa isa) {

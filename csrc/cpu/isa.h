@@ -24,22 +24,32 @@ Isa active_isa();
 // Returns an error message ("" on success).
 std::string set_active_isa(const std::string& name);
 
-// Software prefetch of the decode kernels' K / V streams (decode_head.h, decode.cpp; the forward's
-// next key tile takes `head` too, fwd.cpp), a per-machine choice:
-// FLASHATTN_LITE_DECODE_PREFETCH=t0|t1|nta|none sets one hint for every stream (measurement); unset,
-// the L1 data cache decides. 48 KB or more (Zen 5): the hints measured best there -- NTA one block
-// ahead per head stream; per chunk of a token-major cache T0 (bf16 / fp16) or T1 (fp32). Smaller
-// (Zen 4, Zen 3: 32 KB): T1 everywhere -- T0 / NTA lines fill the small L1 ahead of their use
-// (bench/results/cpu-2026-12-01-zen4.md). Resolved once per process.
+// Software prefetch of the decode kernels' K / V streams (decode_head.h, decode.cpp) and of the
+// forward's next key tile (fwd.cpp), a per-machine choice: FLASHATTN_LITE_DECODE_PREFETCH=
+// t0|t1|nta|none sets one hint for every stream, "h,r,c16,c32" one per stream (measurement);
+// unset, the vendor and the L1 data cache decide. Intel (a Xeon with a 48 KB L1, 2 MB L2): T0 for a
+// one-row head stream, T1 for several rows and the forward's tiles, token-major chunks T1 where an
+// item's span of a K row is under 4 KB, else left to the hardware prefetcher -- NTA there cost
+// 0.3-0.5x on every stream (bench/results/cpu-2026-12-02d-intel.md). AMD with 48 KB or more (Zen 5):
+// the hints measured best there -- NTA one block ahead per head stream; per chunk of a token-major
+// cache T0 (bf16 / fp16) or T1 (fp32). Smaller (Zen 4, Zen 3: 32 KB): T1 everywhere -- T0 / NTA
+// lines fill the small L1 ahead of their use (bench/results/cpu-2026-12-01-zen4.md). Resolved once
+// per process; set_decode_prefetch replaces it (benchmarks; not while a kernel runs).
 enum class PrefetchHint : int { kT0 = 0, kT1 = 1, kNta = 2, kNone = 3 };
 struct DecodePrefetch {
-  PrefetchHint head = PrefetchHint::kNta;    // head-contiguous streams, one block ahead
+  PrefetchHint head = PrefetchHint::kNta;    // a one-row decode's head-contiguous streams, one block ahead
+  PrefetchHint rows = PrefetchHint::kNta;    // several rows' head streams; the forward's next key tile
   PrefetchHint chunk16 = PrefetchHint::kT0;  // token-major chunks, 16-bit K / V
   PrefetchHint chunk32 = PrefetchHint::kT1;  // token-major chunks, fp32 K / V
+  int64_t chunk_hw_span = 0;                 // > 0: token-major chunks whose K span is this wide or wider
+                                             // get no software prefetch
   bool valid = true;                         // false: the variable held another value
   std::string describe;                      // e.g. "t1 (L1d 32 KB)", for benchmark machine lines
 };
 const DecodePrefetch& decode_prefetch();
+// The FLASHATTN_LITE_DECODE_PREFETCH forms, or "" for the machine's own choice; returns an error
+// message ("" on success).
+std::string set_decode_prefetch(const std::string& text);
 
 // One ISA's kernels.
 // A forward call: fwd_plan(p, threads), allocate split-KV scratch when p.num_splits > 1, run

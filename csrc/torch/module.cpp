@@ -102,7 +102,15 @@ PYBIND11_MODULE(_C, mod) {
   mod.def(
       "_decode_prefetch", [] { return fal::cpu::decode_prefetch().describe; },
       "The decode kernels' (and the forward's next-tile) software-prefetch hints on this machine "
-      "(FLASHATTN_LITE_DECODE_PREFETCH or the L1 size).");
+      "(FLASHATTN_LITE_DECODE_PREFETCH, or the vendor and the L1 size).");
+  mod.def(
+      "_set_decode_prefetch",
+      [](const std::string& text) {
+        const std::string err = fal::cpu::set_decode_prefetch(text);
+        if (!err.empty()) throw pybind11::value_error(err);
+      },
+      "Sets the decode prefetch hints for this process: 't0', 't1', 'nta', 'none', 'head,rows,chunk16,chunk32', "
+      "or '' for this machine's own choice (benchmarks; results are bit-identical whatever the hints).");
   mod.def(
       "available_isas",
       [] {

@@ -44,11 +44,15 @@ bool decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
   // chunks of ~64 KB of K + V (L2-resident while the group's heads pass over them); the next
   // chunk's lines are prefetched a share per head, issued between that head's steps (KeyLines).
   // The hint (isa.h): on a Zen 5 T1 for fp32 (its chunk cannot stay in L1: 37 -> 40 GB/s) and T0
-  // for bf16 (30 -> 36), in one process, B1 H32 1 x 32768 D128, 2 threads; T1 on a 32 KB L1
-  const PrefetchHint hint = sizeof(T) == 4 ? decode_prefetch().chunk32 : decode_prefetch().chunk16;
+  // for bf16 (30 -> 36), in one process, B1 H32 1 x 32768 D128, 2 threads; T1 on a 32 KB L1 and on
+  // Intel, where spans of 4 KB or more stream best without (decode_prefetch, isa.h).
   const int g = p.h / p.h_kv, hk0 = h0 / g, hk1 = (h1 - 1) / g + 1;
   const int64_t span_k = (int64_t(hk1 - hk0 - 1) * p.k_head_stride + p.d) * int64_t(sizeof(T));
   const int64_t span_v = (int64_t(hk1 - hk0 - 1) * p.v_head_stride + p.d_v) * int64_t(sizeof(T));
+  const DecodePrefetch& pf = decode_prefetch();
+  const PrefetchHint hint = pf.chunk_hw_span > 0 && span_k >= pf.chunk_hw_span ? PrefetchHint::kNone
+                            : sizeof(T) == 4                                   ? pf.chunk32
+                                                                               : pf.chunk16;
   const int chunk = std::max(kN, int((64 * 1024) / (span_k + span_v)) / kN * kN);
   const T* k0 = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, first.sq, hk0);
   const T* v0 = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, first.sq, hk0);

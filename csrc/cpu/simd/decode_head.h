@@ -252,7 +252,7 @@ struct DecodeHead {
     // (bench/results/cpu-2026-12-01-zen4.md).
     KeyLines own;
     own.setup(k, krows, int64_t(d) * int64_t(sizeof(T)), v, vrows, int64_t(dv) * int64_t(sizeof(T)),
-              decode_prefetch().head);
+              rows == 1 ? decode_prefetch().head : decode_prefetch().rows);
     // One row with its own prefetch stream on AVX-512 (16-key blocks), the range past the current
     // block: a prefetch piece before each vector of O in P V too, not only between the steps
     // (smaller bursts): head-major H32 1x32768 D128, 2 threads, calls alternating in one process

@@ -148,14 +148,14 @@ bool fwd_chunk(const FwdParams& p, int bi, int hi, int qc, Panels& pn, ChunkStat
   const KeyRange kr = vis.keys_of_rows(i0, i1);
   float* S = w.s.data();
   // The next key tile's K and V lines, prefetched in pieces between the row groups' steps (KeyLines,
-  // prefetch.h) with the decode's hint for a head's next block (isa.h: T1 on a 32 KB L1), so pack()
+  // prefetch.h) with the decode's hint for several rows' next block (isa.h: T1 on a 32 KB L1 and on Intel), so pack()
   // finds them cached. Against the whole slice of a row group at once into L1 (T0), 2 threads, 5
   // rounds (Zen 4, 2026-12-01): few rows over a long cache (chunked prefill: 32-64 query rows,
   // 16384-32768 keys, D128) AVX-512 1.02-1.19x, AVX2 1.1-1.18x; fwd H8 N2048 D64 and causal N4096
   // D128 1.0-1.02x on AVX-512, 1.03-1.2x on AVX2.
   KeyLines next;
   next.setup(k, krows, int64_t(p.d) * int64_t(sizeof(T)), v, vrows, int64_t(p.d_v) * int64_t(sizeof(T)),
-             decode_prefetch().head);
+             decode_prefetch().rows);
   const int steps = 3 * ((rows + kRM - 1) / kRM);  // the pf() calls of a tile
   for (int j0 = kr.lo; j0 < kr.hi; j0 += kBN) {
     const int cols = std::min(kBN, kr.hi - j0);

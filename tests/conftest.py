@@ -80,7 +80,7 @@ ISAS = flashattn_lite.available_isas()
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    """Runs the test once per CPU ISA this machine can run (scalar, avx2, avx512)."""
+    """Runs the test once per CPU ISA this machine can run (scalar, avx2, avx512, amx)."""
     before = flashattn_lite.cpu_isa()
     flashattn_lite._C._set_cpu_isa(request.param)
     yield request.param

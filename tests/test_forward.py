@@ -85,10 +85,10 @@ def test_output_rounds_to_nearest_even(dtype, s_q, d, tiny, isa):
     # every score is 0 and P = 1 exactly, so the fp32 result is the exact mean of the two keys'
     # values; a and b = a + j ulp put it halfway between two values of the dtype for odd j. The
     # output must be that mean rounded as torch rounds it (to nearest even, subnormals kept). README:
-    # the AVX-512 bf16 kernels beyond one-row decode multiply on vdpbf16ps, which reads a subnormal
-    # as 0 and flushes a subnormal sum to 0.
+    # the AVX-512 bf16 kernels beyond one-row decode multiply on vdpbf16ps (the amx ISA's forward on
+    # tdpbf16ps), which reads a subnormal as 0 and flushes a subnormal sum to 0.
     fin = torch.finfo(dtype)
-    dp = dtype == torch.bfloat16 and isa == "avx512" and s_q > 1
+    dp = dtype == torch.bfloat16 and isa in ("avx512", "amx") and s_q > 1
 
     def flush(x):
         return torch.where(x.abs() < fin.smallest_normal, torch.zeros_like(x), x) if dp else x

@@ -23,7 +23,8 @@ def _run(code: str, isa: str) -> subprocess.CompletedProcess:
 def test_available_and_active():
     avail = flashattn_lite.available_isas()
     assert avail[0] == "scalar"
-    assert set(avail) <= {"scalar", "avx2", "avx512"}
+    assert set(avail) <= {"scalar", "avx2", "avx512", "amx"}
+    assert "amx" not in avail or "avx512" in avail  # the amx ISA is the avx512 kernels plus AMX tiles
     assert flashattn_lite.cpu_isa() in avail
     assert set(avail) <= set(flashattn_lite.build_info()["cpu_isas"])
 
@@ -69,6 +70,31 @@ def test_isas_agree(dtype):
             assert_rule(flashattn_lite.flash_attn_func(q, k, v, causal=True), ref, same, what=isa)
     finally:
         flashattn_lite._C._set_cpu_isa(before)
+
+
+@pytest.mark.skipif("amx" not in flashattn_lite.available_isas(), reason="needs a CPU with AMX-BF16 (and Linux 5.16+)")
+@pytest.mark.parametrize("d", [40, 64, 72, 128, 256])
+@pytest.mark.parametrize("causal,window", [(False, (-1, -1)), (True, (-1, -1)), (False, (100, 30))])
+def test_amx_forward_matches_reference(d, causal, window):
+    # The amx ISA runs the bf16 forward on AMX tiles (README, CPU kernels): 16-row groups, 512-row work items,
+    # K / V tiles of 64 keys. Awkward sizes cross each: 530 query rows (a second, partial work item and a
+    # partial group), 601 keys (a partial key tile), head dims that are no multiple of the tiles' 32, GQA 4:2.
+    # flash_attn_func: "window_size: (left, right). If not (-1, -1), implements sliding window local attention."
+    q, k, v = (
+        randn((2, 530, 4, d), torch.bfloat16),
+        randn((2, 601, 2, d), torch.bfloat16),
+        randn((2, 601, 2, d), torch.bfloat16),
+    )
+    ref, ref_lse = attention_ref(q, k, v, causal=causal, window_size=window)
+    same, _ = attention_ref(q, k, v, causal=causal, window_size=window, upcast=False)
+    before = flashattn_lite.cpu_isa()
+    try:
+        flashattn_lite._C._set_cpu_isa("amx")
+        out, lse, _ = flashattn_lite.flash_attn_func(q, k, v, causal=causal, window_size=window, return_attn_probs=True)
+    finally:
+        flashattn_lite._C._set_cpu_isa(before)
+    assert_rule(out, ref, same, what=f"amx d={d}")
+    torch.testing.assert_close(lse.double(), ref_lse.double(), atol=1e-3, rtol=0)  # fp32 sums of exact products
 
 
 _PREFETCH_CODE = """

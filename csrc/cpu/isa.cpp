@@ -1,6 +1,7 @@
 // isa.cpp -- CPUID / XCR0 detection and the per-ISA kernel tables.
 #include "cpu/isa.h"
 
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -31,6 +32,14 @@ FAL_DECLARE_ISA_TABLE(avx2)
 #endif
 #ifdef FAL_HAVE_AVX512
 FAL_DECLARE_ISA_TABLE(avx512)
+#ifdef FAL_WITH_AMX
+namespace avx512 {
+bool fwd_run_amx(const FwdParams& p, int64_t begin, int64_t end);
+int64_t fwd_num_work_items_amx(const FwdParams& p);
+float peak_loop_amx(int kind, int64_t iters);
+double peak_flops_per_iter_amx(int kind);
+}  // namespace avx512
+#endif
 #endif
 
 namespace {
@@ -38,7 +47,19 @@ namespace {
 struct Features {
   bool avx2_fma = false;  // AVX2 + FMA + F16C, OS saves YMM
   bool avx512 = false;    // F + BW + VL + DQ + BF16, OS saves ZMM and opmasks
+  bool amx = false;       // + AMX-TILE, AMX-BF16, OS saves the tile state and granted it to this process
 };
+
+#if defined(FAL_X86) && defined(__linux__)
+// Linux hands the AMX tile data state to a process only on request (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, kernel 5.16+); false where it refuses.
+bool request_amx_state() {
+  constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+}
+#else
+bool request_amx_state() { return false; }
+#endif
 
 Features detect() {
   Features f;
@@ -59,6 +80,11 @@ Features detect() {
   const bool bf16 = a1 & (1u << 5);
   f.avx2_fma = ymm_os && avx2 && fma && f16c;
   f.avx512 = f.avx2_fma && zmm_os && f512 && dq && bw && vl && bf16;
+  unsigned a0 = 0, b0 = 0, c0 = 0, d0 = 0;
+  __get_cpuid_count(7, 0, &a0, &b0, &c0, &d0);
+  const bool amx_bf16 = d0 & (1u << 22), amx_tile = d0 & (1u << 24);
+  const bool tile_os = (xlo & 0x60000u) == 0x60000u;  // XTILECFG, XTILEDATA
+  f.amx = f.avx512 && amx_bf16 && amx_tile && tile_os && request_amx_state();
 #endif
   return f;
 }
@@ -181,6 +207,7 @@ const char* isa_name(Isa isa) {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
+    case Isa::kAmx: return "amx";
   }
   return "unknown";
 }
@@ -192,6 +219,9 @@ std::vector<Isa> compiled_isas() {
 #endif
 #ifdef FAL_HAVE_AVX512
   v.push_back(Isa::kAvx512);
+#ifdef FAL_WITH_AMX
+  v.push_back(Isa::kAmx);
+#endif
 #endif
   return v;
 }
@@ -200,7 +230,9 @@ std::vector<Isa> available_isas() {
   static const Features f = detect();
   std::vector<Isa> v;
   for (Isa i : compiled_isas())
-    if (i == Isa::kScalar || (i == Isa::kAvx2 && f.avx2_fma) || (i == Isa::kAvx512 && f.avx512)) v.push_back(i);
+    if (i == Isa::kScalar || (i == Isa::kAvx2 && f.avx2_fma) || (i == Isa::kAvx512 && f.avx512) ||
+        (i == Isa::kAmx && f.amx))
+      v.push_back(i);
   return v;
 }
 
@@ -254,6 +286,19 @@ const KernelTable& kernels(Isa isa) {
                                     avx512::peak_flops_per_iter,
                                     avx512::read_sum};
   if (isa == Isa::kAvx512) return t_avx512;
+#ifdef FAL_WITH_AMX
+  static const KernelTable t_amx{fwd_plan_simd,
+                                 avx512::fwd_num_work_items_amx,
+                                 avx512::fwd_run_amx,
+                                 fwd_nan_pass_simd,
+                                 bwd_plan_simd,
+                                 avx512::bwd_num_work_items,
+                                 avx512::bwd_run,
+                                 avx512::peak_loop_amx,
+                                 avx512::peak_flops_per_iter_amx,
+                                 avx512::read_sum};
+  if (isa == Isa::kAmx) return t_amx;
+#endif
 #endif
   (void)isa;
   return scalar;

@@ -43,6 +43,15 @@ def visibility_mask(
     return vis
 
 
+def _matmul(eq: str, a: Tensor, b: Tensor) -> Tensor:
+    """einsum; in bf16 / fp16 as torch's matmul computes it (fp32 sums, the result rounded to the
+    dtype), through fp32: torch's own bf16 matmul on AMX hardware spread a NaN of one row of `a`
+    to its neighbour (2026-12-02, torch 2.13, a Xeon), which is no property of the computation."""
+    if a.dtype in (torch.bfloat16, torch.float16):
+        return torch.einsum(eq, a.float(), b.float()).to(a.dtype)
+    return torch.einsum(eq, a, b)
+
+
 def transformed_scores(
     q: Tensor,
     k: Tensor,
@@ -64,7 +73,7 @@ def transformed_scores(
         raise ValueError(f"heads of q ({h}) must be a multiple of heads of k ({h_kv})")
     k = k.repeat_interleave(h // h_kv, dim=2)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    scores = _matmul("bqhd,bkhd->bhqk", q, k) * scale
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)
     if alibi_slopes is not None:
@@ -130,7 +139,7 @@ def attention_ref(
     if dropout_keep is not None:
         probs = probs * dropout_keep.to(probs.dtype) / (1.0 - dropout_p)
     v_nan = torch.isnan(v)
-    out = torch.einsum("bhqk,bkhd->bqhd", probs, torch.where(v_nan, torch.zeros_like(v), v))
+    out = _matmul("bhqk,bkhd->bqhd", probs, torch.where(v_nan, torch.zeros_like(v), v))
     # a NaN in v[j] reaches exactly the rows that see key j (the matmul would also spread 0 x NaN
     # to rows for which key j is masked): NaN where a visible key's value is NaN
     if v_nan.any():

@@ -14,6 +14,18 @@ namespace fal::cpu::FAL_CPU_NS {
 int64_t fwd_chunk_items(const FwdParams& p);
 bool fwd_chunks_run(const FwdParams& p, int64_t begin, int64_t end);
 
+#if defined(FAL_SIMD_AVX512) && defined(FAL_WITH_AMX)
+// The bf16 forward of fwd_chunks_run on AMX tiles and the amx ISA's peak probe (fwd_amx.cpp); only
+// where the CPU has AMX-BF16 and the OS granted the tile state (isa.cpp).
+int64_t fwd_chunk_items_amx(const FwdParams& p);
+bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end);
+float peak_loop_amx(int kind, int64_t iters);
+double peak_flops_per_iter_amx(int kind);
+#endif
+// the kernel table's probes (kernels.cpp)
+float peak_loop(int kind, int64_t iters);
+double peak_flops_per_iter(int kind);
+
 // Decode, at most kDecodeMaxRows query rows (decode.cpp): (batch, group of heads, split).
 int64_t decode_items(const FwdParams& p);
 bool decode_run(const FwdParams& p, int64_t begin, int64_t end);

@@ -1,0 +1,219 @@
+// fwd_amx.cpp -- the bf16 forward on AMX tiles (the "amx" ISA: AVX-512 + AMX-BF16, isa.h): the
+// skeleton of fwd_chunk.h over PanelsAmx, groups of 16 query rows. Compiled into the AVX-512
+// objects with -mamx-tile -mamx-bf16 added (CMakeLists.txt); only called where the CPU has AMX
+// and the OS granted this process the tile state (isa.cpp).
+//   S = Q K^T   tdpbf16ps: A = 16 Q rows as bf16 pairs over d, B = K as pairs over d (the same
+//               panel as the vdpbf16ps forward's, pack_tile_pairs), C = 4 tiles of 16 x 16 fp32
+//   softmax     AVX-512 on S (online_softmax_tile_step, 4 rows at a time), P rounded to bf16
+//   O += P V    tdpbf16ps: A = P (16 rows x 32 keys as pairs), B = V as pairs over keys, C = O's
+//               16 x 16 blocks, loaded from and stored back to the chunk's fp32 O
+// The products' arithmetic is vdpbf16ps's (pairs of bf16 products summed in fp32, bf16 subnormal
+// inputs read as 0); the sums' order differs, so results match the avx512 ISA's to rounding.
+#include "cpu/simd/fwd_chunk.h"
+#include "cpu/simd/micro_bf16.h"
+#include "cpu/simd/stages.h"
+
+#if !defined(FAL_SIMD_AVX512)
+#error "fwd_amx.cpp belongs to the AVX-512 objects"
+#endif
+
+namespace fal::cpu::FAL_CPU_NS {
+namespace {
+
+constexpr int kTileRows = 16;   // rows of every tile (a group of query rows; 16 key pairs of B)
+constexpr int kTilePairs = 16;  // 64-byte tile rows: 16 fp32, or 16 bf16 pairs
+static_assert(kBN == 4 * kTilePairs, "a key tile is 4 C tiles of S, 2 A tiles of P");
+static_assert(kN == kTilePairs, "a tile row is one zmm");
+
+// Palette 1, tiles 0-7 all 16 rows x 64 bytes: 0-3 C (S or O blocks), 4-5 A (Q or P), 6-7 B (K or V).
+// A constant: GCC 12 does not see ldtilecfg read its operand and dropped the stores that filled a
+// local one (the tiles then stayed unconfigured: SIGILL at the first tilezero).
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
+
+// Rows per work item: the K / V packing of a key tile serves 32 groups instead of kQC's 16. B1
+// bf16, 2 threads, calls alternating in one process (Xeon, 2026-12-02), against 256 rows: H8 N2048
+// D64 1.14x, D128 1.07x, causal H8 N4096 D128 1.08x; 128 and 64 rows 0.85x and 0.66x.
+constexpr int kAmxChunkRows = 512;
+
+struct PanelsAmx {
+  using T = bf16_t;
+  static constexpr int kRows = kTileRows;
+  static constexpr int kChunkRows = kAmxChunkRows;
+  static constexpr bool kFusedStep = true;
+  using Lane = VecLaneBf16P;  // P rounded to bf16 for P V, as the vdpbf16ps forward
+  Buf<uint32_t> q, kp, vp, pb;
+  Buf<float> s;  // S of qk_softmax (kRows x kBN)
+  int d = 0, dq2 = 0, dv = 0, dvp = 0;
+  float scale = 1.f;
+
+  // Q rows as bf16 pairs, dq2 (a whole number of A tile rows) apart, zero-padded.
+  void load_q(const FwdParams& p, const T* q0, int rows, int rows_pad) {
+    d = p.d, dq2 = round_up((d + 1) / 2, kTilePairs), dv = p.d_v, dvp = round_up(dv, kNV * kN);
+    scale = float(p.scale);
+    q.assign(size_t(rows_pad) * dq2, 0u);
+    kp.resize(size_t(dq2) * kBN);  // transpose_pairs writes ceil(d / 32) * 16 = dq2 rows
+    vp.resize(size_t(kBN / 2) * dvp);
+    pb.resize(size_t(kRows) * (kBN / 2));
+    s.resize(size_t(kRows) * kBN);
+    for (int r = 0; r < rows; ++r) copy_pairs(q0 + r * p.q_row_stride, d, q.data() + size_t(r) * dq2);
+  }
+  void pack(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int j0, int cols) {
+    pack_tile_pairs(k, krows, v, vrows, j0, cols, d, dv, dvp, kp.data(), vp.data());
+  }
+  // The group's unscaled Q K^T (kRows x kBN fp32, rows kBN apart) into out.
+  void tiles_qk(int r0, float* out) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const uint32_t* qa = q.data() + size_t(r0) * dq2;
+    constexpr int kb = kBN * 4;  // K panel row bytes
+    for (int x = 0; x < dq2; x += kTilePairs) {
+      const uint32_t* kx = kp.data() + size_t(x) * kBN;
+      _tile_loadd(4, qa + x, dq2 * 4);
+      _tile_loadd(6, kx, kb);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_loadd(7, kx + 16, kb);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_loadd(6, kx + 32, kb);
+      _tile_dpbf16ps(2, 4, 6);
+      _tile_loadd(7, kx + 48, kb);
+      _tile_dpbf16ps(3, 4, 7);
+    }
+    _tile_stored(0, out, kb);
+    _tile_stored(1, out + 16, kb);
+    _tile_stored(2, out + 32, kb);
+    _tile_stored(3, out + 48, kb);
+  }
+  // S (kRows x kBN) = scale Q[r0, r0 + kRows) K^T
+  void qk(int r0, float* S) {
+    tiles_qk(r0, S);
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int i = 0; i < kRows * kBN; i += kN) _mm512_storeu_ps(S + i, _mm512_mul_ps(_mm512_loadu_ps(S + i), sc));
+  }
+  // S, the softmax step and P of a plain, fully visible tile: the step on 4 rows at a time in
+  // registers (online_softmax_tile_step), P straight to bf16 pairs; 4 rows of which one has seen no
+  // key yet take the step over memory instead (the same arithmetic). Always done: true.
+  bool qk_softmax(int r0, float* m, float* l, float* o) {
+    constexpr int kR = 4;
+    tiles_qk(r0, s.data());
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int rb = 0; rb < kRows; rb += kR) {
+      float* sr = s.data() + size_t(rb) * kBN;
+      VecLaneBf16P t[kR][kNV];
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r)
+        for (int v = 0; v < kNV; ++v) t[r][v].v.v = _mm512_mul_ps(_mm512_loadu_ps(sr + r * kBN + v * kN), sc);
+      if (online_softmax_tile_step<VecLaneBf16P, kR, kNV>(t, m + rb, l + rb, o + size_t(rb) * dvp, dvp, dvp)) {
+#pragma GCC unroll 8
+        for (int r = 0; r < kR; ++r)
+          for (int v = 0; v < kNV; v += 2) {
+            const __m512bh h = _mm512_cvtne2ps_pbh(t[r][v + 1].v.v, t[r][v].v.v);
+            _mm512_storeu_si512(pb.data() + (rb + r) * (kBN / 2) + v * (kN / 2), reinterpret_cast<const __m512i&>(h));
+          }
+        continue;
+      }
+      for (int r = 0; r < kR; ++r)
+        for (int v = 0; v < kNV; ++v) t[r][v].store(sr + r * kBN + v * kN);
+      bool seen[kR];
+      softmax_rows_step<kR, VecLaneBf16P>(sr, kBN, kBN, m + rb, l + rb, o + size_t(rb) * dvp, dvp, dvp, seen);
+      for (int r = 0; r < kR; ++r) emit_p(rb + r, sr + r * kBN);
+    }
+    return true;
+  }
+  // row r's P (fp32, kBN) -> bf16 pairs, the A tiles' rows
+  void emit_p(int r, const float* sr) { pack_f32_consecutive(sr, kBN, pb.data() + r * (kBN / 2)); }
+  // O[r0, r0 + kRows) += P V, 64 columns of O (4 C tiles) at a time; keys past cols hold P = 0 and
+  // zero V rows
+  void pv(const float* /*S*/, int /*cols*/, float* o) {
+    const int ob = dvp * 4, vb = dvp * 4;  // O and V panel row bytes
+    _tile_loadd(4, pb.data(), kBN * 2);
+    _tile_loadd(5, pb.data() + kTilePairs, kBN * 2);
+    for (int dc = 0; dc < dvp; dc += 4 * kTilePairs) {
+      float* oc = o + dc;
+      const uint32_t* v0 = vp.data() + dc;
+      const uint32_t* v1 = v0 + size_t(kTilePairs) * dvp;  // key pairs [16, 32)
+      _tile_loadd(0, oc, ob);
+      _tile_loadd(1, oc + 16, ob);
+      _tile_loadd(2, oc + 32, ob);
+      _tile_loadd(3, oc + 48, ob);
+      _tile_loadd(6, v0, vb);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_loadd(7, v0 + 16, vb);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_loadd(6, v0 + 32, vb);
+      _tile_dpbf16ps(2, 4, 6);
+      _tile_loadd(7, v0 + 48, vb);
+      _tile_dpbf16ps(3, 4, 7);
+      _tile_loadd(6, v1, vb);
+      _tile_dpbf16ps(0, 5, 6);
+      _tile_loadd(7, v1 + 16, vb);
+      _tile_dpbf16ps(1, 5, 7);
+      _tile_loadd(6, v1 + 32, vb);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_loadd(7, v1 + 48, vb);
+      _tile_dpbf16ps(3, 5, 7);
+      _tile_stored(0, oc, ob);
+      _tile_stored(1, oc + 16, ob);
+      _tile_stored(2, oc + 32, ob);
+      _tile_stored(3, oc + 48, ob);
+    }
+  }
+};
+
+}  // namespace
+
+namespace {
+void configure_tiles() { _tile_loadconfig(&kTileConfig); }
+}  // namespace
+
+int64_t fwd_chunk_items_amx(const FwdParams& p) {
+  return int64_t(p.b) * p.h * ((p.s_q + kAmxChunkRows - 1) / kAmxChunkRows);
+}
+
+bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end) {
+  configure_tiles();  // per thread: each work range configures its own
+  const bool nan_value = run_chunks<PanelsAmx>(p, begin, end);
+  _tile_release();  // the tile state no longer needs saving at a context switch
+  return nan_value;
+}
+
+// The amx ISA's peak probe: kind 1, tdpbf16ps into 4 independent C tiles (16 x 16 x 32 products
+// each); kind 0, the AVX-512 FMA loop.
+float peak_loop_amx(int kind, int64_t iters) {
+  if (kind != 1) return peak_loop(kind, iters);
+  alignas(64) uint32_t a[kTileRows * kTilePairs];
+  alignas(64) float c[kTileRows * kTilePairs];
+  for (uint32_t& x : a) x = 0x3a833a83u;  // bf16 pairs (1e-3, 1e-3)
+  configure_tiles();
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, a, 64);
+  _tile_loadd(5, a, 64);
+  _tile_loadd(6, a, 64);
+  _tile_loadd(7, a, 64);
+  for (int64_t it = 0; it < iters; ++it) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, 64);
+  _tile_release();
+  return c[0];
+}
+
+double peak_flops_per_iter_amx(int kind) {
+  return kind == 1 ? 4.0 * kTileRows * kTilePairs * 2 * kTilePairs * 2 : peak_flops_per_iter(kind);
+}
+
+}  // namespace fal::cpu::FAL_CPU_NS

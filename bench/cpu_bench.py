@@ -1,7 +1,7 @@
 """CPU benchmark: flashattn_lite against torch's own CPU SDPA (flash backend), same process, same
 inputs, as % of this machine's peak measured in the same run (issue 15's goals).
 
-    python bench/cpu_bench.py [--threads 2] [--repeats 7] [--isa avx2] [--out FILE.md] [--memory]
+    python bench/cpu_bench.py [--threads 2] [--repeats 7] [--isa avx2|avx512|amx] [--out FILE.md] [--memory]
 
 Every case is checked first (flashattn_lite against the fp64 reference under the numerical rule:
 at most 2x torch's own error in that dtype, plus rounding noise), then timed: ours and torch
@@ -21,7 +21,10 @@ Scaling rows time ours alone on 1 thread and on --threads threads (the goal is t
 
 --isa avx2 measures the AVX2 path on an AVX-512 machine: the script re-runs itself with
 FLASHATTN_LITE_CPU_ISA=avx2 for ours and ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2,
-ONEDNN_MAX_CPU_ISA=AVX2 for torch, against the AVX2 peak; the machine line says so.
+ONEDNN_MAX_CPU_ISA=AVX2 for torch, against the AVX2 peak; the machine line says so. On a CPU with
+AMX the default ISA is amx (its bf16 forward rows against the AMX peak, no goal: the goals name the
+vdpbf16ps peak); --isa avx512 measures the AVX-512 kernels, torch without AMX
+(ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16).
 --memory also runs fwd+bwd at N=65536 (H8, D64, bf16) in a subprocess and reports its peak RSS
 beyond inputs, outputs and gradients, after a small warm-up fwd+bwd (the process's first
 tensor.backward(grad) imports sympy through torch.autograd's _make_grads: ~36 MB of Python
@@ -59,7 +62,8 @@ ISA_ENV = {
         "MKL_ENABLE_INSTRUCTIONS": "AVX2",
         "ONEDNN_MAX_CPU_ISA": "AVX2",
     },
-    "avx512": {"FLASHATTN_LITE_CPU_ISA": "avx512"},
+    "avx512": {"FLASHATTN_LITE_CPU_ISA": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+    "amx": {"FLASHATTN_LITE_CPU_ISA": "amx"},
 }
 
 
@@ -256,6 +260,11 @@ def memory_check(threads: int, n: int = 65536) -> tuple[float, float] | None:
         return None
 
 
+def on_amx(c: Case, isa: str) -> bool:
+    """The case's products run on AMX tiles: the amx ISA's bf16 forward (more than 16 query rows)."""
+    return isa == "amx" and c.mode == "fwd" and c.dtype == torch.bfloat16 and c.n_q > 16
+
+
 def goal_cells(c: Case, isa_idx: int, pct: float | None, speed: float | None) -> tuple[str, str]:
     """(goal text, met?) for the ISA column isa_idx (0 = avx512, 1 = avx2)."""
     parts, met = [], True
@@ -287,17 +296,19 @@ def main() -> int:
         return subprocess.run([sys.executable, *sys.argv], env=env).returncode
     torch.set_num_threads(args.threads)
     isa = fal.cpu_isa()
-    isa_idx = 0 if isa == "avx512" else 1
+    isa_idx = 0 if isa in ("avx512", "amx") else 1
     peak = peak_gflops(args.threads, isa)
     fp32_peak = peak.get("fp32_fma_gflops")
     bf16_peak = peak.get("bf16_dot_gflops") or fp32_peak  # AVX2 has no bf16 dot product: fp32 is its peak
+    amx_peak = peak.get("amx_bf16_gflops")  # the amx ISA's bf16 forward runs its products on AMX tiles
     probe_buf = torch.ones(64 * 2**20)  # 256 MB for the in-process read probe beside each decode call
     forced = f" (forced: --isa {args.isa})" if args.isa else ""
     machine = (
         f"{cpu_model()}, {os.cpu_count()} CPUs; flashattn_lite {fal.__version__} ISA {isa}{forced}, torch "
         f"{torch.__version__} capability {torch.backends.cpu.get_cpu_capability()}; threads {args.threads}; "
         f"peaks on {peak.get('isa', 'n/a')}: fp32 FMA {fp32_peak or 'n/a'} GFLOP/s, bf16 dot "
-        f"{peak.get('bf16_dot_gflops') or 'none (fp32 peak used)'} GFLOP/s, read {peak.get('read_gbs', 'n/a')} GB/s "
+        f"{peak.get('bf16_dot_gflops') or 'none (fp32 peak used)'} GFLOP/s, "
+        f"{f'AMX bf16 {amx_peak} GFLOP/s, ' if amx_peak else ''}read {peak.get('read_gbs', 'n/a')} GB/s "
         f"(bench/peak_fma.cpp); decode prefetch {fal._C._decode_prefetch()}"
     )
     lines = [
@@ -348,6 +359,8 @@ def main() -> int:
         else:
             unit, rate, other = "GFLOP/s", c.flops() / ma / 1e9, c.flops() / mb / 1e9
             pk = bf16_peak if c.dtype == torch.bfloat16 else fp32_peak
+            if on_amx(c, isa):
+                pk, unit = amx_peak, "GFLOP/s (AMX)"
         pct = 100 * rate / pk if pk else None
         if c.mode == "decode" and cpk:  # % of the roofline time (memory or compute), per round
             pct = statistics.median(
@@ -355,6 +368,8 @@ def main() -> int:
             )
         speed = mb / ma if mb == mb else None
         goal, met = goal_cells(c, isa_idx, pct, speed)
+        if on_amx(c, isa) and c.scaling is None:  # the % goals name the vdpbf16ps peak (--isa avx512)
+            goal, met = "(AMX: none; --isa avx512)", "-"
         lines.append(
             f"| {c.name} | ok | {ma * 1e3:.2f} | {mb * 1e3:.2f} ({label_b}) | {rate:.1f} | {other:.1f} | {unit} | "
             f"{f'{pct:.0f}%' if pct is not None else 'n/a'} | {f'{speed:.2f}x' if speed else 'n/a'} | {goal} | {met} |"

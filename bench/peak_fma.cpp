@@ -1,21 +1,26 @@
 // peak_fma.cpp -- this machine's peak vector throughput on one ISA, for the "% of peak" columns of
 // the CPU benchmark: independent chains of fp32 FMAs on every thread, of bf16 dot products where
-// the ISA has them (vdpbf16ps, 64 FLOPs each on zmm), and the read bandwidth of memory (every
+// the ISA has them (vdpbf16ps, 64 FLOPs each on zmm; with `amx`, AMX tdpbf16ps too: 16 x 16 x 32
+// products and sums each), and the read bandwidth of memory (every
 // thread sums its slice of a 1 GiB buffer with vector loads and software prefetch, best of 5
 // passes of two prefetch variants: the ceiling for decode, which streams K and V once). Prints JSON.
 //
-//   peak_fma THREADS [avx512|avx2] [read]   (default: the best ISA this CPU runs; read: bandwidth only)
+//   peak_fma THREADS [amx|avx512|avx2] [read]   (default: the best ISA this CPU runs; read: bandwidth only)
 //
 // One binary for every ISA: each kernel carries its ISA as a target attribute and runs only when
 // __builtin_cpu_supports says the CPU has it, so an AVX2 machine measures its AVX2 peak and an
 // AVX-512 machine can measure both (cpu_bench.py --isa avx2).
 // Build: g++ -O3 -std=c++17 -pthread bench/peak_fma.cpp -o peak_fma  (cpu_bench.py does it)
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cpuid.h>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -55,6 +60,51 @@ FAL_AVX512 double bf16_avx512(long iters) {
   float s = 0;
   for (int i = 0; i < kChains512; ++i) s += _mm512_reduce_add_ps(acc[i]);
   return double(s);
+}
+
+// AMX: tdpbf16ps into 4 independent C tiles (16 x 16 fp32 += 16 x 32 bf16 . 32 x 16 bf16); an
+// iteration of the caller is 1 / kAmxDiv of a round of 4 (the tile unit runs ~20x the zmm rate).
+#define FAL_AMX __attribute__((target("amx-tile,amx-bf16")))
+constexpr long kAmxDiv = 64;
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+constexpr TileConfig kTiles = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+// AMX-BF16 and AMX-TILE (CPUID 7.0 EDX bits 22, 24), the OS saving tile state (XCR0 bits 17, 18)
+// and Linux granting it to this process (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+bool amx_usable() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24))) return false;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & 0x60000u) == 0x60000u && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
+
+FAL_AMX double bf16_amx(long iters) {
+  alignas(64) uint16_t a[16 * 32];
+  alignas(64) float c[16 * 16];
+  for (uint16_t& x : a) x = 0x3a83;  // 1e-3 in bf16
+  _tile_loadconfig(&kTiles);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, a, 64);
+  _tile_loadd(5, a, 64);
+  _tile_loadd(6, a, 64);
+  _tile_loadd(7, a, 64);
+  for (long it = 0; it < iters / kAmxDiv; ++it) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, 64);
+  _tile_release();
+  return double(c[0]);
 }
 
 FAL_AVX2 double fp32_avx2(long iters) {
@@ -174,16 +224,24 @@ int main(int argc, char** argv) {
   __builtin_cpu_init();
   const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* isa = argc > 2 ? argv[2] : (has512 ? "avx512" : has2 ? "avx2" : "none");
+  const bool amx = has512 && amx_usable();
+  const char* isa = argc > 2 ? argv[2] : (amx ? "amx" : has512 ? "avx512" : has2 ? "avx2" : "none");
   if (argc > 3 && std::strcmp(argv[3], "read") == 0) {  // the read bandwidth alone (beside each decode row)
-    const bool avx512 = std::strcmp(isa, "avx512") == 0 && has512;
+    const bool avx512 = (std::strcmp(isa, "avx512") == 0 && has512) || (std::strcmp(isa, "amx") == 0 && amx);
     if (!avx512 && !(std::strcmp(isa, "avx2") == 0 && has2)) return 1;
     const double bw = avx512 ? read_gbs(sum_avx512<false, 4096>, sum_avx512<true, 16384>, threads)
                              : read_gbs(sum_avx2<false, 4096>, sum_avx2<true, 16384>, threads);
     std::printf("{\"isa\": \"%s\", \"threads\": %d, \"read_gbs\": %.1f}\n", isa, threads, bw);
     return 0;
   }
-  if (std::strcmp(isa, "avx512") == 0 && has512) {
+  if (std::strcmp(isa, "amx") == 0 && amx) {  // the avx512 peaks and the tile unit's
+    const double f32 = gflops(fp32_avx512, threads, kChains512 * 32.0);
+    const double bf16 = gflops(bf16_avx512, threads, kChains512 * 64.0);
+    const double tiles = gflops(bf16_amx, threads, 4.0 * 16 * 16 * 32 * 2 / kAmxDiv);
+    const double bw = read_gbs(sum_avx512<false, 4096>, sum_avx512<true, 16384>, threads);
+    std::printf("{\"isa\": \"amx\", \"threads\": %d, \"fp32_fma_gflops\": %.1f, \"bf16_dot_gflops\": %.1f, "
+                "\"amx_bf16_gflops\": %.1f, \"read_gbs\": %.1f}\n", threads, f32, bf16, tiles, bw);
+  } else if (std::strcmp(isa, "avx512") == 0 && has512) {
     const double f32 = gflops(fp32_avx512, threads, kChains512 * 32.0);   // 16 lanes x (mul + add)
     const double bf16 = gflops(bf16_avx512, threads, kChains512 * 64.0);  // 32 bf16 products + 32 adds
     const double bw = read_gbs(sum_avx512<false, 4096>, sum_avx512<true, 16384>, threads);

@@ -37,17 +37,17 @@ struct alignas(64) TileConfig {
 constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
 static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
 
-// Rows per work item: 512, the K / V packing of a key tile serving 32 groups instead of kQC's 16,
-// where that leaves at least kAmxMinItems work items; else kQC (the threads' dynamic share of
-// causal rows needs enough items). B1 bf16, 2 threads, calls alternating in one process (Xeon,
+// Rows per work item: 512, the K / V packing of a key tile serving 32 groups instead of 16, where
+// that leaves at least kAmxMinItems work items; else 256 (the threads' dynamic share of causal rows
+// needs enough items). B1 bf16, 2 threads, calls alternating in one process (Xeon,
 // 2026-12-02), against 256 rows: H8 N2048 D64 1.14x, D128 1.07x, causal H8 N4096 D128 1.08x; 128
 // and 64 rows 0.85x and 0.66x; causal H1 N4096 D64 on 2 threads 1.80x its 1-thread speed at 512
 // rows (8 items).
-constexpr int kAmxChunkRows = 512;
+constexpr int kAmxChunkRows = 512, kAmxSmallChunkRows = 256;
 constexpr int64_t kAmxMinItems = 16;
 inline int amx_chunk_rows(const FwdParams& p) {
   const int64_t items = int64_t(p.b) * p.h * ((p.s_q + kAmxChunkRows - 1) / kAmxChunkRows);
-  return items >= kAmxMinItems ? kAmxChunkRows : kQC;
+  return items >= kAmxMinItems ? kAmxChunkRows : kAmxSmallChunkRows;
 }
 
 template <int kChunk>
@@ -191,7 +191,7 @@ int64_t fwd_chunk_items_amx(const FwdParams& p) {
 bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end) {
   configure_tiles();  // per thread: each work range configures its own
   const bool nan_value = amx_chunk_rows(p) == kAmxChunkRows ? run_chunks<PanelsAmx<kAmxChunkRows>>(p, begin, end)
-                                                            : run_chunks<PanelsAmx<kQC>>(p, begin, end);
+                                                            : run_chunks<PanelsAmx<kAmxSmallChunkRows>>(p, begin, end);
   _tile_release();  // the tile state no longer needs saving at a context switch
   return nan_value;
 }

@@ -179,6 +179,38 @@ def test_flops_formula():
     assert bench.Config("bwd", "fp32", 1, 1, 1, 16, 16, 8, False).flops == 4 * 16 * 16 * 8 * 2.5
 
 
+def test_roofline_peak_follows_the_units_that_run_the_call():
+    # The amx ISA runs the bf16 forward (more than 16 query rows) on AMX tiles, everything else on vectors: the
+    # roofline's compute peak is the AMX one only there (_bench_core.roofline).
+    from flashattn_lite._bench_core import roofline
+
+    peaks = {"fp32_gflops": 100.0, "bf16_gflops": 200.0, "amx_bf16_gflops": 4000.0, "read_gbps": 1e9}
+    fwd = bench.Config("fwd", "bf16", 1, 8, 8, 1024, 1024, 64, False)
+    ms = fwd.flops / 1e9  # 1000 GFLOP/s
+    assert roofline(fwd, ms, peaks)[2] == pytest.approx(25.0)
+    both = bench.Config("fwd+bwd", "bf16", 1, 8, 8, 1024, 1024, 64, False)
+    assert roofline(both, both.flops / 0.2e9, peaks)[2] == pytest.approx(100.0)
+    decode = bench.Config("decode", "bf16", 1, 8, 8, 1, 1024, 64, False)
+    assert roofline(decode, decode.flops / 0.1e9, peaks)[2] == pytest.approx(50.0)
+    assert roofline(fwd, ms, {k: v for k, v in peaks.items() if k != "amx_bf16_gflops"})[2] == pytest.approx(500.0)
+
+
+@pytest.mark.skipif("amx" not in flashattn_lite.available_isas(), reason="needs a CPU with AMX-BF16")
+def test_amx_peak_probe():
+    # _cpu_peak_gflops("amx"): the tile unit's bf16 rate, above the vector dot product's; only with the amx ISA active.
+    before = flashattn_lite.cpu_isa()
+    try:
+        flashattn_lite._C._set_cpu_isa("amx")
+        assert flashattn_lite._C._cpu_peak_gflops("amx", 0.05) > flashattn_lite._C._cpu_peak_gflops("bf16", 0.05)
+        flashattn_lite._C._set_cpu_isa("avx512")
+        with pytest.raises(ValueError, match="needs the amx ISA"):
+            flashattn_lite._C._cpu_peak_gflops("amx", 0.05)
+    finally:
+        flashattn_lite._C._set_cpu_isa(before)
+    with pytest.raises(ValueError, match="kind must be"):
+        flashattn_lite._C._cpu_peak_gflops("fp64", 0.05)
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 

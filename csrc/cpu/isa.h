@@ -68,7 +68,8 @@ struct KernelTable {
   int64_t (*bwd_num_work_items)(const BwdParams&);
   void (*bwd_run)(const BwdParams&, int64_t begin, int64_t end);
   // Peak-throughput probe: `iters` rounds of independent FMA chains (kind 0: fp32 FMA, kind 1: the
-  // bf16 dot product where the ISA has one, else fp32). Returns a value to keep the work alive;
+  // bf16 dot product where the ISA has one, else fp32; kind 2, amx only: AMX tdpbf16ps tiles).
+  // Returns a value to keep the work alive;
   // FLOPs done = iters * peak_flops_per_iter(kind).
   float (*peak_loop)(int kind, int64_t iters);
   double (*peak_flops_per_iter)(int kind);

@@ -122,10 +122,15 @@ PYBIND11_MODULE(_C, mod) {
   mod.def(
       "_cpu_peak_gflops",
       [](const std::string& kind, double seconds) {
+        if (kind != "fp32" && kind != "bf16" && kind != "amx")
+          throw pybind11::value_error("_cpu_peak_gflops: kind must be 'fp32', 'bf16' or 'amx'");
+        if (kind == "amx" && fal::cpu::active_isa() != fal::cpu::Isa::kAmx)
+          throw pybind11::value_error("_cpu_peak_gflops: kind 'amx' needs the amx ISA active");
         pybind11::gil_scoped_release nogil;
-        return fal_cpu_peak_gflops(kind == "bf16" ? 1 : 0, seconds);
+        return fal_cpu_peak_gflops(kind == "amx" ? 2 : kind == "bf16" ? 1 : 0, seconds);
       },
-      "Measured peak GFLOP/s of the active CPU ISA on torch's threads: kind 'fp32' (FMA) or 'bf16' (dot).");
+      "Measured peak GFLOP/s of the active CPU ISA on torch's threads: kind 'fp32' (FMA), 'bf16' (vector dot "
+      "product) or 'amx' (AMX tiles, the amx ISA).");
   mod.def(
       "_cpu_read_gbps",
       [](uintptr_t data_ptr, int64_t n, int64_t passes) {

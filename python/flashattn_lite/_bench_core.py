@@ -265,13 +265,16 @@ def measure_peaks(device: str) -> dict:
     """Compute peaks (fp32 and bf16 FLOP/s) and a streaming-read bandwidth.
 
     CPU: FMA / vdpbf16ps chains of the active ISA on torch's threads (flashattn_lite._C), which a
-    library GEMM does not reach on every CPU; CUDA: a large bf16 / fp32 matmul (cuBLAS)."""
+    library GEMM does not reach on every CPU, and with the amx ISA the AMX tiles' bf16 rate;
+    CUDA: a large bf16 / fp32 matmul (cuBLAS)."""
     peaks: dict = {}
     if device == "cpu":
         from . import _C
 
         peaks["fp32_gflops"] = _C._cpu_peak_gflops("fp32", 0.3)
         peaks["bf16_gflops"] = _C._cpu_peak_gflops("bf16", 0.3)
+        if cpu_isa() == "amx":  # the bf16 forward's products run on AMX tiles
+            peaks["amx_bf16_gflops"] = _C._cpu_peak_gflops("amx", 0.3)
     else:
         n = 8192
         for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -309,11 +312,14 @@ def get_peaks(device: str, refresh: bool = False) -> dict:
 
 def roofline(c: Config, ms: float, peaks: dict) -> tuple[float, float, float]:
     """(GFLOP/s, GB/s, % of the attainable rate min(compute peak, intensity x read bandwidth)).
-    fp16 on the CPU computes through fp32 (no AVX512_FP16 here), so its peak is the fp32 one."""
+    fp16 on the CPU computes through fp32 (no AVX512_FP16 here), so its peak is the fp32 one; the
+    amx ISA's bf16 forward (more than 16 query rows) runs on AMX tiles: the AMX peak."""
     gflops = c.flops / ms / 1e6
     gbps = c.bytes / ms / 1e6
     low = c.dtype == "bf16" or (c.dtype == "fp16" and peaks.get("device") == "cuda")
     compute = peaks.get("bf16_gflops" if low else "fp32_gflops", float("nan"))
+    if c.dtype == "bf16" and c.mode == "fwd" and c.s_q > 16 and "amx_bf16_gflops" in peaks:
+        compute = peaks["amx_bf16_gflops"]  # the amx ISA's bf16 forward (decode and backward: vectors)
     attainable = min(compute, c.flops / c.bytes * peaks.get("read_gbps", float("nan")))
     return gflops, gbps, 100 * gflops / attainable if attainable > 0 else float("nan")
 

@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             else f"  {torch.cuda.get_device_name()}"
         )
         + f"  peaks: fp32 {peaks['fp32_gflops']:.0f} / bf16 {peaks['bf16_gflops']:.0f} GFLOP/s,"
-        f" read {peaks['read_gbps']:.0f} GB/s"
+        + (f" AMX bf16 {peaks['amx_bf16_gflops']:.0f} GFLOP/s," if "amx_bf16_gflops" in peaks else "")
+        + f" read {peaks['read_gbps']:.0f} GB/s"
     )
     print(machine)
     if args.profile:

@@ -196,10 +196,10 @@ bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end) {
   return nan_value;
 }
 
-// The amx ISA's peak probe: kind 1, tdpbf16ps into 4 independent C tiles (16 x 16 x 32 products
-// each); kind 0, the AVX-512 FMA loop.
+// The amx ISA's peak probe: kind 2, tdpbf16ps into 4 independent C tiles (16 x 16 x 32 products
+// each); kinds 0 and 1, the AVX-512 loops (fp32 FMA, vdpbf16ps).
 float peak_loop_amx(int kind, int64_t iters) {
-  if (kind != 1) return peak_loop(kind, iters);
+  if (kind != 2) return peak_loop(kind, iters);
   alignas(64) uint32_t a[kTileRows * kTilePairs];
   alignas(64) float c[kTileRows * kTilePairs];
   for (uint32_t& x : a) x = 0x3a833a83u;  // bf16 pairs (1e-3, 1e-3)
@@ -224,7 +224,7 @@ float peak_loop_amx(int kind, int64_t iters) {
 }
 
 double peak_flops_per_iter_amx(int kind) {
-  return kind == 1 ? 4.0 * kTileRows * kTilePairs * 2 * kTilePairs * 2 : peak_flops_per_iter(kind);
+  return kind == 2 ? 4.0 * kTileRows * kTilePairs * 2 * kTilePairs * 2 : peak_flops_per_iter(kind);
 }
 
 }  // namespace fal::cpu::FAL_CPU_NS

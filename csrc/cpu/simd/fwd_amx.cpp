@@ -37,6 +37,44 @@ struct alignas(64) TileConfig {
 constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
 static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
 
+// C tiles 0-3 += A tile `A` times the 4 B tiles of 16 columns at b, b + 16, b + 32, b + 48 (rows
+// `stride` bytes apart), loaded alternately into tiles 6 and 7 (a load overlaps the previous
+// product). A macro: GCC's tile intrinsics are macros that paste the tile number into the
+// instruction text, so it cannot be a template parameter.
+#define FAL_AMX_DP_C4(A, b, stride)     \
+  do {                                  \
+    _tile_loadd(6, (b), (stride));      \
+    _tile_dpbf16ps(0, A, 6);            \
+    _tile_loadd(7, (b) + 16, (stride)); \
+    _tile_dpbf16ps(1, A, 7);            \
+    _tile_loadd(6, (b) + 32, (stride)); \
+    _tile_dpbf16ps(2, A, 6);            \
+    _tile_loadd(7, (b) + 48, (stride)); \
+    _tile_dpbf16ps(3, A, 7);            \
+  } while (0)
+// C tiles 0-3 to 4 blocks of 16 fp32 columns at c (rows `stride` bytes apart), and back.
+__attribute__((always_inline)) inline void store_c4(float* c, int stride) {
+  _tile_stored(0, c, stride);
+  _tile_stored(1, c + 16, stride);
+  _tile_stored(2, c + 32, stride);
+  _tile_stored(3, c + 48, stride);
+}
+__attribute__((always_inline)) inline void load_c4(const float* c, int stride) {
+  _tile_loadd(0, c, stride);
+  _tile_loadd(1, c + 16, stride);
+  _tile_loadd(2, c + 32, stride);
+  _tile_loadd(3, c + 48, stride);
+}
+
+__attribute__((always_inline)) inline void zero_c4() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
+void configure_tiles() { _tile_loadconfig(&kTileConfig); }
+
 // Rows per work item: 512, the K / V packing of a key tile serving 32 groups instead of 16, where
 // that leaves at least kAmxMinItems work items; else 256 (the threads' dynamic share of causal rows
 // needs enough items). B1 bf16, 2 threads, calls alternating in one process (Xeon,
@@ -78,28 +116,15 @@ struct PanelsAmx {
   }
   // The group's unscaled Q K^T (kRows x kBN fp32, rows kBN apart) into out.
   void tiles_qk(int r0, float* out) {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    zero_c4();
     const uint32_t* qa = q.data() + size_t(r0) * dq2;
     constexpr int kb = kBN * 4;  // K panel row bytes
     for (int x = 0; x < dq2; x += kTilePairs) {
       const uint32_t* kx = kp.data() + size_t(x) * kBN;
       _tile_loadd(4, qa + x, dq2 * 4);
-      _tile_loadd(6, kx, kb);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_loadd(7, kx + 16, kb);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_loadd(6, kx + 32, kb);
-      _tile_dpbf16ps(2, 4, 6);
-      _tile_loadd(7, kx + 48, kb);
-      _tile_dpbf16ps(3, 4, 7);
+      FAL_AMX_DP_C4(4, kx, kb);
     }
-    _tile_stored(0, out, kb);
-    _tile_stored(1, out + 16, kb);
-    _tile_stored(2, out + 32, kb);
-    _tile_stored(3, out + 48, kb);
+    store_c4(out, kb);
   }
   // S (kRows x kBN) = scale Q[r0, r0 + kRows) K^T
   void qk(int r0, float* S) {
@@ -142,45 +167,21 @@ struct PanelsAmx {
   // O[r0, r0 + kRows) += P V, 64 columns of O (4 C tiles) at a time; keys past cols hold P = 0 and
   // zero V rows
   void pv(const float* /*S*/, int /*cols*/, float* o) {
-    const int ob = dvp * 4, vb = dvp * 4;  // O and V panel row bytes
+    const int rb = dvp * 4;  // O and V panel row bytes
     _tile_loadd(4, pb.data(), kBN * 2);
     _tile_loadd(5, pb.data() + kTilePairs, kBN * 2);
     for (int dc = 0; dc < dvp; dc += 4 * kTilePairs) {
       float* oc = o + dc;
       const uint32_t* v0 = vp.data() + dc;
       const uint32_t* v1 = v0 + size_t(kTilePairs) * dvp;  // key pairs [16, 32)
-      _tile_loadd(0, oc, ob);
-      _tile_loadd(1, oc + 16, ob);
-      _tile_loadd(2, oc + 32, ob);
-      _tile_loadd(3, oc + 48, ob);
-      _tile_loadd(6, v0, vb);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_loadd(7, v0 + 16, vb);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_loadd(6, v0 + 32, vb);
-      _tile_dpbf16ps(2, 4, 6);
-      _tile_loadd(7, v0 + 48, vb);
-      _tile_dpbf16ps(3, 4, 7);
-      _tile_loadd(6, v1, vb);
-      _tile_dpbf16ps(0, 5, 6);
-      _tile_loadd(7, v1 + 16, vb);
-      _tile_dpbf16ps(1, 5, 7);
-      _tile_loadd(6, v1 + 32, vb);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_loadd(7, v1 + 48, vb);
-      _tile_dpbf16ps(3, 5, 7);
-      _tile_stored(0, oc, ob);
-      _tile_stored(1, oc + 16, ob);
-      _tile_stored(2, oc + 32, ob);
-      _tile_stored(3, oc + 48, ob);
+      load_c4(oc, rb);
+      FAL_AMX_DP_C4(4, v0, rb);
+      FAL_AMX_DP_C4(5, v1, rb);
+      store_c4(oc, rb);
     }
   }
 };
 
-}  // namespace
-
-namespace {
-void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 }  // namespace
 
 int64_t fwd_chunk_items_amx(const FwdParams& p) {
@@ -204,10 +205,7 @@ float peak_loop_amx(int kind, int64_t iters) {
   alignas(64) float c[kTileRows * kTilePairs];
   for (uint32_t& x : a) x = 0x3a833a83u;  // bf16 pairs (1e-3, 1e-3)
   configure_tiles();
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  zero_c4();
   _tile_loadd(4, a, 64);
   _tile_loadd(5, a, 64);
   _tile_loadd(6, a, 64);
@@ -228,3 +226,5 @@ double peak_flops_per_iter_amx(int kind) {
 }
 
 }  // namespace fal::cpu::FAL_CPU_NS
+
+#undef FAL_AMX_DP_C4

@@ -53,16 +53,34 @@ def _qkv(b, s_q, s_k, h, h_kv, d, dtype, d_v=None):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, slow(torch.float16), slow(torch.float64)])
 @pytest.mark.parametrize("s_q,s_k,d", [slow(97, 97, 40), slow(1, 130, 64), slow(33, 70, 111), (70, 33, 59)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_softcap(dtype, s_q, s_k, d, causal, isa):
+# a cap that bends the scores, and Gemma 2's 50 over ordinary scores (tanh of small arguments: 1 - 2 / (1 + e^2y)
+# alone cancels there, ~1e-7 absolute, 50x that in the score)
+@pytest.mark.parametrize("softcap,q_scale", [(1.5, 3.0), (50.0, 1.0)])
+def test_softcap(dtype, s_q, s_k, d, causal, softcap, q_scale, isa):
     q, k, v = _qkv(1, s_q, s_k, 4, 2, d, dtype)
-    q = q * 3  # scores large enough for the cap to bend them
+    q = q * q_scale
     dout = randn(q.shape, dtype)
     _check_fwd_bwd(
-        lambda q, k, v: flash_attn_func(q, k, v, causal=causal, softcap=1.5),
-        lambda q, k, v, upcast: attention_ref(q, k, v, causal=causal, softcap=1.5, upcast=upcast)[0],
+        lambda q, k, v: flash_attn_func(q, k, v, causal=causal, softcap=softcap),
+        lambda q, k, v, upcast: attention_ref(q, k, v, causal=causal, softcap=softcap, upcast=upcast)[0],
         (q, k, v),
         dout,
     )
+
+
+@pytest.mark.parametrize("s_k", [9, 64, 200])  # a vector and a scalar tail on AVX2; whole vectors
+def test_softcap_of_ordinary_scores_keeps_fp32_accuracy(s_k, isa):
+    # flash_attn_func: "softcap: float. Anything > 0 activates softcapping attention." -- scores become
+    # softcap * tanh(scores / softcap). With Gemma 2's 50 over scores of a few units the tanh argument is small,
+    # where 1 - 2 / (1 + e^2y) cancels (~1e-7 absolute, times 50 in the score: outputs and LSE 5-15x the fp32
+    # computation's error). The rule's factor 2 with one fp32 eps of noise, for the output and the LSE.
+    q, k, v = _qkv(1, 48, s_k, 3, 1, 10, torch.float32)
+    out, lse, _ = flash_attn_func(q, k, v, softcap=50.0, return_attn_probs=True)
+    ref, ref_lse = attention_ref(q, k, v, softcap=50.0)
+    same, same_lse = attention_ref(q, k, v, softcap=50.0, upcast=False)
+    eps = torch.finfo(torch.float32).eps
+    assert max_err(out, ref) <= 2 * max_err(same, ref) + eps
+    assert max_err(lse, ref_lse) <= 2 * max_err(same_lse, ref_lse) + eps
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, slow(torch.float64)])

@@ -48,6 +48,10 @@ inline VF vabs(VF a) { return {_mm512_abs_ps(a.v)}; }
 inline VF select_eq(VF a, VF b, VF x, VF y) {
   return {_mm512_mask_mov_ps(y.v, _mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ), x.v)};
 }
+// Per lane: a < b ? x : y (ordered: a NaN lane takes y).
+inline VF select_lt(VF a, VF b, VF x, VF y) {
+  return {_mm512_mask_mov_ps(y.v, _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), x.v)};
+}
 // x where lo[lane] <= j < hi[lane], -inf elsewhere (N int32 bounds).
 inline VF keep_in_range(VF x, const int32_t* lo, const int32_t* hi, int j) {
   const __m512i jv = _mm512_set1_epi32(j);
@@ -115,6 +119,9 @@ inline VF operator/(VF a, VF b) { return {_mm256_div_ps(a.v, b.v)}; }
 inline VF vabs(VF a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.f), a.v)}; }
 inline VF select_eq(VF a, VF b, VF x, VF y) {
   return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ))};
+}
+inline VF select_lt(VF a, VF b, VF x, VF y) {
+  return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))};
 }
 inline VF keep_in_range(VF x, const int32_t* lo, const int32_t* hi, int j) {
   const __m256i jv = _mm256_set1_epi32(j);

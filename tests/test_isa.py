@@ -142,6 +142,7 @@ def test_decode_prefetch_unknown_is_a_clear_error():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ERR") and "FLASHATTN_LITE_DECODE_PREFETCH must be one of t0, t1, nta, none" in r.stdout
+    assert "(head,rows,chunk16,chunk32)" in r.stdout  # the four-hint form it also takes
 
 
 def test_set_decode_prefetch_in_process():

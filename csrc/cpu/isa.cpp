@@ -194,8 +194,8 @@ std::string set_decode_prefetch(const std::string& text) {
   }
   DecodePrefetch d;
   if (!parse_decode_prefetch(text, d))
-    return "decode prefetch must be one of t0, t1, nta, none, or three of them "
-           "separated by commas (head,chunk16,chunk32); got '" +
+    return "decode prefetch must be one of t0, t1, nta, none, or four of them "
+           "separated by commas (head,rows,chunk16,chunk32); got '" +
            text + "'";
   d.describe = text + " (set)";
   decode_prefetch_state() = d;

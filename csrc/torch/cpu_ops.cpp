@@ -26,8 +26,8 @@ const cpu::KernelTable& active_kernels() {
                       avail);
   }
   TORCH_CHECK_VALUE(cpu::decode_prefetch().valid,
-                    "flashattn_lite: FLASHATTN_LITE_DECODE_PREFETCH must be one of t0, t1, nta, none, or three "
-                    "of them separated by commas (head,chunk16,chunk32), or unset");
+                    "flashattn_lite: FLASHATTN_LITE_DECODE_PREFETCH must be one of t0, t1, nta, none, or four "
+                    "of them separated by commas (head,rows,chunk16,chunk32), or unset");
   return cpu::kernels(isa);
 }
 

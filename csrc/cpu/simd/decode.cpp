@@ -1,103 +1,18 @@
-// decode.cpp -- SIMD decode: at most kDecodeMaxRows query rows (one token, GQA heads packed as
-// rows, speculative decoding) against a long KV range, K and V streamed from memory once,
-// optionally split over work items (split-KV, merged by fwd_combine_run). Compiled once per ISA.
-// The per-head state and its walk over the keys: decode_head.h. With few rows memory-bound (the
-// measure: GB/s of K + V against the machine's read bandwidth); with 16 rows per K/V row bf16 is
-// compute-bound on a 2-core Zen 4 (bench/cpu_bench.py reports % of the roofline).
-#include "cpu/simd/decode_head.h"
+// decode.cpp -- the SIMD decode's entry points (stages.h): work items (batch, group of heads,
+// split) run by decode_items.h. Compiled once per ISA.
+#include "cpu/simd/decode_items.h"
 #include "cpu/simd/stages.h"
 
 namespace fal::cpu::FAL_CPU_NS {
-namespace {
-
-// decode_item, decode_item_heads: true when an output row may hold a NaN value (DecodeHead::finish)
-template <typename T>
-bool decode_item(const FwdParams& p, int bi, int hi, int split, Buf<float>& buf) {
-  buf.resize(DecodeHead<T>::floats(p) + DecodeHead<T>::scratch_floats(p));
-  DecodeHead<T> h;
-  if (!h.init(p, bi, hi, buf.data(), buf.data() + DecodeHead<T>::floats(p))) return false;
-  int j0, j1;
-  h.split_range(split, j0, j1);
-  h.run(j0, j1);
-  return h.finish(split);
-}
-
-// Decode over K/V whose heads are interleaved in a row ((batch, seqlen, heads, dim), the flash-attn
-// and KV-cache layout): one work item = (batch, split of the keys) for *every* head, walking the
-// keys in chunks that fit in L2 and, per chunk, every head over it. Each K/V row is then read
-// from memory once, as a contiguous h_kv * d span (prefetched a chunk ahead), instead of as h_kv
-// strided streams, one per head item (measured: 12.5 GB/s that way at H32 D128 bf16).
-template <typename T>
-bool decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Buf<float>& buf) {
-  const size_t per_head = DecodeHead<T>::floats(p);
-  buf.resize(per_head * (h1 - h0) + DecodeHead<T>::scratch_floats(p));
-  float* scratch = buf.data() + per_head * (h1 - h0);
-  // every head's state lives in buf, its struct (pointers, masks, score mods) in heads: attached
-  // once, not per chunk
-  Buf<DecodeHead<T>> heads(size_t(h1 - h0));
-  DecodeHead<T>& first = heads[0];
-  if (!first.init(p, bi, h0, buf.data(), scratch)) return false;
-  int j_begin, j_end;
-  first.split_range(split, j_begin, j_end);
-  for (int hi = h0 + 1; hi < h1; ++hi)
-    heads[size_t(hi - h0)].init(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
-  // chunks of ~64 KB of K + V (L2-resident while the group's heads pass over them); the next
-  // chunk's lines are prefetched a share per head, issued between that head's steps (KeyLines).
-  // The hint (isa.h): on a Zen 5 T1 for fp32 (its chunk cannot stay in L1: 37 -> 40 GB/s) and T0
-  // for bf16 (30 -> 36), in one process, B1 H32 1 x 32768 D128, 2 threads; T1 on a 32 KB L1 and on
-  // Intel, where spans of 4 KB or more stream best without (decode_prefetch, isa.h).
-  const int g = p.h / p.h_kv, hk0 = h0 / g, hk1 = (h1 - 1) / g + 1;
-  const int64_t span_k = (int64_t(hk1 - hk0 - 1) * p.k_head_stride + p.d) * int64_t(sizeof(T));
-  const int64_t span_v = (int64_t(hk1 - hk0 - 1) * p.v_head_stride + p.d_v) * int64_t(sizeof(T));
-  const DecodePrefetch& pf = decode_prefetch();
-  const PrefetchHint hint = pf.chunk_hw_span > 0 && span_k >= pf.chunk_hw_span ? PrefetchHint::kNone
-                            : sizeof(T) == 4                                   ? pf.chunk32
-                                                                               : pf.chunk16;
-  const int chunk = std::max(kN, int((64 * 1024) / (span_k + span_v)) / kN * kN);
-  const T* k0 = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, first.sq, hk0);
-  const T* v0 = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, first.sq, hk0);
-  const int nh = h1 - h0;
-  KeyLines next;  // the next chunk's lines, a share per head issued between its steps
-  next.setup(k0, first.krows, span_k, v0, first.vrows, span_v, hint);
-  for (int jc = j_begin; jc < j_end; jc += chunk) {
-    const int jn = std::min(jc + chunk, j_end);
-    next.start(jn, std::min(jn + chunk, j_end));
-    for (int hi = h0; hi < h1; ++hi) {
-      const int64_t target = next.lines * (hi - h0 + 1) / nh;  // lines issued once this head is done
-      DecodeHead<T>& h = heads[size_t(hi - h0)];
-      h.feed = &next;
-      h.feed_quota = target - next.issued;
-      h.run(jc, jn);
-      next.issue(target - next.issued);
-    }
-    next.finish();
-  }
-  bool nan_value = false;
-  for (int hi = h0; hi < h1; ++hi) nan_value |= heads[size_t(hi - h0)].finish(split);
-  return nan_value;
-}
-
-}  // namespace
 
 int64_t decode_items(const FwdParams& p) { return int64_t(p.b) * decode_head_groups(p) * std::max(1, p.num_splits); }
 
 bool decode_run(const FwdParams& p, int64_t begin, int64_t end) {
-  const int ns = std::max(1, p.num_splits);
-  Buf<float> buf;
   bool nan_value = false;
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (!std::is_same_v<T, double>) {  // fp64 runs the portable kernel (kernels.cpp)
-      const int groups = decode_head_groups(p), per = decode_group_heads(p);
-      for (int64_t it = begin; it < end; ++it) {
-        const int64_t bg = it / ns;
-        const int bi = int(bg / groups), h0 = int(bg % groups) * per;
-        if (per == 1)
-          nan_value |= decode_item<T>(p, bi, h0, int(it % ns), buf);
-        else
-          nan_value |= decode_item_heads<T>(p, bi, h0, std::min(p.h, h0 + per), int(it % ns), buf);
-      }
-    }
+    if constexpr (!std::is_same_v<T, double>)  // fp64 runs the portable kernel (kernels.cpp)
+      nan_value = decode_items_run<T, false>(p, begin, end);
   });
   return nan_value;
 }

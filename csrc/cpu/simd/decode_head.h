@@ -11,6 +11,9 @@
 #if defined(FAL_SIMD_AVX512)
 #include "cpu/simd/decode_bf16.h"
 #endif
+#if defined(FAL_DECODE_AMX)
+#include "cpu/simd/decode_amx.h"
+#endif
 
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
@@ -26,9 +29,13 @@ namespace {
 //                    row by row (rows_softmax);
 //   more             without a score transform: S transposed, one lane per row (decode_cols_block,
 //                    decode_cols.h; kColsMinRows / kColsMinRowsFma, decode_rows.h).
-template <typename T>
+// kAmx (decode_amx.cpp, the amx ISA): bf16 K/V, from kTileMinRows rows and without a score
+// transform, run on AMX tiles instead (`tiles`; decode_amx.h: blocks of kTileKeys keys, O padded to
+// 16 rows).
+template <typename T, bool kAmx = false>
 struct DecodeHead {
   using Elem = T;
+  static constexpr bool kTiles = kAmx && std::is_same_v<T, bf16_t>;
   const FwdParams* pp = nullptr;
   int bi = 0, hi = 0, rows = 0, d = 0, dv = 0, dp = 0, dvp = 0;
   // software prefetch during run(): unset, the next block's rows (per-head streams; kept for
@@ -46,6 +53,10 @@ struct DecodeHead {
   // (decode_rows.h) -- Q^T in qT (fp32; bf16 pairs with `pairs`), each row's visible keys
   // [vis_lo, vis_hi) per lane
   bool cols = false;
+  // kTiles, kTileMinRows rows or more, dv a multiple of 32, no score transform and K rows less
+  // than kTileMaxRowBytes apart: the blocks on AMX tiles (decode_amx.h; Q^T in qT as pairs, one
+  // slice; O split as o_split says)
+  bool tiles = false;
   float* qT = nullptr;
   alignas(64) int32_t vis_lo[kDecodeMaxRows], vis_hi[kDecodeMaxRows];
   int lo_max = 0, hi_min = 0;  // every row sees the keys [lo_max, hi_min) (any path: rows_softmax too)
@@ -71,7 +82,8 @@ struct DecodeHead {
   // path -- and Q^T for it) and the block staging scratch (K as fp32, V pairs), which heads processed
   // one after the other can share
   static size_t floats(const FwdParams& p) {
-    size_t n = size_t(p.s_q) * (round_up(p.d, kN) + round_up(p.d_v, kN)) + 2 * kDecodeMaxRows;
+    const size_t o_rows = kTiles ? kDecodeMaxRows : p.s_q;  // the tiles' O: 16 rows
+    size_t n = size_t(p.s_q) * round_up(p.d, kN) + o_rows * round_up(p.d_v, kN) + 2 * kDecodeMaxRows;
     bool q_t = p.s_q > kColsMinRows;  // qT: the transposed path (from 9 or 13 rows), or bf16 pairs
 #if defined(FAL_SIMD_AVX512)
     q_t = q_t || (p.dtype == DType::kBFloat16 && p.s_q > 1);
@@ -80,7 +92,11 @@ struct DecodeHead {
     return n;
   }
   static size_t scratch_floats(const FwdParams& p) {
-    return size_t(kN) * round_up(p.d, kN) + size_t(kN / 2) * round_up(p.d_v, kN);  // K staging; V pairs
+    size_t n = size_t(kN) * round_up(p.d, kN) + size_t(kN / 2) * round_up(p.d_v, kN);  // K staging; V pairs
+#if defined(FAL_DECODE_AMX)
+    if constexpr (kTiles) n = std::max(n, decode_tiles_scratch_floats(p.d, p.d_v));
+#endif
+    return n;
   }
 
   // Points the state at mem (its layout: floats(p)) without touching it; false when the sequence
@@ -94,11 +110,11 @@ struct DecodeHead {
     if (rows <= 0) return false;
     const int hk = hi / (p.h / p.h_kv);
     mod = make_score_mod(p, bi, hi, sq.s_q, sq.s_k);
-    qf = mem;                     // rows x dp (scaled by c)
-    of = qf + size_t(rows) * dp;  // rows x dvp
-    m = of + size_t(rows) * dvp;  // kDecodeMaxRows (a lane vector per kN rows)
-    l = m + kDecodeMaxRows;       // kDecodeMaxRows
-    kb = scratch;                 // K of a block as fp32 rows (the transposed path), V pairs, O put in order
+    qf = mem;                                               // rows x dp (scaled by c)
+    of = qf + size_t(rows) * dp;                            // rows x dvp (kTiles: kDecodeMaxRows x dvp)
+    m = of + size_t(kTiles ? kDecodeMaxRows : rows) * dvp;  // kDecodeMaxRows (a lane vector per kN rows)
+    l = m + kDecodeMaxRows;                                 // kDecodeMaxRows
+    kb = scratch;  // K of a block as fp32 rows (the transposed path), V pairs, O put in order
     k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
     v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
     krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);
@@ -111,6 +127,10 @@ struct DecodeHead {
     pairs = std::is_same_v<T, bf16_t>;
 #endif
     cols = rows > (pairs ? kColsMinRows : kColsMinRowsFma) && !mod.any && !mod.drop.on;
+#if defined(FAL_DECODE_AMX)
+    tiles = kTiles && rows >= kTileMinRows && dv % 32 == 0 && !mod.any && !mod.drop.on &&
+            krows.row_stride * int64_t(sizeof(T)) < kTileMaxRowBytes;
+#endif
     if (cols || (pairs && rows > 1)) qT = l + kDecodeMaxRows;
     lo_max = 0;
     hi_min = std::numeric_limits<int>::max();
@@ -129,6 +149,7 @@ struct DecodeHead {
 #if defined(FAL_SIMD_AVX512)
     o_split = o_split && !(pairs && rows > 1);
 #endif
+    o_split = o_split || tiles;  // the tiles' P V (decode_amx.h)
     scale = float(p.scale);
     return true;
   }
@@ -153,7 +174,7 @@ struct DecodeHead {
     fill(m, m + kDecodeMaxRows, -std::numeric_limits<float>::infinity());
 #if defined(FAL_SIMD_AVX512)
     if (pairs && rows > 1) {
-      decode_q_pairs_t(reinterpret_cast<const uint32_t*>(qf), dp, rows, d, decode_q_slices(rows),
+      decode_q_pairs_t(reinterpret_cast<const uint32_t*>(qf), dp, rows, d, tiles ? 1 : decode_q_slices(rows),
                        reinterpret_cast<uint32_t*>(qT));
       return true;
     }
@@ -242,6 +263,10 @@ struct DecodeHead {
   }
 
   void run(int j_begin, int j_end) {
+#if defined(FAL_DECODE_AMX)
+    if constexpr (kTiles)
+      if (tiles) return decode_tiles_run(*this, j_begin, j_end);
+#endif
     alignas(64) float sc[kN];
     // software prefetch of a block's worth of keys prefetch_ahead() ahead (the hint: decode_prefetch,
     // isa.h), issued in pieces between the block's steps (KeyLines, prefetch.h): the two streams

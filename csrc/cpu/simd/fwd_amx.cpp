@@ -9,6 +9,7 @@
 //               16 x 16 blocks, loaded from and stored back to the chunk's fp32 O
 // The products' arithmetic is vdpbf16ps's (pairs of bf16 products summed in fp32, bf16 subnormal
 // inputs read as 0); the sums' order differs, so results match the avx512 ISA's to rounding.
+#include "cpu/simd/amx_tiles.h"
 #include "cpu/simd/fwd_chunk.h"
 #include "cpu/simd/micro_bf16.h"
 #include "cpu/simd/stages.h"
@@ -20,60 +21,7 @@
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
-constexpr int kTileRows = 16;   // rows of every tile (a group of query rows; 16 key pairs of B)
-constexpr int kTilePairs = 16;  // 64-byte tile rows: 16 fp32, or 16 bf16 pairs
 static_assert(kBN == 4 * kTilePairs, "a key tile is 4 C tiles of S, 2 A tiles of P");
-static_assert(kN == kTilePairs, "a tile row is one zmm");
-
-// Palette 1, tiles 0-7 all 16 rows x 64 bytes: 0-3 C (S or O blocks), 4-5 A (Q or P), 6-7 B (K or V).
-// A constant: GCC 12 does not see ldtilecfg read its operand and dropped the stores that filled a
-// local one (the tiles then stayed unconfigured: SIGILL at the first tilezero).
-struct alignas(64) TileConfig {
-  uint8_t palette, start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
-static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
-
-// C tiles 0-3 += A tile `A` times the 4 B tiles of 16 columns at b, b + 16, b + 32, b + 48 (rows
-// `stride` bytes apart), loaded alternately into tiles 6 and 7 (a load overlaps the previous
-// product). A macro: GCC's tile intrinsics are macros that paste the tile number into the
-// instruction text, so it cannot be a template parameter.
-#define FAL_AMX_DP_C4(A, b, stride)     \
-  do {                                  \
-    _tile_loadd(6, (b), (stride));      \
-    _tile_dpbf16ps(0, A, 6);            \
-    _tile_loadd(7, (b) + 16, (stride)); \
-    _tile_dpbf16ps(1, A, 7);            \
-    _tile_loadd(6, (b) + 32, (stride)); \
-    _tile_dpbf16ps(2, A, 6);            \
-    _tile_loadd(7, (b) + 48, (stride)); \
-    _tile_dpbf16ps(3, A, 7);            \
-  } while (0)
-// C tiles 0-3 to 4 blocks of 16 fp32 columns at c (rows `stride` bytes apart), and back.
-__attribute__((always_inline)) inline void store_c4(float* c, int stride) {
-  _tile_stored(0, c, stride);
-  _tile_stored(1, c + 16, stride);
-  _tile_stored(2, c + 32, stride);
-  _tile_stored(3, c + 48, stride);
-}
-__attribute__((always_inline)) inline void load_c4(const float* c, int stride) {
-  _tile_loadd(0, c, stride);
-  _tile_loadd(1, c + 16, stride);
-  _tile_loadd(2, c + 32, stride);
-  _tile_loadd(3, c + 48, stride);
-}
-
-__attribute__((always_inline)) inline void zero_c4() {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-}
-
-void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 
 // Rows per work item: 512, the K / V packing of a key tile serving 32 groups instead of 16, where
 // that leaves at least kAmxMinItems work items; else 256 (the threads' dynamic share of causal rows

@@ -18,14 +18,15 @@ bool fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
 }
 
 #if defined(FAL_SIMD_AVX512) && defined(FAL_WITH_AMX)
-// The amx ISA's forward: bf16 with more than kDecodeMaxRows rows on AMX tiles, the rest as avx512.
+// The amx ISA's forward: bf16 on AMX tiles (more than kDecodeMaxRows rows: fwd_amx.cpp; the
+// decode's several-row blocks: decode_amx.cpp), the rest as avx512.
 int64_t fwd_num_work_items_amx(const FwdParams& p) {
   if (p.dtype == DType::kBFloat16 && p.s_q > kDecodeMaxRows) return fwd_chunk_items_amx(p);
   return fwd_num_work_items(p);
 }
 bool fwd_run_amx(const FwdParams& p, int64_t begin, int64_t end) {
-  if (p.dtype == DType::kBFloat16 && p.s_q > kDecodeMaxRows) return fwd_chunks_run_amx(p, begin, end);
-  return fwd_run(p, begin, end);
+  if (p.dtype != DType::kBFloat16) return fwd_run(p, begin, end);
+  return p.s_q > kDecodeMaxRows ? fwd_chunks_run_amx(p, begin, end) : decode_run_amx(p, begin, end);
 }
 #endif
 

@@ -19,6 +19,8 @@ bool fwd_chunks_run(const FwdParams& p, int64_t begin, int64_t end);
 // where the CPU has AMX-BF16 and the OS granted the tile state (isa.cpp).
 int64_t fwd_chunk_items_amx(const FwdParams& p);
 bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end);
+// The decode of decode_run for bf16 K/V, its several-row blocks on AMX tiles (decode_amx.cpp).
+bool decode_run_amx(const FwdParams& p, int64_t begin, int64_t end);
 float peak_loop_amx(int kind, int64_t iters);
 double peak_flops_per_iter_amx(int kind);
 #endif
@@ -26,7 +28,7 @@ double peak_flops_per_iter_amx(int kind);
 float peak_loop(int kind, int64_t iters);
 double peak_flops_per_iter(int kind);
 
-// Decode, at most kDecodeMaxRows query rows (decode.cpp): (batch, group of heads, split).
+// Decode, at most kDecodeMaxRows query rows (decode.cpp, decode_items.h): (batch, group of heads, split).
 int64_t decode_items(const FwdParams& p);
 bool decode_run(const FwdParams& p, int64_t begin, int64_t end);
 

@@ -2,6 +2,7 @@
 //   FAL_SIMD_AVX512: VF = 16 x fp32 in a zmm;  FAL_SIMD_AVX2: VF = 8 x fp32 in a ymm (+FMA, F16C).
 // Only included by translation units compiled with the matching -m flags.
 #pragma once
+#include <algorithm>
 #include <limits>
 // GCC 12's AVX-512 intrinsics trip -W(maybe-)uninitialized on their own `__Y` placeholders (GCC bug
 // 105593, fixed in 13); the warnings point into the header, so silencing its lines silences them

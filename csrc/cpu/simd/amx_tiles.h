@@ -1,0 +1,77 @@
+// amx_tiles.h -- what the AMX kernels share (fwd_amx.cpp's forward, decode_amx.cpp's decode): the
+// tile geometry and the layout of a tile configuration. Only in sources compiled with -mamx-tile
+// -mamx-bf16 (CMakeLists.txt), called only where the CPU has AMX-BF16 and the OS granted this
+// process the tile state (isa.cpp). Each kernel keeps its configuration as a constant: GCC 12 does
+// not see ldtilecfg read its operand and dropped the stores that filled a local one (the tiles then
+// stayed unconfigured: SIGILL at the first tile op). Tile numbers are literals: GCC's tile
+// intrinsics are macros that paste the number into the instruction text (a template parameter
+// fails in the assembler).
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu/simd/vec.h"
+
+#if !defined(FAL_SIMD_AVX512)
+#error "amx_tiles.h belongs to the AVX-512 objects"
+#endif
+
+namespace fal::cpu::FAL_CPU_NS {
+namespace {
+
+constexpr int kTileRows = 16;   // rows of a full tile
+constexpr int kTilePairs = 16;  // 64-byte tile rows: 16 fp32, or 16 bf16 pairs
+static_assert(kN == kTilePairs, "a tile row is one zmm");
+
+// ldtilecfg's 64-byte operand: palette 1, then per tile its bytes per row and its rows.
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
+
+// Tiles 0-7 all 16 rows x 64 bytes: 0-3 C (S or O blocks), 4-5 A (Q or P), 6-7 B (K or V).
+constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+// C tiles 0-3 += A tile `A` times the 4 B tiles of 16 columns at b, b + 16, b + 32, b + 48 (rows
+// `stride` bytes apart), loaded alternately into tiles 6 and 7 (a load overlaps the previous
+// product). A macro: tile numbers are literals (above).
+#define FAL_AMX_DP_C4(A, b, stride)     \
+  do {                                  \
+    _tile_loadd(6, (b), (stride));      \
+    _tile_dpbf16ps(0, A, 6);            \
+    _tile_loadd(7, (b) + 16, (stride)); \
+    _tile_dpbf16ps(1, A, 7);            \
+    _tile_loadd(6, (b) + 32, (stride)); \
+    _tile_dpbf16ps(2, A, 6);            \
+    _tile_loadd(7, (b) + 48, (stride)); \
+    _tile_dpbf16ps(3, A, 7);            \
+  } while (0)
+// C tiles 0-3 to 4 blocks of 16 fp32 columns at c (rows `stride` bytes apart), and back.
+__attribute__((always_inline)) inline void store_c4(float* c, int stride) {
+  _tile_stored(0, c, stride);
+  _tile_stored(1, c + 16, stride);
+  _tile_stored(2, c + 32, stride);
+  _tile_stored(3, c + 48, stride);
+}
+__attribute__((always_inline)) inline void load_c4(const float* c, int stride) {
+  _tile_loadd(0, c, stride);
+  _tile_loadd(1, c + 16, stride);
+  _tile_loadd(2, c + 32, stride);
+  _tile_loadd(3, c + 48, stride);
+}
+
+__attribute__((always_inline)) inline void zero_c4() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
+inline void configure_tiles() { _tile_loadconfig(&kTileConfig); }
+
+}  // namespace
+}  // namespace fal::cpu::FAL_CPU_NS

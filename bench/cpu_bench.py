@@ -23,8 +23,9 @@ Scaling rows time ours alone on 1 thread and on --threads threads (the goal is t
 FLASHATTN_LITE_CPU_ISA=avx2 for ours and ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2,
 ONEDNN_MAX_CPU_ISA=AVX2 for torch, against the AVX2 peak; the machine line says so. On a CPU with
 AMX the default ISA is amx (its bf16 forward rows against the AMX peak, no goal: the goals name the
-vdpbf16ps peak); --isa avx512 measures the AVX-512 kernels, torch without AMX
-(ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16).
+vdpbf16ps peak; its bf16 decode of 4 or more rows per kv head against the roofline with the AMX
+peak -- memory-bound -- under the decode goals); --isa avx512 measures the AVX-512 kernels, torch
+without AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16).
 --memory also runs fwd+bwd at N=65536 (H8, D64, bf16) in a subprocess and reports its peak RSS
 beyond inputs, outputs and gradients, after a small warm-up fwd+bwd (the process's first
 tensor.backward(grad) imports sympy through torch.autograd's _make_grads: ~36 MB of Python
@@ -265,6 +266,14 @@ def on_amx(c: Case, isa: str) -> bool:
     return isa == "amx" and c.mode == "fwd" and c.dtype == torch.bfloat16 and c.n_q > 16
 
 
+def decode_on_amx(c: Case, isa: str) -> bool:
+    """The amx ISA's bf16 decode of 4 or more rows per kv head (GQA heads packed as rows) on tiles, where K rows
+    lie less than 4 KB apart (decode_amx.h: kTileMinRows, kTileMaxRowBytes): its compute peak is the AMX one."""
+    rows = c.n_q * (c.h // c.h_kv)
+    row_bytes = (c.h_kv if c.layout == "bshd" else 1) * c.d * 2
+    return isa == "amx" and c.mode == "decode" and c.dtype == torch.bfloat16 and rows >= 4 and row_bytes < 4096
+
+
 def goal_cells(c: Case, isa_idx: int, pct: float | None, speed: float | None) -> tuple[str, str]:
     """(goal text, met?) for the ISA column isa_idx (0 = avx512, 1 = avx2)."""
     parts, met = [], True
@@ -354,6 +363,8 @@ def main() -> int:
             # several query rows per K/V row can make the call compute-bound: the roofline time is
             # the longer of reading K and V at the round's probe and the FLOPs at the compute peak
             cpk = bf16_peak if c.dtype == torch.bfloat16 else fp32_peak
+            if decode_on_amx(c, isa):
+                cpk = amx_peak
             bound = "compute" if cpk and c.flops() / (cpk * 1e9) > c.kv_bytes() / (pk * 1e9) else "memory"
             unit = f"GB/s (read {pk:.1f}, {min(tp):.0f}-{max(tp):.0f}; {bound}-bound)"
         else:

@@ -180,8 +180,8 @@ def test_flops_formula():
 
 
 def test_roofline_peak_follows_the_units_that_run_the_call():
-    # The amx ISA runs the bf16 forward (more than 16 query rows) on AMX tiles, everything else on vectors: the
-    # roofline's compute peak is the AMX one only there (_bench_core.roofline).
+    # The amx ISA runs the bf16 forward (more than 16 query rows) and the bf16 decode of 4+ rows per kv head on AMX
+    # tiles, everything else on vectors: the roofline's compute peak is the AMX one only there (_bench_core.roofline).
     from flashattn_lite._bench_core import roofline
 
     peaks = {"fp32_gflops": 100.0, "bf16_gflops": 200.0, "amx_bf16_gflops": 4000.0, "read_gbps": 1e9}
@@ -193,6 +193,11 @@ def test_roofline_peak_follows_the_units_that_run_the_call():
     decode = bench.Config("decode", "bf16", 1, 8, 8, 1, 1024, 64, False)
     assert roofline(decode, decode.flops / 0.1e9, peaks)[2] == pytest.approx(50.0)
     assert roofline(fwd, ms, {k: v for k, v in peaks.items() if k != "amx_bf16_gflops"})[2] == pytest.approx(500.0)
+    # ... and the bf16 decode of 4 or more rows per kv head (GQA heads packed as rows) over K rows under 4 KB
+    gqa = bench.Config("decode", "bf16", 1, 32, 8, 1, 1024, 128, False)
+    assert roofline(gqa, gqa.flops / 0.1e9, peaks)[2] == pytest.approx(2.5)
+    wide = bench.Config("decode", "bf16", 1, 32, 32, 4, 1024, 128, False)  # K rows 8 KB apart: vectors
+    assert roofline(wide, wide.flops / 0.1e9, peaks)[2] == pytest.approx(50.0)
 
 
 @pytest.mark.skipif("amx" not in flashattn_lite.available_isas(), reason="needs a CPU with AMX-BF16")

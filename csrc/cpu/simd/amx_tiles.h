@@ -7,11 +7,9 @@
 // intrinsics are macros that paste the number into the instruction text (a template parameter
 // fails in the assembler).
 #pragma once
-#include <immintrin.h>
-
 #include <cstdint>
 
-#include "cpu/simd/vec.h"
+#include "cpu/simd/vec.h"  // first: it includes <immintrin.h> past GCC 12's false uninitialized warnings
 
 #if !defined(FAL_SIMD_AVX512)
 #error "amx_tiles.h belongs to the AVX-512 objects"

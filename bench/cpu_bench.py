@@ -267,11 +267,20 @@ def on_amx(c: Case, isa: str) -> bool:
 
 
 def decode_on_amx(c: Case, isa: str) -> bool:
-    """The amx ISA's bf16 decode of 4 or more rows per kv head (GQA heads packed as rows) on tiles, where K rows
-    lie less than 4 KB apart (decode_amx.h: kTileMinRows, kTileMaxRowBytes): its compute peak is the AMX one."""
-    rows = c.n_q * (c.h // c.h_kv)
+    """The amx ISA's bf16 decode of 4 to 16 rows per kv head (one token: the GQA heads packed as rows, plan.cpp;
+    else the query rows) on tiles, where d is a multiple of 32 and K rows lie less than 4 KB apart (decode_amx.h:
+    kTileMinRows, kTileMaxRowBytes): its compute peak is the AMX one."""
+    g = c.h // c.h_kv
+    rows = g if c.n_q == 1 and 1 < g <= 16 else c.n_q
     row_bytes = (c.h_kv if c.layout == "bshd" else 1) * c.d * 2
-    return isa == "amx" and c.mode == "decode" and c.dtype == torch.bfloat16 and rows >= 4 and row_bytes < 4096
+    return (
+        isa == "amx"
+        and c.mode == "decode"
+        and c.dtype == torch.bfloat16
+        and 4 <= rows <= 16
+        and c.d % 32 == 0
+        and row_bytes < 4096
+    )
 
 
 def goal_cells(c: Case, isa_idx: int, pct: float | None, speed: float | None) -> tuple[str, str]:

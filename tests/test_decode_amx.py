@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import flashattn_lite
-from flashattn_lite import flash_attn_func, flash_attn_with_kvcache
+from flashattn_lite import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
 from flashattn_lite.reference import attention_ref
 
 from conftest import assert_rule, randn
@@ -42,10 +42,10 @@ def kv(b, s_k, h_kv, d, dv, head_major):
 # flash_attn_func: "Supports multi-query and grouped-query attention (MQA/GQA) by passing in KV with fewer heads
 # than Q." -- one query token of h = g * h_kv heads: g rows per kv head (the decode packs them). s_k: 37 keys
 # (less than one block), 601 (a partial last block), 2048. d / dv: 72 / 64 copies K's rows (72 is no multiple of
-# 32), 96 runs a last group of 32 columns of O alone, 64 and 128 the plain blocks.
+# 32), 96 and 32 run a last group of 32 columns of O alone, 64, 128 and 256 the plain blocks.
 @pytest.mark.parametrize("g", [4, 5, 8, 16])
 @pytest.mark.parametrize("s_k", [37, 601, 2048])
-@pytest.mark.parametrize("d,dv", [(64, 64), (128, 128), (96, 96), (72, 64)])
+@pytest.mark.parametrize("d,dv", [(64, 64), (128, 128), (96, 96), (72, 64), (64, 32), (256, 256)])
 @pytest.mark.parametrize("head_major", [False, True])
 def test_gqa_decode_matches_reference(g, s_k, d, dv, head_major):
     q = randn((2, 1, 2 * g, d), BF)
@@ -127,3 +127,78 @@ def test_nan_value_reaches_only_its_column_and_the_rows_that_see_it():
     fin = ~torch.isnan(ref)
     same, _ = attention_ref(q, k, v, causal=True, upcast=False)
     assert_rule(out[fin], ref[fin], same[fin], what="finite part")
+
+
+def test_split_kv_of_one_head_matches_reference():
+    # One (batch, kv head) and a long cache: the plan splits the keys over work items (split-KV, each split's partial
+    # output and LSE merged afterwards), each split starting its blocks mid-range.
+    for head_major in (False, True):
+        q = randn((1, 1, 8, 128), BF)
+        k, v = kv(1, 3001, 1, 128, 128, head_major)
+        ref, ref_lse = attention_ref(q, k, v)
+        same, _ = attention_ref(q, k, v, upcast=False)
+        with amx():
+            out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True)
+        assert_rule(out, ref, same, what=f"split-KV head_major={head_major}")
+        torch.testing.assert_close(lse.double(), ref_lse.double(), atol=1e-3, rtol=0)
+
+
+def test_varlen_rows_on_and_off_the_tiles():
+    # flash_attn_varlen_func: "Sequence i is q[cu_seqlens_q[i]:cu_seqlens_q[i+1]] against
+    # k/v[cu_seqlens_k[i]:cu_seqlens_k[i+1]]" -- 1, 3, 4, 9 and 16 query rows in one call: some sequences' rows run
+    # on the tiles (4 or more), the others on vectors; causal aligned bottom-right per sequence.
+    lq, lk = [1, 3, 4, 9, 16], [70, 300, 65, 129, 640]
+    cq = torch.tensor([0] + torch.tensor(lq).cumsum(0).tolist(), dtype=torch.int32)
+    ck = torch.tensor([0] + torch.tensor(lk).cumsum(0).tolist(), dtype=torch.int32)
+    q, k, v = randn((sum(lq), 4, 128), BF), randn((sum(lk), 2, 128), BF), randn((sum(lk), 2, 128), BF)
+    with amx():
+        out = flash_attn_varlen_func(q, k, v, cq, ck, max(lq), max(lk), causal=True)
+    for i in range(len(lq)):
+        qi, ki, vi = (t[c[i] : c[i + 1]].unsqueeze(0) for t, c in ((q, cq), (k, ck), (v, ck)))
+        ref, _ = attention_ref(qi, ki, vi, causal=True)
+        same, _ = attention_ref(qi, ki, vi, causal=True, upcast=False)
+        assert_rule(out[cq[i] : cq[i + 1]].unsqueeze(0), ref, same, what=f"sequence {i} ({lq[i]} rows)")
+
+
+# The cases the amx ISA leaves on its vectors while the heads' state has the tiles' layout (O padded to 16 rows):
+# 2-3 rows; a score transform (flash_attn_func: "softcap: float. Anything > 0 activates softcapping attention.");
+# dv no multiple of 32; K rows 4 KB or more apart (a token-major cache of 16 kv heads at D128).
+@pytest.mark.parametrize(
+    "h,h_kv,s_q,d,dv,softcap,head_major",
+    [
+        (8, 4, 1, 128, 128, 0.0, True),
+        (12, 4, 1, 128, 128, 0.0, False),
+        (16, 2, 1, 64, 64, 30.0, True),
+        (16, 2, 1, 64, 40, 0.0, True),
+        (16, 16, 4, 128, 128, 0.0, False),
+    ],
+)
+def test_vector_paths_under_amx_match_reference(h, h_kv, s_q, d, dv, softcap, head_major):
+    q = randn((2, s_q, h, d), BF)
+    k, v = kv(2, 333, h_kv, d, dv, head_major)
+    ref, _ = attention_ref(q, k, v, causal=True, softcap=softcap)
+    same, _ = attention_ref(q, k, v, causal=True, softcap=softcap, upcast=False)
+    with amx():
+        out = flash_attn_func(q, k, v, causal=True, softcap=softcap)
+    assert_rule(out, ref, same, what=f"h={h}/{h_kv} s_q={s_q} d={d}/{dv} softcap={softcap}")
+
+
+def test_infinite_value_reaches_only_its_column_and_the_rows_that_see_it():
+    # An infinite V value meets the 0 beside P in its pair (the neighbouring column) and, in keys a row cannot see, a
+    # 0 probability: 0 * inf = NaN in both. The output keeps the library's semantics (README: a key a row cannot see
+    # never reaches that row): inf in the value's column for the rows that see the key, finite elsewhere -- and every
+    # other element as with a finite value there (the fp64 reference with 0 in its place).
+    s_q, s_k = 8, 300
+    q = randn((1, s_q, 4, 64), BF)
+    k, v = kv(1, s_k, 4, 64, 64, False)
+    v0 = v.clone()
+    v = v.clone()
+    v[0, s_k - 2, :, 21] = float("inf")  # the last 2 query rows see key s_k - 2
+    with amx():
+        out = flash_attn_func(q, k, v, causal=True)
+    hit = torch.zeros_like(out, dtype=torch.bool)
+    hit[0, -2:, :, 21] = True
+    assert torch.isinf(out[hit]).all() and torch.isfinite(out[~hit]).all()
+    ref, _ = attention_ref(q, k, v0, causal=True)
+    same, _ = attention_ref(q, k, v0, causal=True, upcast=False)
+    assert_rule(out[~hit], ref[~hit], same[~hit], what="the other elements")

@@ -313,16 +313,18 @@ def get_peaks(device: str, refresh: bool = False) -> dict:
 def roofline(c: Config, ms: float, peaks: dict) -> tuple[float, float, float]:
     """(GFLOP/s, GB/s, % of the attainable rate min(compute peak, intensity x read bandwidth)).
     fp16 on the CPU computes through fp32 (no AVX512_FP16 here), so its peak is the fp32 one; the
-    amx ISA's bf16 forward (more than 16 query rows) and its bf16 decode of 4 or more rows per kv head
-    (GQA heads packed as rows) over K rows less than 4 KB apart (the (b, s, h, d) layout: h_kv d values
-    a row) run on AMX tiles: the AMX peak."""
+    amx ISA's bf16 forward (more than 16 query rows) and its bf16 decode of 4 to 16 rows per kv head
+    (one query token: the GQA heads sharing a kv head packed as rows, plan.cpp; else the query rows)
+    with d a multiple of 32 (make_inputs' head-major K: rows d apart) run on AMX tiles: the AMX peak."""
     gflops = c.flops / ms / 1e6
     gbps = c.bytes / ms / 1e6
     low = c.dtype == "bf16" or (c.dtype == "fp16" and peaks.get("device") == "cuda")
     compute = peaks.get("bf16_gflops" if low else "fp32_gflops", float("nan"))
     if c.dtype == "bf16" and "amx_bf16_gflops" in peaks:
         fwd_tiles = c.mode == "fwd" and c.s_q > 16
-        decode_tiles = c.mode == "decode" and c.s_q <= 16 and c.s_q * (c.h // c.h_kv) >= 4 and c.h_kv * c.d * 2 < 4096
+        g = c.h // c.h_kv
+        rows = g if c.s_q == 1 and 1 < g <= 16 else c.s_q
+        decode_tiles = c.mode == "decode" and c.s_q <= 16 and 4 <= rows <= 16 and c.d % 32 == 0
         if fwd_tiles or decode_tiles:  # (the backward, and other decodes: vectors)
             compute = peaks["amx_bf16_gflops"]
     attainable = min(compute, c.flops / c.bytes * peaks.get("read_gbps", float("nan")))

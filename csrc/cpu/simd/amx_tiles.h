@@ -1,11 +1,12 @@
 // amx_tiles.h -- what the AMX kernels share (fwd_amx.cpp's forward, decode_amx.cpp's decode): the
 // tile geometry and the layout of a tile configuration. Only in sources compiled with -mamx-tile
 // -mamx-bf16 (CMakeLists.txt), called only where the CPU has AMX-BF16 and the OS granted this
-// process the tile state (isa.cpp). Each kernel keeps its configuration as a constant: GCC 12 does
-// not see ldtilecfg read its operand and dropped the stores that filled a local one (the tiles then
-// stayed unconfigured: SIGILL at the first tile op). Tile numbers are literals: GCC's tile
-// intrinsics are macros that paste the number into the instruction text (a template parameter
-// fails in the assembler).
+// process the tile state (isa.cpp). The configuration is a constant: GCC 12 does not see ldtilecfg
+// read its operand and dropped the stores that filled a local one (the tiles then stayed
+// unconfigured: SIGILL at the first tile op). Likewise its tileloadd is an asm statement without a
+// memory operand: what vector code stored for a tile load to read must be fenced for the compiler
+// first (tiles_fence). Tile numbers are literals: GCC's tile intrinsics are macros that paste the
+// number into the instruction text (a template parameter fails in the assembler).
 #pragma once
 #include <cstdint>
 
@@ -31,7 +32,7 @@ struct alignas(64) TileConfig {
 };
 static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
 
-// Tiles 0-7 all 16 rows x 64 bytes: 0-3 C (S or O blocks), 4-5 A (Q or P), 6-7 B (K or V).
+// Tiles 0-7 all 16 rows x 64 bytes; the kernels use 0-3 as C (accumulators), 4-5 as A, 6-7 as B.
 constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
 
 // C tiles 0-3 += A tile `A` times the 4 B tiles of 16 columns at b, b + 16, b + 32, b + 48 (rows
@@ -69,7 +70,18 @@ __attribute__((always_inline)) inline void zero_c4() {
   _tile_zero(3);
 }
 
-inline void configure_tiles() { _tile_loadconfig(&kTileConfig); }
+// A compiler barrier before tile loads of memory that vector code just wrote (tileloadd reads
+// memory the compiler does not know of; tilestored has a memory clobber). No instruction.
+__attribute__((always_inline)) inline void tiles_fence() { asm volatile("" ::: "memory"); }
+
+// The tiles configured (kTileConfig) for a scope, released at its end -- then the tile state no
+// longer needs saving at a context switch. Per thread: each work range opens its own.
+struct TileScope {
+  TileScope() { _tile_loadconfig(&kTileConfig); }
+  ~TileScope() { _tile_release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
 
 }  // namespace
 }  // namespace fal::cpu::FAL_CPU_NS

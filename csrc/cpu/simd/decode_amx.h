@@ -1,6 +1,7 @@
 // decode_amx.h -- the decode's several-row path on AMX tiles (the amx ISA; compiled into
 // decode_amx.cpp only): bf16 K/V, kTileMinRows..kDecodeMaxRows query rows, dv a multiple of 32, no
-// score transform (DecodeHead::tiles). Keys in blocks of kTileKeys = 64; per block:
+// score transform or dropout, K rows less than kTileMaxRowBytes apart (DecodeHead::tiles). Keys in
+// blocks of kTileKeys = 64; per block:
 //   S^T = K Q^T   tdpbf16ps into 4 C tiles (16 keys x 16 rows fp32 each): A = 16 K rows, 32 values a
 //                 tile, B = Q^T as pairs, one column per row (decode_q_pairs_t with one slice; zero
 //                 past the rows)
@@ -11,19 +12,19 @@
 //                 the high half (the odd ones): C = O's 16 even and 16 odd columns of each group of
 //                 32 (decode_rows.h's split order), O padded to 16 rows, loaded from and stored back
 //                 to the head's fp32 O
-// K and V rows are read in place where a block's rows are evenly spaced, else (the block past the
-// range's end, a page boundary, d no multiple of 32) copied zero-padded first: nothing is packed.
-// Every tile is a full 16 x 64 bytes (the forward's configuration, fwd_amx.cpp): a product costs the
-// same for 4 rows as for 16, and 4 independent accumulators let the tile loads overlap products.
+// K and V rows are read in place where a group of 16 keys is evenly spaced, else (in the last,
+// partial block, across a page boundary, d no multiple of 32) that group's rows are copied
+// zero-padded first: nothing is packed. Every tile is a full 16 x 64 bytes (amx_tiles.h's
+// kTileConfig): a product costs the same for 4 rows as for 16, and 4 independent accumulators.
 // The arithmetic is vdpbf16ps's (pairs of bf16 products summed in fp32, subnormal bf16 inputs read
 // as 0), the sums in another order; a NaN or infinite value of V meets the 0 beside P in its pair
 // and makes its neighbour column NaN too -- the NaN pass (cpu_kernels.h) redoes such rows.
-// Where the time goes (B1 GQA 32/8 D128 bf16, 2 threads, Xeon, scratch switches): a block's work
-// alone (K and V replaced by L1-resident stand-ins, no prefetch) ~3300 TSC, streaming its 32 KB at
-// a thread's share of the read bandwidth ~6300, and the two add up rather than overlap -- with the
-// stand-ins and only the prefetch stream reaching memory the rate stayed the same: ~17 GB/s of the
-// read probe's 27 at every row count from 4 (the tile work ~2/3 of the 3300: QK and P V each wait
-// on their loads, 8 tile registers leave none to load ahead).
+// Where the time goes (B1 GQA 32/8 D128 bf16, 2 threads, Xeon, uncommitted instrumentation): a
+// block's work alone (K and V replaced by L1-resident stand-ins, no prefetch) ~3300 TSC, streaming
+// its 32 KB at a thread's share of the read bandwidth ~6300, and the two add up rather than overlap
+// -- with the stand-ins and only the prefetch stream reaching memory the rate stayed the same:
+// ~15-18 GB/s of the read probe's 25-27 at every row count from 4 (the tile work ~2/3 of the 3300:
+// each product waits on its tile loads, 8 tile registers leave none to load ahead).
 // Tried, not kept: 16-key blocks with one accumulator (each product waited for the last: ~1450 TSC
 // a block of 16 at 4 rows), V packed as pairs (16 KB of stores a block, then tile loads waiting for
 // them), software pipelining P V of one block behind S^T of the next (0.9x), the prefetch a block
@@ -44,9 +45,10 @@ static_assert(kDecodeMaxRows <= kTileRows, "every query row in one tile");
 // Where the tiles replace the vdpbf16ps products (DecodeHead::tiles). B1 32768 keys D128 bf16, 2
 // threads, calls alternating in one process (Xeon, 2026-12-02), GQA h / 8 packed rows against the
 // avx512 decode, head-major / token-major: 2 rows 0.87-0.95x, 3 rows 0.95x / 1.05x, 4 rows
-// 1.0-1.09x / 1.04-1.2x, 6-8 rows 1.26-1.41x, 12-16 rows 1.63-1.9x; 4 rows of H32 on a token-major
-// cache (K rows 8 KB apart, a 64-key block then spans 128 pages) 0.56-0.65x.
+// 1.0-1.09x / 1.04-1.2x, 6-8 rows 1.26-1.41x, 12-16 rows 1.63-1.9x.
 constexpr int kTileMinRows = 4;
+// 4 rows of H32 on a token-major cache (K rows 8 KB apart: a 64-key block spans 128 pages) ran
+// 0.56-0.65x on tiles: such rows stay on vectors.
 constexpr int64_t kTileMaxRowBytes = 4096;
 
 // Scratch of a head's blocks (DecodeHead::scratch_floats): K and V rows copied (kTileKeys rows of
@@ -55,40 +57,54 @@ inline size_t decode_tiles_scratch_floats(int d, int dv) {
   return size_t(kTileKeys / 2) * (round_up(d, 32) + dv) + size_t(kTileRows) * kTileKeys * 3;
 }
 
-// The block's kTileKeys rows of n values (n a multiple of 32) as tile rows: the rows in place when
-// evenly spaced (the pointer to the first, *ld its stride in elements), else copied to st (n + pad
-// apart, zero past n) and st returned.
-inline const bf16_t* decode_tile_rows(const bf16_t* const* rp, int n, bf16_t* st, int64_t* ld) {
-  const int64_t step = rp[1] - rp[0];
-  bool even = n % 32 == 0 && step >= 0;
-  for (int j = 2; j < kTileKeys && even; ++j) even = rp[j] - rp[j - 1] == step;
-  if (even) {
-    *ld = step;
-    return rp[0];
-  }
+// The block's kTileKeys rows of n values (n a multiple of 32 in place) as 4 groups of 16 tile
+// rows: a group's rows in place when evenly spaced (base[g], ld[g] its stride in elements), else
+// copied zero-padded to st (rows round_up(n, 32) apart from st + 16 g rows).
+struct TileRows {
+  const bf16_t* base[kTileKeys / kTileRows];
+  int64_t ld[kTileKeys / kTileRows];
+};
+inline TileRows decode_tile_rows(const bf16_t* const* rp, int n, bf16_t* st) {
+  TileRows t;
   const int np = round_up(n, 32);
-  for (int j = 0; j < kTileKeys; ++j)
-    for (int x = 0; x < np; x += 32)
-      _mm512_storeu_si512(st + size_t(j) * np + x, _mm512_maskz_loadu_epi16(first32(std::max(0, n - x)), rp[j] + x));
-  *ld = np;
-  return st;
+  for (int g = 0; g < kTileKeys / kTileRows; ++g) {
+    const bf16_t* const* r = rp + g * kTileRows;
+    const int64_t step = r[1] - r[0];
+    bool even = n % 32 == 0 && step >= 0;
+    for (int j = 2; j < kTileRows && even; ++j) even = r[j] - r[j - 1] == step;
+    if (even) {
+      t.base[g] = r[0];
+      t.ld[g] = step;
+      continue;
+    }
+    bf16_t* dst = st + size_t(g) * kTileRows * np;
+    for (int j = 0; j < kTileRows; ++j)
+      for (int x = 0; x < np; x += 32)
+        _mm512_storeu_si512(dst + size_t(j) * np + x, _mm512_maskz_loadu_epi16(first32(std::max(0, n - x)), r[j] + x));
+    t.base[g] = dst;
+    t.ld[g] = np;
+  }
+  tiles_fence();  // the copies, read by tile loads
+  return t;
 }
 
 // S^T of the block, unscaled: sT[j * 16 + r] = q_r . k_j for j < kTileKeys (rows in lanes; Q^T
-// pairs qT, zero past d and past the rows); a: the K rows as tile rows, lda apart (decode_tile_rows).
+// pairs qT, zero past d and past the rows); k: the K rows as tile rows (decode_tile_rows). pf: a
+// prefetch piece per 32 values of d.
 template <typename F>
-inline void decode_tiles_qk(const uint32_t* qT, const bf16_t* a, int64_t lda, int d, float* sT, F&& pf) {
-  const int64_t ld = lda * int64_t(sizeof(bf16_t)), g = kTileRows * lda;  // a group of 16 keys
+inline void decode_tiles_qk(const uint32_t* qT, const TileRows& k, int d, float* sT, F&& pf) {
+  int64_t ld[4];  // bytes
+  for (int g = 0; g < 4; ++g) ld[g] = k.ld[g] * int64_t(sizeof(bf16_t));
   zero_c4();
   for (int x = 0; x < d; x += 32) {  // each Q^T slice against the 4 groups, K alternating in tiles 4, 5
     _tile_loadd(6, qT + x / 2 * kN, kN * 4);
-    _tile_loadd(4, a + x, ld);
+    _tile_loadd(4, k.base[0] + x, ld[0]);
     _tile_dpbf16ps(0, 4, 6);
-    _tile_loadd(5, a + g + x, ld);
+    _tile_loadd(5, k.base[1] + x, ld[1]);
     _tile_dpbf16ps(1, 5, 6);
-    _tile_loadd(4, a + 2 * g + x, ld);
+    _tile_loadd(4, k.base[2] + x, ld[2]);
     _tile_dpbf16ps(2, 4, 6);
-    _tile_loadd(5, a + 3 * g + x, ld);
+    _tile_loadd(5, k.base[3] + x, ld[3]);
     _tile_dpbf16ps(3, 5, 6);
     pf();
   }
@@ -102,7 +118,7 @@ inline void decode_tiles_qk(const uint32_t* qT, const bf16_t* a, int64_t lda, in
 // pa[(2 g + e) * 256 + r * 16 + k] = P[r][16 g + k] as bf16 in the low (e = 0) or the high (e = 1)
 // half of a 32-bit pair whose other half is 0 -- against V rows read in place as B (pairs of
 // adjacent columns), the low half picks each pair's even column, the high half its odd one.
-// pf: a prefetch piece per 8 rows.
+// pf: a prefetch piece per 8 rows. The caller fences before the tile loads (tiles_fence).
 template <typename F>
 inline void decode_p_tiles(const float* prow, uint32_t* pa, F&& pf) {
   for (int r = 0; r < kTileRows; ++r) {  // rows past the query rows too: O's padding
@@ -116,37 +132,40 @@ inline void decode_p_tiles(const float* prow, uint32_t* pa, F&& pf) {
   }
 }
 
-// O (16 rows, dvp apart, each group of 32 columns held as its 16 even columns, then its 16 odd
-// ones: decode_rows.h's split order) += P V: pa, P's A tiles (decode_p_tiles); b, the V rows as
-// tile rows, ldb apart (decode_tile_rows). 64 columns of O at a time (C tiles 0-3: the even and odd
-// halves of two groups), a last group of 32 alone. pf: a prefetch piece per 16 keys of each pass.
+// O (16 rows, dv apart, each group of 32 columns held as its 16 even columns, then its 16 odd
+// ones: decode_rows.h's split order) += P V: pa, P's A tiles (decode_p_tiles); v, the V rows as
+// tile rows (decode_tile_rows); dv a multiple of 32. 64 columns of O at a time (C tiles 0-3: the
+// even and odd halves of two groups), a last group of 32 alone. pf: a prefetch piece per 16 keys of
+// each pass.
 template <typename F>
-inline void decode_tiles_pv(const uint32_t* pa, const bf16_t* b, int64_t ldb, int dvp, float* o, F&& pf) {
-  const int ld = dvp * 4;
-  const int64_t lb = ldb * int64_t(sizeof(bf16_t));
+inline void decode_tiles_pv(const uint32_t* pa, const TileRows& v, int dv, float* o, F&& pf) {
+  const int ld = dv * 4;
+  int64_t lb[4];  // bytes
+  for (int g = 0; g < 4; ++g) lb[g] = v.ld[g] * int64_t(sizeof(bf16_t));
+  tiles_fence();  // P's tiles and O's rescaled rows, read by tile loads
   int x = 0;
-  for (; x + 64 <= dvp; x += 64) {
+  for (; x + 64 <= dv; x += 64) {
     load_c4(o + x, ld);
     for (int g = 0; g < kTileKeys / kN; ++g) {
-      const bf16_t* bg = b + g * kN * ldb + x;
+      const bf16_t* bg = v.base[g] + x;
       _tile_loadd(4, pa + (2 * g) * 256, 64);
-      _tile_loadd(6, bg, lb);
+      _tile_loadd(6, bg, lb[g]);
       _tile_dpbf16ps(0, 4, 6);
       _tile_loadd(5, pa + (2 * g + 1) * 256, 64);
       _tile_dpbf16ps(1, 5, 6);
-      _tile_loadd(7, bg + 32, lb);
+      _tile_loadd(7, bg + 32, lb[g]);
       _tile_dpbf16ps(2, 4, 7);
       _tile_dpbf16ps(3, 5, 7);
       pf();
     }
     store_c4(o + x, ld);
   }
-  if (x < dvp) {
+  if (x < dv) {
     _tile_loadd(0, o + x, ld);
     _tile_loadd(1, o + x + 16, ld);
     for (int g = 0; g < kTileKeys / kN; ++g) {
       _tile_loadd(4, pa + (2 * g) * 256, 64);
-      _tile_loadd(6, b + g * kN * ldb + x, lb);
+      _tile_loadd(6, v.base[g] + x, lb[g]);
       _tile_dpbf16ps(0, 4, 6);
       _tile_loadd(5, pa + (2 * g + 1) * 256, 64);
       _tile_dpbf16ps(1, 5, 6);
@@ -176,9 +195,7 @@ inline void decode_tiles_block(H& h, int jb, int nk, F&& pf) {
   uint32_t* pa = reinterpret_cast<uint32_t*>(prow + kTileRows * kTileKeys);
   alignas(64) float sT[kTileKeys * kN];  // S^T, then P^T: key j's lanes at j kN
   VF* st = reinterpret_cast<VF*>(sT);
-  int64_t lda, ldb;
-  const bf16_t* a = decode_tile_rows(kp, h.d, kst, &lda);
-  decode_tiles_qk(reinterpret_cast<const uint32_t*>(h.qT), a, lda, h.d, sT, pf);
+  decode_tiles_qk(reinterpret_cast<const uint32_t*>(h.qT), decode_tile_rows(kp, h.d, kst), h.d, sT, pf);
   const VF c = VF::set1(h.scale);
   const VF neg_inf = VF::set1(-std::numeric_limits<float>::infinity());
   if (nk < kTileKeys || jb < h.lo_max || jb + kTileKeys > h.hi_min) {
@@ -204,8 +221,7 @@ inline void decode_tiles_block(H& h, int jb, int nk, F&& pf) {
     pf();
   }
   decode_p_tiles(prow, pa, pf);
-  const bf16_t* b = decode_tile_rows(vp, h.dv, vst, &ldb);
-  decode_tiles_pv(pa, b, ldb, h.dvp, h.of, pf);
+  decode_tiles_pv(pa, decode_tile_rows(vp, h.dv, vst), h.dv, h.of, pf);
 }
 
 // The pf() calls of decode_tiles_block: S^T 1 per 32 values of d, 2 around the softmax, 4 in the

@@ -1,5 +1,6 @@
 // decode_head.h -- one (batch, query head)'s decode state and its walk over a key range
-// (DecodeHead), for decode.cpp's work items. Compiled once per ISA (included by decode.cpp only).
+// (DecodeHead), for decode_items.h's work items. Compiled once per ISA (decode.cpp) and once more with
+// the AMX tiles (decode_amx.cpp).
 #pragma once
 #include "cpu/isa.h"
 #include "cpu/simd/common.h"
@@ -19,7 +20,7 @@ namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
 // One (batch, query head)'s decode state over a key range: run() may be called on consecutive key
-// ranges (decode.cpp's all-heads items interleave the heads chunk by chunk), finish() writes the
+// ranges (decode_items.h's all-heads items interleave the heads chunk by chunk), finish() writes the
 // output (or the split's partial output and LSE). Keys go in blocks of kN, K and V rows read in
 // place (nothing is packed across blocks); per block, by the number of query rows:
 //   1 row            kN scores as kN FMA chains reduced together (decode_qk_rows_grouped<1> /
@@ -46,15 +47,15 @@ struct DecodeHead {
   int64_t feed_quota = 0;
   // bf16 K/V on AVX-512: S = Q K^T runs on bf16 pairs (decode_bf16.h; one row: K rows in place,
   // H32 1x32768 D128 head-major 1 thread 34.4 -> 37.8 GB/s), and with several rows P V too; qf then
-  // holds each row's q as pairs (unscaled), qT (several rows) Q^T in decode_q_slices(rows) slices,
-  // and `scale` multiplies the scores
+  // holds each row's q as pairs (unscaled), qT (several rows) Q^T in decode_q_slices(rows) slices
+  // (one with `tiles`), and `scale` multiplies the scores
   bool pairs = false;
   // more than kColsMinRows(Fma) rows without a score transform: S transposed, one lane per row
   // (decode_rows.h) -- Q^T in qT (fp32; bf16 pairs with `pairs`), each row's visible keys
   // [vis_lo, vis_hi) per lane
   bool cols = false;
-  // kTiles, kTileMinRows rows or more, dv a multiple of 32, no score transform and K rows less
-  // than kTileMaxRowBytes apart: the blocks on AMX tiles (decode_amx.h; Q^T in qT as pairs, one
+  // kTiles, kTileMinRows rows or more, dv a multiple of 32, no score transform or dropout and K rows
+  // less than kTileMaxRowBytes apart: the blocks on AMX tiles (decode_amx.h; Q^T in qT as pairs, one
   // slice; O split as o_split says)
   bool tiles = false;
   float* qT = nullptr;
@@ -64,8 +65,8 @@ struct DecodeHead {
   // over K (decode_qk_rows_grouped: 1.09-1.28x there), else row by row on K in L1 (the grouped
   // passes measured 0.63-0.95x on a head-major cache; Zen 4, 2 threads, 32768 keys D128)
   bool k_rows_apart = false;
-  // O's rows held split in groups of 2 kN (decode_rows.h's split_cols; bf16 V read by the fp32 P V),
-  // put back in order by finish()
+  // O's rows held split in groups of 2 kN (decode_rows.h's split_cols; bf16 V read by the fp32 P V,
+  // or by the tiles' P V), put back in order by finish()
   bool o_split = false;
   // q's rows held split (bf16 S = Q K^T by decode_qk_rows_grouped: AVX2)
   bool q_split = false;
@@ -79,8 +80,8 @@ struct DecodeHead {
   KeyRange kr{0, 0};
 
   // per-head state (Q, O, m and l -- kDecodeMaxRows each, whole lane vectors for the transposed
-  // path -- and Q^T for it) and the block staging scratch (K as fp32, V pairs), which heads processed
-  // one after the other can share
+  // path -- and Q^T for it) and the block staging scratch (K as fp32, V pairs; with kTiles at least
+  // decode_tiles_scratch_floats), which heads processed one after the other can share
   static size_t floats(const FwdParams& p) {
     const size_t o_rows = kTiles ? kDecodeMaxRows : p.s_q;  // the tiles' O: 16 rows
     size_t n = size_t(p.s_q) * round_up(p.d, kN) + o_rows * round_up(p.d_v, kN) + 2 * kDecodeMaxRows;
@@ -114,7 +115,7 @@ struct DecodeHead {
     of = qf + size_t(rows) * dp;                            // rows x dvp (kTiles: kDecodeMaxRows x dvp)
     m = of + size_t(kTiles ? kDecodeMaxRows : rows) * dvp;  // kDecodeMaxRows (a lane vector per kN rows)
     l = m + kDecodeMaxRows;                                 // kDecodeMaxRows
-    kb = scratch;  // K of a block as fp32 rows (the transposed path), V pairs, O put in order
+    kb = scratch;  // K of a block as fp32 rows (the transposed path), V pairs, the tiles' copies, O put in order
     k = kv_head_ptr<T>(p.k, p.k_batch_stride, p.k_head_stride, p, sq, hk);
     v = kv_head_ptr<T>(p.v, p.v_batch_stride, p.v_head_stride, p, sq, hk);
     krows = kv_rows(p, sq, bi, p.k_row_stride, p.k_batch_stride);
@@ -128,7 +129,7 @@ struct DecodeHead {
 #endif
     cols = rows > (pairs ? kColsMinRows : kColsMinRowsFma) && !mod.any && !mod.drop.on;
 #if defined(FAL_DECODE_AMX)
-    tiles = kTiles && rows >= kTileMinRows && dv % 32 == 0 && !mod.any && !mod.drop.on &&
+    tiles = kTiles && pairs && rows >= kTileMinRows && dv % 32 == 0 && !mod.any && !mod.drop.on &&
             krows.row_stride * int64_t(sizeof(T)) < kTileMaxRowBytes;
 #endif
     if (cols || (pairs && rows > 1)) qT = l + kDecodeMaxRows;

@@ -3,8 +3,8 @@
 // against a long KV range, K and V streamed from memory once, optionally split over work items
 // (split-KV, merged by fwd_combine_run). The per-head state and its walk over the keys:
 // decode_head.h. With few rows memory-bound (the measure: GB/s of K + V against the machine's read
-// bandwidth); with 16 rows per K/V row bf16 is compute-bound on vdpbf16ps (bench/cpu_bench.py
-// reports % of the roofline).
+// bandwidth); with 16 rows per K/V row bf16 is compute-bound on vdpbf16ps, not on AMX tiles
+// (bench/cpu_bench.py reports % of the roofline).
 #pragma once
 #include "cpu/simd/decode_head.h"
 
@@ -42,7 +42,8 @@ bool decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
   first.split_range(split, j_begin, j_end);
   for (int hi = h0 + 1; hi < h1; ++hi)
     heads[size_t(hi - h0)].init(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
-  // chunks of ~64 KB of K + V (L2-resident while the group's heads pass over them); the next
+  // chunks of ~64 KB of K + V (L2-resident while the group's heads pass over them; at least a tile
+  // block of 64 keys per head with the AMX tiles: 256 KB at GQA 32/8 D128 bf16); the next
   // chunk's lines are prefetched a share per head, issued between that head's steps (KeyLines).
   // The hint (isa.h): on a Zen 5 T1 for fp32 (its chunk cannot stay in L1: 37 -> 40 GB/s) and T0
   // for bf16 (30 -> 36), in one process, B1 H32 1 x 32768 D128, 2 threads; T1 on a 32 KB L1 and on

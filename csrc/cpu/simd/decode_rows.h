@@ -1,6 +1,6 @@
-// decode_rows.h -- the fp32 multi-row decode products of decode.cpp (2..kDecodeMaxRows query rows
-// sharing each block of kN keys) and the runtime-row-count dispatch. Compiled once per ISA (included
-// by decode.cpp only). bf16 K/V on AVX-512 use decode_bf16.h instead.
+// decode_rows.h -- the fp32 multi-row decode products (2..kDecodeMaxRows query rows sharing each block
+// of kN keys) and the runtime-row-count dispatch. Compiled once per ISA (through decode_head.h). bf16
+// K/V on AVX-512 use decode_bf16.h instead (and the amx ISA decode_amx.h from 4 rows).
 #pragma once
 #include "cpu/simd/common.h"
 

@@ -64,6 +64,7 @@ struct PanelsAmx {
   }
   // The group's unscaled Q K^T (kRows x kBN fp32, rows kBN apart) into out.
   void tiles_qk(int r0, float* out) {
+    tiles_fence();  // Q and the K panel: stored by vector code
     zero_c4();
     const uint32_t* qa = q.data() + size_t(r0) * dq2;
     constexpr int kb = kBN * 4;  // K panel row bytes
@@ -116,6 +117,7 @@ struct PanelsAmx {
   // zero V rows
   void pv(const float* /*S*/, int /*cols*/, float* o) {
     const int rb = dvp * 4;  // O and V panel row bytes
+    tiles_fence();           // P, the V panel and O's rescaled rows: stored by vector code
     _tile_loadd(4, pb.data(), kBN * 2);
     _tile_loadd(5, pb.data() + kTilePairs, kBN * 2);
     for (int dc = 0; dc < dvp; dc += 4 * kTilePairs) {
@@ -138,11 +140,9 @@ int64_t fwd_chunk_items_amx(const FwdParams& p) {
 }
 
 bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end) {
-  configure_tiles();  // per thread: each work range configures its own
-  const bool nan_value = amx_chunk_rows(p) == kAmxChunkRows ? run_chunks<PanelsAmx<kAmxChunkRows>>(p, begin, end)
-                                                            : run_chunks<PanelsAmx<kAmxSmallChunkRows>>(p, begin, end);
-  _tile_release();  // the tile state no longer needs saving at a context switch
-  return nan_value;
+  const TileScope tiles;
+  return amx_chunk_rows(p) == kAmxChunkRows ? run_chunks<PanelsAmx<kAmxChunkRows>>(p, begin, end)
+                                            : run_chunks<PanelsAmx<kAmxSmallChunkRows>>(p, begin, end);
 }
 
 // The amx ISA's peak probe: kind 2, tdpbf16ps into 4 independent C tiles (16 x 16 x 32 products
@@ -152,7 +152,7 @@ float peak_loop_amx(int kind, int64_t iters) {
   alignas(64) uint32_t a[kTileRows * kTilePairs];
   alignas(64) float c[kTileRows * kTilePairs];
   for (uint32_t& x : a) x = 0x3a833a83u;  // bf16 pairs (1e-3, 1e-3)
-  configure_tiles();
+  const TileScope tiles;
   zero_c4();
   _tile_loadd(4, a, 64);
   _tile_loadd(5, a, 64);
@@ -165,7 +165,6 @@ float peak_loop_amx(int kind, int64_t iters) {
     _tile_dpbf16ps(3, 5, 7);
   }
   _tile_stored(0, c, 64);
-  _tile_release();
   return c[0];
 }
 

@@ -183,11 +183,7 @@ template <typename H, typename F>
 inline void decode_tiles_block(H& h, int jb, int nk, F&& pf) {
   const bf16_t* kp[kTileKeys];
   const bf16_t* vp[kTileKeys];
-  for (int j = 0; j < kTileKeys; ++j) {
-    const int jj = jb + std::min(j, nk - 1);
-    kp[j] = h.k + h.krows.at(jj);
-    vp[j] = h.v + h.vrows.at(jj);
-  }
+  h.block_rows(jb, nk, kp, vp, kTileKeys);
   const int dk = round_up(h.d, 32);
   bf16_t* kst = reinterpret_cast<bf16_t*>(h.kb);
   bf16_t* vst = kst + size_t(kTileKeys) * dk;
@@ -197,12 +193,9 @@ inline void decode_tiles_block(H& h, int jb, int nk, F&& pf) {
   VF* st = reinterpret_cast<VF*>(sT);
   decode_tiles_qk(reinterpret_cast<const uint32_t*>(h.qT), decode_tile_rows(kp, h.d, kst), h.d, sT, pf);
   const VF c = VF::set1(h.scale);
-  const VF neg_inf = VF::set1(-std::numeric_limits<float>::infinity());
-  if (nk < kTileKeys || jb < h.lo_max || jb + kTileKeys > h.hi_min) {
-    for (int j = 0; j < kTileKeys; ++j) st[j] = keep_in_range(j < nk ? st[j] * c : neg_inf, h.vis_lo, h.vis_hi, jb + j);
-  } else {
-    for (int j = 0; j < kTileKeys; ++j) st[j] = st[j] * c;
-  }
+  for (int j = 0; j < kTileKeys; ++j) st[j] = st[j] * c;
+  if (nk < kTileKeys || jb < h.lo_max || jb + kTileKeys > h.hi_min)  // per 16 keys (past nk: none)
+    for (int g = 0; g < kTileKeys; g += kN) decode_mask_cols(h.vis_lo, h.vis_hi, jb + g, nk - g, sT + g * kN);
   pf();
   VF mv = VF::load(h.m), lv = VF::load(h.l);  // lanes past the rows: never read
   alignas(64) float alpha[kN];
@@ -210,12 +203,7 @@ inline void decode_tiles_block(H& h, int jb, int nk, F&& pf) {
   pf();
   mv.store(h.m);
   lv.store(h.l);
-  for (int r = 0; r < h.rows; ++r)
-    if (!(alpha[r] == 1.f)) {  // the max moved (or NaN): rescale the row's O
-      float* o = h.of + size_t(r) * h.dvp;
-      const VF al = VF::set1(alpha[r]);
-      for (int x = 0; x < h.dvp; x += kN) (VF::load(o + x) * al).store(o + x);
-    }
+  h.rescale_rows(alpha);
   for (int g = 0; g < kTileKeys; g += kN) {  // P by rows
     transpose_store(st + g, prow + g, kTileKeys);
     pf();

@@ -62,12 +62,7 @@ inline void decode_cols_block(H& h, int jb, int nk, F&& pf) {
       transpose_store(st, s, kN);  // P rows (row v kN + r at s + r kN) for P V
     }
   }
-  for (int r = 0; r < h.rows; ++r)
-    if (!(alpha[r] == 1.f)) {  // the max moved (or NaN): rescale the row's O
-      float* o = h.of + size_t(r) * h.dvp;
-      const VF a = VF::set1(alpha[r]);
-      for (int x = 0; x < h.dvp; x += kN) (VF::load(o + x) * a).store(o + x);
-    }
+  h.rescale_rows(alpha);
 #if defined(FAL_SIMD_AVX512)
   if constexpr (std::is_same_v<T, bf16_t>) {
     if (h.pairs) {

@@ -241,14 +241,26 @@ struct DecodeHead {
     }
   }
 
-  // The K and V rows of the block of nk keys from jb, kN of each: past nk the last row again, so
-  // the products run over a compile-time kN keys (their scores are masked to -inf).
-  void block_rows(int jb, int nk, const T** kp, const T** vp) const {
-    for (int jj = 0; jj < kN; ++jj) {
+  // The K and V rows of the block of nk keys from jb, n (kN, or the tiles' kTileKeys) of each: past
+  // nk the last row again, so the products run over a compile-time n keys (their scores are masked
+  // to -inf).
+  void block_rows(int jb, int nk, const T** kp, const T** vp, int n = kN) const {
+    for (int jj = 0; jj < n; ++jj) {
       const int j = jb + std::min(jj, nk - 1);
       kp[jj] = k + krows.at(j);
       vp[jj] = v + vrows.at(j);
     }
+  }
+
+  // The per-lane softmax step's factors (softmax_cols_step): each row's O rescaled where its max
+  // moved (a factor other than 1, or NaN).
+  void rescale_rows(const float* alpha) {
+    for (int r = 0; r < rows; ++r)
+      if (!(alpha[r] == 1.f)) {
+        float* o = of + size_t(r) * dvp;
+        const VF a = VF::set1(alpha[r]);
+        for (int x = 0; x < dvp; x += kN) (VF::load(o + x) * a).store(o + x);
+      }
   }
 
   // Keys ahead of the current block where a single row's software prefetch starts: ~8 KB of K + V,

@@ -36,6 +36,7 @@ FAL_DECLARE_ISA_TABLE(avx512)
 namespace avx512 {
 bool fwd_run_amx(const FwdParams& p, int64_t begin, int64_t end);
 int64_t fwd_num_work_items_amx(const FwdParams& p);
+void bwd_run_amx(const BwdParams& p, int64_t begin, int64_t end);
 float peak_loop_amx(int kind, int64_t iters);
 double peak_flops_per_iter_amx(int kind);
 }  // namespace avx512
@@ -293,7 +294,7 @@ const KernelTable& kernels(Isa isa) {
                                  fwd_nan_pass_simd,
                                  bwd_plan_simd,
                                  avx512::bwd_num_work_items,
-                                 avx512::bwd_run,
+                                 avx512::bwd_run_amx,
                                  avx512::peak_loop_amx,
                                  avx512::peak_flops_per_iter_amx,
                                  avx512::read_sum};

@@ -49,6 +49,37 @@ constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, 
     _tile_loadd(7, (b) + 48, (stride)); \
     _tile_dpbf16ps(3, A, 7);            \
   } while (0)
+// C tiles 0-3 += the 2 x 2 products of A tiles 4, 5 (rows at a0, a1; `lda` bytes apart) and B tiles
+// 6, 7 (at b0, b1; `ldb` bytes apart): C0 = A4 B6, C1 = A4 B7, C2 = A5 B6, C3 = A5 B7 -- each load
+// feeds two products, and a tile register is reloaded only after its two readers (AMX tiles are not
+// renamed: a load waits for the products reading the register it replaces).
+#define FAL_AMX_DP_2X2(a0, a1, lda, b0, b1, ldb) \
+  do {                                           \
+    _tile_loadd(4, (a0), (lda));                 \
+    _tile_loadd(6, (b0), (ldb));                 \
+    _tile_dpbf16ps(0, 4, 6);                     \
+    _tile_loadd(7, (b1), (ldb));                 \
+    _tile_dpbf16ps(1, 4, 7);                     \
+    _tile_loadd(5, (a1), (lda));                 \
+    _tile_dpbf16ps(2, 5, 6);                     \
+    _tile_dpbf16ps(3, 5, 7);                     \
+  } while (0)
+// C tiles 0-3 as the 32 x 32 fp32 block at c (rows `stride` bytes apart; C0 top left, C1 top
+// right, C2 bottom left, C3 bottom right: FAL_AMX_DP_2X2's layout), and back.
+__attribute__((always_inline)) inline void store_c2x2(float* c, int stride) {
+  float* c1 = c + 16 * (stride / 4);
+  _tile_stored(0, c, stride);
+  _tile_stored(1, c + 16, stride);
+  _tile_stored(2, c1, stride);
+  _tile_stored(3, c1 + 16, stride);
+}
+__attribute__((always_inline)) inline void load_c2x2(const float* c, int stride) {
+  const float* c1 = c + 16 * (stride / 4);
+  _tile_loadd(0, c, stride);
+  _tile_loadd(1, c + 16, stride);
+  _tile_loadd(2, c1, stride);
+  _tile_loadd(3, c1 + 16, stride);
+}
 // C tiles 0-3 to 4 blocks of 16 fp32 columns at c (rows `stride` bytes apart), and back.
 __attribute__((always_inline)) inline void store_c4(float* c, int stride) {
   _tile_stored(0, c, stride);

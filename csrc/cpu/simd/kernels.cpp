@@ -39,6 +39,14 @@ void bwd_run(const BwdParams& p, int64_t begin, int64_t end) {
   bwd_items_run(p, begin, end);
 }
 
+#if defined(FAL_SIMD_AVX512) && defined(FAL_WITH_AMX)
+// The amx ISA's backward: bf16 on AMX tiles (bwd_amx.cpp), the rest as avx512.
+void bwd_run_amx(const BwdParams& p, int64_t begin, int64_t end) {
+  if (p.dtype == DType::kFloat64) return fal::cpu::bwd_run(p, begin, end);
+  bwd_items_run_amx(p, begin, end);
+}
+#endif
+
 namespace {
 // Peak probe: independent accumulators, more than FMA latency x FMA ports (4 x 2) and within the
 // register file (zmm: 24 of 32; ymm: 12 of 16 -- 24 would spill and under-report the AVX2 peak).

@@ -21,6 +21,8 @@ int64_t fwd_chunk_items_amx(const FwdParams& p);
 bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end);
 // The decode of decode_run for bf16 K/V, its several-row blocks on AMX tiles (decode_amx.cpp).
 bool decode_run_amx(const FwdParams& p, int64_t begin, int64_t end);
+// The backward of bwd_items_run, bf16 on AMX tiles (bwd_amx.cpp).
+void bwd_items_run_amx(const BwdParams& p, int64_t begin, int64_t end);
 float peak_loop_amx(int kind, int64_t iters);
 double peak_flops_per_iter_amx(int kind);
 #endif

@@ -180,8 +180,9 @@ def test_flops_formula():
 
 
 def test_roofline_peak_follows_the_units_that_run_the_call():
-    # The amx ISA runs the bf16 forward (more than 16 query rows) and the bf16 decode of 4+ rows per kv head on AMX
-    # tiles, everything else on vectors: the roofline's compute peak is the AMX one only there (_bench_core.roofline).
+    # The amx ISA runs the bf16 forward and backward (more than 16 query rows) and the bf16 decode of 4+ rows per kv
+    # head on AMX tiles, everything else on vectors: the roofline's compute peak is the AMX one only there
+    # (_bench_core.roofline).
     from flashattn_lite._bench_core import roofline
 
     peaks = {"fp32_gflops": 100.0, "bf16_gflops": 200.0, "amx_bf16_gflops": 4000.0, "read_gbps": 1e9}
@@ -189,7 +190,9 @@ def test_roofline_peak_follows_the_units_that_run_the_call():
     ms = fwd.flops / 1e9  # 1000 GFLOP/s
     assert roofline(fwd, ms, peaks)[2] == pytest.approx(25.0)
     both = bench.Config("fwd+bwd", "bf16", 1, 8, 8, 1024, 1024, 64, False)
-    assert roofline(both, both.flops / 0.2e9, peaks)[2] == pytest.approx(100.0)
+    assert roofline(both, both.flops / 0.2e9, peaks)[2] == pytest.approx(5.0)  # 200 of the tiles' 4000
+    fp32 = bench.Config("fwd+bwd", "fp32", 1, 8, 8, 1024, 1024, 64, False)
+    assert roofline(fp32, fp32.flops / 0.05e9, peaks)[2] == pytest.approx(50.0)  # vectors: the fp32 peak
     decode = bench.Config("decode", "bf16", 1, 8, 8, 1, 1024, 64, False)
     assert roofline(decode, decode.flops / 0.1e9, peaks)[2] == pytest.approx(50.0)
     assert roofline(fwd, ms, {k: v for k, v in peaks.items() if k != "amx_bf16_gflops"})[2] == pytest.approx(500.0)

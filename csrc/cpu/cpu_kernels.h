@@ -3,10 +3,19 @@
 // each chunk; the kernels own no threads and allocate only per-chunk scratch of O(tile * d).
 #pragma once
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include "flashattn_lite/params.h"
 
 namespace fal::cpu {
+
+// Scratch memory (scratch.cpp): buffers of 2 MB and more 2 MB-aligned and advised as transparent
+// huge pages (Linux), smaller ones 64-byte aligned; release with free_scratch. A first-touch 4 KB
+// page fault costs ~5 us in a VM: a backward work item's panels of an MQA group (24 MB at H8 N4096
+// D64) took 6,000 of them per item -- 30 % of the time of a 4-way key split (Xeon, 2026-12-02).
+// Throws std::bad_alloc.
+void* alloc_scratch(size_t bytes);
+void free_scratch(void* p);
 
 // Decomposition of a forward call (the kernel tables' fwd_plan, plan.cpp), before its scratch
 // is allocated: the SIMD plan packs GQA decode rows and sets p.num_splits (split-KV); the portable

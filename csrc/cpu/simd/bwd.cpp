@@ -17,6 +17,7 @@ template <typename T_>
 struct BwdPanelsF32 {
   using T = T_;
   static constexpr int kRows = kRM, kQB = 4 * kRM;  // 24 rows per step: the inner dim of dK / dV
+  static constexpr int kTiles = 1;                  // key tiles per pass
   static constexpr bool kTransposedKV = false;
   int d = 0, dv = 0, dp = 0, dvp = 0, rows_pad = 0;
   float score_mul = 1.f, dk_scale = 1.f, qmul = 1.f;
@@ -37,7 +38,7 @@ struct BwdPanelsF32 {
         dOall(size_t(g) * rows_pad * dvp, 0.f) {}
 
   // K (kBN x dp), K^T (d x kBN), V^T (dv x kBN) of keys [j0, j0 + cols), zero-padded
-  void pack_keys(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int j0, int cols) {
+  void pack_keys(int /*t*/, const T* k, int64_t k_stride, const T* v, int64_t v_stride, int j0, int cols) {
     fill(Kp.begin(), Kp.end(), 0.f);
     fill(Kt.begin(), Kt.end(), 0.f);
     fill(Vt.begin(), Vt.end(), 0.f);
@@ -55,6 +56,7 @@ struct BwdPanelsF32 {
       convert_row(dout + r * do_stride, dv, 1.f, dOall.data() + (size_t(gi) * rows_pad + r) * dvp);
     }
   }
+  void tile(int /*t*/) {}  // one key tile per pass
   // the block of kQB rows from row i0 (even) of head gi
   void select(int gi, int i0) {
     Qb = Qall.data() + (size_t(gi) * rows_pad + i0) * dp;
@@ -78,6 +80,7 @@ struct BwdPanelsF32 {
 struct BwdPanelsBf16 {
   using T = bf16_t;
   static constexpr int kRows = kRM, kQB = 4 * kRM;
+  static constexpr int kTiles = 1;
   static constexpr bool kTransposedKV = false;
   int d = 0, dv = 0, d2 = 0, dv2 = 0, dp = 0, dvp = 0, cols2 = 0, rows_pad = 0;
   float score_mul = 1.f, dk_scale = 1.f;
@@ -106,7 +109,7 @@ struct BwdPanelsBf16 {
         dSk(size_t(kQB) * (kBN / 2)) {}
 
   // K^T and V^T as pairs over the head dims (Kd, Vd), K as pairs over keys (Kk), zero-padded
-  void pack_keys(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int j0, int cols) {
+  void pack_keys(int /*t*/, const T* k, int64_t k_stride, const T* v, int64_t v_stride, int j0, int cols) {
     cols2 = (cols + 1) / 2;
     for (int c0 = 0; c0 < kBN; c0 += kN) {
       const T* kr[kN];
@@ -139,6 +142,7 @@ struct BwdPanelsBf16 {
                      dOrAll.data() + at * dvp);
     }
   }
+  void tile(int /*t*/) {}  // one key tile per pass
   // the block of kQB rows from row i0 (even: the row pairs start there) of head gi
   void select(int gi, int i0) {
     Qs = QsAll.data() + (size_t(gi) * rows_pad + i0) * d2;

@@ -52,11 +52,13 @@ struct BwdPanelsAmx {
   using T = bf16_t;
   static constexpr int kRows = 2 * kTileRows;  // S, dP, dQ: two A tiles of rows (2 x 2 tile blocks)
   static constexpr int kQB = 64;               // rows per step: 2 k-steps (of 16 row pairs) of dV^T, dK^T
+  static constexpr int kTiles = 4;             // key tiles per pass (see kTiles below)
   static constexpr bool kTransposedKV = true;
   int d = 0, dv = 0, dq2 = 0, dvq2 = 0, dp = 0, dvp = 0, rows_pad = 0, ld2 = 0;
   float score_mul = 1.f, dk_scale = 1.f;
-  Buf<uint32_t> Kd, Vd, Kk, QsAll, dOsAll, QtAll, dOtAll, Pp, dSp, dSk, blk;
+  Buf<uint32_t> KdAll, VdAll, KkAll, QsAll, dOsAll, QtAll, dOtAll, Pp, dSp, dSk, blk;
   const uint32_t *Qs = nullptr, *dOs = nullptr, *Qt = nullptr, *dOt = nullptr;  // the current block (select)
+  const uint32_t *Kd = nullptr, *Vd = nullptr, *Kk = nullptr;                   // the current key tile (tile)
   int nk = 0;  // k-steps of 16 row pairs in the current block's dV^T / dK^T (accumulate)
 
   BwdPanelsAmx(const BwdParams& p, int g, int s_q)
@@ -70,9 +72,9 @@ struct BwdPanelsAmx {
         ld2(rows_pad / 2),
         score_mul(float(p.scale)),
         dk_scale(float(p.scale)),
-        Kd(size_t(dq2) * kBN),  // transpose_pairs writes ceil(d / 32) * 16 = dq2 rows
-        Vd(size_t(dvq2) * kBN),
-        Kk(size_t(kBN / 2) * dp),
+        KdAll(size_t(kTiles) * dq2 * kBN),  // transpose_pairs writes ceil(d / 32) * 16 = dq2 rows
+        VdAll(size_t(kTiles) * dvq2 * kBN),
+        KkAll(size_t(kTiles) * (kBN / 2) * dp),
         QsAll(size_t(g) * rows_pad * dq2, 0u),
         dOsAll(size_t(g) * rows_pad * dvq2, 0u),
         QtAll(size_t(g) * dp * ld2, 0u),
@@ -82,8 +84,12 @@ struct BwdPanelsAmx {
         dSk(size_t(kQB) * (kBN / 2)),
         blk(size_t(kTileRows) * std::max(dp, dvp)) {}
 
-  // K^T and V^T as pairs over the head dims (Kd, Vd), K as pairs over keys (Kk), zero-padded
-  void pack_keys(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int j0, int cols) {
+  // Key tile slot t: K^T and V^T as pairs over the head dims (Kd, Vd), K as pairs over keys (Kk),
+  // zero-padded
+  void pack_keys(int t, const T* k, int64_t k_stride, const T* v, int64_t v_stride, int j0, int cols) {
+    uint32_t* kd = KdAll.data() + size_t(t) * dq2 * kBN;
+    uint32_t* vd = VdAll.data() + size_t(t) * dvq2 * kBN;
+    uint32_t* kk = KkAll.data() + size_t(t) * (kBN / 2) * dp;
     for (int c0 = 0; c0 < kBN; c0 += kN) {
       const T* kr[kN];
       const T* vr[kN];
@@ -91,14 +97,20 @@ struct BwdPanelsAmx {
         kr[c] = c0 + c < cols ? k + (j0 + c0 + c) * k_stride : nullptr;
         vr[c] = c0 + c < cols ? v + (j0 + c0 + c) * v_stride : nullptr;
       }
-      transpose_pairs(kr, d, Kd.data() + c0, kBN);
-      transpose_pairs(vr, dv, Vd.data() + c0, kBN);
+      transpose_pairs(kr, d, kd + c0, kBN);
+      transpose_pairs(vr, dv, vd + c0, kBN);
     }
     for (int c2 = 0; c2 < kBN / 2; ++c2) {
       const T* a = 2 * c2 < cols ? k + (j0 + 2 * c2) * k_stride : nullptr;
       const T* b = 2 * c2 + 1 < cols ? k + (j0 + 2 * c2 + 1) * k_stride : nullptr;
-      pack_row_pairs(a, b, d, dp, Kk.data() + size_t(c2) * dp);
+      pack_row_pairs(a, b, d, dp, kk + size_t(c2) * dp);
     }
+  }
+  // the key tile slot that scores and dq use
+  void tile(int t) {
+    Kd = KdAll.data() + size_t(t) * dq2 * kBN;
+    Vd = VdAll.data() + size_t(t) * dvq2 * kBN;
+    Kk = KkAll.data() + size_t(t) * (kBN / 2) * dp;
   }
   // Query head gi's Q and dO rows, once per work item: as pairs over the head dims (Qs, dOs; rows
   // dq2 / dvq2 pairs apart) and transposed as pairs over rows (Qt, dOt; ld2 pairs apart); rows past
@@ -122,8 +134,8 @@ struct BwdPanelsAmx {
   // (a 2 x 2 tile block) at a time
   void scores(int r0, float* Sr, float* dPr) {
     tiles_fence();  // the panels: stored by vector code
-    scores_2x2(Qs + size_t(r0) * dq2, dq2, Kd.data(), Sr);
-    scores_2x2(dOs + size_t(r0) * dvq2, dvq2, Vd.data(), dPr);
+    scores_2x2(Qs + size_t(r0) * dq2, dq2, Kd, Sr);
+    scores_2x2(dOs + size_t(r0) * dvq2, dvq2, Vd, dPr);
   }
   // out (32 x kBN) = a b^T: a = 32 rows of n2 pairs (a multiple of 16), b^T = n2 rows of kBN pairs
   void scores_2x2(const uint32_t* a, int n2, const uint32_t* bt, float* out) {
@@ -178,7 +190,7 @@ struct BwdPanelsAmx {
       float* oc = out + dc;
       load_c2x2(oc, rb);
       for (int ks = 0; ks < nkk; ++ks) {
-        const uint32_t* bk = Kk.data() + size_t(ks) * kTilePairs * dp + dc;
+        const uint32_t* bk = Kk + size_t(ks) * kTilePairs * dp + dc;
         FAL_AMX_DP_2X2(a + ks * kTilePairs, a + size_t(kTileRows) * (kBN / 2) + ks * kTilePairs, kBN * 2, bk,
                        bk + kTilePairs, rb);
       }

@@ -7,8 +7,8 @@
 //
 // One skeleton, bwd_head, over a panels policy that owns the operand layouts and the five products
 // (as the forward's fwd_chunk):
-//   for each key tile (kBN): pack K and V once;
-//     for each query head of the group, for each block of Panels::kQB query rows that see the tile:
+//   for each pass of Panels::kTiles key tiles (kBN keys each): pack their K and V once;
+//     for each query head of the group, for each block of Panels::kQB query rows, for each tile it sees:
 //       S = Q K^T, dP = dO V^T                          panels.scores   (Panels::kRows rows at a time)
 //       P = exp(mul S - lse), dS = P o (dP - D)         p_ds_rows       (transforms, dropout, mask grad)
 //       dV += P^T dO,  dK += dS^T Q                     panels.accumulate (LeveledSum blocks; kBN x dp,
@@ -16,8 +16,9 @@
 //       dQacc += dS K                                   panels.dq       (Panels::kRows rows at a time)
 //     dK = dk_scale dK, dV rounded once per key tile;
 //   dQ = scale dQacc, rounded once.
-// A panels type supplies T, kRows, kQB, kTransposedKV, score_mul (S times it is scale q.k),
-// dk_scale, and load_head / select / pack_keys / scores / accumulate / dq (see bwd.cpp).
+// A panels type supplies T, kRows, kQB, kTiles, kTransposedKV, score_mul (S times it is scale q.k),
+// dk_scale, and load_head / select / pack_keys (into tile slot t) / tile (the slot scores and dq
+// use) / scores / accumulate / dq (see bwd.cpp).
 // Extra memory per item: dQacc (g x s_q x dp fp32) + D, LSE (g x s_q) + Q and dO of the g heads as
 // the panels hold them + O(tile) panels.
 #pragma once
@@ -193,10 +194,16 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
   const int s_q = sq.s_q, s_k = sq.s_k;
   const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
 
-  constexpr int kRows = Panels::kRows, kQB = Panels::kQB;
+  constexpr int kRows = Panels::kRows, kQB = Panels::kQB, kTiles = Panels::kTiles;
   Panels pn(p, g, s_q);
   Buf<float> dq_acc(size_t(g) * s_q * dp, 0.f), dsum(size_t(g) * s_q), lse2(size_t(g) * s_q);
-  LeveledSum dK(size_t(kBN) * dp), dV(size_t(kBN) * dvp);
+  Buf<LeveledSum> dK, dV;  // per key tile of a pass
+  dK.resize(kTiles);
+  dV.resize(kTiles);
+  for (int t = 0; t < kTiles; ++t) {
+    dK[t].resize(size_t(kBN) * dp);
+    dV[t].resize(size_t(kBN) * dvp);
+  }
   Buf<float> P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN), tmp(size_t(kRows) * dp);
   Buf<float> kt(Panels::kTransposedKV ? size_t(kBN) * dp : 0), vt(Panels::kTransposedKV ? size_t(kBN) * dvp : 0);
 
@@ -219,12 +226,19 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
   const int ns = std::max(1, p.key_splits), tiles = (s_k + kBN - 1) / kBN, per = (tiles + ns - 1) / ns;
   const int j_begin = std::min(s_k, split * per * kBN), j_end = std::min(s_k, (split + 1) * per * kBN);
   if (j_begin >= j_end && ns > 1) return;  // an empty split: its (zeroed) dQ partial stays 0
-  for (int j0 = j_begin; j0 < j_end; j0 += kBN) {
-    const int cols = std::min(kBN, s_k - j0);
-    pn.pack_keys(k, p.k_row_stride, v, p.v_row_stride, j0, cols);
-    dK.clear();
-    dV.clear();
-    const KeyRange qr = vis.rows_of_keys(j0, j0 + cols, s_q);
+  // A pass: up to kTiles key tiles from j0 against every block of query rows that sees one of them --
+  // each block's Q, dO and dQ rows serve all the pass's tiles while they are in cache.
+  for (int j0 = j_begin; j0 < j_end; j0 += kTiles * kBN) {
+    const int nt = std::min(kTiles, (j_end - j0 + kBN - 1) / kBN);
+    KeyRange qt[kTiles];
+    for (int t = 0; t < nt; ++t) {
+      const int jt = j0 + t * kBN, cols = std::min(kBN, s_k - jt);
+      pn.pack_keys(t, k, p.k_row_stride, v, p.v_row_stride, jt, cols);
+      dK[t].clear();
+      dV[t].clear();
+      qt[t] = vis.rows_of_keys(jt, jt + cols, s_q);
+    }
+    const KeyRange qr = vis.rows_of_keys(j0, std::min(s_k, j0 + nt * kBN), s_q);
 
     for (int gi = 0; gi < g; ++gi) {
       const int hi = hk * g + gi;
@@ -235,48 +249,56 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
       float* dmask =
           p.dmask ? static_cast<float*>(p.dmask) + bi * p.dmask_batch_stride + hi * p.dmask_head_stride : nullptr;
       for (int i0 = qr.lo & ~1; i0 < qr.hi; i0 += kQB) {  // (a row before qr.lo sees no key: P = dS = 0)
-        const int nr = std::min(kQB, qr.hi - i0);
         pn.select(gi, i0);
-        for (int r0 = 0; r0 < kQB; r0 += kRows) {
-          float* Pr = P.data() + size_t(r0) * kBN;
-          float* dSr = dS.data() + size_t(r0) * kBN;
-          if (r0 >= nr) {
-            fill(Pr, Pr + kRows * kBN, 0.f);
-            fill(dSr, dSr + kRows * kBN, 0.f);
-            continue;
+        for (int t = 0; t < nt; ++t) {
+          // rows of the block that see tile t: [i0, i0 + nr), those before qt[t].lo with P = dS = 0
+          if (i0 + kQB <= qt[t].lo || i0 >= qt[t].hi) continue;
+          const int jt = j0 + t * kBN, cols = std::min(kBN, s_k - jt), nr = std::min(kQB, qt[t].hi - i0);
+          pn.tile(t);
+          for (int r0 = 0; r0 < kQB; r0 += kRows) {
+            float* Pr = P.data() + size_t(r0) * kBN;
+            float* dSr = dS.data() + size_t(r0) * kBN;
+            if (r0 >= nr) {
+              fill(Pr, Pr + kRows * kBN, 0.f);
+              fill(dSr, dSr + kRows * kBN, 0.f);
+              continue;
+            }
+            pn.scores(r0, Pr, dSr);
+            p_ds_rows<kRows>(Pr, dSr, pn.score_mul, i0 + r0, nr - r0, jt, cols, vis, L2 + i0 + r0, Dg + i0 + r0, mod,
+                             dmask, p.dmask_row_stride);
           }
-          pn.scores(r0, Pr, dSr);
-          p_ds_rows<kRows>(Pr, dSr, pn.score_mul, i0 + r0, nr - r0, j0, cols, vis, L2 + i0 + r0, Dg + i0 + r0, mod,
-                           dmask, p.dmask_row_stride);
-        }
-        pn.accumulate(nr, P.data(), dS.data(), dV.block(), dK.block());
-        dV.step();
-        dK.step();
-        for (int r0 = 0; r0 < nr; r0 += kRows) {
-          if (r0 + kRows <= nr) {
-            pn.dq(dS.data(), r0, cols, dqg + size_t(i0 + r0) * dp);
-          } else {  // last partial group: accumulate into a padded scratch block
-            fill(tmp.begin(), tmp.end(), 0.f);
-            pn.dq(dS.data(), r0, cols, tmp.data());
-            for (int r = 0; r < nr - r0; ++r)
-              for (int x = 0; x < dp; ++x) dqg[size_t(i0 + r0 + r) * dp + x] += tmp[size_t(r) * dp + x];
+          pn.accumulate(nr, P.data(), dS.data(), dV[t].block(), dK[t].block());
+          dV[t].step();
+          dK[t].step();
+          for (int r0 = 0; r0 < nr; r0 += kRows) {
+            if (r0 + kRows <= nr) {
+              pn.dq(dS.data(), r0, cols, dqg + size_t(i0 + r0) * dp);
+            } else {  // last partial group: accumulate into a padded scratch block
+              fill(tmp.begin(), tmp.end(), 0.f);
+              pn.dq(dS.data(), r0, cols, tmp.data());
+              for (int r = 0; r < nr - r0; ++r)
+                for (int x = 0; x < dp; ++x) dqg[size_t(i0 + r0 + r) * dp + x] += tmp[size_t(r) * dp + x];
+            }
           }
         }
       }
     }
-    const float* dKs = dK.flush();
-    const float* dVs = dV.flush();
-    if constexpr (Panels::kTransposedKV) {  // dK^T (dp x kBN), dV^T (dvp x kBN): transposed first
-      transpose_cols(dKs, dp, kt.data());
-      transpose_cols(dVs, dvp, vt.data());
-      for (int cc = 0; cc < cols; ++cc) {
-        store_row(kt.data() + size_t(cc) * dp, d, pn.dk_scale, dkp + (j0 + cc) * p.dk_row_stride);
-        store_row(vt.data() + size_t(cc) * dvp, dv, 1.f, dvp_out + (j0 + cc) * p.dv_row_stride);
-      }
-    } else {
-      for (int cc = 0; cc < cols; ++cc) {
-        store_row(dKs + size_t(cc) * dp, d, pn.dk_scale, dkp + (j0 + cc) * p.dk_row_stride);
-        store_row(dVs + size_t(cc) * dvp, dv, 1.f, dvp_out + (j0 + cc) * p.dv_row_stride);
+    for (int t = 0; t < nt; ++t) {
+      const int jt = j0 + t * kBN, cols = std::min(kBN, s_k - jt);
+      const float* dKs = dK[t].flush();
+      const float* dVs = dV[t].flush();
+      if constexpr (Panels::kTransposedKV) {  // dK^T (dp x kBN), dV^T (dvp x kBN): transposed first
+        transpose_cols(dKs, dp, kt.data());
+        transpose_cols(dVs, dvp, vt.data());
+        for (int cc = 0; cc < cols; ++cc) {
+          store_row(kt.data() + size_t(cc) * dp, d, pn.dk_scale, dkp + (jt + cc) * p.dk_row_stride);
+          store_row(vt.data() + size_t(cc) * dvp, dv, 1.f, dvp_out + (jt + cc) * p.dv_row_stride);
+        }
+      } else {
+        for (int cc = 0; cc < cols; ++cc) {
+          store_row(dKs + size_t(cc) * dp, d, pn.dk_scale, dkp + (jt + cc) * p.dk_row_stride);
+          store_row(dVs + size_t(cc) * dvp, dv, 1.f, dvp_out + (jt + cc) * p.dv_row_stride);
+        }
       }
     }
   }

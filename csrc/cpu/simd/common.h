@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <memory>
 #include <type_traits>
 
 #include "cpu/cpu_kernels.h"
@@ -22,14 +21,23 @@
 namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
+// A scratch array; trivial element types come from alloc_scratch (cpu_kernels.h: huge pages for 2 MB
+// and more).
 template <typename T>
 class Buf {
  public:
   Buf() = default;
   explicit Buf(size_t n, T v = T()) { assign(n, v); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  ~Buf() { release(); }
   void resize(size_t n) {  // contents unspecified
     if (n > cap_) {
-      data_.reset(new T[n]);
+      release();
+      if constexpr (std::is_trivial_v<T>)
+        data_ = static_cast<T*>(fal::cpu::alloc_scratch(n * sizeof(T)));
+      else
+        data_ = new T[n];
       cap_ = n;
     }
     n_ = n;
@@ -38,15 +46,23 @@ class Buf {
     resize(n);
     for (size_t i = 0; i < n; ++i) data_[i] = v;
   }
-  T* data() { return data_.get(); }
-  const T* data() const { return data_.get(); }
-  T* begin() { return data_.get(); }
-  T* end() { return data_.get() + n_; }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  T* begin() { return data_; }
+  T* end() { return data_ + n_; }
   size_t size() const { return n_; }
   T& operator[](size_t i) { return data_[i]; }
 
  private:
-  std::unique_ptr<T[]> data_;
+  void release() {
+    if constexpr (std::is_trivial_v<T>)
+      fal::cpu::free_scratch(data_);
+    else
+      delete[] data_;
+    data_ = nullptr;
+    cap_ = n_ = 0;
+  }
+  T* data_ = nullptr;
   size_t n_ = 0, cap_ = 0;
 };
 

@@ -89,7 +89,12 @@ constexpr int kPartSteps = 16;
 struct LeveledSum {
   Buf<float> total, part;
   int steps = 0;
+  LeveledSum() = default;
   explicit LeveledSum(size_t n) : total(n), part(n) {}
+  void resize(size_t n) {  // contents unspecified until clear()
+    total.resize(n);
+    part.resize(n);
+  }
   void clear() {
     fill(total.begin(), total.end(), 0.f);
     fill(part.begin(), part.end(), 0.f);

@@ -75,10 +75,10 @@ struct BwdPanelsAmx {
         KdAll(size_t(kTiles) * dq2 * kBN),  // transpose_pairs writes ceil(d / 32) * 16 = dq2 rows
         VdAll(size_t(kTiles) * dvq2 * kBN),
         KkAll(size_t(kTiles) * (kBN / 2) * dp),
-        QsAll(size_t(g) * rows_pad * dq2, 0u),
-        dOsAll(size_t(g) * rows_pad * dvq2, 0u),
-        QtAll(size_t(g) * dp * ld2, 0u),
-        dOtAll(size_t(g) * dvp * ld2, 0u),
+        QsAll(size_t(g) * rows_pad * dq2),  // written whole by load_head (padding zeroed there)
+        dOsAll(size_t(g) * rows_pad * dvq2),
+        QtAll(size_t(g) * dp * ld2),
+        dOtAll(size_t(g) * dvp * ld2),
         Pp(size_t(kQB / 2) * kBN),
         dSp(size_t(kQB / 2) * kBN),
         dSk(size_t(kQB) * (kBN / 2)),
@@ -114,14 +114,28 @@ struct BwdPanelsAmx {
   }
   // Query head gi's Q and dO rows, once per work item: as pairs over the head dims (Qs, dOs; rows
   // dq2 / dvq2 pairs apart) and transposed as pairs over rows (Qt, dOt; ld2 pairs apart); rows past
-  // s_q 0
+  // s_q and pairs past d / dv 0 (only the padding is zeroed: the buffers are not cleared first)
   void load_head(int gi, const T* q, int64_t q_stride, const T* dout, int64_t do_stride, int s_q) {
+    load_rows(q, q_stride, s_q, d, dq2, QsAll.data() + size_t(gi) * rows_pad * dq2);
+    load_rows(dout, do_stride, s_q, dv, dvq2, dOsAll.data() + size_t(gi) * rows_pad * dvq2);
+    load_cols(q, q_stride, s_q, d, dp, QtAll.data() + size_t(gi) * dp * ld2);
+    load_cols(dout, do_stride, s_q, dv, dvp, dOtAll.data() + size_t(gi) * dvp * ld2);
+  }
+  // rows_pad rows of n2 pairs: s_q rows of n elements as pairs, zeros past them
+  void load_rows(const T* x, int64_t stride, int s_q, int n, int n2, uint32_t* dst) {
+    const int w = (n + 1) / 2;  // pairs copy_pairs writes
     for (int r = 0; r < s_q; ++r) {
-      copy_pairs(q + r * q_stride, d, QsAll.data() + (size_t(gi) * rows_pad + r) * dq2);
-      copy_pairs(dout + r * do_stride, dv, dOsAll.data() + (size_t(gi) * rows_pad + r) * dvq2);
+      uint32_t* row = dst + size_t(r) * n2;
+      copy_pairs(x + r * stride, n, row);
+      fill(row + w, row + n2, 0u);
     }
-    transpose_row_pairs(q, q_stride, s_q, d, dp, QtAll.data() + size_t(gi) * dp * ld2, ld2, blk.data());
-    transpose_row_pairs(dout, do_stride, s_q, dv, dvp, dOtAll.data() + size_t(gi) * dvp * ld2, ld2, blk.data());
+    fill(dst + size_t(s_q) * n2, dst + size_t(rows_pad) * n2, 0u);
+  }
+  // n_pad rows of ld2 row pairs: transpose_row_pairs' columns, zeros past them
+  void load_cols(const T* x, int64_t stride, int s_q, int n, int n_pad, uint32_t* dst) {
+    transpose_row_pairs(x, stride, s_q, n, n_pad, dst, ld2, blk.data());
+    const int written = round_up((s_q + 1) / 2, kTileRows);  // whole groups of 16 row pairs
+    for (int c = 0; c < n_pad; ++c) fill(dst + size_t(c) * ld2 + written, dst + size_t(c + 1) * ld2, 0u);
   }
   // the block of kQB rows from row i0 (even: the row pairs start there) of head gi
   void select(int gi, int i0) {

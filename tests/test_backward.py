@@ -206,3 +206,26 @@ def test_mqa_backward_key_splits(dtype, feature, isa):
     for name, a, r, s, one in zip(("out", "dq", "dk", "dv"), ours, ref, same, single):
         assert_rule(a, r, s, factor=factor, what=name, n_terms=s_k)
         assert_rule(one, r, s, factor=factor, what=name + " (1 thread)", n_terms=s_k)
+
+
+@pytest.mark.parametrize("threads", [3, 4])
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(window_size=(500, 100))], ids=["causal", "window"])
+def test_mqa_backward_uneven_key_splits(threads, kw, isa):
+    # flash_attn_func: "If causal=True, the causal mask is aligned to the bottom right corner of the attention
+    # matrix." -- the keys of a lone (batch, kv head) item are split once per thread, cut where the rows that see
+    # each key tile reach equal shares (the causal keys' work is uneven): 3 and 4 splits of 2100 keys, each split's
+    # dK / dV its own, dQ the sum of the splits' partials. Same rule as every gradient.
+    h, s_q, s_k, d = 4, 700, 2100, 32
+    dtype = torch.bfloat16
+    q, k, v = randn((1, s_q, h, d), dtype), randn((1, s_k, 1, d), dtype), randn((1, s_k, 1, d), dtype)
+    dout = randn((1, s_q, h, d), dtype)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        ours = _grads(lambda q, k, v: flash_attn_func(q, k, v, **kw), q, k, v, dout)
+    finally:
+        torch.set_num_threads(before)
+    ref = _grads(lambda q, k, v: attention_ref(q, k, v, **kw)[0], q.double(), k.double(), v.double(), dout.double())
+    same = _grads(lambda q, k, v: attention_ref(q, k, v, upcast=False, **kw)[0], q, k, v, dout)
+    for name, a, r, s in zip(("out", "dq", "dk", "dv"), ours, ref, same):
+        assert_rule(a, r, s, factor=3.0, what=name, n_terms=s_k)

@@ -184,6 +184,28 @@ void write_dq_partial(const BwdParams& p, int bi, int hk, int split, const float
   }
 }
 
+// The key tiles [t0, t1) of split `split` of ns: equal shares of the work, a tile's being the rows
+// that see it (plus one), so that the splits of a causal or windowed item cost alike and one split
+// per thread balances (plan.cpp).
+inline void split_tiles(const Visibility& vis, int s_q, int s_k, int ns, int split, int& t0, int& t1) {
+  const int tiles = (s_k + kBN - 1) / kBN;
+  auto work = [&](int t) {
+    const KeyRange r = vis.rows_of_keys(t * kBN, std::min(s_k, (t + 1) * kBN), s_q);
+    return int64_t(1) + (r.hi - r.lo);
+  };
+  int64_t total = 0;
+  for (int t = 0; t < tiles; ++t) total += work(t);
+  auto start = [&](int sp) {  // the first tile whose predecessors' work reaches sp / ns of the total
+    if (sp >= ns) return tiles;
+    const int64_t goal = (total * sp + ns - 1) / ns;
+    int t = 0;
+    for (int64_t acc = 0; t < tiles && acc < goal; ++t) acc += work(t);
+    return t;
+  };
+  t0 = start(split);
+  t1 = start(split + 1);
+}
+
 // One work item: (batch bi, kv head hk), key tiles of split `split` of p.key_splits.
 template <class Panels>
 void bwd_head(const BwdParams& p, int bi, int hk, int split) {
@@ -223,8 +245,10 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
         p.do_row_stride, s_q);
   }
 
-  const int ns = std::max(1, p.key_splits), tiles = (s_k + kBN - 1) / kBN, per = (tiles + ns - 1) / ns;
-  const int j_begin = std::min(s_k, split * per * kBN), j_end = std::min(s_k, (split + 1) * per * kBN);
+  const int ns = std::max(1, p.key_splits);
+  int t_begin, t_end;
+  split_tiles(vis, s_q, s_k, ns, split, t_begin, t_end);
+  const int j_begin = std::min(s_k, t_begin * kBN), j_end = std::min(s_k, t_end * kBN);
   if (j_begin >= j_end && ns > 1) return;  // an empty split: its (zeroed) dQ partial stays 0
   // A pass: up to kTiles key tiles from j0 against every block of query rows that sees one of them --
   // each block's Q, dO and dQ rows serve all the pass's tiles while they are in cache.

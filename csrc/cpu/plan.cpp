@@ -3,7 +3,6 @@
 // key splits.
 // Portable code: compiled once.
 #include <algorithm>
-#include <numeric>
 
 #include "cpu/cpu_kernels.h"
 
@@ -89,11 +88,12 @@ bool fwd_nan_pass_simd(const FwdParams& p) { return p.dtype != DType::kFloat64; 
 void bwd_plan_portable(BwdParams& p, int /*threads*/) { p.key_splits = 1; }
 
 // Fewer (batch, kv head) items than 2 per thread (MQA / GQA at batch 1, a lone head): split each
-// item's keys (chunks of >= 4 key tiles of 64) so that items x splits is a multiple of the threads
-// -- one split per thread for a lone item. The kernel cuts the splits at equal shares of the work
-// (bwd_head.h split_tiles: causal keys cost unequally), and each split repeats the item's setup
-// (Q / dO packing of every query row, its own fp32 dQ partial (b x h x s_q x d, zeroed) and a share
-// of the combine pass), so fewer splits are cheaper. MQA H8/1 B1 N4096 D64 bf16 fwd+bwd on 2
+// item's keys (at most one split per 4 key tiles of 64) into the fewest splits that make items x
+// splits a multiple of the threads -- one split per thread for a lone item -- unless that takes more
+// than the about 2 items per thread it takes without the multiple. The kernel cuts the splits at
+// equal shares of the work (bwd_head.h split_tiles: causal keys cost unequally). Each split repeats
+// the item's setup (Q / dO packing of every query row, its own fp32 dQ partial (b x h x s_q x d,
+// zeroed) and a share of the combine pass): as few splits as balance allows. MQA H8/1 B1 N4096 D64 bf16 fwd+bwd on 2
 // threads against 1 (Xeon, 2026-12-02, same process): amx 1.73-1.74x plain, 1.62-1.63x causal
 // (2 splits per thread: 1.44x, 1.25x); avx512 1.85x and 1.93x (1.87x,
 // 1.70x).
@@ -103,7 +103,10 @@ void bwd_plan_simd(BwdParams& p, int threads) {
   const int64_t items = int64_t(p.b) * p.h_kv;
   if (items >= 2 * int64_t(threads)) return;
   const int64_t max_splits = std::max<int64_t>(1, (int64_t(p.s_k) + 4 * 64 - 1) / (4 * 64));
-  p.key_splits = int(std::min<int64_t>(max_splits, threads / std::gcd(items, int64_t(threads))));
+  const int64_t fallback = (2 * int64_t(threads) + items - 1) / items;  // about 2 items per thread
+  int64_t ns = (threads + items - 1) / items;
+  while (ns < fallback && (items * ns) % threads != 0) ++ns;
+  p.key_splits = int(std::min<int64_t>(max_splits, ns));
 }
 bool fwd_nan_pass_portable(const FwdParams& /*p*/) { return false; }
 

@@ -1,4 +1,5 @@
-// amx_tiles.h -- what the AMX kernels share (fwd_amx.cpp's forward, decode_amx.cpp's decode): the
+// amx_tiles.h -- what the AMX kernels share (fwd_amx.cpp's forward, bwd_amx.cpp's backward,
+// decode_amx.cpp's decode): the
 // tile geometry and the layout of a tile configuration. Only in sources compiled with -mamx-tile
 // -mamx-bf16 (CMakeLists.txt), called only where the CPU has AMX-BF16 and the OS granted this
 // process the tile state (isa.cpp). The configuration is a constant: GCC 12 does not see ldtilecfg

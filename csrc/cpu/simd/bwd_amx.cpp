@@ -1,17 +1,18 @@
 // bwd_amx.cpp -- the bf16 backward on AMX tiles (the "amx" ISA, isa.h): bwd_head.h's skeleton over
-// BwdPanelsAmx, blocks of 64 query rows against key tiles of 64. Compiled into the AVX-512 objects
-// with -mamx-tile -mamx-bf16 added (CMakeLists.txt); only called where the CPU has AMX and the OS
-// granted this process the tile state (isa.cpp). Every product is a tdpbf16ps (A: 16 rows x 16 bf16
-// pairs, B: 16 pairs x 16 columns, C: 16 x 16 fp32), with the tile configuration of amx_tiles.h:
-//   S   = Q K^T     A = 16 Q rows as pairs over d, B = K^T as pairs over d (Kd, the vdpbf16ps
-//                   panels' layout), C = 4 tiles of 16 rows x 64 keys
+// BwdPanelsAmx, blocks of 64 query rows against passes of 4 key tiles of 64. Compiled into the
+// AVX-512 objects with -mamx-tile -mamx-bf16 added (CMakeLists.txt); only called where the CPU has
+// AMX and the OS granted this process the tile state (isa.cpp). Every product is a tdpbf16ps (A: 16
+// rows x 16 bf16 pairs, B: 16 pairs x 16 columns, C: 16 x 16 fp32), in 32 x 32 blocks of 2 x 2 C
+// tiles (FAL_AMX_DP_2X2: two A and two B tiles per step), with the tile configuration of amx_tiles.h:
+//   S   = Q K^T     A = Q rows as pairs over d, B = K^T as pairs over d (Kd, the vdpbf16ps panels'
+//                   layout); 32 rows x 32 keys per block
 //   dP  = dO V^T    the same with dO and V^T
 //   dV^T += dO^T P  A = dO^T as pairs over query rows (packed once per work item), B = P as pairs
-//                   over rows (Pp), C = 16 head dims x 64 keys, loaded from and stored back to the
-//                   LeveledSum block -- dV and dK are accumulated transposed (kTransposedKV)
+//                   over rows (Pp); 32 head dims x 32 keys per block, loaded from and stored back to
+//                   the LeveledSum block -- dV and dK are accumulated transposed (kTransposedKV)
 //   dK^T += Q^T dS  the same with Q^T and dS
-//   dQ  += dS K     A = dS rows as pairs over keys (dSk), B = K as pairs over keys (Kk), C = 16
-//                   rows x 64 columns of dQacc
+//   dQ  += dS K     A = dS rows as pairs over keys (dSk), B = K as pairs over keys (Kk); 32 rows x
+//                   32 columns of dQacc per block
 // P and dS are rounded to bf16 for the products, as the vdpbf16ps backward does; the softmax
 // (p_ds_rows) and all sums are fp32, so results match the avx512 ISA's to rounding.
 #include "cpu/simd/amx_tiles.h"
@@ -52,7 +53,7 @@ struct BwdPanelsAmx {
   using T = bf16_t;
   static constexpr int kRows = 2 * kTileRows;  // S, dP, dQ: two A tiles of rows (2 x 2 tile blocks)
   static constexpr int kQB = 64;               // rows per step: 2 k-steps (of 16 row pairs) of dV^T, dK^T
-  static constexpr int kTiles = 4;             // key tiles per pass (see kTiles below)
+  static constexpr int kTiles = 4;             // key tiles per pass (bench/results/cpu-2026-12-02f-intel.md)
   static constexpr bool kTransposedKV = true;
   int d = 0, dv = 0, dq2 = 0, dvq2 = 0, dp = 0, dvp = 0, rows_pad = 0, ld2 = 0;
   float score_mul = 1.f, dk_scale = 1.f;

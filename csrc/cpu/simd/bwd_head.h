@@ -216,6 +216,12 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
   const int s_q = sq.s_q, s_k = sq.s_k;
   const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
 
+  const int ns = std::max(1, p.key_splits);
+  int t_begin, t_end;
+  split_tiles(vis, s_q, s_k, ns, split, t_begin, t_end);
+  const int j_begin = std::min(s_k, t_begin * kBN), j_end = std::min(s_k, t_end * kBN);
+  if (j_begin >= j_end && ns > 1) return;  // an empty split: its (zeroed) dQ partial stays 0
+
   constexpr int kRows = Panels::kRows, kQB = Panels::kQB, kTiles = Panels::kTiles;
   Panels pn(p, g, s_q);
   Buf<float> dq_acc(size_t(g) * s_q * dp, 0.f), dsum(size_t(g) * s_q), lse2(size_t(g) * s_q);
@@ -245,11 +251,6 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
         p.do_row_stride, s_q);
   }
 
-  const int ns = std::max(1, p.key_splits);
-  int t_begin, t_end;
-  split_tiles(vis, s_q, s_k, ns, split, t_begin, t_end);
-  const int j_begin = std::min(s_k, t_begin * kBN), j_end = std::min(s_k, t_end * kBN);
-  if (j_begin >= j_end && ns > 1) return;  // an empty split: its (zeroed) dQ partial stays 0
   // A pass: up to kTiles key tiles from j0 against every block of query rows that sees one of them --
   // each block's Q, dO and dQ rows serve all the pass's tiles while they are in cache.
   for (int j0 = j_begin; j0 < j_end; j0 += kTiles * kBN) {

@@ -81,16 +81,15 @@ inline void micro_tn(const float* a, const float* b, int rows, int ldb, float* o
 }
 
 // dK / dV summed over the query rows in levels (blocked summation, as a GEMM's K loop): micro_tn
-// sums a block of kQB rows from zero and adds it into `part`; every kPartSteps blocks (and before
-// the key tile is written) `part` is added into `total` and cleared. The rounding error then grows
+// sums a block of kQB rows from zero and adds it into `part` (the AMX backward's tiles add their
+// blocks into `part` directly); every kPartSteps blocks (and before the key tile is written)
+// `part` is added into `total` and cleared. The rounding error then grows
 // with kQB + kPartSteps + s_q / (kQB kPartSteps) terms instead of s_q (measured, fp32 dV with
 // s_k = 1: 4000 rows 2.9e-4 -> below torch's GEMM).
 constexpr int kPartSteps = 16;
 struct LeveledSum {
   Buf<float> total, part;
   int steps = 0;
-  LeveledSum() = default;
-  explicit LeveledSum(size_t n) : total(n), part(n) {}
   void resize(size_t n) {  // contents unspecified until clear()
     total.resize(n);
     part.resize(n);

@@ -73,17 +73,19 @@ def test_isas_agree(dtype):
 
 
 @pytest.mark.skipif("amx" not in flashattn_lite.available_isas(), reason="needs a CPU with AMX-BF16 (and Linux 5.16+)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("d", [40, 64, 72, 128, 256])
 @pytest.mark.parametrize("causal,window", [(False, (-1, -1)), (True, (-1, -1)), (False, (100, 30))])
-def test_amx_forward_matches_reference(d, causal, window):
-    # The amx ISA runs the bf16 forward on AMX tiles (README, CPU kernels): 16-row groups, 512-row work items,
-    # K / V tiles of 64 keys. Awkward sizes cross each: 530 query rows (a second, partial work item and a
-    # partial group), 601 keys (a partial key tile), head dims that are no multiple of the tiles' 32, GQA 4:2.
+def test_amx_forward_matches_reference(d, causal, window, dtype):
+    # The amx ISA runs the bf16 and fp16 forward on AMX tiles (README, CPU kernels): 16-row groups, 512-row work
+    # items, K / V tiles of 64 keys; fp16 as hi + lo bf16 parts, three tile products per product. Awkward sizes
+    # cross each: 530 query rows (a second, partial work item and a partial group), 601 keys (a partial key tile),
+    # head dims that are no multiple of the tiles' 32, GQA 4:2.
     # flash_attn_func: "window_size: (left, right). If not (-1, -1), implements sliding window local attention."
     q, k, v = (
-        randn((2, 530, 4, d), torch.bfloat16),
-        randn((2, 601, 2, d), torch.bfloat16),
-        randn((2, 601, 2, d), torch.bfloat16),
+        randn((2, 530, 4, d), dtype),
+        randn((2, 601, 2, d), dtype),
+        randn((2, 601, 2, d), dtype),
     )
     ref, ref_lse = attention_ref(q, k, v, causal=causal, window_size=window)
     same, _ = attention_ref(q, k, v, causal=causal, window_size=window, upcast=False)
@@ -95,6 +97,36 @@ def test_amx_forward_matches_reference(d, causal, window):
         flashattn_lite._C._set_cpu_isa(before)
     assert_rule(out, ref, same, what=f"amx d={d}")
     torch.testing.assert_close(lse.double(), ref_lse.double(), atol=1e-3, rtol=0)  # fp32 sums of exact products
+    if dtype == torch.float16:  # hi + lo parts: scores near fp32 products of the fp16 values (bf16 operands: ~1e-2)
+        torch.testing.assert_close(lse.double(), ref_lse.double(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif("amx" not in flashattn_lite.available_isas(), reason="needs a CPU with AMX-BF16 (and Linux 5.16+)")
+def test_amx_fp16_forward_keeps_fp16_precision():
+    # fp16 has an 11-bit significand and bf16 8: the amx ISA's fp16 forward must not round its operands to bf16
+    # (split_bf16.h: each value is hi + lo, exactly). Values that bf16 cannot hold -- 1 + 2^-10 and friends -- give
+    # scores and outputs that a bf16 rounding would move by ~2^-9; the result must match the fp64 reference as the
+    # avx512 ISA's fp32 arithmetic does, and infinite values must stay infinite (lo = 0, not inf - inf).
+    g = torch.Generator().manual_seed(7)
+    base = 1 + torch.randint(1, 8, (1, 200, 2, 64), generator=g).double() * 2**-10  # no bf16 value among them
+    q = (base * torch.randn(1, 200, 2, 64, generator=g).sign().double()).half()
+    k, v = q.flip(1) * 0.25, (base * 3).half()
+    ref, _ = attention_ref(q, k, v)
+    before = flashattn_lite.cpu_isa()
+    try:
+        outs = {}
+        for isa in ("avx512", "amx"):
+            flashattn_lite._C._set_cpu_isa(isa)
+            outs[isa] = flashattn_lite.flash_attn_func(q, k, v)
+        v_inf = v.clone()
+        v_inf[0, 5, 1, 3] = float("inf")
+        out_inf = flashattn_lite.flash_attn_func(q, k, v_inf)  # still amx
+    finally:
+        flashattn_lite._C._set_cpu_isa(before)
+    err = {isa: (o.double() - ref.double()).abs().max().item() for isa, o in outs.items()}
+    assert err["amx"] <= 1.5 * err["avx512"] + 1e-6, err
+    assert torch.isposinf(out_inf[0, :, 1, 3]).all()
+    assert torch.isfinite(out_inf[0, :, 1, :3]).all() and torch.isfinite(out_inf[0, :, 0]).all()
 
 
 _PREFETCH_CODE = """

@@ -1,5 +1,5 @@
-// fwd_amx.cpp -- the bf16 forward on AMX tiles (the "amx" ISA: AVX-512 + AMX-BF16, isa.h): the
-// skeleton of fwd_chunk.h over PanelsAmx, groups of 16 query rows. Compiled into the AVX-512
+// fwd_amx.cpp -- the bf16 and fp16 forward on AMX tiles (the "amx" ISA: AVX-512 + AMX-BF16, isa.h):
+// the skeleton of fwd_chunk.h over PanelsAmx, groups of 16 query rows. Compiled into the AVX-512
 // objects with -mamx-tile -mamx-bf16 added (CMakeLists.txt); only called where the CPU has AMX
 // and the OS granted this process the tile state (isa.cpp).
 //   S = Q K^T   tdpbf16ps: A = 16 Q rows as bf16 pairs over d, B = K as pairs over d (the same
@@ -9,9 +9,13 @@
 //               16 x 16 blocks, loaded from and stored back to the chunk's fp32 O
 // The products' arithmetic is vdpbf16ps's (pairs of bf16 products summed in fp32, bf16 subnormal
 // inputs read as 0); the sums' order differs, so results match the avx512 ISA's to rounding.
+// fp16 (split_bf16.h): Q, K, V and P as hi + lo bf16 parts, each product the three tile products
+// hi hi + lo hi + hi lo into the same C tiles (FAL_AMX_DP_C4_SPLIT); P is the fp32 step's
+// (VecLane, as the avx512 ISA's fp16 forward), not rounded to bf16.
 #include "cpu/simd/amx_tiles.h"
 #include "cpu/simd/fwd_chunk.h"
 #include "cpu/simd/micro_bf16.h"
+#include "cpu/simd/split_bf16.h"
 #include "cpu/simd/stages.h"
 
 #if !defined(FAL_SIMD_AVX512)
@@ -22,6 +26,29 @@ namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
 static_assert(kBN == 4 * kTilePairs, "a key tile is 4 C tiles of S, 2 A tiles of P");
+
+// C tiles 0-3 += AH BH + AL BH + AH BL: A tiles AH (hi), AL (lo) against the 4 B column blocks of
+// 16 at bh (hi) and bl (lo), rows `stride` bytes apart. Two C tiles at a time, so each C's three
+// products alternate with the other's; each B tile load feeds two products or one (tiles are not
+// renamed: a load waits for the products reading the register it replaces).
+#define FAL_AMX_DP_SPLIT2(c0, c1, AH, AL, bh, bl, stride) \
+  do {                                                    \
+    _tile_loadd(6, (bh) + 16 * (c0), (stride));           \
+    _tile_dpbf16ps(c0, AH, 6);                            \
+    _tile_loadd(7, (bh) + 16 * (c1), (stride));           \
+    _tile_dpbf16ps(c1, AH, 7);                            \
+    _tile_dpbf16ps(c0, AL, 6);                            \
+    _tile_dpbf16ps(c1, AL, 7);                            \
+    _tile_loadd(6, (bl) + 16 * (c0), (stride));           \
+    _tile_dpbf16ps(c0, AH, 6);                            \
+    _tile_loadd(7, (bl) + 16 * (c1), (stride));           \
+    _tile_dpbf16ps(c1, AH, 7);                            \
+  } while (0)
+#define FAL_AMX_DP_C4_SPLIT(AH, AL, bh, bl, stride)  \
+  do {                                               \
+    FAL_AMX_DP_SPLIT2(0, 1, AH, AL, bh, bl, stride); \
+    FAL_AMX_DP_SPLIT2(2, 3, AH, AL, bh, bl, stride); \
+  } while (0)
 
 // Rows per work item: 512, the K / V packing of a key tile serving 32 groups instead of 16, where
 // that leaves at least kAmxMinItems work items; else 256 (the threads' dynamic share of causal rows
@@ -36,14 +63,18 @@ inline int amx_chunk_rows(const FwdParams& p) {
   return items >= kAmxMinItems ? kAmxChunkRows : kAmxSmallChunkRows;
 }
 
-template <int kChunk>
+// T = bf16_t: the bf16 panels of the vdpbf16ps forward (micro_bf16.h); T = fp16_t: each panel
+// twice, hi and lo parts (split_bf16.h: q / ql, kp / kpl, vp / vpl, pb / pbl).
+template <int kChunk, typename T_>
 struct PanelsAmx {
-  using T = bf16_t;
+  using T = T_;
+  static constexpr bool kSplit = std::is_same_v<T, fp16_t>;
   static constexpr int kRows = kTileRows;
   static constexpr int kChunkRows = kChunk;
   static constexpr bool kFusedStep = true;
-  using Lane = VecLaneBf16P;  // P rounded to bf16 for P V, as the vdpbf16ps forward
-  Buf<uint32_t> q, kp, vp, pb;
+  // bf16: P rounded to bf16 for P V, as the vdpbf16ps forward; fp16: the fp32 P, split
+  using Lane = std::conditional_t<kSplit, VecLane, VecLaneBf16P>;
+  Buf<uint32_t> q, kp, vp, pb, ql, kpl, vpl, pbl;
   Buf<float> s;  // S of qk_softmax (kRows x kBN)
   int d = 0, dq2 = 0, dv = 0, dvp = 0;
   float scale = 1.f;
@@ -57,21 +88,38 @@ struct PanelsAmx {
     vp.resize(size_t(kBN / 2) * dvp);
     pb.resize(size_t(kRows) * (kBN / 2));
     s.resize(size_t(kRows) * kBN);
-    for (int r = 0; r < rows; ++r) copy_pairs(q0 + r * p.q_row_stride, d, q.data() + size_t(r) * dq2);
+    if constexpr (kSplit) {
+      ql.assign(size_t(rows_pad) * dq2, 0u);
+      kpl.resize(size_t(dq2) * kBN);
+      vpl.resize(size_t(kBN / 2) * dvp);
+      pbl.resize(size_t(kRows) * (kBN / 2));
+      for (int r = 0; r < rows; ++r)
+        split_pairs(q0 + r * p.q_row_stride, d, q.data() + size_t(r) * dq2, ql.data() + size_t(r) * dq2);
+    } else {
+      for (int r = 0; r < rows; ++r) copy_pairs(q0 + r * p.q_row_stride, d, q.data() + size_t(r) * dq2);
+    }
   }
   void pack(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int j0, int cols) {
-    pack_tile_pairs(k, krows, v, vrows, j0, cols, d, dv, dvp, kp.data(), vp.data());
+    if constexpr (kSplit)
+      split_tile_pairs(k, krows, v, vrows, j0, cols, d, dv, dvp, kp.data(), kpl.data(), vp.data(), vpl.data());
+    else
+      pack_tile_pairs(k, krows, v, vrows, j0, cols, d, dv, dvp, kp.data(), vp.data());
   }
   // The group's unscaled Q K^T (kRows x kBN fp32, rows kBN apart) into out.
   void tiles_qk(int r0, float* out) {
     tiles_fence();  // Q and the K panel: stored by vector code
     zero_c4();
-    const uint32_t* qa = q.data() + size_t(r0) * dq2;
+    const size_t q_off = size_t(r0) * dq2;
     constexpr int kb = kBN * 4;  // K panel row bytes
     for (int x = 0; x < dq2; x += kTilePairs) {
-      const uint32_t* kx = kp.data() + size_t(x) * kBN;
-      _tile_loadd(4, qa + x, dq2 * 4);
-      FAL_AMX_DP_C4(4, kx, kb);
+      const size_t k_off = size_t(x) * kBN;
+      _tile_loadd(4, q.data() + q_off + x, dq2 * 4);
+      if constexpr (kSplit) {
+        _tile_loadd(5, ql.data() + q_off + x, dq2 * 4);
+        FAL_AMX_DP_C4_SPLIT(4, 5, kp.data() + k_off, kpl.data() + k_off, kb);
+      } else {
+        FAL_AMX_DP_C4(4, kp.data() + k_off, kb);
+      }
     }
     store_c4(out, kb);
   }
@@ -90,47 +138,74 @@ struct PanelsAmx {
     const __m512 sc = _mm512_set1_ps(scale);
     for (int rb = 0; rb < kRows; rb += kR) {
       float* sr = s.data() + size_t(rb) * kBN;
-      VecLaneBf16P t[kR][kNV];
+      Lane t[kR][kNV];
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r)
         for (int v = 0; v < kNV; ++v) t[r][v].v.v = _mm512_mul_ps(_mm512_loadu_ps(sr + r * kBN + v * kN), sc);
-      if (online_softmax_tile_step<VecLaneBf16P, kR, kNV>(t, m + rb, l + rb, o + size_t(rb) * dvp, dvp, dvp)) {
+      if (online_softmax_tile_step<Lane, kR, kNV>(t, m + rb, l + rb, o + size_t(rb) * dvp, dvp, dvp)) {
 #pragma GCC unroll 8
         for (int r = 0; r < kR; ++r)
           for (int v = 0; v < kNV; v += 2) {
-            const __m512bh h = _mm512_cvtne2ps_pbh(t[r][v + 1].v.v, t[r][v].v.v);
-            _mm512_storeu_si512(pb.data() + (rb + r) * (kBN / 2) + v * (kN / 2), reinterpret_cast<const __m512i&>(h));
+            const size_t at = size_t(rb + r) * (kBN / 2) + v * (kN / 2);
+            if constexpr (kSplit) {
+              split_p32(t[r][v].v.v, t[r][v + 1].v.v, pb.data() + at, pbl.data() + at);
+            } else {
+              const __m512bh h = _mm512_cvtne2ps_pbh(t[r][v + 1].v.v, t[r][v].v.v);
+              _mm512_storeu_si512(pb.data() + at, reinterpret_cast<const __m512i&>(h));
+            }
           }
         continue;
       }
       for (int r = 0; r < kR; ++r)
         for (int v = 0; v < kNV; ++v) t[r][v].store(sr + r * kBN + v * kN);
       bool seen[kR];
-      softmax_rows_step<kR, VecLaneBf16P>(sr, kBN, kBN, m + rb, l + rb, o + size_t(rb) * dvp, dvp, dvp, seen);
+      softmax_rows_step<kR, Lane>(sr, kBN, kBN, m + rb, l + rb, o + size_t(rb) * dvp, dvp, dvp, seen);
       for (int r = 0; r < kR; ++r) emit_p(rb + r, sr + r * kBN);
     }
     return true;
   }
   // row r's P (fp32, kBN) -> bf16 pairs, the A tiles' rows
-  void emit_p(int r, const float* sr) { pack_f32_consecutive(sr, kBN, pb.data() + r * (kBN / 2)); }
+  void emit_p(int r, const float* sr) {
+    const size_t at = size_t(r) * (kBN / 2);
+    if constexpr (kSplit)
+      split_f32_consecutive(sr, kBN, pb.data() + at, pbl.data() + at);
+    else
+      pack_f32_consecutive(sr, kBN, pb.data() + at);
+  }
   // O[r0, r0 + kRows) += P V, 64 columns of O (4 C tiles) at a time; keys past cols hold P = 0 and
   // zero V rows
   void pv(const float* /*S*/, int /*cols*/, float* o) {
     const int rb = dvp * 4;  // O and V panel row bytes
     tiles_fence();           // P, the V panel and O's rescaled rows: stored by vector code
-    _tile_loadd(4, pb.data(), kBN * 2);
-    _tile_loadd(5, pb.data() + kTilePairs, kBN * 2);
+    if constexpr (!kSplit) {
+      _tile_loadd(4, pb.data(), kBN * 2);
+      _tile_loadd(5, pb.data() + kTilePairs, kBN * 2);
+    }
     for (int dc = 0; dc < dvp; dc += 4 * kTilePairs) {
       float* oc = o + dc;
-      const uint32_t* v0 = vp.data() + dc;
-      const uint32_t* v1 = v0 + size_t(kTilePairs) * dvp;  // key pairs [16, 32)
+      const size_t v0 = size_t(dc), v1 = v0 + size_t(kTilePairs) * dvp;  // key pairs [0, 16), [16, 32)
       load_c4(oc, rb);
-      FAL_AMX_DP_C4(4, v0, rb);
-      FAL_AMX_DP_C4(5, v1, rb);
+      if constexpr (kSplit) {
+        _tile_loadd(4, pb.data(), kBN * 2);
+        _tile_loadd(5, pbl.data(), kBN * 2);
+        FAL_AMX_DP_C4_SPLIT(4, 5, vp.data() + v0, vpl.data() + v0, rb);
+        _tile_loadd(4, pb.data() + kTilePairs, kBN * 2);
+        _tile_loadd(5, pbl.data() + kTilePairs, kBN * 2);
+        FAL_AMX_DP_C4_SPLIT(4, 5, vp.data() + v1, vpl.data() + v1, rb);
+      } else {
+        FAL_AMX_DP_C4(4, vp.data() + v0, rb);
+        FAL_AMX_DP_C4(5, vp.data() + v1, rb);
+      }
       store_c4(oc, rb);
     }
   }
 };
+
+template <typename T>
+bool run_amx(const FwdParams& p, int64_t begin, int64_t end) {
+  return amx_chunk_rows(p) == kAmxChunkRows ? run_chunks<PanelsAmx<kAmxChunkRows, T>>(p, begin, end)
+                                            : run_chunks<PanelsAmx<kAmxSmallChunkRows, T>>(p, begin, end);
+}
 
 }  // namespace
 
@@ -141,8 +216,7 @@ int64_t fwd_chunk_items_amx(const FwdParams& p) {
 
 bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end) {
   const TileScope tiles;
-  return amx_chunk_rows(p) == kAmxChunkRows ? run_chunks<PanelsAmx<kAmxChunkRows>>(p, begin, end)
-                                            : run_chunks<PanelsAmx<kAmxSmallChunkRows>>(p, begin, end);
+  return p.dtype == DType::kFloat16 ? run_amx<fp16_t>(p, begin, end) : run_amx<bf16_t>(p, begin, end);
 }
 
 // The amx ISA's peak probe: kind 2, tdpbf16ps into 4 independent C tiles (16 x 16 x 32 products
@@ -175,3 +249,5 @@ double peak_flops_per_iter_amx(int kind) {
 }  // namespace fal::cpu::FAL_CPU_NS
 
 #undef FAL_AMX_DP_C4
+#undef FAL_AMX_DP_C4_SPLIT
+#undef FAL_AMX_DP_SPLIT2

@@ -18,15 +18,20 @@ bool fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
 }
 
 #if defined(FAL_SIMD_AVX512) && defined(FAL_WITH_AMX)
-// The amx ISA's forward: bf16 on AMX tiles (more than kDecodeMaxRows rows: fwd_amx.cpp; the
-// decode's several-row blocks: decode_amx.cpp), the rest as avx512.
+// The amx ISA's forward: bf16 and fp16 on AMX tiles (more than kDecodeMaxRows rows: fwd_amx.cpp),
+// the bf16 decode's several-row blocks (decode_amx.cpp); the rest as avx512.
+namespace {
+bool amx_chunks(const FwdParams& p) {
+  return (p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16) && p.s_q > kDecodeMaxRows;
+}
+}  // namespace
 int64_t fwd_num_work_items_amx(const FwdParams& p) {
-  if (p.dtype == DType::kBFloat16 && p.s_q > kDecodeMaxRows) return fwd_chunk_items_amx(p);
-  return fwd_num_work_items(p);
+  return amx_chunks(p) ? fwd_chunk_items_amx(p) : fwd_num_work_items(p);
 }
 bool fwd_run_amx(const FwdParams& p, int64_t begin, int64_t end) {
+  if (amx_chunks(p)) return fwd_chunks_run_amx(p, begin, end);
   if (p.dtype != DType::kBFloat16) return fwd_run(p, begin, end);
-  return p.s_q > kDecodeMaxRows ? fwd_chunks_run_amx(p, begin, end) : decode_run_amx(p, begin, end);
+  return decode_run_amx(p, begin, end);
 }
 #endif
 

@@ -180,8 +180,8 @@ def test_flops_formula():
 
 
 def test_roofline_peak_follows_the_units_that_run_the_call():
-    # The amx ISA runs the bf16 forward and backward (more than 16 query rows), the fp16 forward and the bf16 decode
-    # of 4+ rows per kv head on AMX tiles, everything else on vectors: the roofline's compute peak is the AMX one only there
+    # The amx ISA runs the bf16 and fp16 forward and backward (more than 16 query rows) and the bf16 decode of 4+
+    # rows per kv head on AMX tiles, everything else on vectors: the roofline's compute peak is the AMX one only there
     # (_bench_core.roofline).
     from flashattn_lite._bench_core import roofline
 
@@ -201,11 +201,14 @@ def test_roofline_peak_follows_the_units_that_run_the_call():
     assert roofline(gqa, gqa.flops / 0.1e9, peaks)[2] == pytest.approx(2.5)
     two = bench.Config("decode", "bf16", 1, 32, 8, 2, 1024, 128, False)  # 2 query rows, not packed: vectors
     assert roofline(two, two.flops / 0.1e9, peaks)[2] == pytest.approx(50.0)
-    # ... and its fp16 forward, three tile products per multiply (a third of the AMX peak); fp16 backward: vectors
+    # ... and its fp16 forward and backward, three tile products per multiply (a third of the AMX peak); the fp16
+    # decode: vectors
     f16 = bench.Config("fwd", "fp16", 1, 8, 8, 1024, 1024, 64, False)
     assert roofline(f16, f16.flops / 0.4e9, peaks)[2] == pytest.approx(30.0)  # 400 of 4000 / 3
     f16b = bench.Config("fwd+bwd", "fp16", 1, 8, 8, 1024, 1024, 64, False)
-    assert roofline(f16b, f16b.flops / 0.05e9, peaks)[2] == pytest.approx(50.0)
+    assert roofline(f16b, f16b.flops / 0.4e9, peaks)[2] == pytest.approx(30.0)
+    f16d = bench.Config("decode", "fp16", 1, 32, 8, 1, 1024, 128, False)
+    assert roofline(f16d, f16d.flops / 0.05e9, peaks)[2] == pytest.approx(50.0)
 
 
 @pytest.mark.skipif("amx" not in flashattn_lite.available_isas(), reason="needs a CPU with AMX-BF16")

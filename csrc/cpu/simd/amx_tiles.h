@@ -1,6 +1,6 @@
 // amx_tiles.h -- what the AMX kernels share (fwd_amx.cpp's forward, bwd_amx.cpp's backward,
-// decode_amx.cpp's decode): the
-// tile geometry and the layout of a tile configuration. Only in sources compiled with -mamx-tile
+// decode_amx.cpp's decode): the tile geometry, the layout of a tile configuration and the tile
+// product sequences (plain, and of split_bf16.h's hi + lo operands). Only in sources compiled with -mamx-tile
 // -mamx-bf16 (CMakeLists.txt), called only where the CPU has AMX-BF16 and the OS granted this
 // process the tile state (isa.cpp). The configuration is a constant: GCC 12 does not see ldtilecfg
 // read its operand and dropped the stores that filled a local one (the tiles then stayed
@@ -64,6 +64,41 @@ constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, 
     _tile_loadd(5, (a1), (lda));                 \
     _tile_dpbf16ps(2, 5, 6);                     \
     _tile_dpbf16ps(3, 5, 7);                     \
+  } while (0)
+// C tiles 0-3 += AH BH + AL BH + AH BL: A tiles AH (hi), AL (lo) against the 4 B column blocks of
+// 16 at bh (hi) and bl (lo), rows `stride` bytes apart. Two C tiles at a time, so each C's three
+// products alternate with the other's; each B tile load feeds two products or one (tiles are not
+// renamed: a load waits for the products reading the register it replaces).
+#define FAL_AMX_DP_SPLIT2(c0, c1, AH, AL, bh, bl, stride) \
+  do {                                                    \
+    _tile_loadd(6, (bh) + 16 * (c0), (stride));           \
+    _tile_dpbf16ps(c0, AH, 6);                            \
+    _tile_loadd(7, (bh) + 16 * (c1), (stride));           \
+    _tile_dpbf16ps(c1, AH, 7);                            \
+    _tile_dpbf16ps(c0, AL, 6);                            \
+    _tile_dpbf16ps(c1, AL, 7);                            \
+    _tile_loadd(6, (bl) + 16 * (c0), (stride));           \
+    _tile_dpbf16ps(c0, AH, 6);                            \
+    _tile_loadd(7, (bl) + 16 * (c1), (stride));           \
+    _tile_dpbf16ps(c1, AH, 7);                            \
+  } while (0)
+#define FAL_AMX_DP_C4_SPLIT(AH, AL, bh, bl, stride)  \
+  do {                                               \
+    FAL_AMX_DP_SPLIT2(0, 1, AH, AL, bh, bl, stride); \
+    FAL_AMX_DP_SPLIT2(2, 3, AH, AL, bh, bl, stride); \
+  } while (0)
+// FAL_AMX_DP_2X2 of split operands (split_bf16.h: hi + lo parts): C += AH BH + AL BH + AH BL, with the
+// A tiles' lo parts at a0l, a1l and the B tiles' at b0l, b1l; the lo A tiles meet the hi B tiles still loaded.
+#define FAL_AMX_DP_2X2_SPLIT(a0, a1, a0l, a1l, lda, b0, b1, b0l, b1l, ldb) \
+  do {                                                                     \
+    FAL_AMX_DP_2X2(a0, a1, lda, b0, b1, ldb);                              \
+    _tile_loadd(4, (a0l), (lda));                                          \
+    _tile_dpbf16ps(0, 4, 6);                                               \
+    _tile_dpbf16ps(1, 4, 7);                                               \
+    _tile_loadd(5, (a1l), (lda));                                          \
+    _tile_dpbf16ps(2, 5, 6);                                               \
+    _tile_dpbf16ps(3, 5, 7);                                               \
+    FAL_AMX_DP_2X2(a0, a1, lda, b0l, b1l, ldb);                            \
   } while (0)
 // C tiles 0-3 as the 32 x 32 fp32 block at c (rows `stride` bytes apart; C0 top left, C1 top
 // right, C2 bottom left, C3 bottom right: FAL_AMX_DP_2X2's layout), and back.

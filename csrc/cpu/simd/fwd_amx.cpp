@@ -27,29 +27,6 @@ namespace {
 
 static_assert(kBN == 4 * kTilePairs, "a key tile is 4 C tiles of S, 2 A tiles of P");
 
-// C tiles 0-3 += AH BH + AL BH + AH BL: A tiles AH (hi), AL (lo) against the 4 B column blocks of
-// 16 at bh (hi) and bl (lo), rows `stride` bytes apart. Two C tiles at a time, so each C's three
-// products alternate with the other's; each B tile load feeds two products or one (tiles are not
-// renamed: a load waits for the products reading the register it replaces).
-#define FAL_AMX_DP_SPLIT2(c0, c1, AH, AL, bh, bl, stride) \
-  do {                                                    \
-    _tile_loadd(6, (bh) + 16 * (c0), (stride));           \
-    _tile_dpbf16ps(c0, AH, 6);                            \
-    _tile_loadd(7, (bh) + 16 * (c1), (stride));           \
-    _tile_dpbf16ps(c1, AH, 7);                            \
-    _tile_dpbf16ps(c0, AL, 6);                            \
-    _tile_dpbf16ps(c1, AL, 7);                            \
-    _tile_loadd(6, (bl) + 16 * (c0), (stride));           \
-    _tile_dpbf16ps(c0, AH, 6);                            \
-    _tile_loadd(7, (bl) + 16 * (c1), (stride));           \
-    _tile_dpbf16ps(c1, AH, 7);                            \
-  } while (0)
-#define FAL_AMX_DP_C4_SPLIT(AH, AL, bh, bl, stride)  \
-  do {                                               \
-    FAL_AMX_DP_SPLIT2(0, 1, AH, AL, bh, bl, stride); \
-    FAL_AMX_DP_SPLIT2(2, 3, AH, AL, bh, bl, stride); \
-  } while (0)
-
 // Rows per work item: 512, the K / V packing of a key tile serving 32 groups instead of 16, where
 // that leaves at least kAmxMinItems work items; else 256 (the threads' dynamic share of causal rows
 // needs enough items). B1 bf16, 2 threads, calls alternating in one process (Xeon,

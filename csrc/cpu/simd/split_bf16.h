@@ -1,11 +1,12 @@
 // split_bf16.h -- fp16 operands for bf16 products: a value as the sum of two bf16 values, hi + lo,
-// so that AMX's tdpbf16ps (bf16 inputs only on this hardware) runs the fp16 forward
-// (fwd_amx.cpp). AVX-512 objects only.
+// so that AMX's tdpbf16ps (bf16 inputs only on this hardware) runs the fp16 forward (fwd_amx.cpp)
+// and backward (bwd_amx.cpp). AVX-512 objects only.
 //   hi = x with its low 16 bits cleared (x truncated to bf16: exact as a bf16)
 //   lo = x - hi (exact in fp32), rounded to bf16 where it is stored
 // An fp16 value has an 11-bit significand: hi holds its first 8 bits and lo the other 3, so
 // hi + lo == x exactly (bf16 has fp32's exponent range: no fp16 value, subnormals included, falls
-// below it). An fp32 P in [0, 1] keeps 16-17 bits (relative error <= 2^-17, against fp16's 2^-11).
+// below it). An fp32 value (P, the backward's dS) keeps 16-17 bits (relative error <= 2^-17, against
+// fp16's 2^-11).
 // The products a b = ah bh + ah bl + al bh (+ al bl, <= 2^-18 |a b|, dropped) are each exact in
 // fp32 and summed in fp32 by the tile unit. An infinite x gives hi = x, lo = 0 (x - hi would be
 // NaN); a NaN gives a NaN hi and lo.
@@ -112,6 +113,22 @@ inline void split_p32(__m512 p0, __m512 p1, uint32_t* dst_hi, uint32_t* dst_lo) 
 inline void split_f32_consecutive(const float* r, int n, uint32_t* dst_hi, uint32_t* dst_lo) {
   for (int c = 0; c < n; c += 2 * kN)
     split_p32(_mm512_loadu_ps(r + c), _mm512_loadu_ps(r + c + kN), dst_hi + c / 2, dst_lo + c / 2);
+}
+
+// pack_f32_row_pairs, split: fp32 rows a, b -> the pairs (a[x], b[x]) of their hi and lo parts, x < n
+// (n a multiple of kN) -- the backward's P and dS as pairs over rows
+inline void split_f32_row_pairs(const float* a, const float* b, int n, uint32_t* dst_hi, uint32_t* dst_lo) {
+  auto words = [](__m512 x) {  // 16 fp32 -> 16 bf16 in the low halves of 32-bit lanes
+    const __m256bh h = _mm512_cvtneps_pbh(x);
+    return _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(h));
+  };
+  for (int x = 0; x < n; x += kN) {
+    __m512 ah, al, bh, bl;
+    split_hi_lo(_mm512_loadu_ps(a + x), ah, al);
+    split_hi_lo(_mm512_loadu_ps(b + x), bh, bl);
+    _mm512_storeu_si512(dst_hi + x, _mm512_or_si512(words(ah), _mm512_slli_epi32(words(bh), 16)));
+    _mm512_storeu_si512(dst_lo + x, _mm512_or_si512(words(al), _mm512_slli_epi32(words(bl), 16)));
+  }
 }
 
 }  // namespace

@@ -166,6 +166,45 @@ def test_thread_count_does_not_change_result(isa):
     assert torch.equal(a, b)
 
 
+# A few query rows with GQA: a work item takes several query heads of one kv head (plan.cpp fwd_item_heads_plan:
+# as many as keep 2 items per thread and 256 rows, so the thread count decides) and packs each key tile once for
+# them. flash_attn_func: "Supports multi-query and grouped-query attention (MQA/GQA) by passing in KV with fewer
+# heads than Q"; "alibi_slopes: (nheads,) or (batch_size, nheads), fp32" and "dropout_p: float. Dropout
+# probability." -- per-head transforms and keep patterns that must stay with their head. 1 thread groups the most
+# heads (MQA 8/1 at 17 rows: all 8; 70 rows of GQA 6/2: 3), 8 threads none; 130 rows (2 x 144 > 256) never. The
+# results must be bit-identical and follow the rule.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("s_q,h,h_kv", [(17, 8, 1), (40, 8, 2), (70, 6, 2), (130, 4, 2)])
+@pytest.mark.parametrize("feature", ["alibi_softcap", "dropout"])
+def test_gqa_few_rows_heads_grouped(dtype, s_q, h, h_kv, feature, isa):
+    q, k, v = randn((2, s_q, h, 64), dtype), randn((2, 700, h_kv, 64), dtype), randn((2, 700, h_kv, 64), dtype)
+    if feature == "alibi_softcap":
+        kw = dict(causal=True, alibi_slopes=torch.rand(2, h) * 0.5, softcap=4.0)
+    else:
+        kw = dict(causal=True, dropout_p=0.2)
+    n = torch.get_num_threads()
+    res = {}
+    try:
+        for threads in (1, 8):
+            torch.set_num_threads(threads)
+            torch.manual_seed(3)
+            res[threads] = flash_attn_func(q, k, v, return_attn_probs=True, **kw)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(res[1][0], res[8][0]) and torch.equal(res[1][1], res[8][1])
+    if feature == "alibi_softcap":
+        ref, ref_lse = attention_ref(q, k, v, **kw)
+        same, _ = attention_ref(q, k, v, upcast=False, **kw)
+        assert_rule(res[1][0], ref, same)
+        assert torch.allclose(res[1][1], ref_lse.float(), atol=1e-4, rtol=1e-4)
+    else:  # each head's keep pattern, from return_attn_probs: "negative means that location was dropped,
+        # nonnegative means it was kept"
+        keep = res[1][2] >= 0
+        ref, _ = attention_ref(q, k, v, causal=True, dropout_p=0.2, dropout_keep=keep)
+        same, _ = attention_ref(q, k, v, causal=True, dropout_p=0.2, dropout_keep=keep, upcast=False)
+        assert_rule(res[1][0], ref, same)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("s_q,h,h_kv", [(1, 8, 8), (3, 16, 8)])
 def test_decode_short_cache_any_thread_count(dtype, s_q, h, h_kv, isa):

@@ -83,6 +83,15 @@ static inline int decode_head_groups(const FwdParams& p) {
   const int per = decode_group_heads(p);
   return (p.h + per - 1) / per;
 }
+// The forward of more than kDecodeMaxRows rows: a work item is (batch, group of query heads, chunk
+// of rows). With GQA and few rows the plan (plan.cpp fwd_item_heads_plan) puts up to
+// kFwdMaxItemHeads query heads of one kv head into an item, their rows within kFwdItemRows (16-row
+// groups), so each key tile's K / V is packed once for all of them; p.decode_heads carries the
+// count (1 otherwise, and without a plan).
+constexpr int kFwdMaxItemHeads = 16, kFwdItemRows = 256;
+static inline int fwd_item_heads(const FwdParams& p) {
+  return p.s_q > kDecodeMaxRows && p.decode_heads > 1 ? p.decode_heads : 1;
+}
 // Split-KV merge: one work item per (batch, head, query row).
 inline int64_t fwd_combine_num_work_items(const FwdParams& p) { return int64_t(p.b) * p.h * p.s_q; }
 // True when a row it wrote may hold a NaN value (a NaN or infinite value, the LSE not NaN): the

@@ -1,6 +1,6 @@
 // plan.cpp -- how a call is decomposed before its scratch is allocated (the kernel tables' fwd_plan
-// and bwd_plan, isa.h): GQA decode packing, decode head groups, the split-KV count, the backward's
-// key splits.
+// and bwd_plan, isa.h): GQA decode packing, decode head groups, the split-KV count, the forward's
+// heads per work item, the backward's key splits.
 // Portable code: compiled once.
 #include <algorithm>
 
@@ -72,6 +72,19 @@ int decode_splits(const FwdParams& p, int threads) {
       std::max<int64_t>(1, std::min<int64_t>((2 * int64_t(threads) + items - 1) / items, p.s_k / kSplitMinKeys)));
 }
 
+// Query heads per forward work item (cpu_kernels.h fwd_item_heads): the largest divisor of the
+// GQA group g whose heads' rows (16-row groups) fit kFwdItemRows while the items still number at
+// least 2 per thread -- a short chunk of rows against a long cache packs each K / V tile once per kv
+// head instead of once per query head. B1 64 rows x 16384 keys H32/8 D128, 2 threads (Xeon,
+// 2026-12-02): see bench/results/cpu-2026-12-02g-intel.md.
+int fwd_item_heads_plan(const FwdParams& p, int threads) {
+  const int g = p.h / p.h_kv, rows = (p.s_q + 15) / 16 * 16;
+  int best = 1;
+  for (int n = 2; n <= std::min(g, kFwdMaxItemHeads); ++n)
+    if (g % n == 0 && n * rows <= kFwdItemRows && int64_t(p.b) * (p.h / n) >= 2 * int64_t(threads)) best = n;
+  return best;
+}
+
 }  // namespace
 
 void fwd_plan_portable(FwdParams& p, int /*threads*/) { p.num_splits = 1; }
@@ -79,8 +92,13 @@ void fwd_plan_portable(FwdParams& p, int /*threads*/) { p.num_splits = 1; }
 void fwd_plan_simd(FwdParams& p, int threads) {
   if (p.dtype == DType::kFloat64) return fwd_plan_portable(p, threads);  // the portable kernel
   pack_gqa_decode(p);
-  decode_heads_plan(p, threads);
-  p.num_splits = p.s_q <= kDecodeMaxRows ? decode_splits(p, threads) : 1;
+  if (p.s_q <= kDecodeMaxRows) {
+    decode_heads_plan(p, threads);
+    p.num_splits = decode_splits(p, threads);
+  } else {
+    p.decode_heads = fwd_item_heads_plan(p, threads);
+    p.num_splits = 1;
+  }
 }
 
 bool fwd_nan_pass_simd(const FwdParams& p) { return p.dtype != DType::kFloat64; }

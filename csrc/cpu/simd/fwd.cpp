@@ -30,13 +30,17 @@ struct PanelsF32 {
   Buf<float> q, kt, v;
   int d = 0, dv = 0, dvp = 0;
 
-  // Q rows [0, rows) of the chunk as fp32 times the scale (natural-unit scores), zero-padded.
-  void load_q(const FwdParams& p, const T* q0, int rows, int rows_pad) {
+  // Q rows [0, rows) of the chunk's nh heads as fp32 times the scale (natural-unit scores), each
+  // head's zero-padded to rows_pad.
+  void load_q(const FwdParams& p, const T* q0, int rows, int rows_pad, int nh) {
     d = p.d, dv = p.d_v, dvp = round_up(dv, kNV * kN);
-    q.assign(size_t(rows_pad) * d, 0.f);
+    q.assign(size_t(nh) * rows_pad * d, 0.f);
     kt.resize(size_t(round_up(d, kN)) * kBN);  // transpose_store writes whole kN-row blocks
     v.resize(size_t(kBN) * dvp);
-    for (int r = 0; r < rows; ++r) convert_row(q0 + r * p.q_row_stride, d, float(p.scale), q.data() + size_t(r) * d);
+    for (int j = 0; j < nh; ++j)
+      for (int r = 0; r < rows; ++r)
+        convert_row(q0 + j * p.q_head_stride + r * p.q_row_stride, d, float(p.scale),
+                    q.data() + (size_t(j) * rows_pad + r) * d);
   }
   // K^T (d x kBN) and V (kBN x dvp) of keys [j0, j0 + cols), zero-padded. K^T by kN x kN blocks:
   // kN rows loaded (converted to fp32) and transposed in registers (transpose_store); against a
@@ -74,14 +78,16 @@ struct PanelsBf16 {
   int d = 0, d2 = 0, dv = 0, dvp = 0;
   float scale = 1.f;
 
-  void load_q(const FwdParams& p, const T* q0, int rows, int rows_pad) {
+  void load_q(const FwdParams& p, const T* q0, int rows, int rows_pad, int nh) {
     d = p.d, d2 = (d + 1) / 2, dv = p.d_v, dvp = round_up(dv, kNV * kN);
     scale = float(p.scale);
-    q.assign(size_t(rows_pad) * d2, 0u);
+    q.assign(size_t(nh) * rows_pad * d2, 0u);
     kp.resize(size_t(round_up(d2, kN)) * kBN);  // transpose_store writes whole kN-row blocks
     vp.resize(size_t(kBN / 2) * dvp);
     pb.resize(size_t(kRM) * (kBN / 2));
-    for (int r = 0; r < rows; ++r) copy_pairs(q0 + r * p.q_row_stride, d, q.data() + size_t(r) * d2);
+    for (int j = 0; j < nh; ++j)
+      for (int r = 0; r < rows; ++r)
+        copy_pairs(q0 + j * p.q_head_stride + r * p.q_row_stride, d, q.data() + (size_t(j) * rows_pad + r) * d2);
   }
   // K as pairs over d, V as pairs over keys (pack_tile_pairs, micro_bf16.h)
   void pack(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int j0, int cols) {
@@ -105,7 +111,7 @@ struct PanelsBf16 {
 
 }  // namespace
 
-int64_t fwd_chunk_items(const FwdParams& p) { return int64_t(p.b) * p.h * ((p.s_q + kQC - 1) / kQC); }
+int64_t fwd_chunk_items(const FwdParams& p) { return chunk_items(p, kQC); }
 
 bool fwd_chunks_run(const FwdParams& p, int64_t begin, int64_t end) {
   switch (p.dtype) {

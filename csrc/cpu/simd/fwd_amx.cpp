@@ -36,8 +36,7 @@ static_assert(kBN == 4 * kTilePairs, "a key tile is 4 C tiles of S, 2 A tiles of
 constexpr int kAmxChunkRows = 512, kAmxSmallChunkRows = 256;
 constexpr int64_t kAmxMinItems = 16;
 inline int amx_chunk_rows(const FwdParams& p) {
-  const int64_t items = int64_t(p.b) * p.h * ((p.s_q + kAmxChunkRows - 1) / kAmxChunkRows);
-  return items >= kAmxMinItems ? kAmxChunkRows : kAmxSmallChunkRows;
+  return chunk_items(p, kAmxChunkRows) >= kAmxMinItems ? kAmxChunkRows : kAmxSmallChunkRows;
 }
 
 // T = bf16_t: the bf16 panels of the vdpbf16ps forward (micro_bf16.h); T = fp16_t: each panel
@@ -56,25 +55,32 @@ struct PanelsAmx {
   int d = 0, dq2 = 0, dv = 0, dvp = 0;
   float scale = 1.f;
 
-  // Q rows as bf16 pairs, dq2 (a whole number of A tile rows) apart, zero-padded.
-  void load_q(const FwdParams& p, const T* q0, int rows, int rows_pad) {
+  // Q rows of nh heads (each head's padded to rows_pad) as bf16 pairs, dq2 (a whole number of A tile
+  // rows) apart, zero-padded.
+  void load_q(const FwdParams& p, const T* q0, int rows, int rows_pad, int nh) {
     d = p.d, dq2 = round_up((d + 1) / 2, kTilePairs), dv = p.d_v, dvp = round_up(dv, kNV * kN);
     scale = float(p.scale);
-    q.assign(size_t(rows_pad) * dq2, 0u);
+    const size_t all = size_t(nh) * rows_pad;
+    q.assign(all * dq2, 0u);
     kp.resize(size_t(dq2) * kBN);  // transpose_pairs writes ceil(d / 32) * 16 = dq2 rows
     vp.resize(size_t(kBN / 2) * dvp);
     pb.resize(size_t(kRows) * (kBN / 2));
     s.resize(size_t(kRows) * kBN);
     if constexpr (kSplit) {
-      ql.assign(size_t(rows_pad) * dq2, 0u);
+      ql.assign(all * dq2, 0u);
       kpl.resize(size_t(dq2) * kBN);
       vpl.resize(size_t(kBN / 2) * dvp);
       pbl.resize(size_t(kRows) * (kBN / 2));
-      for (int r = 0; r < rows; ++r)
-        split_pairs(q0 + r * p.q_row_stride, d, q.data() + size_t(r) * dq2, ql.data() + size_t(r) * dq2);
-    } else {
-      for (int r = 0; r < rows; ++r) copy_pairs(q0 + r * p.q_row_stride, d, q.data() + size_t(r) * dq2);
     }
+    for (int j = 0; j < nh; ++j)
+      for (int r = 0; r < rows; ++r) {
+        const T* src = q0 + j * p.q_head_stride + r * p.q_row_stride;
+        const size_t at = (size_t(j) * rows_pad + r) * dq2;
+        if constexpr (kSplit)
+          split_pairs(src, d, q.data() + at, ql.data() + at);
+        else
+          copy_pairs(src, d, q.data() + at);
+      }
   }
   void pack(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int j0, int cols) {
     if constexpr (kSplit)
@@ -186,10 +192,7 @@ bool run_amx(const FwdParams& p, int64_t begin, int64_t end) {
 
 }  // namespace
 
-int64_t fwd_chunk_items_amx(const FwdParams& p) {
-  const int rows = amx_chunk_rows(p);
-  return int64_t(p.b) * p.h * ((p.s_q + rows - 1) / rows);
-}
+int64_t fwd_chunk_items_amx(const FwdParams& p) { return chunk_items(p, amx_chunk_rows(p)); }
 
 bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end) {
   const TileScope tiles;

@@ -79,9 +79,10 @@ struct FwdParams {
   // fp32 partial output and its LSE, and a combine pass merges them:
   //   lse = log sum_s exp(lse_s),  out = sum_s exp(lse_s - lse) * out_s.
   int num_splits = 1;
-  // CPU decode over a token-major cache: query heads per work item (cpu_kernels.h's
-  // decode_group_heads; 0 = not planned). It fills the padding before o_accum, so no offset moves
-  // (the CUDA kernels take these structs by value: tools/verified_sass.py)
+  // CPU: query heads per work item -- the decode over a token-major cache (cpu_kernels.h's
+  // decode_group_heads), the forward of more rows (fwd_item_heads); 0 = not planned. It fills the
+  // padding before o_accum, so no offset moves (the CUDA kernels take these structs by value:
+  // tools/verified_sass.py)
   int decode_heads = 0;
   float* o_accum = nullptr;    // num_splits x b x h x s_q x d_v, fp32
   float* lse_accum = nullptr;  // num_splits x b x h x s_q, fp32

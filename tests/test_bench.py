@@ -209,6 +209,15 @@ def test_roofline_peak_follows_the_units_that_run_the_call():
     assert roofline(f16b, f16b.flops / 0.4e9, peaks)[2] == pytest.approx(30.0)
     f16d = bench.Config("decode", "fp16", 1, 32, 8, 1, 1024, 128, False)
     assert roofline(f16d, f16d.flops / 0.05e9, peaks)[2] == pytest.approx(50.0)
+    # fp32 as fp16 where torch's float32 matmul precision allows two bf16 parts ("high"), else the fp32 peak
+    f32 = bench.Config("fwd", "fp32", 1, 8, 8, 1024, 1024, 64, False)
+    assert roofline(f32, f32.flops / 0.05e9, peaks)[2] == pytest.approx(50.0)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert roofline(f32, f32.flops / 0.4e9, peaks)[2] == pytest.approx(30.0)
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 @pytest.mark.skipif("amx" not in flashattn_lite.available_isas(), reason="needs a CPU with AMX-BF16")

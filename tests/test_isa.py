@@ -195,3 +195,74 @@ def test_set_decode_prefetch_in_process():
         flashattn_lite._C._set_decode_prefetch("")
     assert flashattn_lite._C._decode_prefetch() == before or "FLASHATTN_LITE_DECODE_PREFETCH" in before
     assert all(torch.equal(o, outs[0]) for o in outs)
+
+
+@pytest.mark.skipif("amx" not in flashattn_lite.available_isas(), reason="needs a CPU with AMX-BF16 (and Linux 5.16+)")
+@pytest.mark.parametrize(
+    "setting",
+    [
+        ("legacy", "highest"),
+        ("legacy", "high"),
+        ("legacy", "medium"),
+        ("mkldnn", "ieee"),
+        ("mkldnn", "tf32"),
+        ("mkldnn", "bf16"),
+    ],
+    ids=lambda s: f"{s[0]}-{s[1]}",
+)
+def test_amx_fp32_follows_float32_matmul_precision(setting):
+    # torch.set_float32_matmul_precision: "'highest', float32 matrix multiplications use the float32 datatype
+    # (24 mantissa bits with 23 bits explicitly stored) for internal computations. 'high', float32 matrix
+    # multiplications either use the TensorFloat32 datatype (10 mantissa bits explicitly stored) or treat each
+    # float32 number as the sum of two bfloat16 numbers (approximately 16 mantissa bits with 14 bits explicitly
+    # stored), if the appropriate fast matrix multiplication algorithms are available. [...] 'medium', float32
+    # matrix multiplications use the bfloat16 datatype [...] if a fast matrix multiplication algorithm using that
+    # datatype internally is available." The amx ISA takes the two-bfloat16 form for 'high' and 'medium' (and the
+    # mkldnn matmul precision tf32 / bf16 they set); 'highest' / ieee, the default, stays bit-identical to the
+    # avx512 ISA's fp32 kernels. Forward and backward.
+    api, value = setting
+    q, k, v, dout = (
+        randn((1, 300, 4, 64), torch.float32),
+        randn((1, 333, 2, 64), torch.float32),
+        randn((1, 333, 2, 64), torch.float32),
+        randn((1, 300, 4, 64), torch.float32),
+    )
+
+    def run():
+        qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+        out = flashattn_lite.flash_attn_func(qq, kk, vv, causal=True)
+        out.backward(dout)
+        return [out.detach(), qq.grad, kk.grad, vv.grad]
+
+    qd, kd, vd = (t.double().requires_grad_(True) for t in (q, k, v))
+    ref = attention_ref(qd, kd, vd, causal=True)[0]
+    ref.backward(dout.double())
+    refs = [ref.detach(), qd.grad, kd.grad, vd.grad]
+    qb, kb, vb = (t.bfloat16().requires_grad_(True) for t in (q, k, v))
+    in_bf16 = attention_ref(qb, kb, vb, causal=True, upcast=False)[0]  # the computation in bfloat16
+    in_bf16.backward(dout.bfloat16())
+    bf16_err = [(a.double() - r).abs().max().item() for a, r in zip([in_bf16, qb.grad, kb.grad, vb.grad], refs)]
+
+    before_isa, before_legacy = flashattn_lite.cpu_isa(), torch.get_float32_matmul_precision()
+    before_mkldnn = torch.backends.mkldnn.matmul.fp32_precision
+    try:
+        flashattn_lite._C._set_cpu_isa("avx512")
+        plain = run()
+        if api == "legacy":
+            torch.set_float32_matmul_precision(value)
+        else:
+            torch.backends.mkldnn.matmul.fp32_precision = value
+        flashattn_lite._C._set_cpu_isa("amx")
+        ours = run()
+    finally:
+        flashattn_lite._C._set_cpu_isa(before_isa)
+        torch.backends.mkldnn.matmul.fp32_precision = before_mkldnn
+        torch.set_float32_matmul_precision(before_legacy)
+    if value in ("highest", "ieee"):
+        for a, b in zip(ours, plain):
+            assert torch.equal(a, b)
+        return
+    for name, a, b, r, e in zip(("out", "dq", "dk", "dv"), ours, plain, refs, bf16_err):
+        err = (a.double() - r).abs().max().item()
+        assert not torch.equal(a, b), name  # the tiles ran
+        assert err <= e / 32, (name, err, e)  # ~16 bits: far inside the bfloat16 computation's error

@@ -11,8 +11,8 @@
 
 namespace fal::cpu {
 
-// kAmx: the avx512 kernels, with the bf16 forward (more than kDecodeMaxRows rows) and the bf16
-// decode from 4 rows on AMX tiles
+// kAmx: the avx512 kernels, with the bf16 and fp16 forward (more than kDecodeMaxRows rows) and
+// backward and the bf16 decode from 4 rows on AMX tiles
 enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 
 const char* isa_name(Isa isa);

@@ -1,6 +1,8 @@
 // glue_checks.cpp -- the shared argument checks and params setters (glue_checks.h).
 #include "torch/glue_checks.h"
 
+#include <ATen/Context.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -76,6 +78,12 @@ void set_score_fields(FwdParams& p, at::ScalarType st, double softmax_scale, boo
   p.scale_log2 = float(softmax_scale * M_LOG2E);
   p.causal = causal;
   p.bottom_right = bottom_right;
+  // fp32: torch's float32 matmul precision (torch.set_float32_matmul_precision("high") sets the
+  // mkldnn matmul precision to tf32, "medium" to bf16) lets the CPU's tile products take each value
+  // as two bf16 parts; "highest" / ieee (the default) keeps fp32 products
+  const at::Float32Precision mm =
+      at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL);
+  p.fp32_split_bf16 = st == at::kFloat && (mm == at::Float32Precision::TF32 || mm == at::Float32Precision::BF16);
   p.window_left = int(window_left);
   p.window_right = int(window_right);
   p.softcap = softcap;

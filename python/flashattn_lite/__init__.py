@@ -36,7 +36,8 @@ from .kvcache import flash_attn_with_kvcache  # noqa: E402
 def cpu_isa() -> str:
     """The CPU instruction set the kernels use: 'amx', 'avx512', 'avx2' or 'scalar'.
 
-    'amx' is 'avx512' with the bf16 forward on AMX tiles (Intel Sapphire Rapids and later).
+    'amx' is 'avx512' with the bf16 and fp16 forward and backward (and the bf16 multi-row decode) on AMX
+    tiles (Intel Sapphire Rapids and later).
 
     Chosen once per process from CPUID/XCR0, or forced with FLASHATTN_LITE_CPU_ISA.
     """

@@ -316,8 +316,8 @@ def roofline(c: Config, ms: float, peaks: dict) -> tuple[float, float, float]:
     amx ISA's bf16 forward and backward (more than 16 query rows) and its bf16 decode of 4 to 16 rows per kv head
     (one query token: the GQA heads sharing a kv head packed as rows, plan.cpp; else the query rows)
     with d a multiple of 32 (make_inputs' head-major K: rows d apart) run on AMX tiles: the AMX peak; its fp16
-    forward and backward (more than 16 query rows) run three tile products per multiply (split_bf16.h): a third
-    of it."""
+    forward and backward (more than 16 query rows) -- and fp32 where torch's float32 matmul precision is "high" or
+    "medium" -- run three tile products per multiply (split_bf16.h): a third of it."""
     gflops = c.flops / ms / 1e6
     gbps = c.bytes / ms / 1e6
     low = c.dtype == "bf16" or (c.dtype == "fp16" and peaks.get("device") == "cuda")
@@ -329,7 +329,11 @@ def roofline(c: Config, ms: float, peaks: dict) -> tuple[float, float, float]:
         decode_tiles = c.mode == "decode" and c.s_q <= 16 and 4 <= rows <= 16 and c.d % 32 == 0
         if fwd_tiles or decode_tiles:  # (other decodes: vectors)
             compute = peaks["amx_bf16_gflops"]
-    if c.dtype == "fp16" and "amx_bf16_gflops" in peaks and c.mode in ("fwd", "bwd", "fwd+bwd") and c.s_q > 16:
+    # fp32 too where torch's float32 matmul precision lets the products take two bf16 parts (README, Semantics)
+    split = c.dtype == "fp16" or (
+        c.dtype == "fp32" and torch.backends.mkldnn.matmul.fp32_precision in ("tf32", "bf16")  # type: ignore[attr-defined]
+    )
+    if split and "amx_bf16_gflops" in peaks and c.mode in ("fwd", "bwd", "fwd+bwd") and c.s_q > 16:
         compute = peaks["amx_bf16_gflops"] / 3
     attainable = min(compute, c.flops / c.bytes * peaks.get("read_gbps", float("nan")))
     return gflops, gbps, 100 * gflops / attainable if attainable > 0 else float("nan")

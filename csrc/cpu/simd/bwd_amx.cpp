@@ -1,4 +1,4 @@
-// bwd_amx.cpp -- the bf16 and fp16 backward on AMX tiles (the "amx" ISA, isa.h): bwd_head.h's
+// bwd_amx.cpp -- the bf16 and fp16 (and split fp32) backward on AMX tiles (the "amx" ISA, isa.h): bwd_head.h's
 // skeleton over BwdPanelsAmx<T>, blocks of 64 query rows against passes of 4 key tiles of 64. Compiled into the
 // AVX-512 objects with -mamx-tile -mamx-bf16 added (CMakeLists.txt); only called where the CPU has
 // AMX and the OS granted this process the tile state (isa.cpp). Every product is a tdpbf16ps (A: 16
@@ -14,9 +14,10 @@
 //   dQ  += dS K     A = dS rows as pairs over keys (dSk), B = K as pairs over keys (Kk); 32 rows x
 //                   32 columns of dQacc per block
 // P and dS are rounded to bf16 for the products, as the vdpbf16ps backward does; the softmax
-// (p_ds_rows) and all sums are fp32, so results match the avx512 ISA's to rounding. fp16
-// (split_bf16.h): every operand as hi + lo bf16 parts -- exact for the fp16 inputs, 2^-17 for P and
-// dS -- and each product three tile products (FAL_AMX_DP_2X2_SPLIT).
+// (p_ds_rows) and all sums are fp32, so results match the avx512 ISA's to rounding. fp16, and fp32
+// where torch's float32 matmul precision allows it (split_bf16.h): every operand as hi + lo bf16
+// parts -- exact for fp16 inputs, 2^-17 for fp32 ones and for P and dS -- and each product three
+// tile products (FAL_AMX_DP_2X2_SPLIT).
 #include "cpu/simd/amx_tiles.h"
 #include "cpu/simd/bwd_head.h"
 #include "cpu/simd/micro_bf16.h"
@@ -34,13 +35,13 @@ static_assert(kBN == 4 * kTilePairs, "a key tile is 4 C tiles of S, 2 k-steps of
 
 // n columns of rows [0, s_q) (stride `stride`) as pairs over rows, transposed: dst[x * ld + r2]
 // = (row_{2 r2}[x], row_{2 r2 + 1}[x]) for x < n_pad (zero past n and past s_q), r2 < ceil(s_q / 2)
-// rounded up to 16 (ld at least that); fp16 rows: their hi parts to dst, lo parts to dst_lo. 16 row
+// rounded up to 16 (ld at least that); fp16 / fp32 rows: their hi parts to dst, lo parts to dst_lo. 16 row
 // pairs at a time: pack_row_pairs (split_row_pairs), then 16 x 16 register transposes of the 32-bit
-// pairs (transpose_store). blk: 16 x n_pad scratch, twice that for fp16.
+// pairs (transpose_store). blk: 16 x n_pad scratch, twice that for split rows.
 template <typename T>
 void transpose_row_pairs(const T* q, int64_t stride, int s_q, int n, int n_pad, uint32_t* dst, uint32_t* dst_lo, int ld,
                          uint32_t* blk) {
-  constexpr bool kSplit = std::is_same_v<T, fp16_t>;
+  constexpr bool kSplit = !std::is_same_v<T, bf16_t>;
   uint32_t* blk_lo = blk + size_t(kTileRows) * n_pad;
   for (int r2b = 0; 2 * r2b < s_q; r2b += kTileRows) {
     for (int i = 0; i < kTileRows; ++i) {
@@ -64,13 +65,13 @@ void transpose_row_pairs(const T* q, int64_t stride, int s_q, int n, int n_pad, 
   }
 }
 
-// T = bf16_t: every operand as bf16 pairs. T = fp16_t: every panel twice, its hi and lo parts
+// T = bf16_t: every operand as bf16 pairs. T = fp16_t or float: every panel twice, its hi and lo parts
 // (split_bf16.h; the *Lo buffers, the *_l pointers), each product the three tile products
 // hi hi + lo hi + hi lo (FAL_AMX_DP_2X2_SPLIT); P and dS split the same way instead of rounded.
 template <typename T_>
 struct BwdPanelsAmx {
   using T = T_;
-  static constexpr bool kSplit = std::is_same_v<T, fp16_t>;
+  static constexpr bool kSplit = !std::is_same_v<T, bf16_t>;
   static constexpr int kRows = 2 * kTileRows;  // S, dP, dQ: two A tiles of rows (2 x 2 tile blocks)
   static constexpr int kQB = 64;               // rows per step: 2 k-steps (of 16 row pairs) of dV^T, dK^T
   static constexpr int kTiles = 4;             // key tiles per pass (bench/results/cpu-2026-12-02f-intel.md)
@@ -78,7 +79,7 @@ struct BwdPanelsAmx {
   int d = 0, dv = 0, dq2 = 0, dvq2 = 0, dp = 0, dvp = 0, rows_pad = 0, ld2 = 0, g = 0;
   float score_mul = 1.f, dk_scale = 1.f;
   Buf<uint32_t> KdAll, VdAll, KkAll, QsAll, dOsAll, QtAll, dOtAll, Pp, dSp, dSk, blk;
-  Buf<uint32_t> KdLo, VdLo, KkLo, QsLo, dOsLo, QtLo, dOtLo, PpLo, dSpLo, dSkLo;         // fp16: the lo parts
+  Buf<uint32_t> KdLo, VdLo, KkLo, QsLo, dOsLo, QtLo, dOtLo, PpLo, dSpLo, dSkLo;         // split: the lo parts
   const uint32_t *Qs = nullptr, *dOs = nullptr, *Qt = nullptr, *dOt = nullptr;          // the current block (select)
   const uint32_t *Kd = nullptr, *Vd = nullptr, *Kk = nullptr;                           // the current key tile (tile)
   const uint32_t *Qs_l = nullptr, *dOs_l = nullptr, *Qt_l = nullptr, *dOt_l = nullptr;  // their lo parts
@@ -162,7 +163,7 @@ struct BwdPanelsAmx {
     load_cols(q, q_stride, s_q, d, dp, QtAll.data() + tq, kSplit ? QtLo.data() + tq : nullptr);
     load_cols(dout, do_stride, s_q, dv, dvp, dOtAll.data() + to, kSplit ? dOtLo.data() + to : nullptr);
   }
-  // rows_pad rows of n2 pairs: s_q rows of n elements as pairs, zeros past them (fp16: lo parts to dst_lo)
+  // rows_pad rows of n2 pairs: s_q rows of n elements as pairs, zeros past them (split: lo parts to dst_lo)
   void load_rows(const T* x, int64_t stride, int s_q, int n, int n2, uint32_t* dst, uint32_t* dst_lo) {
     const int w = (n + 1) / 2;  // pairs copy_pairs writes
     for (int part = 0; part < (kSplit ? 2 : 1); ++part) {
@@ -205,7 +206,7 @@ struct BwdPanelsAmx {
     scores_2x2(dOs + size_t(r0) * dvq2, kSplit ? dOs_l + size_t(r0) * dvq2 : nullptr, dvq2, Vd, Vd_l, dPr);
   }
   // out (32 x kBN) = a b^T: a = 32 rows of n2 pairs (a multiple of 16), b^T = n2 rows of kBN pairs
-  // (al, btl: their lo parts, fp16)
+  // (al, btl: their lo parts, split)
   void scores_2x2(const uint32_t* a, const uint32_t* al, int n2, const uint32_t* bt, const uint32_t* btl, float* out) {
     constexpr int kb = kBN * 4;  // b^T and out row bytes
     const size_t a1 = size_t(kTileRows) * n2;
@@ -252,7 +253,7 @@ struct BwdPanelsAmx {
   }
   // out^T (n x kBN, rows kBN apart) += a^T b: a^T = n rows (a multiple of 32) of pairs over query
   // rows (ld2 apart), b = pairs over rows (kBN apart); nk k-steps of 16 pairs, 32 x 32 blocks of out^T
-  // (atl, bl: the lo parts, fp16)
+  // (atl, bl: the lo parts, split)
   void transposed_product(const uint32_t* at, const uint32_t* atl, int n, const uint32_t* b, const uint32_t* bl,
                           float* out) {
     constexpr int kb = kBN * 4;
@@ -299,11 +300,15 @@ struct BwdPanelsAmx {
 
 }  // namespace
 
+// bf16, fp16 and -- where torch's float32 matmul precision allows two bf16 parts -- fp32 on tiles
 void bwd_items_run_amx(const BwdParams& p, int64_t begin, int64_t end) {
-  if (p.dtype != DType::kBFloat16 && p.dtype != DType::kFloat16) return bwd_items_run(p, begin, end);
+  const bool f32 = p.dtype == DType::kFloat32 && p.fp32_split_bf16;
+  if (p.dtype != DType::kBFloat16 && p.dtype != DType::kFloat16 && !f32) return bwd_items_run(p, begin, end);
   const TileScope tiles;
   if (p.dtype == DType::kFloat16)
     bwd_items_loop<BwdPanelsAmx<fp16_t>>(p, begin, end);
+  else if (f32)
+    bwd_items_loop<BwdPanelsAmx<float>>(p, begin, end);
   else
     bwd_items_loop<BwdPanelsAmx<bf16_t>>(p, begin, end);
 }

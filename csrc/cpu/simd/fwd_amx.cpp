@@ -39,16 +39,17 @@ inline int amx_chunk_rows(const FwdParams& p) {
   return chunk_items(p, kAmxChunkRows) >= kAmxMinItems ? kAmxChunkRows : kAmxSmallChunkRows;
 }
 
-// T = bf16_t: the bf16 panels of the vdpbf16ps forward (micro_bf16.h); T = fp16_t: each panel
-// twice, hi and lo parts (split_bf16.h: q / ql, kp / kpl, vp / vpl, pb / pbl).
+// T = bf16_t: the bf16 panels of the vdpbf16ps forward (micro_bf16.h); T = fp16_t or float (the
+// latter where torch's float32 matmul precision allows it): each panel twice, hi and lo parts
+// (split_bf16.h: q / ql, kp / kpl, vp / vpl, pb / pbl).
 template <int kChunk, typename T_>
 struct PanelsAmx {
   using T = T_;
-  static constexpr bool kSplit = std::is_same_v<T, fp16_t>;
+  static constexpr bool kSplit = !std::is_same_v<T, bf16_t>;
   static constexpr int kRows = kTileRows;
   static constexpr int kChunkRows = kChunk;
   static constexpr bool kFusedStep = true;
-  // bf16: P rounded to bf16 for P V, as the vdpbf16ps forward; fp16: the fp32 P, split
+  // bf16: P rounded to bf16 for P V, as the vdpbf16ps forward; fp16 / fp32: the fp32 P, split
   using Lane = std::conditional_t<kSplit, VecLane, VecLaneBf16P>;
   Buf<uint32_t> q, kp, vp, pb, ql, kpl, vpl, pbl;
   Buf<float> s;  // S of qk_softmax (kRows x kBN)
@@ -196,7 +197,11 @@ int64_t fwd_chunk_items_amx(const FwdParams& p) { return chunk_items(p, amx_chun
 
 bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end) {
   const TileScope tiles;
-  return p.dtype == DType::kFloat16 ? run_amx<fp16_t>(p, begin, end) : run_amx<bf16_t>(p, begin, end);
+  switch (p.dtype) {
+    case DType::kFloat16: return run_amx<fp16_t>(p, begin, end);
+    case DType::kFloat32: return run_amx<float>(p, begin, end);
+    default: return run_amx<bf16_t>(p, begin, end);
+  }
 }
 
 // The amx ISA's peak probe: kind 2, tdpbf16ps into 4 independent C tiles (16 x 16 x 32 products

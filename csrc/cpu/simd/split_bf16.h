@@ -1,12 +1,14 @@
-// split_bf16.h -- fp16 operands for bf16 products: a value as the sum of two bf16 values, hi + lo,
-// so that AMX's tdpbf16ps (bf16 inputs only on this hardware) runs the fp16 forward (fwd_amx.cpp)
-// and backward (bwd_amx.cpp). AVX-512 objects only.
+// split_bf16.h -- fp16 (and, where torch's float32 matmul precision allows it, fp32) operands for
+// bf16 products: a value as the sum of two bf16 values, hi + lo, so that AMX's tdpbf16ps (bf16
+// inputs only on this hardware) runs the fp16 / fp32 forward (fwd_amx.cpp) and backward
+// (bwd_amx.cpp). AVX-512 objects only.
 //   hi = x with its low 16 bits cleared (x truncated to bf16: exact as a bf16)
 //   lo = x - hi (exact in fp32), rounded to bf16 where it is stored
 // An fp16 value has an 11-bit significand: hi holds its first 8 bits and lo the other 3, so
 // hi + lo == x exactly (bf16 has fp32's exponent range: no fp16 value, subnormals included, falls
-// below it). An fp32 value (P, the backward's dS) keeps 16-17 bits (relative error <= 2^-17, against
-// fp16's 2^-11).
+// below it). An fp32 value (P, the backward's dS; fp32 inputs) keeps 16-17 bits (relative error
+// <= 2^-17, against fp16's 2^-11) -- torch's "each float32 number as the sum of two bfloat16
+// numbers" of set_float32_matmul_precision("high").
 // The products a b = ah bh + ah bl + al bh (+ al bl, <= 2^-18 |a b|, dropped) are each exact in
 // fp32 and summed in fp32 by the tile unit. An infinite x gives hi = x, lo = 0 (x - hi would be
 // NaN); a NaN gives a NaN hi and lo.
@@ -26,55 +28,75 @@ inline void split_hi_lo(__m512 x, __m512& hi, __m512& lo) {
   const __mmask16 inf = _mm512_fpclass_ps_mask(x, 0x18);  // +inf, -inf
   lo = _mm512_maskz_sub_ps(__mmask16(~inf), x, hi);
 }
-// 32 fp16 values (a zmm, element order) -> their hi and lo as 32 bf16 values in the same order
-inline void split_f16x32(__m512i x, __m512i& hi, __m512i& lo) {
-  __m512 h0, l0, h1, l1;
-  split_hi_lo(_mm512_cvtph_ps(_mm512_castsi512_si256(x)), h0, l0);
-  split_hi_lo(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(x, 1)), h1, l1);
+// The first n (0 < n <= 32) values at p as fp32: elements 0-15 in f0, 16-31 in f1, zeros past n
+inline void load32(const fp16_t* p, int n, __m512& f0, __m512& f1) {
+  const __m512i x = _mm512_maskz_loadu_epi16(first32(n), p);
+  f0 = _mm512_cvtph_ps(_mm512_castsi512_si256(x));
+  f1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(x, 1));
+}
+inline void load32(const float* p, int n, __m512& f0, __m512& f1) {
+  auto first = [](int k) { return __mmask16(k >= 16 ? 0xFFFFu : (1u << std::max(k, 0)) - 1u); };
+  f0 = _mm512_maskz_loadu_ps(first(n), p);
+  f1 = _mm512_maskz_loadu_ps(first(n - 16), p + 16);
+}
+// The first n (<= 32) values at p split: their hi and lo as 32 bf16 values in element order, zeros
+// beyond n or for a null p
+template <typename T>
+inline void split32(const T* p, int n, __m512i& hi, __m512i& lo) {
+  if (!p || n <= 0) {
+    hi = lo = _mm512_setzero_si512();
+    return;
+  }
+  __m512 f0, f1, h0, l0, h1, l1;
+  load32(p, n, f0, f1);
+  split_hi_lo(f0, h0, l0);
+  split_hi_lo(f1, h1, l1);
   const __m512bh bh = _mm512_cvtne2ps_pbh(h1, h0), bl = _mm512_cvtne2ps_pbh(l1, l0);
   hi = reinterpret_cast<const __m512i&>(bh);
   lo = reinterpret_cast<const __m512i&>(bl);
 }
-// The first n (<= 32) fp16 values at p split, zeros beyond n or for a null p; kLo picks the part.
-template <bool kLo>
-inline __m512i load_split_f16(const fp16_t* p, int n) {
-  if (!p || n <= 0) return _mm512_setzero_si512();
+template <bool kLo, typename T>
+inline __m512i load_split(const T* p, int n) {
   __m512i hi, lo;
-  split_f16x32(_mm512_maskz_loadu_epi16(first32(n), p), hi, lo);
+  split32(p, n, hi, lo);
   return kLo ? lo : hi;
 }
 
-// copy_pairs of an fp16 row: its hi and lo as pairs into dst_hi / dst_lo ((n + 1) / 2 pairs each)
-inline void split_pairs(const fp16_t* row, int n, uint32_t* dst_hi, uint32_t* dst_lo) {
+// copy_pairs of an fp16 / fp32 row: its hi and lo as pairs into dst_hi / dst_lo ((n + 1) / 2 pairs
+// each)
+template <typename T>
+inline void split_pairs(const T* row, int n, uint32_t* dst_hi, uint32_t* dst_lo) {
   const int n2 = (n + 1) / 2;
   for (int x = 0; x < n2; x += kN) {
     const int e = std::min(2 * kN, n - 2 * x), w = std::min(kN, n2 - x);  // elements, pairs
     const __mmask16 mw = __mmask16((1u << w) - 1u);
-    _mm512_mask_storeu_epi32(dst_hi + x, mw, load_split_f16<false>(row + 2 * x, e));
-    _mm512_mask_storeu_epi32(dst_lo + x, mw, load_split_f16<true>(row + 2 * x, e));
+    __m512i hi, lo;
+    split32(row + 2 * x, e, hi, lo);
+    _mm512_mask_storeu_epi32(dst_hi + x, mw, hi);
+    _mm512_mask_storeu_epi32(dst_lo + x, mw, lo);
   }
 }
 
-// transpose_pairs of kN fp16 rows' hi (kLo false) or lo parts
-template <bool kLo>
-inline void transpose_split(const fp16_t* const* rows, int d, uint32_t* dst, int ld) {
+// transpose_pairs of kN fp16 / fp32 rows' hi (kLo false) or lo parts
+template <bool kLo, typename T>
+inline void transpose_split(const T* const* rows, int d, uint32_t* dst, int ld) {
   for (int x0 = 0; x0 < d; x0 += 2 * kN) {
     const int n = std::min(2 * kN, d - x0);
     VF blk[kN];
-    for (int c = 0; c < kN; ++c)
-      blk[c].v = _mm512_castsi512_ps(load_split_f16<kLo>(rows[c] ? rows[c] + x0 : nullptr, n));
+    for (int c = 0; c < kN; ++c) blk[c].v = _mm512_castsi512_ps(load_split<kLo>(rows[c] ? rows[c] + x0 : nullptr, n));
     transpose_store(blk, reinterpret_cast<float*>(dst + size_t(x0 / 2) * ld), ld);
   }
 }
 
-// pack_row_pairs of two fp16 rows, hi parts to dst_hi and lo parts to dst_lo
-inline void split_row_pairs(const fp16_t* a, const fp16_t* b, int valid, int n, uint32_t* dst_hi, uint32_t* dst_lo) {
+// pack_row_pairs of two fp16 / fp32 rows, hi parts to dst_hi and lo parts to dst_lo
+template <typename T>
+inline void split_row_pairs(const T* a, const T* b, int valid, int n, uint32_t* dst_hi, uint32_t* dst_lo) {
   const __m512i ilo = _mm512_load_si512(kPairIdx), ihi = _mm512_load_si512(kPairIdx + 32);
   for (int x = 0; x < n; x += 2 * kN) {
     const int m = std::max(0, std::min(2 * kN, valid - x));
-    __m512i ah = _mm512_setzero_si512(), al = ah, bh = ah, bl = ah;
-    if (a && m) split_f16x32(_mm512_maskz_loadu_epi16(first32(m), a + x), ah, al);
-    if (b && m) split_f16x32(_mm512_maskz_loadu_epi16(first32(m), b + x), bh, bl);
+    __m512i ah, al, bh, bl;
+    split32(a ? a + x : nullptr, m, ah, al);
+    split32(b ? b + x : nullptr, m, bh, bl);
     _mm512_storeu_si512(dst_hi + x, _mm512_permutex2var_epi16(ah, ilo, bh));
     _mm512_storeu_si512(dst_lo + x, _mm512_permutex2var_epi16(al, ilo, bl));
     if (x + kN < n) {
@@ -84,12 +106,13 @@ inline void split_row_pairs(const fp16_t* a, const fp16_t* b, int valid, int n, 
   }
 }
 
-// pack_tile_pairs of fp16 K / V: the hi parts to kp / vp, the lo parts to kpl / vpl (same layouts)
-inline void split_tile_pairs(const fp16_t* k, const KvRows& krows, const fp16_t* v, const KvRows& vrows, int j0,
-                             int cols, int d, int dv, int dvp, uint32_t* kp, uint32_t* kpl, uint32_t* vp,
-                             uint32_t* vpl) {
+// pack_tile_pairs of fp16 / fp32 K / V: the hi parts to kp / vp, the lo parts to kpl / vpl (same
+// layouts)
+template <typename T>
+inline void split_tile_pairs(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int j0, int cols, int d,
+                             int dv, int dvp, uint32_t* kp, uint32_t* kpl, uint32_t* vp, uint32_t* vpl) {
   for (int c0 = 0; c0 < kBN; c0 += kN) {
-    const fp16_t* kr[kN];
+    const T* kr[kN];
     for (int c = 0; c < kN; ++c) kr[c] = c0 + c < cols ? k + krows.at(j0 + c0 + c) : nullptr;
     transpose_split<false>(kr, d, kp + c0, kBN);
     transpose_split<true>(kr, d, kpl + c0, kBN);

@@ -45,6 +45,11 @@ struct FwdParams {
   // causal forces window_right = 0.  flash_attn_* aligns bottom-right, SDPA aligns top-left.
   bool causal = false;
   bool bottom_right = true;
+  // CPU, fp32 inputs: the products may take each value as the sum of two bf16 values (torch's
+  // float32 matmul precision "high" / "medium": the mkldnn matmul precision tf32 or bf16; the amx
+  // ISA's tiles, split_bf16.h); false = fp32 products. In the padding before window_left: no offset
+  // moves (the static_assert below).
+  bool fp32_split_bf16 = false;
   int window_left = -1, window_right = -1;
 
   // Score transforms and masks (ScoreMod in attn_math.h applies them).
@@ -115,6 +120,10 @@ struct BwdParams : FwdParams {
   int64_t dmask_batch_stride = 0, dmask_head_stride = 0, dmask_row_stride = 0;
 };
 
+// fp32_split_bf16 (CPU only) sits in the padding after bottom_right: every CUDA-visible offset stays put
+static_assert(offsetof(FwdParams, fp32_split_bf16) == offsetof(FwdParams, bottom_right) + 1 &&
+                  offsetof(FwdParams, window_left) == offsetof(FwdParams, scale_log2) + 8,
+              "FwdParams::fp32_split_bf16 must fill the padding before window_left");
 // decode_heads (CPU only) sits in the padding after num_splits: every CUDA-visible offset stays put
 static_assert(offsetof(FwdParams, decode_heads) + sizeof(int) == offsetof(FwdParams, o_accum),
               "FwdParams::decode_heads must fill the padding before o_accum");

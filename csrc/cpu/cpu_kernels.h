@@ -90,7 +90,8 @@ static inline int decode_head_groups(const FwdParams& p) {
 // count (1 otherwise, and without a plan).
 constexpr int kFwdMaxItemHeads = 16, kFwdItemRows = 256;
 static inline int fwd_item_heads(const FwdParams& p) {
-  return p.s_q > kDecodeMaxRows && p.decode_heads > 1 ? p.decode_heads : 1;
+  const int n = p.decode_heads, g = p.h / p.h_kv;
+  return p.s_q > kDecodeMaxRows && n > 1 && n <= kFwdMaxItemHeads && g % n == 0 ? n : 1;  // else one head
 }
 // Split-KV merge: one work item per (batch, head, query row).
 inline int64_t fwd_combine_num_work_items(const FwdParams& p) { return int64_t(p.b) * p.h * p.s_q; }

@@ -2,6 +2,7 @@
 #include "torch/glue_checks.h"
 
 #include <ATen/Context.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -81,9 +82,15 @@ void set_score_fields(FwdParams& p, at::ScalarType st, double softmax_scale, boo
   // fp32: torch's float32 matmul precision (torch.set_float32_matmul_precision("high") sets the
   // mkldnn matmul precision to tf32, "medium" to bf16) lets the CPU's tile products take each value
   // as two bf16 parts; "highest" / ieee (the default) keeps fp32 products
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+  // the per-backend API (torch 2.9+); its legacy getter throws once both APIs were used
   const at::Float32Precision mm =
       at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL);
   p.fp32_split_bf16 = st == at::kFloat && (mm == at::Float32Precision::TF32 || mm == at::Float32Precision::BF16);
+#else
+  p.fp32_split_bf16 =
+      st == at::kFloat && at::globalContext().float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
+#endif
   p.window_left = int(window_left);
   p.window_right = int(window_right);
   p.softcap = softcap;

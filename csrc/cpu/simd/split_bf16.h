@@ -11,7 +11,9 @@
 // numbers" of set_float32_matmul_precision("high").
 // The products a b = ah bh + ah bl + al bh (+ al bl, <= 2^-18 |a b|, dropped) are each exact in
 // fp32 and summed in fp32 by the tile unit. An infinite x gives hi = x, lo = 0 (x - hi would be
-// NaN); a NaN gives a NaN hi and lo.
+// NaN); a NaN gives a NaN hi and lo. An infinite operand still meets the other operand's lo part (0
+// where that value is exact in bf16): 0 x inf = NaN where fp32 products give inf -- the forward's
+// NaN pass redoes such tiles (cpu_kernels.h); a backward with infinite inputs gives NaN there.
 #pragma once
 #include "cpu/simd/micro_bf16.h"
 
@@ -37,7 +39,7 @@ inline void load32(const fp16_t* p, int n, __m512& f0, __m512& f1) {
 inline void load32(const float* p, int n, __m512& f0, __m512& f1) {
   auto first = [](int k) { return __mmask16(k >= 16 ? 0xFFFFu : (1u << std::max(k, 0)) - 1u); };
   f0 = _mm512_maskz_loadu_ps(first(n), p);
-  f1 = _mm512_maskz_loadu_ps(first(n - 16), p + 16);
+  f1 = n > 16 ? _mm512_maskz_loadu_ps(first(n - 16), p + 16) : _mm512_setzero_ps();
 }
 // The first n (<= 32) values at p split: their hi and lo as 32 bf16 values in element order, zeros
 // beyond n or for a null p
@@ -95,8 +97,8 @@ inline void split_row_pairs(const T* a, const T* b, int valid, int n, uint32_t* 
   for (int x = 0; x < n; x += 2 * kN) {
     const int m = std::max(0, std::min(2 * kN, valid - x));
     __m512i ah, al, bh, bl;
-    split32(a ? a + x : nullptr, m, ah, al);
-    split32(b ? b + x : nullptr, m, bh, bl);
+    split32(a && m > 0 ? a + x : nullptr, m, ah, al);  // (no pointer past the row)
+    split32(b && m > 0 ? b + x : nullptr, m, bh, bl);
     _mm512_storeu_si512(dst_hi + x, _mm512_permutex2var_epi16(ah, ilo, bh));
     _mm512_storeu_si512(dst_lo + x, _mm512_permutex2var_epi16(al, ilo, bl));
     if (x + kN < n) {

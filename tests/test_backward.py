@@ -148,11 +148,13 @@ def test_dkdv_sum_over_rows_as_accurate_as_torch(s_q, s_k, isa):
 @pytest.mark.parametrize(
     "feature", ["plain", "causal", "window", "softcap_alibi", "dropout", slow("varlen"), slow("mask")]
 )
-def test_mqa_backward_key_splits(dtype, feature, isa):
-    # MQA at batch 1 is one (batch, kv head) work item: the SIMD plan splits its 1000+ keys over work
-    # items, each owning dK/dV of its keys and a dQ partial that a combine pass adds. Same rule as
-    # every gradient, and the 1-thread (unsplit) and 2-thread (split) results agree to rounding.
-    h, s_q, s_k, d = 4, 301, 1100, 40
+@pytest.mark.parametrize("h", [4, 3], ids=["head_split", "key_split"])
+def test_mqa_backward_key_splits(dtype, feature, h, isa):
+    # MQA at batch 1 is one (batch, kv head) work item: on 2 threads the SIMD plan splits it in two.
+    # 4 query heads: 2 each (every key; each split owns dQ of its heads and a dK/dV partial that a
+    # combine pass adds); 3 heads do not halve: the 1000+ keys split (each split owning dK/dV of its
+    # keys and a dQ partial). Same rule as every gradient, on 2 threads (split) and on 1 (unsplit).
+    s_q, s_k, d = 301, 1100, 40
     q, k, v = randn((1, s_q, h, d), dtype), randn((1, s_k, 1, d), dtype), randn((1, s_k, 1, d), dtype)
     dout = randn((1, s_q, h, d), dtype)
     kw: dict = {}
@@ -208,14 +210,15 @@ def test_mqa_backward_key_splits(dtype, feature, isa):
         assert_rule(one, r, s, factor=factor, what=name + " (1 thread)", n_terms=s_k)
 
 
-@pytest.mark.parametrize("threads", [3, 4])
+@pytest.mark.parametrize("threads, h", [(3, 5), (4, 5), (4, 8)])
 @pytest.mark.parametrize("kw", [dict(causal=True), dict(window_size=(500, 100))], ids=["causal", "window"])
-def test_mqa_backward_uneven_key_splits(threads, kw, isa):
+def test_mqa_backward_uneven_key_splits(threads, h, kw, isa):
     # flash_attn_func: "If causal=True, the causal mask is aligned to the bottom right corner of the attention
-    # matrix." -- the keys of a lone (batch, kv head) item are split once per thread, cut where the rows that see
-    # each key tile reach equal shares (the causal keys' work is uneven): 3 and 4 splits of 2100 keys, each split's
-    # dK / dV its own, dQ the sum of the splits' partials. Same rule as every gradient.
-    h, s_q, s_k, d = 4, 700, 2100, 32
+    # matrix." -- a lone (batch, kv head) item is split once per thread: 5 query heads do not divide into 3 or 4
+    # parts, so the 2100 keys split, cut where the rows that see each key tile reach equal shares (the causal
+    # keys' work is uneven), each split's dK / dV its own, dQ the sum of the splits' partials; 8 heads split 2 per
+    # thread (dQ their own, dK / dV the sum of the splits' partials). Same rule as every gradient.
+    s_q, s_k, d = 700, 2100, 32
     dtype = torch.bfloat16
     q, k, v = randn((1, s_q, h, d), dtype), randn((1, s_k, 1, d), dtype), randn((1, s_k, 1, d), dtype)
     dout = randn((1, s_q, h, d), dtype)

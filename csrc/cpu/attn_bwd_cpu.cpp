@@ -206,7 +206,37 @@ void bwd_run(const BwdParams& p, int64_t begin, int64_t end) {
   });
 }
 
+// dK[b, j, hk] = sum_s partial[s, b, hk, j][0, d), dV[b, j, hk] = sum_s partial[s, b, hk, j][d, d +
+// d_v) (a head split's rows, params.h; splits in order: deterministic)
+static void bwd_combine_kv_run(const BwdParams& p, int64_t begin, int64_t end) {
+  const int64_t w = p.d + p.d_v, split_stride = int64_t(p.b) * p.h_kv * p.s_k * w;
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, double>) {
+      std::vector<float> acc(static_cast<size_t>(w), 0.f);
+      for (int64_t it = begin; it < end; ++it) {
+        const int j = int(it % p.s_k);
+        const int64_t bh = it / p.s_k;
+        const int bi = int(bh / p.h_kv), hk = int(bh % p.h_kv);
+        const SeqInfo sq = seq_info(p, bi);
+        if (j >= sq.s_k) continue;
+        const float* src = p.dq_partial + it * w;
+        for (int64_t x = 0; x < w; ++x) acc[size_t(x)] = src[x];
+        for (int s = 1; s < p.key_splits; ++s)
+          for (int64_t x = 0; x < w; ++x) acc[size_t(x)] += src[s * split_stride + x];
+        T* dk =
+            static_cast<T*>(p.dk) + bi * p.dk_batch_stride + hk * p.dk_head_stride + (sq.k_row0 + j) * p.dk_row_stride;
+        T* dv =
+            static_cast<T*>(p.dv) + bi * p.dv_batch_stride + hk * p.dv_head_stride + (sq.k_row0 + j) * p.dv_row_stride;
+        for (int x = 0; x < p.d; ++x) dk[x] = store_as<T, float>(acc[size_t(x)]);
+        for (int x = 0; x < p.d_v; ++x) dv[x] = store_as<T, float>(acc[size_t(p.d + x)]);
+      }
+    }
+  });
+}
+
 void bwd_combine_run(const BwdParams& p, int64_t begin, int64_t end) {
+  if (p.split_heads) return bwd_combine_kv_run(p, begin, end);
   // dQ[b, i, h] = scale * sum_s dq_partial[s, b, h, i]  (splits in order: deterministic)
   const int64_t split_stride = int64_t(p.b) * p.h * p.s_q * p.d;
   for_each_split_row(p, begin, end, [&](auto tag, int64_t w, int bi, int hi, int i, const SeqInfo& sq) {

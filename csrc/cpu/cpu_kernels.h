@@ -45,8 +45,12 @@ void bwd_run(const BwdParams& p, int64_t begin, int64_t end);
 // (batch, kv head) when there are fewer of those than 2 per thread; the portable one never does.
 void bwd_plan_portable(BwdParams& p, int threads);
 void bwd_plan_simd(BwdParams& p, int threads);
-// dQ = scale * sum over splits of dq_partial: one work item per (batch, head, query row).
-inline int64_t bwd_combine_num_work_items(const BwdParams& p) { return int64_t(p.b) * p.h * p.s_q; }
+// Key splits: dQ = scale * sum over splits of dq_partial, one work item per (batch, head, query
+// row); head splits (p.split_heads): dK, dV = the sums of the splits' rows, one work item per
+// (batch, kv head, key row).
+inline int64_t bwd_combine_num_work_items(const BwdParams& p) {
+  return p.split_heads ? int64_t(p.b) * p.h_kv * p.s_k : int64_t(p.b) * p.h * p.s_q;
+}
 void bwd_combine_run(const BwdParams& p, int64_t begin, int64_t end);
 
 // Decode (SIMD kernels): with at most kDecodeMaxRows query rows the forward streams K and V

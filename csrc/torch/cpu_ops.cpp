@@ -89,7 +89,10 @@ void run_bwd_cpu(BwdParams& p, const at::Tensor& q) {
   k.bwd_plan(p, at::get_num_threads());
   at::Tensor dq_partial;  // alive until the combine pass is done
   if (p.key_splits > 1) {
-    dq_partial = at::zeros({p.key_splits, p.b, p.h, p.s_q, p.d}, q.options().dtype(at::kFloat));
+    // head splits: every row a sequence has is written by each split (params.h), so no zeroing
+    dq_partial = p.split_heads
+                     ? at::empty({p.key_splits, p.b, p.h_kv, p.s_k, p.d + p.d_v}, q.options().dtype(at::kFloat))
+                     : at::zeros({p.key_splits, p.b, p.h, p.s_q, p.d}, q.options().dtype(at::kFloat));
     p.dq_partial = dq_partial.data_ptr<float>();
   }
   parallel_dynamic(k.bwd_num_work_items(p), [&](int64_t begin, int64_t end) { k.bwd_run(p, begin, end); });

@@ -1,9 +1,9 @@
 // bwd_head.h -- the SIMD backward's skeleton (bwd.cpp's vector panels; bwd_amx.cpp's AMX tiles):
 //   dV = P^T dO,  dP = dO V^T,  dS = P o (dP - D) with D = rowsum(dO o O) - dlse,
 //   dQ = scale dS K,  dK = scale dS^T Q,  P = exp(scale Q K^T - lse) recomputed from the saved LSE.
-// One work item = (batch, kv head, split of the keys), as in the portable kernel (no atomics: the
-// item owns dK/dV of its keys and dQ -- or its split's dQ partial -- of the query heads that share
-// the kv head).
+// One work item = (batch, kv head, split), as in the portable kernel (no atomics): a split of the
+// keys owns dK/dV of its keys and its dQ partial of the query heads that share the kv head; a split
+// of those query heads (p.split_heads) owns their dQ and its dK/dV partial; unsplit, all of them.
 //
 // One skeleton, bwd_head, over a panels policy that owns the operand layouts and the five products
 // (as the forward's fwd_chunk):
@@ -128,15 +128,15 @@ inline void p_ds_rows(float* Pr, float* dSr, float mul, int row0, int nrows, int
   }
 }
 
-// D = rowsum(dO o O) - dlse and the LSE for every query row of the heads sharing kv head hk
-// (g x s_q each).
+// D = rowsum(dO o O) - dlse and the LSE for every query row of the heads h0 + [0, gn) (gn x s_q
+// each).
 template <typename T>
-void row_stats(const BwdParams& p, int bi, int hk, float* dsum, float* lse2) {
-  const int g = p.h / p.h_kv, dv = p.d_v;
+void row_stats(const BwdParams& p, int bi, int h0, int gn, float* dsum, float* lse2) {
+  const int dv = p.d_v;
   const SeqInfo sq = seq_info(p, bi);
   Buf<float> row_a(round_up(dv, kN)), row_b(round_up(dv, kN));
-  for (int gi = 0; gi < g; ++gi) {
-    const int hi = hk * g + gi;
+  for (int gi = 0; gi < gn; ++gi) {
+    const int hi = h0 + gi;
     const T* o = static_cast<const T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
     const T* dout =
         static_cast<const T*>(p.dout) + bi * p.do_batch_stride + sq.q_row0 * p.do_row_stride + hi * p.do_head_stride;
@@ -153,14 +153,13 @@ void row_stats(const BwdParams& p, int bi, int hk, float* dsum, float* lse2) {
   }
 }
 
-// dQ = scale * dQacc (g x s_q x dp fp32), rounded once into the output.
+// dQ of the heads h0 + [0, gn) = scale * dQacc (gn x s_q x dp fp32), rounded once into the output.
 template <typename T>
-void write_dq(const BwdParams& p, int bi, int hk, const float* dq_acc, int dp) {
-  const int g = p.h / p.h_kv;
+void write_dq(const BwdParams& p, int bi, int h0, int gn, const float* dq_acc, int dp) {
   const float sc = float(p.scale);
   const SeqInfo sq = seq_info(p, bi);
-  for (int gi = 0; gi < g; ++gi) {
-    const int hi = hk * g + gi;
+  for (int gi = 0; gi < gn; ++gi) {
+    const int hi = h0 + gi;
     T* dq = static_cast<T*>(p.dq) + bi * p.dq_batch_stride + sq.q_row0 * p.dq_row_stride + hi * p.dq_head_stride;
     for (int i = 0; i < sq.s_q; ++i) {
       const float* src = dq_acc + (size_t(gi) * sq.s_q + i) * dp;
@@ -206,7 +205,21 @@ inline void split_tiles(const Visibility& vis, int s_q, int s_k, int ns, int spl
   t1 = start(split + 1);
 }
 
-// One work item: (batch bi, kv head hk), key tiles of split `split` of p.key_splits.
+// The fp32 dK (times dk_scale) and dV rows of keys [jt, jt + cols) of a head split into its
+// partial (params.h: split x b x h_kv x s_k rows of d + dv), for bwd_combine_run.
+inline void write_kv_partial(const BwdParams& p, int bi, int hk, int split, int jt, int cols, const float* dKs,
+                             int64_t k_ld, const float* dVs, int64_t v_ld, float dk_scale) {
+  const int64_t w = p.d + p.d_v;
+  float* dst = p.dq_partial + (((int64_t(split) * p.b + bi) * p.h_kv + hk) * p.s_k + jt) * w;
+  for (int cc = 0; cc < cols; ++cc) {
+    float* r = dst + cc * w;
+    for (int x = 0; x < p.d; ++x) r[x] = dKs[cc * k_ld + x] * dk_scale;
+    for (int x = 0; x < p.d_v; ++x) r[p.d + x] = dVs[cc * v_ld + x];
+  }
+}
+
+// One work item: (batch bi, kv head hk), split `split` of p.key_splits: key tiles of the split
+// (equal work), or with p.split_heads every key tile for the split's share of the query heads.
 template <class Panels>
 void bwd_head(const BwdParams& p, int bi, int hk, int split) {
   using T = typename Panels::T;
@@ -217,14 +230,18 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
   const Visibility vis = make_visibility(p, sq.s_q, sq.s_k);
 
   const int ns = std::max(1, p.key_splits);
-  int t_begin, t_end;
-  split_tiles(vis, s_q, s_k, ns, split, t_begin, t_end);
+  const bool heads_split = p.split_heads && ns > 1;
+  int t_begin = 0, t_end = (s_k + kBN - 1) / kBN;
+  if (!heads_split) split_tiles(vis, s_q, s_k, ns, split, t_begin, t_end);
   const int j_begin = std::min(s_k, t_begin * kBN), j_end = std::min(s_k, t_end * kBN);
   if (j_begin >= j_end && ns > 1) return;  // an empty split: its (zeroed) dQ partial stays 0
+  // the query heads of this item: h0 + [0, gn) (plan.cpp: a head split takes g / ns of them)
+  const int gn = heads_split ? g / ns : g;
+  const int h0 = hk * g + (heads_split ? split * gn : 0);
 
   constexpr int kRows = Panels::kRows, kQB = Panels::kQB, kTiles = Panels::kTiles;
-  Panels pn(p, g, s_q);
-  Buf<float> dq_acc(size_t(g) * s_q * dp, 0.f), dsum(size_t(g) * s_q), lse2(size_t(g) * s_q);
+  Panels pn(p, gn, s_q);
+  Buf<float> dq_acc(size_t(gn) * s_q * dp, 0.f), dsum(size_t(gn) * s_q), lse2(size_t(gn) * s_q);
   Buf<LeveledSum> dK, dV;  // per key tile of a pass
   dK.resize(kTiles);
   dV.resize(kTiles);
@@ -235,15 +252,15 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
   Buf<float> P(size_t(kQB) * kBN), dS(size_t(kQB) * kBN), tmp(size_t(kRows) * dp);
   Buf<float> kt(Panels::kTransposedKV ? size_t(kBN) * dp : 0), vt(Panels::kTransposedKV ? size_t(kBN) * dvp : 0);
 
-  row_stats<T>(p, bi, hk, dsum.data(), lse2.data());
+  row_stats<T>(p, bi, h0, gn, dsum.data(), lse2.data());
 
   const T* k = static_cast<const T*>(p.k) + bi * p.k_batch_stride + sq.k_row0 * p.k_row_stride + hk * p.k_head_stride;
   const T* v = static_cast<const T*>(p.v) + bi * p.v_batch_stride + sq.k_row0 * p.v_row_stride + hk * p.v_head_stride;
   T* dkp = static_cast<T*>(p.dk) + bi * p.dk_batch_stride + sq.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
   T* dvp_out = static_cast<T*>(p.dv) + bi * p.dv_batch_stride + sq.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
 
-  for (int gi = 0; gi < g; ++gi) {
-    const int hi = hk * g + gi;
+  for (int gi = 0; gi < gn; ++gi) {
+    const int hi = h0 + gi;
     pn.load_head(
         gi, static_cast<const T*>(p.q) + bi * p.q_batch_stride + sq.q_row0 * p.q_row_stride + hi * p.q_head_stride,
         p.q_row_stride,
@@ -265,8 +282,8 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
     }
     const KeyRange qr = vis.rows_of_keys(j0, std::min(s_k, j0 + nt * kBN), s_q);
 
-    for (int gi = 0; gi < g; ++gi) {
-      const int hi = hk * g + gi;
+    for (int gi = 0; gi < gn; ++gi) {
+      const int hi = h0 + gi;
       const float* Dg = dsum.data() + size_t(gi) * s_q;
       const float* L2 = lse2.data() + size_t(gi) * s_q;
       float* dqg = dq_acc.data() + size_t(gi) * s_q * dp;
@@ -315,10 +332,16 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
       if constexpr (Panels::kTransposedKV) {  // dK^T (dp x kBN), dV^T (dvp x kBN): transposed first
         transpose_cols(dKs, dp, kt.data());
         transpose_cols(dVs, dvp, vt.data());
+        if (heads_split) {
+          write_kv_partial(p, bi, hk, split, jt, cols, kt.data(), dp, vt.data(), dvp, pn.dk_scale);
+          continue;
+        }
         for (int cc = 0; cc < cols; ++cc) {
           store_row(kt.data() + size_t(cc) * dp, d, pn.dk_scale, dkp + (jt + cc) * p.dk_row_stride);
           store_row(vt.data() + size_t(cc) * dvp, dv, 1.f, dvp_out + (jt + cc) * p.dv_row_stride);
         }
+      } else if (heads_split) {
+        write_kv_partial(p, bi, hk, split, jt, cols, dKs, dp, dVs, dvp, pn.dk_scale);
       } else {
         for (int cc = 0; cc < cols; ++cc) {
           store_row(dKs + size_t(cc) * dp, d, pn.dk_scale, dkp + (jt + cc) * p.dk_row_stride);
@@ -327,10 +350,10 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
       }
     }
   }
-  if (ns > 1)
+  if (ns > 1 && !heads_split)
     write_dq_partial(p, bi, hk, split, dq_acc.data(), dp);
   else
-    write_dq<T>(p, bi, hk, dq_acc.data(), dp);
+    write_dq<T>(p, bi, h0, gn, dq_acc.data(), dp);
 }
 
 // Work items [begin, end) of bwd_items (batch, kv head, split) with one panels type.

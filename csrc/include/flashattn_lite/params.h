@@ -108,10 +108,14 @@ struct BwdParams : FwdParams {
   void* dsum = nullptr;       // b x h x s_q, lse dtype
   float* dq_accum = nullptr;  // b x s_q x h x d, fp32
   bool deterministic = false;
-  // CPU: the key range of one (batch, kv head) split over key_splits work items (MQA / GQA with
-  // few kv heads still uses every thread); each writes its fp32 dQ sum (unscaled) to
-  // dq_partial[split] (key_splits x b x h x s_q x d, zeroed by the glue) and a combine pass adds
-  // them. key_splits = 1: the item writes dQ itself.
+  // CPU (in the padding after deterministic): split_heads = false: the key range of one (batch, kv
+  // head) split over key_splits work items (MQA / GQA with few kv heads still uses every thread);
+  // each writes its fp32 dQ sum (unscaled) to dq_partial[split] (key_splits x b x h x s_q x d,
+  // zeroed by the glue) and a combine pass adds them. split_heads = true: the item's query heads
+  // split instead (key_splits parts of the group, every key each); each writes dQ of its heads
+  // itself and its fp32 dK (times the dK scale) and dV rows to dq_partial[split] (key_splits x b x
+  // h_kv x s_k x (d + d_v)), which the combine pass adds. key_splits = 1: the item writes dQ, dK, dV.
+  bool split_heads = false;
   int key_splits = 1;
   float* dq_partial = nullptr;
   // Gradient of an additive attn_mask (b x h x s_q x s_k in the LSE dtype, zero-initialised by the
@@ -124,6 +128,18 @@ struct BwdParams : FwdParams {
 static_assert(offsetof(FwdParams, fp32_split_bf16) == offsetof(FwdParams, bottom_right) + 1 &&
                   offsetof(FwdParams, window_left) == offsetof(FwdParams, scale_log2) + 8,
               "FwdParams::fp32_split_bf16 must fill the padding before window_left");
+// split_heads (CPU only) sits in the padding after deterministic: every CUDA-visible offset stays put
+// (offsetof on the derived, so not standard-layout, BwdParams: GCC and nvcc compute it, with a warning)
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winvalid-offsetof"
+#endif
+static_assert(offsetof(BwdParams, split_heads) == offsetof(BwdParams, deterministic) + 1 &&
+                  offsetof(BwdParams, key_splits) == offsetof(BwdParams, deterministic) + 4,
+              "BwdParams::split_heads must fill the padding before key_splits");
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 // decode_heads (CPU only) sits in the padding after num_splits: every CUDA-visible offset stays put
 static_assert(offsetof(FwdParams, decode_heads) + sizeof(int) == offsetof(FwdParams, o_accum),
               "FwdParams::decode_heads must fill the padding before o_accum");

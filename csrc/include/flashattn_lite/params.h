@@ -129,7 +129,9 @@ static_assert(offsetof(FwdParams, fp32_split_bf16) == offsetof(FwdParams, bottom
                   offsetof(FwdParams, window_left) == offsetof(FwdParams, scale_log2) + 8,
               "FwdParams::fp32_split_bf16 must fill the padding before window_left");
 // split_heads (CPU only) sits in the padding after deterministic: every CUDA-visible offset stays put
-// (offsetof on the derived, so not standard-layout, BwdParams: GCC and nvcc compute it, with a warning)
+// (offsetof on the derived, so not standard-layout, BwdParams: checked by the host compiler, which
+// lays it out as nvcc's host side does; GCC computes it, with a warning silenced here)
+#if !defined(__CUDACC__)
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Winvalid-offsetof"
@@ -139,6 +141,7 @@ static_assert(offsetof(BwdParams, split_heads) == offsetof(BwdParams, determinis
               "BwdParams::split_heads must fill the padding before key_splits");
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
+#endif
 #endif
 // decode_heads (CPU only) sits in the padding after num_splits: every CUDA-visible offset stays put
 static_assert(offsetof(FwdParams, decode_heads) + sizeof(int) == offsetof(FwdParams, o_accum),

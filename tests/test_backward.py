@@ -210,6 +210,40 @@ def test_mqa_backward_key_splits(dtype, feature, h, isa):
         assert_rule(one, r, s, factor=factor, what=name + " (1 thread)", n_terms=s_k)
 
 
+@pytest.mark.parametrize("threads, b, used", [(2, 1, [0]), (4, 2, [37, 0]), (1, 2, [0, 37])])
+def test_sequence_without_keys_zero_gradients(threads, b, used, isa):
+    # A sequence whose seqused_k is 0 sees no key: its output rows are 0, so every gradient that flows
+    # through them is 0 -- dQ of each of its query heads whatever split the backward takes (MQA at batch 1 or 2
+    # splits its items over the query heads on 2 and 4 threads), dK / dV of its key rows. The other sequence
+    # matches the reference.
+    h, s_q, s_k, d = 8, 45, 37, 32
+    q, k, v = (randn((b, n, hh, d), torch.float32, requires_grad=True) for n, hh in ((s_q, h), (s_k, 1), (s_k, 1)))
+    dout = randn((b, s_q, h, d), torch.float32)
+    seqused = torch.tensor(used, dtype=torch.int32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        out = flashattn_lite._common._attn(q, k, v, d**-0.5, False, True, (-1, -1), seqused_k=seqused)[0]
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    finally:
+        torch.set_num_threads(before)
+    for i, n in enumerate(used):
+        if n == 0:
+            assert torch.equal(out[i], torch.zeros_like(out[i]))
+            assert torch.equal(dq[i], torch.zeros_like(dq[i])), "dQ of a sequence without keys"
+            assert torch.equal(dk[i], torch.zeros_like(dk[i])) and torch.equal(dv[i], torch.zeros_like(dv[i]))
+        else:
+            assert not dk[i, n:].any() and not dv[i, n:].any(), "key rows past seqused_k"
+            one = [t[i : i + 1, :m].detach() for t, m in ((q, s_q), (k, n), (v, n))]
+            ref = _grads(
+                lambda q, k, v: attention_ref(q, k, v)[0], *(t.double() for t in one), dout[i : i + 1].double()
+            )
+            same = _grads(lambda q, k, v: attention_ref(q, k, v, upcast=False)[0], *one, dout[i : i + 1])
+            ours = (out[i : i + 1], dq[i : i + 1], dk[i : i + 1, :n], dv[i : i + 1, :n])
+            for name, a, r, sm in zip(("out", "dq", "dk", "dv"), ours, ref, same):
+                assert_rule(a, r, sm, factor=2.0, what=name, n_terms=n)
+
+
 @pytest.mark.parametrize("threads, h", [(3, 5), (4, 5), (4, 8)])
 @pytest.mark.parametrize("kw", [dict(causal=True), dict(window_size=(500, 100))], ids=["causal", "window"])
 def test_mqa_backward_uneven_key_splits(threads, h, kw, isa):

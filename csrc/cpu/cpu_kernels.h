@@ -36,13 +36,15 @@ bool fwd_run(const FwdParams& p, int64_t begin, int64_t end);
 // Reads the output once, and only when a kernel flagged a row with a NaN value (run_fwd_cpu).
 void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end);
 
-// Backward: one work item = (batch, kv head) -- with the SIMD plan, (batch, kv head, key split);
-// it owns dK/dV of its keys and dQ (or its dQ partial) of the query heads that share them (GQA),
-// so threads never write the same memory and need no atomics.
+// Backward: one work item = (batch, kv head) -- with the SIMD plan, (batch, kv head, split); it
+// owns dK/dV of its keys and dQ (or its dQ partial) of the query heads that share them (GQA), or
+// split over those heads, dQ of its heads and its dK/dV partial: threads never write the same
+// memory and need no atomics.
 int64_t bwd_num_work_items(const BwdParams& p);
 void bwd_run(const BwdParams& p, int64_t begin, int64_t end);
-// Backward decomposition (the kernel tables' bwd_plan): the SIMD plan splits the keys of each
-// (batch, kv head) when there are fewer of those than 2 per thread; the portable one never does.
+// Backward decomposition (the kernel tables' bwd_plan): the SIMD plan splits the query heads or
+// the keys of each (batch, kv head) when there are fewer of those than 2 per thread (plan.cpp);
+// the portable one never does.
 void bwd_plan_portable(BwdParams& p, int threads);
 void bwd_plan_simd(BwdParams& p, int threads);
 // Key splits: dQ = scale * sum over splits of dq_partial, one work item per (batch, head, query

@@ -58,8 +58,8 @@ std::string set_decode_prefetch(const std::string& text);
 // fwd_run over [0, fwd_num_work_items(p)), then fwd_combine_run when split, then
 // fwd_redo_nan_tiles when fwd_nan_pass(p) and the output may hold a NaN value: a fwd_run returned
 // true or, split, a fwd_combine_run did (cpu_kernels.h). A backward: bwd_plan(p, threads),
-// zeroed dq_partial when p.key_splits > 1, bwd_run over [0, bwd_num_work_items(p)), then
-// bwd_combine_run when split.
+// dq_partial when p.key_splits > 1 (params.h: zeroed for key splits), bwd_run over [0,
+// bwd_num_work_items(p)), then bwd_combine_run when split.
 struct KernelTable {
   void (*fwd_plan)(FwdParams&, int threads);
   int64_t (*fwd_num_work_items)(const FwdParams&);

@@ -234,7 +234,9 @@ void bwd_head(const BwdParams& p, int bi, int hk, int split) {
   int t_begin = 0, t_end = (s_k + kBN - 1) / kBN;
   if (!heads_split) split_tiles(vis, s_q, s_k, ns, split, t_begin, t_end);
   const int j_begin = std::min(s_k, t_begin * kBN), j_end = std::min(s_k, t_end * kBN);
-  if (j_begin >= j_end && ns > 1) return;  // an empty split: its (zeroed) dQ partial stays 0
+  // an empty key split: its (zeroed) dQ partial stays 0; a head split owns its heads' dQ and
+  // writes it (0 where the sequence has no key)
+  if (j_begin >= j_end && ns > 1 && !heads_split) return;
   // the query heads of this item: h0 + [0, gn) (plan.cpp: a head split takes g / ns of them)
   const int gn = heads_split ? g / ns : g;
   const int h0 = hk * g + (heads_split ? split * gn : 0);

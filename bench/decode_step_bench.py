@@ -29,14 +29,17 @@ import flashattn_lite as fal
 from flashattn_lite._bench_core import cpu_model
 from flashattn_lite.reference import attention_ref
 
-# (batch, heads, kv heads, head dim, cached tokens, dtype)
+# (batch, heads, kv heads, head dim, cached tokens, cache rows, dtype): the cache holds the cached
+# tokens + 16 rows, or (a model's preallocated cache) its own row count
 CASES = [
-    (1, 32, 8, 128, 128, torch.bfloat16),
-    (1, 32, 8, 128, 1024, torch.bfloat16),
-    (1, 32, 8, 128, 8192, torch.bfloat16),
-    (1, 32, 32, 128, 512, torch.bfloat16),
-    (4, 32, 8, 128, 1024, torch.bfloat16),
-    (1, 8, 8, 64, 256, torch.float32),
+    (1, 32, 8, 128, 128, None, torch.bfloat16),
+    (1, 32, 8, 128, 128, 8192, torch.bfloat16),
+    (1, 32, 8, 128, 1024, None, torch.bfloat16),
+    (1, 32, 8, 128, 1024, 8192, torch.bfloat16),
+    (1, 32, 8, 128, 8192, None, torch.bfloat16),
+    (1, 32, 32, 128, 512, None, torch.bfloat16),
+    (4, 32, 8, 128, 1024, None, torch.bfloat16),
+    (1, 8, 8, 64, 256, None, torch.float32),
 ]
 
 
@@ -48,8 +51,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, acc: torch.dty
     return out if acc == torch.float64 else out.to(x.dtype)
 
 
-def make_steps(b: int, h: int, h_kv: int, d: int, n: int, dtype: torch.dtype):
-    cap = n + 16
+def make_steps(b: int, h: int, h_kv: int, d: int, n: int, rows: int | None, dtype: torch.dtype):
+    cap = rows if rows is not None else n + 16
     kc, vc = torch.randn(b, cap, h_kv, d, dtype=dtype), torch.randn(b, cap, h_kv, d, dtype=dtype)
     q, k, v = (torch.randn(b, 1, x, d, dtype=dtype) for x in (h, h_kv, h_kv))
     theta = torch.arange(cap).float()[:, None] * (10000.0 ** (-torch.arange(0, d, 2).float() / d))[None]
@@ -132,8 +135,8 @@ def main() -> int:
     ]
     print("\n".join(lines), flush=True)
     ok = True
-    for b, h, h_kv, d, n, dtype in CASES:
-        ours, attention_only, torch_step, fp64_step = make_steps(b, h, h_kv, d, n, dtype)
+    for b, h, h_kv, d, n, rows, dtype in CASES:
+        ours, attention_only, torch_step, fp64_step = make_steps(b, h, h_kv, d, n, rows, dtype)
         with torch.no_grad():
             ref = fp64_step()  # before the caches hold the new token (positions < n are read)
             err = (ours().double() - ref).abs().max().item()
@@ -141,7 +144,9 @@ def main() -> int:
             good = err <= 2 * t_err + 1e-6
             ok &= good
             us = median_us([ours, attention_only, torch_step], args.repeats)
-        name = f"B{b} H{h}/{h_kv} D{d} {n} cached {str(dtype).replace('torch.', '')}"
+        name = (
+            f"B{b} H{h}/{h_kv} D{d} {n} cached{f' (of {rows} rows)' if rows else ''} {str(dtype).replace('torch.', '')}"
+        )
         row = (
             f"| {name} | {err:.1e} ({t_err:.1e}){'' if good else ' WRONG'} | {us[0]:.1f} | {us[1]:.1f} | {us[2]:.1f} "
             f"| {us[2] / us[0]:.2f}x |"

@@ -195,6 +195,25 @@ def test_kvcache_long_split(dtype, isa):
     assert max_err(lse, ref_lse) < 2e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("h, h_kv, used", [(32, 8, 300), (8, 8, 1100), (4, 1, 20)])
+def test_kvcache_unused_cache_rows_change_nothing(dtype, h, h_kv, used, isa):
+    # flash_attn_with_kvcache: "cache_seqlens: int, or (batch_size,), dtype torch.int32. The sequence lengths of
+    # the KV cache." -- a model preallocates the cache for its longest sequence: rows past cache_seqlens are no
+    # input, so the output is the same bit for bit as with a cache of exactly those rows (the decode plans its
+    # split-KV from the lengths, not from the cache's rows).
+    d = 64
+    q = randn((1, 1, h, d), dtype)
+    kc, vc = randn((1, 8192, h_kv, d), dtype), randn((1, 8192, h_kv, d), dtype)
+    seqlens = torch.tensor([used], dtype=torch.int32)
+    big = flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens)
+    tight = flash_attn_with_kvcache(q, kc[:, :used].clone(), vc[:, :used].clone(), cache_seqlens=seqlens)
+    assert torch.equal(big, tight)
+    ref, _ = attention_ref(q.double(), kc[:, :used].double(), vc[:, :used].double())
+    same, _ = attention_ref(q, kc[:, :used], vc[:, :used], upcast=False)
+    assert_rule(big, ref, same, n_terms=used)
+
+
 def test_kvcache_window_and_int_seqlens(isa):
     c = make_case(2, 6, 2, 2, 32, 50, torch.float32, n_new=6)
     c["seqlens"][:] = 30

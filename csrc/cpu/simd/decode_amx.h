@@ -70,10 +70,10 @@ struct TileRows {
   const bf16_t* base[kTileKeys / kTileRows];
   int64_t ld[kTileKeys / kTileRows];
 };
-inline TileRows decode_tile_rows(const bf16_t* const* rp, int n, bf16_t* st) {
-  TileRows t;
+inline TileRows decode_tile_rows(const bf16_t* const* rp, int n, bf16_t* st, int ng) {
+  TileRows t{};  // groups from ng: unused (a last block's keys past its end)
   const int np = round_up(n, 32);
-  for (int g = 0; g < kTileKeys / kTileRows; ++g) {
+  for (int g = 0; g < ng; ++g) {
     const bf16_t* const* r = rp + g * kTileRows;
     const int64_t step = r[1] - r[0];
     bool even = n % 32 == 0 && step >= 0;
@@ -94,30 +94,36 @@ inline TileRows decode_tile_rows(const bf16_t* const* rp, int n, bf16_t* st) {
   return t;
 }
 
-// S^T of the block, unscaled: sT[j * 16 + r] = q_r . k_j for j < kTileKeys (rows in lanes; Q^T
-// pairs qT, zero past d and past the rows); k: the K rows as tile rows (decode_tile_rows). pf: a
-// prefetch piece per 32 values of d.
+// S^T of the block's first ng groups of 16 keys, unscaled: sT[j * 16 + r] = q_r . k_j for j < 16
+// ng (rows in lanes; Q^T pairs qT, zero past d and past the rows); k: the K rows as tile rows
+// (decode_tile_rows). pf: a prefetch piece per 32 values of d.
 template <typename F>
-inline void decode_tiles_qk(const uint32_t* qT, const TileRows& k, int d, float* sT, F&& pf) {
+inline void decode_tiles_qk(const uint32_t* qT, const TileRows& k, int d, int ng, float* sT, F&& pf) {
   int64_t ld[4];  // bytes
   for (int g = 0; g < 4; ++g) ld[g] = k.ld[g] * int64_t(sizeof(bf16_t));
   zero_c4();
-  for (int x = 0; x < d; x += 32) {  // each Q^T slice against the 4 groups, K alternating in tiles 4, 5
+  for (int x = 0; x < d; x += 32) {  // each Q^T slice against the groups, K alternating in tiles 4, 5
     _tile_loadd(6, qT + x / 2 * kN, kN * 4);
     _tile_loadd(4, k.base[0] + x, ld[0]);
     _tile_dpbf16ps(0, 4, 6);
-    _tile_loadd(5, k.base[1] + x, ld[1]);
-    _tile_dpbf16ps(1, 5, 6);
-    _tile_loadd(4, k.base[2] + x, ld[2]);
-    _tile_dpbf16ps(2, 4, 6);
-    _tile_loadd(5, k.base[3] + x, ld[3]);
-    _tile_dpbf16ps(3, 5, 6);
+    if (ng > 1) {
+      _tile_loadd(5, k.base[1] + x, ld[1]);
+      _tile_dpbf16ps(1, 5, 6);
+    }
+    if (ng > 2) {
+      _tile_loadd(4, k.base[2] + x, ld[2]);
+      _tile_dpbf16ps(2, 4, 6);
+    }
+    if (ng > 3) {
+      _tile_loadd(5, k.base[3] + x, ld[3]);
+      _tile_dpbf16ps(3, 5, 6);
+    }
     pf();
   }
   _tile_stored(0, sT, kN * 4);
-  _tile_stored(1, sT + kTileRows * kN, kN * 4);
-  _tile_stored(2, sT + 2 * kTileRows * kN, kN * 4);
-  _tile_stored(3, sT + 3 * kTileRows * kN, kN * 4);
+  if (ng > 1) _tile_stored(1, sT + kTileRows * kN, kN * 4);
+  if (ng > 2) _tile_stored(2, sT + 2 * kTileRows * kN, kN * 4);
+  if (ng > 3) _tile_stored(3, sT + 3 * kTileRows * kN, kN * 4);
 }
 
 // P by rows (prow: 16 rows of kTileKeys fp32) -> the A tiles of P V, two per group of 16 keys:
@@ -126,9 +132,9 @@ inline void decode_tiles_qk(const uint32_t* qT, const TileRows& k, int d, float*
 // adjacent columns), the low half picks each pair's even column, the high half its odd one.
 // pf: a prefetch piece per 8 rows. The caller fences before the tile loads (tiles_fence).
 template <typename F>
-inline void decode_p_tiles(const float* prow, uint32_t* pa, F&& pf) {
+inline void decode_p_tiles(const float* prow, int ng, uint32_t* pa, F&& pf) {
   for (int r = 0; r < kTileRows; ++r) {  // rows past the query rows too: O's padding
-    for (int g = 0; g < kTileKeys / kN; ++g) {
+    for (int g = 0; g < ng; ++g) {
       const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(prow + r * kTileKeys + g * kN));
       const __m512i lo = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(h));
       _mm512_storeu_si512(pa + (2 * g) * 256 + r * kN, lo);
@@ -145,9 +151,9 @@ inline void decode_p_tiles(const float* prow, uint32_t* pa, F&& pf) {
 // one: one product per 32 columns of V where decode_p_tiles' unfolded tiles take two. pf: a
 // prefetch piece per 4 rows. The caller fences before the tile loads (tiles_fence).
 template <typename F>
-inline void decode_p_tiles_fold(const float* prow, uint32_t* pa, F&& pf) {
+inline void decode_p_tiles_fold(const float* prow, int ng, uint32_t* pa, F&& pf) {
   for (int r = 0; r < kTileRows / 2; ++r) {  // rows past the query rows too: O's padding
-    for (int g = 0; g < kTileKeys / kN; ++g) {
+    for (int g = 0; g < ng; ++g) {
       const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(prow + r * kTileKeys + g * kN));
       const __m512i lo = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(h));
       _mm512_storeu_si512(pa + g * 256 + r * kN, lo);
@@ -163,7 +169,7 @@ inline void decode_p_tiles_fold(const float* prow, uint32_t* pa, F&& pf) {
 // columns of O at a time (C tiles 0-3, one group of 32 each), the last groups of 32 alone. pf: two
 // prefetch pieces per 16 keys of a pass of 128 columns, one per 16 keys of a group alone.
 template <typename F>
-inline void decode_tiles_pv_fold(const uint32_t* pa, const TileRows& v, int dv, int half, float* o, F&& pf) {
+inline void decode_tiles_pv_fold(const uint32_t* pa, const TileRows& v, int dv, int ng, int half, float* o, F&& pf) {
   const int ld = half * 4;
   int64_t lb[4];  // bytes
   for (int g = 0; g < 4; ++g) lb[g] = v.ld[g] * int64_t(sizeof(bf16_t));
@@ -171,7 +177,7 @@ inline void decode_tiles_pv_fold(const uint32_t* pa, const TileRows& v, int dv, 
   int x = 0;
   for (; x + 128 <= dv; x += 128) {
     load_c4(o + x / 2, ld);
-    for (int g = 0; g < kTileKeys / kN; ++g) {
+    for (int g = 0; g < ng; ++g) {
       const bf16_t* bg = v.base[g] + x;
       _tile_loadd(4, pa + g * 256, 64);
       _tile_loadd(5, bg, lb[g]);
@@ -189,7 +195,7 @@ inline void decode_tiles_pv_fold(const uint32_t* pa, const TileRows& v, int dv, 
   }
   for (; x < dv; x += 32) {
     _tile_loadd(0, o + x / 2, ld);
-    for (int g = 0; g < kTileKeys / kN; ++g) {
+    for (int g = 0; g < ng; ++g) {
       _tile_loadd(4, pa + g * 256, 64);
       _tile_loadd(5, v.base[g] + x, lb[g]);
       _tile_dpbf16ps(0, 4, 5);
@@ -205,7 +211,7 @@ inline void decode_tiles_pv_fold(const uint32_t* pa, const TileRows& v, int dv, 
 // even and odd halves of two groups), a last group of 32 alone. pf: a prefetch piece per 16 keys of
 // each pass.
 template <typename F>
-inline void decode_tiles_pv(const uint32_t* pa, const TileRows& v, int dv, float* o, F&& pf) {
+inline void decode_tiles_pv(const uint32_t* pa, const TileRows& v, int dv, int ng, float* o, F&& pf) {
   const int ld = dv * 4;
   int64_t lb[4];  // bytes
   for (int g = 0; g < 4; ++g) lb[g] = v.ld[g] * int64_t(sizeof(bf16_t));
@@ -213,7 +219,7 @@ inline void decode_tiles_pv(const uint32_t* pa, const TileRows& v, int dv, float
   int x = 0;
   for (; x + 64 <= dv; x += 64) {
     load_c4(o + x, ld);
-    for (int g = 0; g < kTileKeys / kN; ++g) {
+    for (int g = 0; g < ng; ++g) {
       const bf16_t* bg = v.base[g] + x;
       _tile_loadd(4, pa + (2 * g) * 256, 64);
       _tile_loadd(6, bg, lb[g]);
@@ -230,7 +236,7 @@ inline void decode_tiles_pv(const uint32_t* pa, const TileRows& v, int dv, float
   if (x < dv) {
     _tile_loadd(0, o + x, ld);
     _tile_loadd(1, o + x + 16, ld);
-    for (int g = 0; g < kTileKeys / kN; ++g) {
+    for (int g = 0; g < ng; ++g) {
       _tile_loadd(4, pa + (2 * g) * 256, 64);
       _tile_loadd(6, v.base[g] + x, lb[g]);
       _tile_dpbf16ps(0, 4, 6);
@@ -258,29 +264,31 @@ inline void decode_tiles_block(H& h, int jb, int nk, F&& pf) {
   uint32_t* pa = reinterpret_cast<uint32_t*>(prow + kTileRows * kTileKeys);
   alignas(64) float sT[kTileKeys * kN];  // S^T, then P^T: key j's lanes at j kN
   VF* st = reinterpret_cast<VF*>(sT);
-  decode_tiles_qk(reinterpret_cast<const uint32_t*>(h.qT), decode_tile_rows(kp, h.d, kst), h.d, sT, pf);
+  // a last block of nk < kTileKeys keys: its ng groups of 16 only (the rest would be masked)
+  const int ng = (nk + kN - 1) / kN, nj = ng * kN;
+  decode_tiles_qk(reinterpret_cast<const uint32_t*>(h.qT), decode_tile_rows(kp, h.d, kst, ng), h.d, ng, sT, pf);
   const VF c = VF::set1(h.scale);
-  for (int j = 0; j < kTileKeys; ++j) st[j] = st[j] * c;
+  for (int j = 0; j < nj; ++j) st[j] = st[j] * c;
   if (nk < kTileKeys || jb < h.lo_max || jb + kTileKeys > h.hi_min)  // per 16 keys (past nk: none)
-    for (int g = 0; g < kTileKeys; g += kN) decode_mask_cols(h.vis_lo, h.vis_hi, jb + g, nk - g, sT + g * kN);
+    for (int g = 0; g < nj; g += kN) decode_mask_cols(h.vis_lo, h.vis_hi, jb + g, nk - g, sT + g * kN);
   pf();
   VF mv = VF::load(h.m), lv = VF::load(h.l);  // lanes past the rows: never read
   alignas(64) float alpha[kN];
-  softmax_cols_step(st, kTileKeys, mv, lv).store(alpha);
+  softmax_cols_step(st, nj, mv, lv).store(alpha);
   pf();
   mv.store(h.m);
   lv.store(h.l);
   h.rescale_rows(alpha);
   for (int g = 0; g < kTileKeys; g += kN) {  // P by rows
-    transpose_store(st + g, prow + g, kTileKeys);
+    if (g < nj) transpose_store(st + g, prow + g, kTileKeys);
     pf();
   }
   if (h.fold) {
-    decode_p_tiles_fold(prow, pa, pf);
-    decode_tiles_pv_fold(pa, decode_tile_rows(vp, h.dv, vst), h.dv, h.dvp / 2, h.of, pf);
+    decode_p_tiles_fold(prow, ng, pa, pf);
+    decode_tiles_pv_fold(pa, decode_tile_rows(vp, h.dv, vst, ng), h.dv, ng, h.dvp / 2, h.of, pf);
   } else {
-    decode_p_tiles(prow, pa, pf);
-    decode_tiles_pv(pa, decode_tile_rows(vp, h.dv, vst), h.dv, h.of, pf);
+    decode_p_tiles(prow, ng, pa, pf);
+    decode_tiles_pv(pa, decode_tile_rows(vp, h.dv, vst, ng), h.dv, ng, h.of, pf);
   }
 }
 

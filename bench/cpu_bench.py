@@ -269,8 +269,8 @@ def on_amx(c: Case, isa: str) -> bool:
 
 def decode_on_amx(c: Case, isa: str) -> bool:
     """The amx ISA's bf16 decode of 3 to 16 rows per kv head (one token: the GQA heads packed as rows, plan.cpp;
-    else the query rows) on tiles, where d is a multiple of 32 and K rows lie less than 4 KB apart (decode_amx.h:
-    kTileMinRows, kTileMaxRowBytes): its compute peak is the AMX one."""
+    else the query rows) on tiles, over at least 768 keys x rows, where d is a multiple of 32 and K rows lie less
+    than 4 KB apart (decode_amx.h: kTileMinRows, kTileMinWork, kTileMaxRowBytes): its compute peak is the AMX one."""
     g = c.h // c.h_kv
     rows = g if c.n_q == 1 and 1 < g <= 16 else c.n_q
     row_bytes = (c.h_kv if c.layout == "bshd" else 1) * c.d * 2
@@ -279,6 +279,7 @@ def decode_on_amx(c: Case, isa: str) -> bool:
         and c.mode == "decode"
         and c.dtype == torch.bfloat16
         and 3 <= rows <= 16
+        and c.n_k * rows >= 768
         and c.d % 32 == 0
         and row_bytes < 4096
     )

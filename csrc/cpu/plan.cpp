@@ -39,19 +39,6 @@ void pack_gqa_decode(FwdParams& p) {
   p.lse_head_stride *= g;  // rows of a packed head are consecutive in the (b, h, 1) LSE
 }
 
-// The most keys a sequence of the batch reads: s_k, or with per-sequence lengths (seqused_k: a KV
-// cache's cache_seqlens after the append) their largest, less its left padding -- a preallocated
-// cache's unused rows are no work. Splits planned from the capacity instead cut a short cache into
-// slivers: B1 GQA 32/8 D128 bf16 in a cache of 8192 rows, 2 threads (Xeon, 2026-12-03): 16 keys
-// 82 us per call against 35 without a split, 256 keys 87 us against 38 in a cache of 256 rows.
-int64_t decode_keys(const FwdParams& p) {
-  if (p.seqused_k == nullptr) return p.s_k;
-  int64_t most = 0;
-  for (int bi = 0; bi < p.b; ++bi)
-    most = std::max<int64_t>(most, int64_t(p.seqused_k[bi]) - (p.leftpad_k ? p.leftpad_k[bi] : 0));
-  return std::min<int64_t>(std::max<int64_t>(most, 0), p.s_k);
-}
-
 // Decode head groups (cpu_kernels.h): on a token-major cache with too few items for every thread
 // even after key splits (decode_splits: >= kSplitMinKeys keys each; a short cache at batch 1),
 // smaller head groups -- no combine pass, each item still reading its heads' span of every K / V

@@ -53,6 +53,12 @@ static_assert(kDecodeMaxRows == kTileRows,
 // 8 rows, 2026-12-03) 3 rows on tiles ran 1.05-1.23x the vectors (GQA 24/8 2048 / 32768 keys, GQA
 // 12/4, 3 query tokens; both layouts), 2 rows 0.89-0.96x.
 constexpr int kTileMinRows = 3;
+// ... and from kTileMinWork keys x rows: a call on the tiles costs ~4-19 us more up front (tile
+// config, P and O through memory for the tile loads), so a short key range stays on vectors. B1 GQA
+// 32/8 D128 bf16, 2 threads, a cache of 8192 rows (Xeon, 2026-12-03), tiles against vectors: 4
+// rows 16 / 64 / 128 / 192 / 256 keys 24.8 / 24.9 / 30.4 / 34.3 / 38.4 us against 13.4 / 18.8 /
+// 27.1 / 34.5 / 42.5; 8 rows 64 / 128 keys 26.5 / 31.8 against 28.0 / 40.4.
+constexpr int64_t kTileMinWork = 768;
 // 4 rows of H32 on a token-major cache (K rows 8 KB apart: a 64-key block spans 128 pages) ran
 // 0.56-0.65x on tiles: such rows stay on vectors.
 constexpr int64_t kTileMaxRowBytes = 4096;

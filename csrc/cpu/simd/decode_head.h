@@ -134,7 +134,7 @@ struct DecodeHead {
     cols = rows > (pairs ? kColsMinRows : kColsMinRowsFma) && !mod.any && !mod.drop.on;
 #if defined(FAL_DECODE_AMX)
     tiles = kTiles && pairs && rows >= kTileMinRows && dv % 32 == 0 && !mod.any && !mod.drop.on &&
-            krows.row_stride * int64_t(sizeof(T)) < kTileMaxRowBytes;
+            krows.row_stride * int64_t(sizeof(T)) < kTileMaxRowBytes && int64_t(kr.hi - kr.lo) * rows >= kTileMinWork;
     fold = tiles && rows <= kTileRows / 2;
 #endif
     if (cols || (pairs && rows > 1)) qT = l + kDecodeMaxRows;

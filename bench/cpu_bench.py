@@ -268,7 +268,7 @@ def on_amx(c: Case, isa: str) -> bool:
 
 
 def decode_on_amx(c: Case, isa: str) -> bool:
-    """The amx ISA's bf16 decode of 3 to 16 rows per kv head (one token: the GQA heads packed as rows, plan.cpp;
+    """The amx ISA's bf16 decode of 4 to 16 rows per kv head (one token: the GQA heads packed as rows, plan.cpp;
     else the query rows) on tiles, over at least 768 keys x rows, where d is a multiple of 32 and K rows lie less
     than 4 KB apart (decode_amx.h: kTileMinRows, kTileMinWork, kTileMaxRowBytes): its compute peak is the AMX one."""
     g = c.h // c.h_kv
@@ -278,7 +278,7 @@ def decode_on_amx(c: Case, isa: str) -> bool:
         isa == "amx"
         and c.mode == "decode"
         and c.dtype == torch.bfloat16
-        and 3 <= rows <= 16
+        and 4 <= rows <= 16
         and c.n_k * rows >= 768
         and c.d % 32 == 0
         and row_bytes < 4096

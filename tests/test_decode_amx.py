@@ -1,4 +1,4 @@
-"""The amx ISA's decode (README, CPU kernels): bf16 K/V, 3..16 query rows (GQA heads packed as rows, or several
+"""The amx ISA's decode (README, CPU kernels): bf16 K/V, 4..16 query rows (GQA heads packed as rows, or several
 query tokens), no score transform -- S^T and P V on AMX tiles in blocks of 64 keys, K and V rows read in place
 (copied when a block's rows are not evenly spaced: its end, a page boundary, a head dim no multiple of 32).
 Every case runs on the amx ISA against the fp64 reference under flash-attn's rule; skipped without AMX."""
@@ -40,10 +40,10 @@ def kv(b, s_k, h_kv, d, dv, head_major):
 
 
 # flash_attn_func: "Supports multi-query and grouped-query attention (MQA/GQA) by passing in KV with fewer heads
-# than Q." -- one query token of h = g * h_kv heads: g rows per kv head (the decode packs them; 2 rows stay on
-# vectors, 3-8 take the folded P V, 16 the unfolded one). s_k: 50 keys (less than one block; on tiles from 16 rows:
+# than Q." -- one query token of h = g * h_kv heads: g rows per kv head (the decode packs them; 2 and 3 rows stay
+# on vectors). s_k: 50 keys (less than one block; on tiles from 16 rows:
 # shorter work stays on vectors, kTileMinWork), 601 (a partial last block), 2048. d / dv: 72 / 64 copies K's rows (72 is no multiple of 32), 96 and 32 run the last groups of 32
-# columns of O alone (64 and 96 those of the folded P V too), 64, 128 and 256 the plain blocks.
+# columns of O alone, 64, 128 and 256 the plain blocks.
 @pytest.mark.parametrize("g", [2, 3, 4, 5, 8, 16])
 @pytest.mark.parametrize("s_k", [50, 601, 2048])
 @pytest.mark.parametrize("d,dv", [(64, 64), (128, 128), (96, 96), (72, 64), (64, 32), (256, 256)])

@@ -313,7 +313,7 @@ def get_peaks(device: str, refresh: bool = False) -> dict:
 def roofline(c: Config, ms: float, peaks: dict) -> tuple[float, float, float]:
     """(GFLOP/s, GB/s, % of the attainable rate min(compute peak, intensity x read bandwidth)).
     fp16 on the CPU computes through fp32 (no AVX512_FP16 here), so its peak is the fp32 one; the
-    amx ISA's bf16 forward and backward (more than 16 query rows) and its bf16 decode of 3 to 16 rows per kv head
+    amx ISA's bf16 forward and backward (more than 16 query rows) and its bf16 decode of 4 to 16 rows per kv head
     (one query token: the GQA heads sharing a kv head packed as rows, plan.cpp; else the query rows)
     over at least 768 keys x rows, with d a multiple of 32 (make_inputs' head-major K: rows d apart) run on AMX tiles: the AMX peak; its fp16
     forward and backward (more than 16 query rows) -- and fp32 where torch's float32 matmul precision is "high" or
@@ -326,7 +326,7 @@ def roofline(c: Config, ms: float, peaks: dict) -> tuple[float, float, float]:
         fwd_tiles = c.mode in ("fwd", "bwd", "fwd+bwd") and c.s_q > 16
         g = c.h // c.h_kv
         rows = g if c.s_q == 1 and 1 < g <= 16 else c.s_q
-        decode_tiles = c.mode == "decode" and c.s_q <= 16 and 3 <= rows <= 16 and c.d % 32 == 0 and c.s_k * rows >= 768
+        decode_tiles = c.mode == "decode" and c.s_q <= 16 and 4 <= rows <= 16 and c.d % 32 == 0 and c.s_k * rows >= 768
         if fwd_tiles or decode_tiles:  # (other decodes: vectors)
             compute = peaks["amx_bf16_gflops"]
     # fp32 too where torch's float32 matmul precision lets the products take two bf16 parts (README, Semantics)

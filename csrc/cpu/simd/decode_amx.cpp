@@ -1,5 +1,5 @@
 // decode_amx.cpp -- the amx ISA's decode (stages.h): decode_items.h's work items for bf16 K/V with
-// DecodeHead<bf16_t, true>, whose blocks of 3..16 rows run on AMX tiles (decode_amx.h). Compiled into
+// DecodeHead<bf16_t, true>, whose blocks of 4..16 rows run on AMX tiles (decode_amx.h). Compiled into
 // the AVX-512 objects with -mamx-tile -mamx-bf16 added (CMakeLists.txt).
 #define FAL_DECODE_AMX 1
 #include "cpu/simd/decode_items.h"

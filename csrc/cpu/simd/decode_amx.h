@@ -11,10 +11,7 @@
 //                 and A = P with each value alone in a pair, in the low half (the even columns) or
 //                 the high half (the odd ones): C = O's 16 even and 16 odd columns of each group of
 //                 32 (decode_rows.h's split order), O padded to 16 rows, loaded from and stored back
-//                 to the head's fp32 O; at most 8 rows (DecodeHead::fold): one A tile holds P in
-//                 the low halves of tile rows 0-7 and again in the high halves of rows 8-15, so one
-//                 product gives a group's even columns (C rows 0-7) and odd ones (rows 8-15): half
-//                 the products and P tiles, O held folded (decode_tiles_pv_fold)
+//                 to the head's fp32 O
 // K and V rows are read in place where a group of 16 keys is evenly spaced, else (in the last,
 // partial block, across a page boundary, d no multiple of 32) that group's rows are copied
 // zero-padded first: nothing is packed. Every tile is a full 16 x 64 bytes (amx_tiles.h's
@@ -44,15 +41,12 @@ namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
 constexpr int kTileKeys = 4 * kTileRows;  // keys of a block: S^T in 4 C tiles of 16 keys
-static_assert(kDecodeMaxRows == kTileRows,
-              "every query row in one tile; a folded tile's odd halves from row kDecodeMaxRows / 2 (DecodeHead::fold)");
+static_assert(kDecodeMaxRows <= kTileRows, "every query row in one tile");
 // Where the tiles replace the vdpbf16ps products (DecodeHead::tiles). B1 32768 keys D128 bf16, 2
 // threads, calls alternating in one process (Xeon, 2026-12-02), GQA h / 8 packed rows against the
 // avx512 decode, head-major / token-major: 2 rows 0.87-0.95x, 3 rows 0.95x / 1.05x, 4 rows
-// 1.0-1.09x / 1.04-1.2x, 6-8 rows 1.26-1.41x, 12-16 rows 1.63-1.9x. With the folded P V (at most
-// 8 rows, 2026-12-03) 3 rows on tiles ran 1.05-1.23x the vectors (GQA 24/8 2048 / 32768 keys, GQA
-// 12/4, 3 query tokens; both layouts), 2 rows 0.89-0.96x.
-constexpr int kTileMinRows = 3;
+// 1.0-1.09x / 1.04-1.2x, 6-8 rows 1.26-1.41x, 12-16 rows 1.63-1.9x.
+constexpr int kTileMinRows = 4;
 // ... and from kTileMinWork keys x rows: a call on the tiles costs ~4-19 us more up front (tile
 // config, P and O through memory for the tile loads), so a short key range stays on vectors. B1 GQA
 // 32/8 D128 bf16, 2 threads, a cache of 8192 rows (Xeon, 2026-12-03), tiles against vectors: 4
@@ -150,67 +144,6 @@ inline void decode_p_tiles(const float* prow, int ng, uint32_t* pa, F&& pf) {
   }
 }
 
-// P by rows (prow: 16 rows of kTileKeys fp32, the first 8 used) -> one A tile per group of 16
-// keys for at most 8 rows ("folded"): pa[g * 256 + m * 16 + k] = P[m][16 g + k] as bf16 in the
-// low half of its pair for m < 8, P[m - 8][16 g + k] in the high half for m >= 8, the other half 0
-// -- against V rows read in place as B, C rows 0-7 take each pair's even column, rows 8-15 its odd
-// one: one product per 32 columns of V where decode_p_tiles' unfolded tiles take two. pf: a
-// prefetch piece per 4 rows. The caller fences before the tile loads (tiles_fence).
-template <typename F>
-inline void decode_p_tiles_fold(const float* prow, int ng, uint32_t* pa, F&& pf) {
-  for (int r = 0; r < kTileRows / 2; ++r) {  // rows past the query rows too: O's padding
-    for (int g = 0; g < ng; ++g) {
-      const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(prow + r * kTileKeys + g * kN));
-      const __m512i lo = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(h));
-      _mm512_storeu_si512(pa + g * 256 + r * kN, lo);
-      _mm512_storeu_si512(pa + g * 256 + (r + kTileRows / 2) * kN, _mm512_slli_epi32(lo, 16));
-    }
-    if (r % 4 == 3) pf();
-  }
-}
-
-// Folded O (DecodeHead::fold: 16 tile rows of dv / 2 floats, half = dvp / 2 apart; tile row m < 8
-// holds query row m's even columns of each group of 32, row 8 + m its odd ones) += P V: pa, P's
-// folded A tiles (decode_p_tiles_fold); v, the V rows as tile rows; dv a multiple of 32. 128
-// columns of O at a time (C tiles 0-3, one group of 32 each), the last groups of 32 alone. pf: two
-// prefetch pieces per 16 keys of a pass of 128 columns, one per 16 keys of a group alone.
-template <typename F>
-inline void decode_tiles_pv_fold(const uint32_t* pa, const TileRows& v, int dv, int ng, int half, float* o, F&& pf) {
-  const int ld = half * 4;
-  int64_t lb[4];  // bytes
-  for (int g = 0; g < 4; ++g) lb[g] = v.ld[g] * int64_t(sizeof(bf16_t));
-  tiles_fence();  // P's tiles and O's rescaled rows, read by tile loads
-  int x = 0;
-  for (; x + 128 <= dv; x += 128) {
-    load_c4(o + x / 2, ld);
-    for (int g = 0; g < ng; ++g) {
-      const bf16_t* bg = v.base[g] + x;
-      _tile_loadd(4, pa + g * 256, 64);
-      _tile_loadd(5, bg, lb[g]);
-      _tile_dpbf16ps(0, 4, 5);
-      _tile_loadd(6, bg + 32, lb[g]);
-      _tile_dpbf16ps(1, 4, 6);
-      pf();
-      _tile_loadd(7, bg + 64, lb[g]);
-      _tile_dpbf16ps(2, 4, 7);
-      _tile_loadd(5, bg + 96, lb[g]);
-      _tile_dpbf16ps(3, 4, 5);
-      pf();
-    }
-    store_c4(o + x / 2, ld);
-  }
-  for (; x < dv; x += 32) {
-    _tile_loadd(0, o + x / 2, ld);
-    for (int g = 0; g < ng; ++g) {
-      _tile_loadd(4, pa + g * 256, 64);
-      _tile_loadd(5, v.base[g] + x, lb[g]);
-      _tile_dpbf16ps(0, 4, 5);
-      pf();
-    }
-    _tile_stored(0, o + x / 2, ld);
-  }
-}
-
 // O (16 rows, dv apart, each group of 32 columns held as its 16 even columns, then its 16 odd
 // ones: decode_rows.h's split order) += P V: pa, P's A tiles (decode_p_tiles); v, the V rows as
 // tile rows (decode_tile_rows); dv a multiple of 32. 64 columns of O at a time (C tiles 0-3: the
@@ -289,22 +222,13 @@ inline void decode_tiles_block(H& h, int jb, int nk, F&& pf) {
     if (g < nj) transpose_store(st + g, prow + g, kTileKeys);
     pf();
   }
-  if (h.fold) {
-    decode_p_tiles_fold(prow, ng, pa, pf);
-    decode_tiles_pv_fold(pa, decode_tile_rows(vp, h.dv, vst, ng), h.dv, ng, h.dvp / 2, h.of, pf);
-  } else {
-    decode_p_tiles(prow, ng, pa, pf);
-    decode_tiles_pv(pa, decode_tile_rows(vp, h.dv, vst, ng), h.dv, ng, h.of, pf);
-  }
+  decode_p_tiles(prow, ng, pa, pf);
+  decode_tiles_pv(pa, decode_tile_rows(vp, h.dv, vst, ng), h.dv, ng, h.of, pf);
 }
 
 // The pf() calls of decode_tiles_block: S^T 1 per 32 values of d, 2 around the softmax, 4 in the
-// transposes, 2 for P's tiles, P V 4 per pass of 64 (or a last 32) columns -- folded, 8 per pass
-// of 128 and 4 per last group of 32.
-inline int decode_tiles_steps(int d, int dv, bool fold) {
-  const int pv = fold ? 8 * (dv / 128) + 4 * (dv % 128 / 32) : 4 * ((dv + 63) / 64);
-  return (d + 31) / 32 + 8 + pv;
-}
+// transposes, 2 for P's tiles, P V 4 per pass of 64 (or a last 32) columns.
+inline int decode_tiles_steps(int d, int dv) { return (d + 31) / 32 + 8 + 4 * ((dv + 63) / 64); }
 
 // DecodeHead::run for a head on the tiles: blocks of kTileKeys keys, each block's lines prefetched
 // a block ahead in pieces between its steps (KeyLines, decode_prefetch().rows), or the caller's
@@ -313,7 +237,7 @@ template <typename H>
 inline void decode_tiles_run(H& h, int j_begin, int j_end) {
   KeyLines own;
   own.setup(h.k, h.krows, int64_t(h.d) * 2, h.v, h.vrows, int64_t(h.dv) * 2, decode_prefetch().rows);
-  const int steps = decode_tiles_steps(h.d, h.dv, h.fold);
+  const int steps = decode_tiles_steps(h.d, h.dv);
   const int64_t nb = (j_end - j_begin + kTileKeys - 1) / kTileKeys;
   for (int jb = j_begin; jb < j_end; jb += kTileKeys) {
     const int nk = std::min(kTileKeys, j_end - jb);

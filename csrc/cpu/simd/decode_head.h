@@ -58,10 +58,6 @@ struct DecodeHead {
   // less than kTileMaxRowBytes apart: the blocks on AMX tiles (decode_amx.h; Q^T in qT as pairs, one
   // slice; O split as o_split says)
   bool tiles = false;
-  // tiles with at most kTileRows / 2 rows: P V on "folded" tiles (decode_amx.h
-  // decode_tiles_pv_fold): O held as 16 tile rows of dvp / 2 floats, rows 0-7 each query row's
-  // even columns of every group of 32, rows 8-15 its odd ones; put back in order by finish()
-  bool fold = false;
   float* qT = nullptr;
   alignas(64) int32_t vis_lo[kDecodeMaxRows], vis_hi[kDecodeMaxRows];
   int lo_max = 0, hi_min = 0;  // every row sees the keys [lo_max, hi_min) (any path: rows_softmax too)
@@ -135,7 +131,6 @@ struct DecodeHead {
 #if defined(FAL_DECODE_AMX)
     tiles = kTiles && pairs && rows >= kTileMinRows && dv % 32 == 0 && !mod.any && !mod.drop.on &&
             krows.row_stride * int64_t(sizeof(T)) < kTileMaxRowBytes && int64_t(kr.hi - kr.lo) * rows >= kTileMinWork;
-    fold = tiles && rows <= kTileRows / 2;
 #endif
     if (cols || (pairs && rows > 1)) qT = l + kDecodeMaxRows;
     lo_max = 0;
@@ -260,16 +255,6 @@ struct DecodeHead {
   // The per-lane softmax step's factors (softmax_cols_step): each row's O rescaled where its max
   // moved (a factor other than 1, or NaN).
   void rescale_rows(const float* alpha) {
-    if (fold) {  // a row's even and odd halves (tile rows r and 8 + r)
-      const int half = dvp / 2;
-      for (int r = 0; r < rows; ++r)
-        if (!(alpha[r] == 1.f)) {
-          const VF a = VF::set1(alpha[r]);
-          for (float* o : {of + size_t(r) * half, of + size_t(r + kDecodeMaxRows / 2) * half})
-            for (int x = 0; x < half; x += kN) (VF::load(o + x) * a).store(o + x);
-        }
-      return;
-    }
     for (int r = 0; r < rows; ++r)
       if (!(alpha[r] == 1.f)) {
         float* o = of + size_t(r) * dvp;
@@ -465,13 +450,7 @@ struct DecodeHead {
     const int64_t row0 = (int64_t(bi) * p.h + hi) * p.s_q;
     for (int r = 0; r < rows; ++r) {
       const float* src = of + size_t(r) * dvp;
-      if (fold) {  // back in order, in the block scratch: the halves of each group of 32 interleaved
-        const int half = dvp / 2;
-        const float* ev = of + size_t(r) * half;
-        const float* od = of + size_t(r + kDecodeMaxRows / 2) * half;
-        for (int x = 0; x < dv; ++x) kb[x] = (x % 2 ? od : ev)[x / 32 * 16 + x % 32 / 2];
-        src = kb;
-      } else if (o_split) {  // back in order, in the block scratch
+      if (o_split) {  // back in order, in the block scratch
         split_row(src, kb, dv, true);
         src = kb;
       }

@@ -23,7 +23,7 @@ Scaling rows time ours alone on 1 thread and on --threads threads (the goal is t
 FLASHATTN_LITE_CPU_ISA=avx2 for ours and ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2,
 ONEDNN_MAX_CPU_ISA=AVX2 for torch, against the AVX2 peak; the machine line says so. On a CPU with
 AMX the default ISA is amx (its bf16 forward and fwd+bwd rows against the AMX peak, its fp16 ones against a
-third of it -- three tile products per multiply --, no goal: the goals name the vdpbf16ps / fp32 FMA peak; its bf16 decode of 4 or more rows per kv head against the roofline with the AMX
+third of it -- three tile products per multiply --, its fp32 forward rows against a sixth -- six --, no goal: the goals name the vdpbf16ps / fp32 FMA peak; its bf16 decode of 4 or more rows per kv head against the roofline with the AMX
 peak -- memory-bound -- under the decode goals); --isa avx512 measures the AVX-512 kernels, torch
 without AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16).
 --memory also runs fwd+bwd at N=65536 (H8, D64, bf16) in a subprocess and reports its peak RSS
@@ -263,8 +263,14 @@ def memory_check(threads: int, n: int = 65536) -> tuple[float, float] | None:
 
 def on_amx(c: Case, isa: str) -> bool:
     """The case's products run on AMX tiles: the amx ISA's bf16 and fp16 forward (more than 16 query rows) and
-    backward (fp16: three tile products per multiply, split_bf16.h)."""
-    return isa == "amx" and c.mode in ("fwd", "fwd+bwd") and c.dtype in (torch.bfloat16, torch.float16) and c.n_q > 16
+    backward (fp16: three tile products per multiply, split_bf16.h), its fp32 forward (six: three parts)."""
+    if isa != "amx" or c.n_q <= 16:
+        return False
+    return (
+        c.mode in ("fwd", "fwd+bwd")
+        and c.dtype in (torch.bfloat16, torch.float16)
+        or (c.mode == "fwd" and c.dtype == torch.float32)
+    )
 
 
 def decode_on_amx(c: Case, isa: str) -> bool:
@@ -383,6 +389,8 @@ def main() -> int:
             pk = bf16_peak if c.dtype == torch.bfloat16 else fp32_peak
             if on_amx(c, isa) and c.dtype == torch.float16:
                 pk, unit = amx_peak / 3 if amx_peak else None, "GFLOP/s (AMX / 3)"
+            elif on_amx(c, isa) and c.dtype == torch.float32:
+                pk, unit = amx_peak / 6 if amx_peak else None, "GFLOP/s (AMX / 6)"
             elif on_amx(c, isa):
                 pk, unit = amx_peak, "GFLOP/s (AMX)"
         pct = 100 * rate / pk if pk else None

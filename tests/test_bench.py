@@ -180,8 +180,8 @@ def test_flops_formula():
 
 
 def test_roofline_peak_follows_the_units_that_run_the_call():
-    # The amx ISA runs the bf16 and fp16 forward and backward (more than 16 query rows) and the bf16 decode of 4+
-    # rows per kv head on AMX tiles, everything else on vectors: the roofline's compute peak is the AMX one only there
+    # The amx ISA runs the bf16 and fp16 forward and backward and the fp32 forward (more than 16 query rows) and the
+    # bf16 decode of 4+ rows per kv head on AMX tiles, everything else on vectors: the roofline's compute peak is the AMX one only there
     # (_bench_core.roofline).
     from flashattn_lite._bench_core import roofline
 
@@ -209,9 +209,13 @@ def test_roofline_peak_follows_the_units_that_run_the_call():
     assert roofline(f16b, f16b.flops / 0.4e9, peaks)[2] == pytest.approx(30.0)
     f16d = bench.Config("decode", "fp16", 1, 32, 8, 1, 1024, 128, False)
     assert roofline(f16d, f16d.flops / 0.05e9, peaks)[2] == pytest.approx(50.0)
-    # fp32 as fp16 where torch's float32 matmul precision allows two bf16 parts ("high"), else the fp32 peak
+    # fp32 as fp16 where torch's float32 matmul precision allows two bf16 parts ("high"); at "highest" its forward
+    # on three parts, six tile products per multiply (a sixth), its fwd+bwd the fp32 peak (above)
     f32 = bench.Config("fwd", "fp32", 1, 8, 8, 1024, 1024, 64, False)
-    assert roofline(f32, f32.flops / 0.05e9, peaks)[2] == pytest.approx(50.0)
+    assert roofline(f32, f32.flops / 0.2e9, peaks)[2] == pytest.approx(30.0)  # 200 of 4000 / 6
+    assert roofline(f32, f32.flops / 0.05e9, {k: v for k, v in peaks.items() if k != "amx_bf16_gflops"})[
+        2
+    ] == pytest.approx(50.0)  # without AMX: the fp32 peak
     before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")

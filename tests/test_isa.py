@@ -218,8 +218,10 @@ def test_amx_fp32_follows_float32_matmul_precision(setting):
     # stored), if the appropriate fast matrix multiplication algorithms are available. [...] 'medium', float32
     # matrix multiplications use the bfloat16 datatype [...] if a fast matrix multiplication algorithm using that
     # datatype internally is available." The amx ISA takes the two-bfloat16 form for 'high' and 'medium' (and the
-    # mkldnn matmul precision tf32 / bf16 they set); 'highest' / ieee, the default, stays bit-identical to the
-    # avx512 ISA's fp32 kernels. Forward and backward.
+    # mkldnn matmul precision tf32 / bf16 they set). 'highest' / ieee, the default, must keep "the float32 datatype
+    # (24 mantissa bits)": there the forward runs on three bfloat16 parts (8 + 8 + 8 bits, exact) and keeps the
+    # products down to 2^-16 -- within the numerical rule of the avx512 ISA's fp32 kernels, not bit-identical to
+    # them; the backward is the avx512 one (on the forward's output and LSE). Forward and backward.
     api, value = setting
     q, k, v, dout = (
         randn((1, 300, 4, 64), torch.float32),
@@ -259,8 +261,10 @@ def test_amx_fp32_follows_float32_matmul_precision(setting):
         torch.backends.mkldnn.matmul.fp32_precision = before_mkldnn
         torch.set_float32_matmul_precision(before_legacy)
     if value in ("highest", "ieee"):
-        for a, b in zip(ours, plain):
-            assert torch.equal(a, b)
+        assert not torch.equal(ours[0], plain[0])  # the tiles ran
+        for name, a, b, r in zip(("out", "dq", "dk", "dv"), ours, plain, refs):
+            err, err_fp32 = (a.double() - r).abs().max().item(), (b.double() - r).abs().max().item()
+            assert err <= 2 * err_fp32 + 1e-6, (name, err, err_fp32)  # the fp32 kernels' rule
         return
     for name, a, b, r, e in zip(("out", "dq", "dk", "dv"), ours, plain, refs, bf16_err):
         err = (a.double() - r).abs().max().item()

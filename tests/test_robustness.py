@@ -116,7 +116,7 @@ def test_fp16_near_overflow(isa):
 # sees no key: our rule for such a row (README: "-inf for a row that sees no key", output 0); the
 # rows computed beside it (the forward's row groups, whose plain tiles run the softmax step on the
 # scores in registers and fall back to the step over memory for such a row) match the reference.
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_row_of_minus_inf_scores_leaves_its_neighbours_exact(dtype, isa):
     q, k, v = randn((1, 70, 2, 64), dtype), randn((1, 150, 2, 64), dtype), randn((1, 150, 2, 64), dtype)
     k[..., 0] = -k[..., 0].abs() - 0.25

@@ -128,7 +128,7 @@ void for_each_tile(const FwdParams& p, int64_t begin, int64_t end, F&& f) {
 
 // Whether the tile's output has a NaN in a row whose LSE is finite (a NaN value, not a NaN score).
 template <typename T>
-bool tile_has_nan_value(const FwdParams& p, int bi, int hi, int qt) {
+bool tile_has_nan_value(const FwdParams& p, int bi, int hi, int qt, bool nan_rows) {
   using Acc = typename AccOf<T>::type;
   const SeqInfo sq = seq_info(p, bi);
   const int i0 = qt * kFwdBlockM, i1 = std::min(i0 + kFwdBlockM, sq.s_q);
@@ -136,7 +136,10 @@ bool tile_has_nan_value(const FwdParams& p, int bi, int hi, int qt) {
   const Acc* lse = static_cast<const Acc*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
   int nan = 0;
   for (int i = i0; i < i1; ++i) {
-    if (lse[i] != lse[i]) continue;  // a NaN score: the whole row is NaN, as in the reference
+    if (lse[i] != lse[i]) {  // a NaN score: the whole row is NaN, as in the reference (nan_rows: maybe not)
+      if (nan_rows) return true;
+      continue;
+    }
     const T* orow = o + int64_t(i) * p.o_row_stride;
     for (int x = 0; x < p.d_v; ++x) {  // no early exit: an OR-reduction the compiler vectorises
       const Acc ox = load_acc<Acc>(orow + x);
@@ -154,7 +157,7 @@ bool fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
   return true;
 }
 
-void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end) {
+void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end, bool nan_rows) {
   // the scan only, as a rule: a tile's scratch (18 KB at d 64) is allocated at the first tile to redo,
   // not per call (with the merge's grain in cpu_ops.cpp: 282 K -> 228 K instructions per short decode
   // call, callgrind, H8 64 keys D64 bf16, 2 splits, 1 thread)
@@ -164,13 +167,13 @@ void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end) {
     using T = decltype(tag);
     for (; w < end; ++w) {
       const int64_t bh = w / nqt;
-      if (tile_has_nan_value<T>(p, int(bh / p.h), int(bh % p.h), int(w % nqt))) break;
+      if (tile_has_nan_value<T>(p, int(bh / p.h), int(bh % p.h), int(w % nqt), nan_rows)) break;
     }
   });
   if (w < end)
     for_each_tile(p, w, end, [&](auto tag, int bi, int hi, int qt, auto& buf) {
       using T = decltype(tag);
-      if (tile_has_nan_value<T>(p, bi, hi, qt)) fwd_tile<T>(p, bi, hi, qt, buf);
+      if (tile_has_nan_value<T>(p, bi, hi, qt, nan_rows)) fwd_tile<T>(p, bi, hi, qt, buf);
     });
 }
 

@@ -19,11 +19,17 @@ void free_scratch(void* p);
 
 // Decomposition of a forward call (the kernel tables' fwd_plan, plan.cpp), before its scratch
 // is allocated: the SIMD plan packs GQA decode rows and sets p.num_splits (split-KV); the portable
-// plan never splits. fwd_nan_pass_*: whether the forward needs fwd_redo_nan_tiles after it.
+// plan never splits. fwd_nan_pass_*: whether the forward needs fwd_redo_nan_tiles after it, and
+// which rows that redoes: kValues, rows with a NaN value (below); kRows, rows with a NaN score
+// too -- the amx ISA's split operands (split_bf16.h) meet an infinite q or k with a zero part of
+// the other operand (0 x inf = NaN where IEEE fp32 products give +-inf), so such a row is computed
+// again by the portable kernel (it is NaN there too where the reference has it NaN).
+enum class NanPass { kNone, kValues, kRows };
 void fwd_plan_portable(FwdParams& p, int threads);
 void fwd_plan_simd(FwdParams& p, int threads);
-bool fwd_nan_pass_portable(const FwdParams& p);
-bool fwd_nan_pass_simd(const FwdParams& p);
+NanPass fwd_nan_pass_portable(const FwdParams& p);
+NanPass fwd_nan_pass_simd(const FwdParams& p);
+NanPass fwd_nan_pass_amx(const FwdParams& p);
 
 // Forward (portable kernel): one work item = (batch, head, query tile). fwd_run returns true, the
 // kernel tables' "may hold a NaN value" (isa.h) without looking: this kernel needs no NaN pass.
@@ -34,7 +40,8 @@ bool fwd_run(const FwdParams& p, int64_t begin, int64_t end);
 // masked for a row never reaches it -- the SIMD kernels multiply the 0 probability of a masked
 // key inside a visible tile by its value, so a NaN there would spread to neighbouring rows.
 // Reads the output once, and only when a kernel flagged a row with a NaN value (run_fwd_cpu).
-void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end);
+// nan_rows (NanPass::kRows): a tile with a row whose LSE is NaN is computed again too.
+void fwd_redo_nan_tiles(const FwdParams& p, int64_t begin, int64_t end, bool nan_rows);
 
 // Backward: one work item = (batch, kv head) -- with the SIMD plan, (batch, kv head, split); it
 // owns dK/dV of its keys and dQ (or its dQ partial) of the query heads that share them (GQA), or

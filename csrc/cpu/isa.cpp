@@ -291,7 +291,7 @@ const KernelTable& kernels(Isa isa) {
   static const KernelTable t_amx{fwd_plan_simd,
                                  avx512::fwd_num_work_items_amx,
                                  avx512::fwd_run_amx,
-                                 fwd_nan_pass_simd,
+                                 fwd_nan_pass_amx,
                                  bwd_plan_simd,
                                  avx512::bwd_num_work_items,
                                  avx512::bwd_run_amx,

@@ -7,12 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "cpu/cpu_kernels.h"  // NanPass
 #include "flashattn_lite/params.h"
 
 namespace fal::cpu {
 
-// kAmx: the avx512 kernels, with the bf16 and fp16 forward (more than kDecodeMaxRows rows) and
-// backward and the bf16 decode from 4 rows on AMX tiles
+// kAmx: the avx512 kernels, with the bf16, fp16 and fp32 forward (more than kDecodeMaxRows rows),
+// the bf16 and fp16 backward and the bf16 decode from 4 rows on AMX tiles
 enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 
 const char* isa_name(Isa isa);
@@ -56,7 +57,7 @@ std::string set_decode_prefetch(const std::string& text);
 // One ISA's kernels.
 // A forward call: fwd_plan(p, threads), allocate split-KV scratch when p.num_splits > 1, run
 // fwd_run over [0, fwd_num_work_items(p)), then fwd_combine_run when split, then
-// fwd_redo_nan_tiles when fwd_nan_pass(p) and the output may hold a NaN value: a fwd_run returned
+// fwd_redo_nan_tiles when fwd_nan_pass(p) is not kNone and the output may hold a NaN value: a fwd_run returned
 // true or, split, a fwd_combine_run did (cpu_kernels.h). A backward: bwd_plan(p, threads),
 // dq_partial when p.key_splits > 1 (params.h: zeroed for key splits), bwd_run over [0,
 // bwd_num_work_items(p)), then bwd_combine_run when split.
@@ -64,7 +65,7 @@ struct KernelTable {
   void (*fwd_plan)(FwdParams&, int threads);
   int64_t (*fwd_num_work_items)(const FwdParams&);
   bool (*fwd_run)(const FwdParams&, int64_t begin, int64_t end);
-  bool (*fwd_nan_pass)(const FwdParams&);
+  NanPass (*fwd_nan_pass)(const FwdParams&);
   void (*bwd_plan)(BwdParams&, int threads);
   int64_t (*bwd_num_work_items)(const BwdParams&);
   void (*bwd_run)(const BwdParams&, int64_t begin, int64_t end);

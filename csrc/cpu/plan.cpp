@@ -101,7 +101,13 @@ void fwd_plan_simd(FwdParams& p, int threads) {
   }
 }
 
-bool fwd_nan_pass_simd(const FwdParams& p) { return p.dtype != DType::kFloat64; }
+NanPass fwd_nan_pass_simd(const FwdParams& p) { return p.dtype != DType::kFloat64 ? NanPass::kValues : NanPass::kNone; }
+// the amx ISA: fp16 and fp32 forwards of more than kDecodeMaxRows rows run on split operands
+// (kernels.cpp amx_chunks)
+NanPass fwd_nan_pass_amx(const FwdParams& p) {
+  const bool split = (p.dtype == DType::kFloat16 || p.dtype == DType::kFloat32) && p.s_q > kDecodeMaxRows;
+  return split ? NanPass::kRows : fwd_nan_pass_simd(p);
+}
 
 void bwd_plan_portable(BwdParams& p, int /*threads*/) {
   p.key_splits = 1;
@@ -144,6 +150,6 @@ void bwd_plan_simd(BwdParams& p, int threads) {
   }
   p.key_splits = int(std::min<int64_t>(max_splits, ns));
 }
-bool fwd_nan_pass_portable(const FwdParams& /*p*/) { return false; }
+NanPass fwd_nan_pass_portable(const FwdParams& /*p*/) { return NanPass::kNone; }
 
 }  // namespace fal::cpu

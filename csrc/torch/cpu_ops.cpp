@@ -78,10 +78,11 @@ void run_fwd_cpu(FwdParams& p, const at::Tensor& q) {
   // a NaN value must reach only the rows that see its key (cpu_kernels.h); the SIMD kernels flag
   // the rows they write with a NaN value, and without one the scan of the output is skipped
   // (2-3 % of the bf16 forward, H8 N2048 D64, Zen 4)
-  if (k.fwd_nan_pass(p) && nan_value.load())
-    at::parallel_for(0, cpu::fwd_num_work_items(p),
-                     std::max<int64_t>(1, (1 << 16) / (int64_t(cpu::kFwdBlockM) * p.d_v)),
-                     [&](int64_t begin, int64_t end) { cpu::fwd_redo_nan_tiles(p, begin, end); });
+  const cpu::NanPass pass = k.fwd_nan_pass(p);
+  if (pass != cpu::NanPass::kNone && nan_value.load())
+    at::parallel_for(
+        0, cpu::fwd_num_work_items(p), std::max<int64_t>(1, (1 << 16) / (int64_t(cpu::kFwdBlockM) * p.d_v)),
+        [&](int64_t begin, int64_t end) { cpu::fwd_redo_nan_tiles(p, begin, end, pass == cpu::NanPass::kRows); });
 }
 
 void run_bwd_cpu(BwdParams& p, const at::Tensor& q) {

@@ -317,7 +317,8 @@ def roofline(c: Config, ms: float, peaks: dict) -> tuple[float, float, float]:
     (one query token: the GQA heads sharing a kv head packed as rows, plan.cpp; else the query rows)
     over at least 768 keys x rows, with d a multiple of 32 (make_inputs' head-major K: rows d apart) run on AMX tiles: the AMX peak; its fp16
     forward and backward (more than 16 query rows) -- and fp32 where torch's float32 matmul precision is "high" or
-    "medium" -- run three tile products per multiply (split_bf16.h): a third of it."""
+    "medium" -- run three tile products per multiply (split_bf16.h): a third of it; its fp32 forward at the
+    default "highest" precision six (three parts): a sixth (its fp32 backward runs on FMAs: the fp32 peak)."""
     gflops = c.flops / ms / 1e6
     gbps = c.bytes / ms / 1e6
     low = c.dtype == "bf16" or (c.dtype == "fp16" and peaks.get("device") == "cuda")
@@ -335,6 +336,8 @@ def roofline(c: Config, ms: float, peaks: dict) -> tuple[float, float, float]:
     )
     if split and "amx_bf16_gflops" in peaks and c.mode in ("fwd", "bwd", "fwd+bwd") and c.s_q > 16:
         compute = peaks["amx_bf16_gflops"] / 3
+    elif c.dtype == "fp32" and "amx_bf16_gflops" in peaks and c.mode == "fwd" and c.s_q > 16:
+        compute = peaks["amx_bf16_gflops"] / 6  # "highest": three parts, six products (its backward: FMAs)
     attainable = min(compute, c.flops / c.bytes * peaks.get("read_gbps", float("nan")))
     return gflops, gbps, 100 * gflops / attainable if attainable > 0 else float("nan")
 

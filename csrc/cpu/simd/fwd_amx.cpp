@@ -11,7 +11,11 @@
 // inputs read as 0); the sums' order differs, so results match the avx512 ISA's to rounding.
 // fp16 (split_bf16.h): Q, K, V and P as hi + lo bf16 parts, each product the three tile products
 // hi hi + lo hi + hi lo into the same C tiles (FAL_AMX_DP_C4_SPLIT); P is the fp32 step's
-// (VecLane, as the avx512 ISA's fp16 forward), not rounded to bf16.
+// (VecLane, as the avx512 ISA's fp16 forward), not rounded to bf16. fp32 likewise where torch's
+// float32 matmul precision allows two parts; at the default ("highest") three parts, hi + mid +
+// lo (exact), each product the six tile products down to 2^-16 |a b| with hi hi in C tiles of its
+// own and the other five summed apart and added after (tiles_qk3, pv3): the error of S and O then
+// at or below the fp32 kernel's (the sum of all six in one tile, 2.5x its).
 #include "cpu/simd/amx_tiles.h"
 #include "cpu/simd/fwd_chunk.h"
 #include "cpu/simd/micro_bf16.h"
@@ -39,20 +43,23 @@ inline int amx_chunk_rows(const FwdParams& p) {
   return chunk_items(p, kAmxChunkRows) >= kAmxMinItems ? kAmxChunkRows : kAmxSmallChunkRows;
 }
 
-// T = bf16_t: the bf16 panels of the vdpbf16ps forward (micro_bf16.h); T = fp16_t or float (the
-// latter where torch's float32 matmul precision allows it): each panel twice, hi and lo parts
-// (split_bf16.h: q / ql, kp / kpl, vp / vpl, pb / pbl).
-template <int kChunk, typename T_>
+// T = bf16_t: the bf16 panels of the vdpbf16ps forward (micro_bf16.h), kParts 1; T = fp16_t or
+// float: each panel in kParts parts (split_bf16.h: q / ql (/ qm), kp / kpl (/ kpm), vp / vpl (/ vpm),
+// pb / pbl (/ pbm)) -- 2, or 3 for fp32 at "highest" precision.
+template <int kChunk, typename T_, int kParts = std::is_same_v<T_, bf16_t> ? 1 : 2>
 struct PanelsAmx {
   using T = T_;
-  static constexpr bool kSplit = !std::is_same_v<T, bf16_t>;
+  static constexpr bool kSplit = kParts > 1;
+  static constexpr bool kSplit3 = kParts == 3;
+  static_assert(!kSplit3 || std::is_same_v<T, float>, "three parts: fp32");
   static constexpr int kRows = kTileRows;
   static constexpr int kChunkRows = kChunk;
   static constexpr bool kFusedStep = true;
+  static constexpr bool kRedoNanRows = kSplit;  // an infinite q or k meets a zero part (split_bf16.h)
   // bf16: P rounded to bf16 for P V, as the vdpbf16ps forward; fp16 / fp32: the fp32 P, split
   using Lane = std::conditional_t<kSplit, VecLane, VecLaneBf16P>;
-  Buf<uint32_t> q, kp, vp, pb, ql, kpl, vpl, pbl;
-  Buf<float> s;  // S of qk_softmax (kRows x kBN)
+  Buf<uint32_t> q, kp, vp, pb, ql, kpl, vpl, pbl, qm, kpm, vpm, pbm;
+  Buf<float> s, s2;  // S of qk_softmax (kRows x kBN); three parts: S's five small products (tiles_qk3)
   int d = 0, dq2 = 0, dv = 0, dvp = 0;
   float scale = 1.f;
 
@@ -73,18 +80,30 @@ struct PanelsAmx {
       vpl.resize(size_t(kBN / 2) * dvp);
       pbl.resize(size_t(kRows) * (kBN / 2));
     }
+    if constexpr (kSplit3) {
+      qm.assign(all * dq2, 0u);
+      kpm.resize(size_t(dq2) * kBN);
+      vpm.resize(size_t(kBN / 2) * dvp);
+      pbm.resize(size_t(kRows) * (kBN / 2));
+      s2.resize(size_t(kRows) * kBN);
+    }
     for (int j = 0; j < nh; ++j)
       for (int r = 0; r < rows; ++r) {
         const T* src = q0 + j * p.q_head_stride + r * p.q_row_stride;
         const size_t at = (size_t(j) * rows_pad + r) * dq2;
-        if constexpr (kSplit)
+        if constexpr (kSplit3)
+          split_pairs_parts<3>(src, d, {q.data() + at, qm.data() + at, ql.data() + at});
+        else if constexpr (kSplit)
           split_pairs(src, d, q.data() + at, ql.data() + at);
         else
           copy_pairs(src, d, q.data() + at);
       }
   }
   void pack(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int j0, int cols) {
-    if constexpr (kSplit)
+    if constexpr (kSplit3)
+      split_tile_pairs_parts<3>(k, krows, v, vrows, j0, cols, d, dv, dvp, {kp.data(), kpm.data(), kpl.data()},
+                                {vp.data(), vpm.data(), vpl.data()});
+    else if constexpr (kSplit)
       split_tile_pairs(k, krows, v, vrows, j0, cols, d, dv, dvp, kp.data(), kpl.data(), vp.data(), vpl.data());
     else
       pack_tile_pairs(k, krows, v, vrows, j0, cols, d, dv, dvp, kp.data(), vp.data());
@@ -107,31 +126,86 @@ struct PanelsAmx {
     }
     store_c4(out, kb);
   }
+  // Three parts: the group's unscaled Q K^T as hi hi (into big) and the sum of the five smaller
+  // products (into small; both kRows x kBN, rows kBN apart), 32 keys at a time: C0 / C1 hi hi, C2 /
+  // C3 the rest, of the keys' two column tiles; A tiles 4 (Q hi), 5 (Q mid, Q lo), B 6 / 7.
+  void tiles_qk3(int r0, float* big, float* small) {
+    tiles_fence();  // Q and the K panel: stored by vector code
+    const size_t q_off = size_t(r0) * dq2;
+    constexpr int kb = kBN * 4;  // K panel row bytes
+    const int qb = dq2 * 4;      // Q panel row bytes
+    for (int h = 0; h < kBN; h += 2 * kTilePairs) {
+      zero_c4();
+      for (int x = 0; x < dq2; x += kTilePairs) {
+        const size_t k_off = size_t(x) * kBN + h;
+        const uint32_t *kh = kp.data() + k_off, *km = kpm.data() + k_off, *kl = kpl.data() + k_off;
+        _tile_loadd(4, q.data() + q_off + x, qb);
+        _tile_loadd(5, ql.data() + q_off + x, qb);
+        _tile_loadd(6, kh, kb);
+        _tile_loadd(7, kh + 16, kb);
+        _tile_dpbf16ps(0, 4, 6);  // hi hi
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);  // lo hi
+        _tile_dpbf16ps(3, 5, 7);
+        _tile_loadd(5, qm.data() + q_off + x, qb);
+        _tile_dpbf16ps(2, 5, 6);  // mid hi
+        _tile_dpbf16ps(3, 5, 7);
+        _tile_loadd(6, km, kb);
+        _tile_loadd(7, km + 16, kb);
+        _tile_dpbf16ps(0, 4, 6);  // hi mid
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);  // mid mid
+        _tile_dpbf16ps(3, 5, 7);
+        _tile_loadd(6, kl, kb);
+        _tile_loadd(7, kl + 16, kb);
+        _tile_dpbf16ps(2, 4, 6);  // hi lo
+        _tile_dpbf16ps(3, 4, 7);
+      }
+      _tile_stored(0, big + h, kb);
+      _tile_stored(1, big + h + 16, kb);
+      _tile_stored(2, small + h, kb);
+      _tile_stored(3, small + h + 16, kb);
+    }
+  }
+  // row-vector i of the group's scaled S from the tile products in out (and s2: three parts)
+  __m512 scaled(const float* out, size_t i, __m512 sc) const {
+    if constexpr (kSplit3)
+      return _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(out + i), _mm512_loadu_ps(s2.data() + i)), sc);
+    return _mm512_mul_ps(_mm512_loadu_ps(out + i), sc);
+  }
+  void group_qk(int r0, float* out) {
+    if constexpr (kSplit3)
+      tiles_qk3(r0, out, s2.data());
+    else
+      tiles_qk(r0, out);
+  }
   // S (kRows x kBN) = scale Q[r0, r0 + kRows) K^T
   void qk(int r0, float* S) {
-    tiles_qk(r0, S);
+    group_qk(r0, S);
     const __m512 sc = _mm512_set1_ps(scale);
-    for (int i = 0; i < kRows * kBN; i += kN) _mm512_storeu_ps(S + i, _mm512_mul_ps(_mm512_loadu_ps(S + i), sc));
+    for (int i = 0; i < kRows * kBN; i += kN) _mm512_storeu_ps(S + i, scaled(S, size_t(i), sc));
   }
   // S, the softmax step and P of a plain, fully visible tile: the step on 4 rows at a time in
   // registers (online_softmax_tile_step), P straight to bf16 pairs; 4 rows of which one has seen no
   // key yet take the step over memory instead (the same arithmetic). Always done: true.
   bool qk_softmax(int r0, float* m, float* l, float* o) {
     constexpr int kR = 4;
-    tiles_qk(r0, s.data());
+    group_qk(r0, s.data());
     const __m512 sc = _mm512_set1_ps(scale);
     for (int rb = 0; rb < kRows; rb += kR) {
       float* sr = s.data() + size_t(rb) * kBN;
       Lane t[kR][kNV];
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r)
-        for (int v = 0; v < kNV; ++v) t[r][v].v.v = _mm512_mul_ps(_mm512_loadu_ps(sr + r * kBN + v * kN), sc);
+        for (int v = 0; v < kNV; ++v) t[r][v].v.v = scaled(s.data(), size_t(rb + r) * kBN + v * kN, sc);
       if (online_softmax_tile_step<Lane, kR, kNV>(t, m + rb, l + rb, o + size_t(rb) * dvp, dvp, dvp)) {
 #pragma GCC unroll 8
         for (int r = 0; r < kR; ++r)
           for (int v = 0; v < kNV; v += 2) {
             const size_t at = size_t(rb + r) * (kBN / 2) + v * (kN / 2);
-            if constexpr (kSplit) {
+            if constexpr (kSplit3) {
+              split_p32_parts<3>(t[r][v].v.v, t[r][v + 1].v.v, {pb.data() + at, pbm.data() + at, pbl.data() + at});
+            } else if constexpr (kSplit) {
               split_p32(t[r][v].v.v, t[r][v + 1].v.v, pb.data() + at, pbl.data() + at);
             } else {
               const __m512bh h = _mm512_cvtne2ps_pbh(t[r][v + 1].v.v, t[r][v].v.v);
@@ -151,7 +225,9 @@ struct PanelsAmx {
   // row r's P (fp32, kBN) -> bf16 pairs, the A tiles' rows
   void emit_p(int r, const float* sr) {
     const size_t at = size_t(r) * (kBN / 2);
-    if constexpr (kSplit)
+    if constexpr (kSplit3)
+      split_f32_consecutive_parts<3>(sr, kBN, {pb.data() + at, pbm.data() + at, pbl.data() + at});
+    else if constexpr (kSplit)
       split_f32_consecutive(sr, kBN, pb.data() + at, pbl.data() + at);
     else
       pack_f32_consecutive(sr, kBN, pb.data() + at);
@@ -161,6 +237,7 @@ struct PanelsAmx {
   void pv(const float* /*S*/, int /*cols*/, float* o) {
     const int rb = dvp * 4;  // O and V panel row bytes
     tiles_fence();           // P, the V panel and O's rescaled rows: stored by vector code
+    if constexpr (kSplit3) return pv3(o);
     if constexpr (!kSplit) {
       _tile_loadd(4, pb.data(), kBN * 2);
       _tile_loadd(5, pb.data() + kTilePairs, kBN * 2);
@@ -183,12 +260,61 @@ struct PanelsAmx {
       store_c4(oc, rb);
     }
   }
+  // Three parts: O += P V, 32 columns at a time: C0 / C1 O's two column tiles += P hi V hi, C2 / C3
+  // (from zero) the five smaller products, then added to O by vector code; A tiles 4 (P hi), 5 (P
+  // mid, P lo), B 6 / 7 (V's parts). The caller fenced.
+  void pv3(float* o) {
+    const int rb = dvp * 4;      // O and V panel row bytes
+    constexpr int pr = kBN * 2;  // P panel row bytes
+    float* small = s2.data();    // 16 rows x 32 (s2 is free: S of this group is in P)
+    for (int dc = 0; dc < dvp; dc += 2 * kTilePairs) {
+      float* oc = o + dc;
+      _tile_loadd(0, oc, rb);
+      _tile_loadd(1, oc + 16, rb);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int kh = 0; kh < 2; ++kh) {  // key pairs [16 kh, 16 kh + 16)
+        const size_t vo = size_t(kh) * kTilePairs * dvp + dc, po = size_t(kh) * kTilePairs;
+        const uint32_t *vh = vp.data() + vo, *vm = vpm.data() + vo, *vl = vpl.data() + vo;
+        _tile_loadd(4, pb.data() + po, pr);
+        _tile_loadd(5, pbl.data() + po, pr);
+        _tile_loadd(6, vh, rb);
+        _tile_loadd(7, vh + 16, rb);
+        _tile_dpbf16ps(0, 4, 6);  // hi hi
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);  // lo hi
+        _tile_dpbf16ps(3, 5, 7);
+        _tile_loadd(5, pbm.data() + po, pr);
+        _tile_dpbf16ps(2, 5, 6);  // mid hi
+        _tile_dpbf16ps(3, 5, 7);
+        _tile_loadd(6, vm, rb);
+        _tile_loadd(7, vm + 16, rb);
+        _tile_dpbf16ps(0, 4, 6);  // hi mid
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);  // mid mid
+        _tile_dpbf16ps(3, 5, 7);
+        _tile_loadd(6, vl, rb);
+        _tile_loadd(7, vl + 16, rb);
+        _tile_dpbf16ps(2, 4, 6);  // hi lo
+        _tile_dpbf16ps(3, 4, 7);
+      }
+      _tile_stored(0, oc, rb);
+      _tile_stored(1, oc + 16, rb);
+      _tile_stored(2, small, 2 * kTilePairs * 4);
+      _tile_stored(3, small + 16, 2 * kTilePairs * 4);
+      for (int r = 0; r < kRows; ++r)
+        for (int c = 0; c < 2 * kTilePairs; c += kN) {
+          float* at = oc + size_t(r) * dvp + c;
+          _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), _mm512_loadu_ps(small + r * 2 * kTilePairs + c)));
+        }
+    }
+  }
 };
 
-template <typename T>
+template <typename T, int kParts = std::is_same_v<T, bf16_t> ? 1 : 2>
 bool run_amx(const FwdParams& p, int64_t begin, int64_t end) {
-  return amx_chunk_rows(p) == kAmxChunkRows ? run_chunks<PanelsAmx<kAmxChunkRows, T>>(p, begin, end)
-                                            : run_chunks<PanelsAmx<kAmxSmallChunkRows, T>>(p, begin, end);
+  return amx_chunk_rows(p) == kAmxChunkRows ? run_chunks<PanelsAmx<kAmxChunkRows, T, kParts>>(p, begin, end)
+                                            : run_chunks<PanelsAmx<kAmxSmallChunkRows, T, kParts>>(p, begin, end);
 }
 
 }  // namespace
@@ -199,7 +325,7 @@ bool fwd_chunks_run_amx(const FwdParams& p, int64_t begin, int64_t end) {
   const TileScope tiles;
   switch (p.dtype) {
     case DType::kFloat16: return run_amx<fp16_t>(p, begin, end);
-    case DType::kFloat32: return run_amx<float>(p, begin, end);
+    case DType::kFloat32: return p.fp32_split_bf16 ? run_amx<float>(p, begin, end) : run_amx<float, 3>(p, begin, end);
     default: return run_amx<bf16_t>(p, begin, end);
   }
 }

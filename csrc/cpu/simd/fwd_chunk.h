@@ -13,6 +13,8 @@
 //   qk_softmax(r0, m, l, o)           S, the step and P of a plain, fully visible tile (kFusedStep)
 //   emit_p(r, sr)                     row r's P (fp32, in S) to the layout pv reads
 //   pv(S, cols, o)                    O of the group += P V
+//   kRedoNanRows                      a row with a NaN score may be wrong (split operands): flag it
+//                                      for the NaN pass (cpu_kernels.h NanPass::kRows)
 #pragma once
 #include "cpu/simd/prefetch.h"
 #include "cpu/simd/score_mods.h"
@@ -136,9 +138,11 @@ bool fwd_chunk(const FwdParams& p, int bi, int h0, int nh, int qc, Panels& pn, C
     T* o = static_cast<T*>(p.o) + bi * p.o_batch_stride + sq.q_row0 * p.o_row_stride + hi * p.o_head_stride;
     float* lse = static_cast<float*>(p.lse) + bi * p.lse_batch_stride + hi * p.lse_head_stride + sq.q_row0;
     const size_t base = size_t(hj) * rows_pad;
-    for (int r = 0; r < rows; ++r)
+    for (int r = 0; r < rows; ++r) {
       lse[i0 + r] = write_row(w.o.data() + (base + r) * dvp, dv, w.m[base + r], w.l[base + r],
                               o + (i0 + r) * p.o_row_stride, nan_value);
+      if constexpr (Panels::kRedoNanRows) nan_value |= lse[i0 + r] != lse[i0 + r];
+    }
   }
   return nan_value;
 }

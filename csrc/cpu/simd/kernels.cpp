@@ -18,13 +18,13 @@ bool fwd_run(const FwdParams& p, int64_t begin, int64_t end) {
 }
 
 #if defined(FAL_SIMD_AVX512) && defined(FAL_WITH_AMX)
-// The amx ISA's forward: bf16, fp16 and -- where torch's float32 matmul precision allows two bf16
-// parts (p.fp32_split_bf16) -- fp32 on AMX tiles (more than kDecodeMaxRows rows: fwd_amx.cpp), the
-// bf16 decode's several-row blocks (decode_amx.cpp); the rest as avx512.
+// The amx ISA's forward: bf16, fp16 and fp32 on AMX tiles (more than kDecodeMaxRows rows:
+// fwd_amx.cpp; fp32 in two bf16 parts where torch's float32 matmul precision allows it
+// (p.fp32_split_bf16), else three), the bf16 decode's several-row blocks (decode_amx.cpp); the rest
+// as avx512.
 namespace {
 bool amx_chunks(const FwdParams& p) {
-  const bool tiles =
-      p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16 || (p.dtype == DType::kFloat32 && p.fp32_split_bf16);
+  const bool tiles = p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16 || p.dtype == DType::kFloat32;
   return tiles && p.s_q > kDecodeMaxRows;
 }
 }  // namespace

@@ -59,9 +59,9 @@ struct PanelsF32 {
       fill(vp + size_t(c) * dvp + dv, vp + size_t(c + 1) * dvp, 0.f);
     }
   }
-  static constexpr int kRows = kRM;  // rows per group (fwd_chunk.h)
-  static constexpr int kChunkRows = kQC;
-  static constexpr bool kRedoNanRows = false;  // rows per work item
+  static constexpr int kRows = kRM;            // rows per group (fwd_chunk.h)
+  static constexpr int kChunkRows = kQC;       // rows per work item
+  static constexpr bool kRedoNanRows = false;  // fp32 products: a NaN score is the reference's
   // S (kRM x kBN) = Q[r0, r0 + kRM) K^T
   void qk(int r0, float* S) { micro_qk(q.data() + size_t(r0) * d, d, kt.data(), S, d); }
   static constexpr bool kFusedStep = false;  // S through memory, the step over it (fwd_chunk)
@@ -96,7 +96,7 @@ struct PanelsBf16 {
   }
   static constexpr int kRows = kRM;
   static constexpr int kChunkRows = kQC;
-  static constexpr bool kRedoNanRows = false;
+  static constexpr bool kRedoNanRows = false;  // bf16 products: a NaN score is the reference's
   void qk(int r0, float* S) { micro_qk_bf16(q.data() + size_t(r0) * d2, d2, d2, kp.data(), S, scale); }
   // S, the softmax step and P's bf16 pairs of a plain, fully visible tile in registers
   // (micro_qk_softmax_bf16); false, nothing done, when a row's max is -inf

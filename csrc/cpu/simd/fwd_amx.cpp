@@ -13,9 +13,11 @@
 // hi hi + lo hi + hi lo into the same C tiles (FAL_AMX_DP_C4_SPLIT); P is the fp32 step's
 // (VecLane, as the avx512 ISA's fp16 forward), not rounded to bf16. fp32 likewise where torch's
 // float32 matmul precision allows two parts; at the default ("highest") three parts, hi + mid +
-// lo (exact), each product the six tile products down to 2^-16 |a b| with hi hi in C tiles of its
-// own and the other five summed apart and added after (tiles_qk3, pv3): the error of S and O then
-// at or below the fp32 kernel's (the sum of all six in one tile, 2.5x its).
+// lo (exact), each product the six tile products down to 2^-16 |a b| with hi hi + hi mid in C
+// tiles of their own and the other four summed apart and added after (tiles_qk3, pv3): the error
+// of S and O then at or below the fp32 kernel's (the sum of all six in one tile, 2.5x its). A part
+// below bf16's normal range (|x| < ~2^-126 for mid / lo, i.e. x below ~2^-110) reads as 0 on the
+// tiles: such tiny fp32 values keep ~8-16 bits.
 #include "cpu/simd/amx_tiles.h"
 #include "cpu/simd/fwd_chunk.h"
 #include "cpu/simd/micro_bf16.h"
@@ -59,7 +61,7 @@ struct PanelsAmx {
   // bf16: P rounded to bf16 for P V, as the vdpbf16ps forward; fp16 / fp32: the fp32 P, split
   using Lane = std::conditional_t<kSplit, VecLane, VecLaneBf16P>;
   Buf<uint32_t> q, kp, vp, pb, ql, kpl, vpl, pbl, qm, kpm, vpm, pbm;
-  Buf<float> s, s2;  // S of qk_softmax (kRows x kBN); three parts: S's five small products (tiles_qk3)
+  Buf<float> s, s2;  // S of qk_softmax (kRows x kBN); three parts: S's four small products (tiles_qk3)
   int d = 0, dq2 = 0, dv = 0, dvp = 0;
   float scale = 1.f;
 
@@ -126,9 +128,10 @@ struct PanelsAmx {
     }
     store_c4(out, kb);
   }
-  // Three parts: the group's unscaled Q K^T as hi hi (into big) and the sum of the five smaller
-  // products (into small; both kRows x kBN, rows kBN apart), 32 keys at a time: C0 / C1 hi hi, C2 /
-  // C3 the rest, of the keys' two column tiles; A tiles 4 (Q hi), 5 (Q mid, Q lo), B 6 / 7.
+  // Three parts: the group's unscaled Q K^T as hi hi + hi mid (into big) and the sum of the four
+  // smaller products (into small; both kRows x kBN, rows kBN apart), 32 keys at a time: C0 / C1 the
+  // large sums, C2 / C3 the rest, of the keys' two column tiles; A tiles 4 (Q hi), 5 (Q lo, then
+  // Q mid), B 6 / 7 (K's parts).
   void tiles_qk3(int r0, float* big, float* small) {
     tiles_fence();  // Q and the K panel: stored by vector code
     const size_t q_off = size_t(r0) * dq2;
@@ -260,9 +263,9 @@ struct PanelsAmx {
       store_c4(oc, rb);
     }
   }
-  // Three parts: O += P V, 32 columns at a time: C0 / C1 O's two column tiles += P hi V hi, C2 / C3
-  // (from zero) the five smaller products, then added to O by vector code; A tiles 4 (P hi), 5 (P
-  // mid, P lo), B 6 / 7 (V's parts). The caller fenced.
+  // Three parts: O += P V, 32 columns at a time: C0 / C1 O's two column tiles += P hi (V hi + V
+  // mid), C2 / C3 (from zero) the four smaller products, then added to O by vector code; A tiles 4
+  // (P hi), 5 (P lo, then P mid), B 6 / 7 (V's parts). The caller fenced.
   void pv3(float* o) {
     const int rb = dvp * 4;      // O and V panel row bytes
     constexpr int pr = kBN * 2;  // P panel row bytes

@@ -17,7 +17,7 @@
 // Three parts (fp32 at torch's default "highest" precision, fwd_amx.cpp): hi as above, mid = (x -
 // hi) with its low 16 bits cleared, lo = x - hi - mid -- 8 + 8 + 8 significant bits, so hi + mid +
 // lo == x exactly (bf16 subnormals aside: the tile unit reads them as 0). The products kept are
-// those down to 2^-16 |a b|: ah bh, and ah bm + am bh + am bm + ah bl + al bh summed apart from it
+// those down to 2^-16 |a b|: ah bh + ah bm, and am bh + am bm + ah bl + al bh summed apart from them
 // (fwd_amx.cpp), the dropped ones <= 3 2^-24 |a b|.
 // The functions below take kParts (2 or 3) destinations, parts[0] the hi part; the two-part names
 // (split_hi_lo, split_pairs, ...) are kParts = 2.

@@ -87,6 +87,34 @@ constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, 
     FAL_AMX_DP_SPLIT2(0, 1, AH, AL, bh, bl, stride); \
     FAL_AMX_DP_SPLIT2(2, 3, AH, AL, bh, bl, stride); \
   } while (0)
+// Three parts (split_bf16.h: hi + mid + lo): C tiles 0 / 1 += AH (BH + BM), C2 / C3 += AL BH + AM
+// BH + AM BM + AH BL -- the large and the small products apart (fwd_amx.cpp tiles_qk3, pv3) -- for
+// the 2 B column blocks of 16 at bh / bm / bl (rows `ldb` bytes apart); the A parts at ah / am / al
+// (rows `lda` bytes apart). A tiles 4 (hi), 5 (lo, then mid: one reload), B tiles 6 / 7.
+#define FAL_AMX_DP_SPLIT3(ah, am, al, lda, bh, bm, bl, ldb) \
+  do {                                                      \
+    _tile_loadd(4, (ah), (lda));                            \
+    _tile_loadd(5, (al), (lda));                            \
+    _tile_loadd(6, (bh), (ldb));                            \
+    _tile_loadd(7, (bh) + 16, (ldb));                       \
+    _tile_dpbf16ps(0, 4, 6); /* hi hi */                    \
+    _tile_dpbf16ps(1, 4, 7);                                \
+    _tile_dpbf16ps(2, 5, 6); /* lo hi */                    \
+    _tile_dpbf16ps(3, 5, 7);                                \
+    _tile_loadd(5, (am), (lda));                            \
+    _tile_dpbf16ps(2, 5, 6); /* mid hi */                   \
+    _tile_dpbf16ps(3, 5, 7);                                \
+    _tile_loadd(6, (bm), (ldb));                            \
+    _tile_loadd(7, (bm) + 16, (ldb));                       \
+    _tile_dpbf16ps(0, 4, 6); /* hi mid */                   \
+    _tile_dpbf16ps(1, 4, 7);                                \
+    _tile_dpbf16ps(2, 5, 6); /* mid mid */                  \
+    _tile_dpbf16ps(3, 5, 7);                                \
+    _tile_loadd(6, (bl), (ldb));                            \
+    _tile_loadd(7, (bl) + 16, (ldb));                       \
+    _tile_dpbf16ps(2, 4, 6); /* hi lo */                    \
+    _tile_dpbf16ps(3, 4, 7);                                \
+  } while (0)
 // FAL_AMX_DP_2X2 of split operands (split_bf16.h: hi + lo parts): C += AH BH + AL BH + AH BL, with the
 // A tiles' lo parts at a0l, a1l and the B tiles' at b0l, b1l; the lo A tiles meet the hi B tiles still loaded.
 #define FAL_AMX_DP_2X2_SPLIT(a0, a1, a0l, a1l, lda, b0, b1, b0l, b1l, ldb) \

@@ -142,27 +142,7 @@ struct PanelsAmx {
       for (int x = 0; x < dq2; x += kTilePairs) {
         const size_t k_off = size_t(x) * kBN + h;
         const uint32_t *kh = kp.data() + k_off, *km = kpm.data() + k_off, *kl = kpl.data() + k_off;
-        _tile_loadd(4, q.data() + q_off + x, qb);
-        _tile_loadd(5, ql.data() + q_off + x, qb);
-        _tile_loadd(6, kh, kb);
-        _tile_loadd(7, kh + 16, kb);
-        _tile_dpbf16ps(0, 4, 6);  // hi hi
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);  // lo hi
-        _tile_dpbf16ps(3, 5, 7);
-        _tile_loadd(5, qm.data() + q_off + x, qb);
-        _tile_dpbf16ps(2, 5, 6);  // mid hi
-        _tile_dpbf16ps(3, 5, 7);
-        _tile_loadd(6, km, kb);
-        _tile_loadd(7, km + 16, kb);
-        _tile_dpbf16ps(0, 4, 6);  // hi mid
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);  // mid mid
-        _tile_dpbf16ps(3, 5, 7);
-        _tile_loadd(6, kl, kb);
-        _tile_loadd(7, kl + 16, kb);
-        _tile_dpbf16ps(2, 4, 6);  // hi lo
-        _tile_dpbf16ps(3, 4, 7);
+        FAL_AMX_DP_SPLIT3(q.data() + q_off + x, qm.data() + q_off + x, ql.data() + q_off + x, qb, kh, km, kl, kb);
       }
       _tile_stored(0, big + h, kb);
       _tile_stored(1, big + h + 16, kb);
@@ -279,27 +259,7 @@ struct PanelsAmx {
       for (int kh = 0; kh < 2; ++kh) {  // key pairs [16 kh, 16 kh + 16)
         const size_t vo = size_t(kh) * kTilePairs * dvp + dc, po = size_t(kh) * kTilePairs;
         const uint32_t *vh = vp.data() + vo, *vm = vpm.data() + vo, *vl = vpl.data() + vo;
-        _tile_loadd(4, pb.data() + po, pr);
-        _tile_loadd(5, pbl.data() + po, pr);
-        _tile_loadd(6, vh, rb);
-        _tile_loadd(7, vh + 16, rb);
-        _tile_dpbf16ps(0, 4, 6);  // hi hi
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);  // lo hi
-        _tile_dpbf16ps(3, 5, 7);
-        _tile_loadd(5, pbm.data() + po, pr);
-        _tile_dpbf16ps(2, 5, 6);  // mid hi
-        _tile_dpbf16ps(3, 5, 7);
-        _tile_loadd(6, vm, rb);
-        _tile_loadd(7, vm + 16, rb);
-        _tile_dpbf16ps(0, 4, 6);  // hi mid
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);  // mid mid
-        _tile_dpbf16ps(3, 5, 7);
-        _tile_loadd(6, vl, rb);
-        _tile_loadd(7, vl + 16, rb);
-        _tile_dpbf16ps(2, 4, 6);  // hi lo
-        _tile_dpbf16ps(3, 4, 7);
+        FAL_AMX_DP_SPLIT3(pb.data() + po, pbm.data() + po, pbl.data() + po, pr, vh, vm, vl, rb);
       }
       _tile_stored(0, oc, rb);
       _tile_stored(1, oc + 16, rb);
@@ -365,3 +325,4 @@ double peak_flops_per_iter_amx(int kind) {
 #undef FAL_AMX_DP_C4
 #undef FAL_AMX_DP_C4_SPLIT
 #undef FAL_AMX_DP_SPLIT2
+#undef FAL_AMX_DP_SPLIT3

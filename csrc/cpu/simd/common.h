@@ -52,6 +52,11 @@ class Buf {
   T* end() { return data_ + n_; }
   size_t size() const { return n_; }
   T& operator[](size_t i) { return data_[i]; }
+  void swap(Buf& o) noexcept {  // the two arrays trade places (no copy)
+    std::swap(data_, o.data_);
+    std::swap(n_, o.n_);
+    std::swap(cap_, o.cap_);
+  }
 
  private:
   void release() {

@@ -17,7 +17,9 @@
 // tiles of their own and the other four summed apart and added after (tiles_qk3, pv3): the error
 // of S and O then at or below the fp32 kernel's (the sum of all six in one tile, 2.5x its). A part
 // below bf16's normal range (|x| < ~2^-126 for mid / lo, i.e. x below ~2^-110) reads as 0 on the
-// tiles: such tiny fp32 values keep ~8-16 bits.
+// tiles: such tiny fp32 values keep ~8-16 bits. With three parts at d <= 64 the next group's S is
+// computed ahead, its tile products issued between this group's softmax steps (qk_softmax): the tile
+// unit and the vector units then work at once instead of one after the other.
 #include "cpu/simd/amx_tiles.h"
 #include "cpu/simd/fwd_chunk.h"
 #include "cpu/simd/micro_bf16.h"
@@ -62,6 +64,12 @@ struct PanelsAmx {
   using Lane = std::conditional_t<kSplit, VecLane, VecLaneBf16P>;
   Buf<uint32_t> q, kp, vp, pb, ql, kpl, vpl, pbl, qm, kpm, vpm, pbm;
   Buf<float> s, s2;  // S of qk_softmax (kRows x kBN); three parts: S's four small products (tiles_qk3)
+  // Three parts: the next group's S computed ahead (qk_softmax) into sn / s2n -- its tile products
+  // issued between this group's softmax steps, so the tile unit and the vector units work at once --
+  // for panel row next_r0 of the current key tile (-1: none; pack and load_q drop it)
+  Buf<float> sn, s2n;
+  static constexpr int kAheadMaxPairs = 2 * kTilePairs;  // d <= 64: D64 1.03-1.20x, D128 0.95-0.97x
+  int next_r0 = -1, q_rows = 0;                          // q_rows: Q panel rows
   int d = 0, dq2 = 0, dv = 0, dvp = 0;
   float scale = 1.f;
 
@@ -71,6 +79,8 @@ struct PanelsAmx {
     d = p.d, dq2 = round_up((d + 1) / 2, kTilePairs), dv = p.d_v, dvp = round_up(dv, kNV * kN);
     scale = float(p.scale);
     const size_t all = size_t(nh) * rows_pad;
+    q_rows = int(all);
+    next_r0 = -1;
     q.assign(all * dq2, 0u);
     kp.resize(size_t(dq2) * kBN);  // transpose_pairs writes ceil(d / 32) * 16 = dq2 rows
     vp.resize(size_t(kBN / 2) * dvp);
@@ -88,6 +98,8 @@ struct PanelsAmx {
       vpm.resize(size_t(kBN / 2) * dvp);
       pbm.resize(size_t(kRows) * (kBN / 2));
       s2.resize(size_t(kRows) * kBN);
+      sn.resize(size_t(kRows) * kBN);
+      s2n.resize(size_t(kRows) * kBN);
     }
     for (int j = 0; j < nh; ++j)
       for (int r = 0; r < rows; ++r) {
@@ -102,6 +114,7 @@ struct PanelsAmx {
       }
   }
   void pack(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int j0, int cols) {
+    next_r0 = -1;  // a new K panel
     if constexpr (kSplit3)
       split_tile_pairs_parts<3>(k, krows, v, vrows, j0, cols, d, dv, dvp, {kp.data(), kpm.data(), kpl.data()},
                                 {vp.data(), vpm.data(), vpl.data()});
@@ -132,55 +145,82 @@ struct PanelsAmx {
   // smaller products (into small; both kRows x kBN, rows kBN apart), 32 keys at a time: C0 / C1 the
   // large sums, C2 / C3 the rest, of the keys' two column tiles; A tiles 4 (Q hi), 5 (Q lo, then
   // Q mid), B 6 / 7 (K's parts).
-  void tiles_qk3(int r0, float* big, float* small) {
-    tiles_fence();  // Q and the K panel: stored by vector code
-    const size_t q_off = size_t(r0) * dq2;
+  // Step i of tiles_qk3 (qk3_steps() of them: per 32 keys, one per 32 values of d; the C tiles
+  // zeroed before a half's first, stored after its last).
+  int qk3_steps() const { return kBN / (2 * kTilePairs) * (dq2 / kTilePairs); }
+  void tiles_qk3_step(int r0, int i, float* big, float* small) {
     constexpr int kb = kBN * 4;  // K panel row bytes
     const int qb = dq2 * 4;      // Q panel row bytes
-    for (int h = 0; h < kBN; h += 2 * kTilePairs) {
-      zero_c4();
-      for (int x = 0; x < dq2; x += kTilePairs) {
-        const size_t k_off = size_t(x) * kBN + h;
-        const uint32_t *kh = kp.data() + k_off, *km = kpm.data() + k_off, *kl = kpl.data() + k_off;
-        FAL_AMX_DP_SPLIT3(q.data() + q_off + x, qm.data() + q_off + x, ql.data() + q_off + x, qb, kh, km, kl, kb);
-      }
-      _tile_stored(0, big + h, kb);
-      _tile_stored(1, big + h + 16, kb);
-      _tile_stored(2, small + h, kb);
-      _tile_stored(3, small + h + 16, kb);
-    }
+    const int xs = dq2 / kTilePairs, h = i / xs * 2 * kTilePairs, x = i % xs * kTilePairs;
+    const size_t q_off = size_t(r0) * dq2 + x, k_off = size_t(x) * kBN + h;
+    tiles_fence();  // Q and the K panel: stored by vector code
+    if (x == 0) zero_c4();
+    FAL_AMX_DP_SPLIT3(q.data() + q_off, qm.data() + q_off, ql.data() + q_off, qb, kp.data() + k_off, kpm.data() + k_off,
+                      kpl.data() + k_off, kb);
+    if (x + kTilePairs < dq2) return;
+    _tile_stored(0, big + h, kb);
+    _tile_stored(1, big + h + 16, kb);
+    _tile_stored(2, small + h, kb);
+    _tile_stored(3, small + h + 16, kb);
   }
-  // row-vector i of the group's scaled S from the tile products in out (and s2: three parts)
-  __m512 scaled(const float* out, size_t i, __m512 sc) const {
+  void tiles_qk3(int r0, float* big, float* small) {
+    for (int i = 0, n = qk3_steps(); i < n; ++i) tiles_qk3_step(r0, i, big, small);
+  }
+  // row-vector i of the group's scaled S from the tile products in big (and small: three parts)
+  static __m512 scaled(const float* big, const float* small, size_t i, __m512 sc) {
     if constexpr (kSplit3)
-      return _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(out + i), _mm512_loadu_ps(s2.data() + i)), sc);
-    return _mm512_mul_ps(_mm512_loadu_ps(out + i), sc);
+      return _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(big + i), _mm512_loadu_ps(small + i)), sc);
+    return _mm512_mul_ps(_mm512_loadu_ps(big + i), sc);
   }
-  void group_qk(int r0, float* out) {
-    if constexpr (kSplit3)
-      tiles_qk3(r0, out, s2.data());
-    else
-      tiles_qk(r0, out);
-  }
-  // S (kRows x kBN) = scale Q[r0, r0 + kRows) K^T
+  // S (kRows x kBN) = scale Q[r0, r0 + kRows) K^T; three parts: from sn / s2n when computed ahead
   void qk(int r0, float* S) {
-    group_qk(r0, S);
+    const float *big = S, *small = s2.data();
+    if constexpr (kSplit3) {
+      if (next_r0 == r0) {
+        big = sn.data();
+        small = s2n.data();
+      } else {
+        tiles_qk3(r0, S, s2.data());
+      }
+      next_r0 = -1;
+    } else {
+      tiles_qk(r0, S);
+    }
     const __m512 sc = _mm512_set1_ps(scale);
-    for (int i = 0; i < kRows * kBN; i += kN) _mm512_storeu_ps(S + i, scaled(S, size_t(i), sc));
+    for (int i = 0; i < kRows * kBN; i += kN) _mm512_storeu_ps(S + i, scaled(big, small, size_t(i), sc));
   }
   // S, the softmax step and P of a plain, fully visible tile: the step on 4 rows at a time in
   // registers (online_softmax_tile_step), P straight to bf16 pairs; 4 rows of which one has seen no
   // key yet take the step over memory instead (the same arithmetic). Always done: true.
+  // Three parts: S of this group from sn / s2n when computed ahead, and the next group's (panel row
+  // r0 + kRows, when Q has it) computed ahead, its tiles_qk3 steps spread over the steps of 4 rows.
   bool qk_softmax(int r0, float* m, float* l, float* o) {
     constexpr int kR = 4;
-    group_qk(r0, s.data());
+    bool ahead = false;
+    if constexpr (kSplit3) {
+      if (next_r0 == r0) {
+        s.swap(sn);
+        s2.swap(s2n);
+      } else {
+        tiles_qk3(r0, s.data(), s2.data());
+      }
+      ahead = r0 + kRows < q_rows && dq2 <= kAheadMaxPairs;
+      next_r0 = ahead ? r0 + kRows : -1;
+    } else {
+      tiles_qk(r0, s.data());
+    }
     const __m512 sc = _mm512_set1_ps(scale);
+    const int steps = ahead ? qk3_steps() : 0, per = (steps + kRows / kR - 1) / (kRows / kR);
+    int step = 0;
     for (int rb = 0; rb < kRows; rb += kR) {
+      if constexpr (kSplit3)
+        for (int e = std::min(steps, step + per); step < e; ++step)
+          tiles_qk3_step(r0 + kRows, step, sn.data(), s2n.data());
       float* sr = s.data() + size_t(rb) * kBN;
       Lane t[kR][kNV];
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r)
-        for (int v = 0; v < kNV; ++v) t[r][v].v.v = scaled(s.data(), size_t(rb + r) * kBN + v * kN, sc);
+        for (int v = 0; v < kNV; ++v) t[r][v].v.v = scaled(s.data(), s2.data(), size_t(rb + r) * kBN + v * kN, sc);
       if (online_softmax_tile_step<Lane, kR, kNV>(t, m + rb, l + rb, o + size_t(rb) * dvp, dvp, dvp)) {
 #pragma GCC unroll 8
         for (int r = 0; r < kR; ++r)

@@ -64,12 +64,15 @@ struct PanelsAmx {
   using Lane = std::conditional_t<kSplit, VecLane, VecLaneBf16P>;
   Buf<uint32_t> q, kp, vp, pb, ql, kpl, vpl, pbl, qm, kpm, vpm, pbm;
   Buf<float> s, s2;  // S of qk_softmax (kRows x kBN); three parts: S's four small products (tiles_qk3)
-  // Three parts: the next group's S computed ahead (qk_softmax) into sn / s2n -- its tile products
-  // issued between this group's softmax steps, so the tile unit and the vector units work at once --
-  // for panel row next_r0 of the current key tile (-1: none; pack and load_q drop it)
-  Buf<float> sn, s2n;
+  // Three parts: the next two groups' S computed ahead (qk_softmax) into slots sn / s2n -- their
+  // tile products issued between this group's softmax steps, so the tile unit and the vector units
+  // work at once, and the K panel read for two groups at a time -- for panel rows ahead_r0 of the
+  // current key tile (-1: none; pack and load_q drop them)
+  Buf<float> sn[2], s2n[2];
+  int ahead_r0[2] = {-1, -1};
+  int slot_of(int r0) const { return ahead_r0[0] == r0 ? 0 : ahead_r0[1] == r0 ? 1 : -1; }
   static constexpr int kAheadMaxPairs = 2 * kTilePairs;  // d <= 64: D64 1.03-1.20x, D128 0.95-0.97x
-  int next_r0 = -1, q_rows = 0;                          // q_rows: Q panel rows
+  int q_rows = 0;                                        // q_rows: Q panel rows
   int d = 0, dq2 = 0, dv = 0, dvp = 0;
   float scale = 1.f;
 
@@ -80,7 +83,7 @@ struct PanelsAmx {
     scale = float(p.scale);
     const size_t all = size_t(nh) * rows_pad;
     q_rows = int(all);
-    next_r0 = -1;
+    ahead_r0[0] = ahead_r0[1] = -1;
     q.assign(all * dq2, 0u);
     kp.resize(size_t(dq2) * kBN);  // transpose_pairs writes ceil(d / 32) * 16 = dq2 rows
     vp.resize(size_t(kBN / 2) * dvp);
@@ -98,8 +101,10 @@ struct PanelsAmx {
       vpm.resize(size_t(kBN / 2) * dvp);
       pbm.resize(size_t(kRows) * (kBN / 2));
       s2.resize(size_t(kRows) * kBN);
-      sn.resize(size_t(kRows) * kBN);
-      s2n.resize(size_t(kRows) * kBN);
+      for (int i = 0; i < 2; ++i) {
+        sn[i].resize(size_t(kRows) * kBN);
+        s2n[i].resize(size_t(kRows) * kBN);
+      }
     }
     for (int j = 0; j < nh; ++j)
       for (int r = 0; r < rows; ++r) {
@@ -114,7 +119,7 @@ struct PanelsAmx {
       }
   }
   void pack(const T* k, const KvRows& krows, const T* v, const KvRows& vrows, int j0, int cols) {
-    next_r0 = -1;  // a new K panel
+    ahead_r0[0] = ahead_r0[1] = -1;  // a new K panel
     if constexpr (kSplit3)
       split_tile_pairs_parts<3>(k, krows, v, vrows, j0, cols, d, dv, dvp, {kp.data(), kpm.data(), kpl.data()},
                                 {vp.data(), vpm.data(), vpl.data()});
@@ -176,13 +181,14 @@ struct PanelsAmx {
   void qk(int r0, float* S) {
     const float *big = S, *small = s2.data();
     if constexpr (kSplit3) {
-      if (next_r0 == r0) {
-        big = sn.data();
-        small = s2n.data();
+      const int i = slot_of(r0);
+      if (i >= 0) {
+        big = sn[i].data();
+        small = s2n[i].data();
       } else {
         tiles_qk3(r0, S, s2.data());
       }
-      next_r0 = -1;
+      ahead_r0[0] = ahead_r0[1] = -1;
     } else {
       tiles_qk(r0, S);
     }
@@ -192,30 +198,41 @@ struct PanelsAmx {
   // S, the softmax step and P of a plain, fully visible tile: the step on 4 rows at a time in
   // registers (online_softmax_tile_step), P straight to bf16 pairs; 4 rows of which one has seen no
   // key yet take the step over memory instead (the same arithmetic). Always done: true.
-  // Three parts: S of this group from sn / s2n when computed ahead, and the next group's (panel row
-  // r0 + kRows, when Q has it) computed ahead, its tiles_qk3 steps spread over the steps of 4 rows.
+  // Three parts: S of this group from its slot when computed ahead; when the next group's is not,
+  // the next two groups' (panel rows r0 + kRows, r0 + 2 kRows, where Q has them) computed ahead, their
+  // tiles_qk3 steps spread over the steps of 4 rows (one group ahead: H8 N2048 D64 1.03-1.20x the
+  // products after the step; two, every other group: 1.03-1.06x one).
   bool qk_softmax(int r0, float* m, float* l, float* o) {
     constexpr int kR = 4;
     bool ahead = false;
+    int ntodo = 0;  // slots [0, ntodo) computed ahead in this call
     if constexpr (kSplit3) {
-      if (next_r0 == r0) {
-        s.swap(sn);
-        s2.swap(s2n);
+      const int i = slot_of(r0);
+      if (i >= 0) {
+        s.swap(sn[i]);
+        s2.swap(s2n[i]);
+        ahead_r0[i] = -1;
       } else {
         tiles_qk3(r0, s.data(), s2.data());
       }
-      ahead = r0 + kRows < q_rows && dq2 <= kAheadMaxPairs;
-      next_r0 = ahead ? r0 + kRows : -1;
+      if (slot_of(r0 + kRows) < 0) {
+        ahead_r0[0] = ahead_r0[1] = -1;
+        for (int k = 0; k < 2; ++k)
+          if (r0 + (k + 1) * kRows < q_rows && dq2 <= kAheadMaxPairs) ahead_r0[ntodo++] = r0 + (k + 1) * kRows;
+      }
+      ahead = ntodo > 0;
     } else {
       tiles_qk(r0, s.data());
     }
     const __m512 sc = _mm512_set1_ps(scale);
-    const int steps = ahead ? qk3_steps() : 0, per = (steps + kRows / kR - 1) / (kRows / kR);
+    const int qs = qk3_steps(), steps = ahead ? ntodo * qs : 0, per = (steps + kRows / kR - 1) / (kRows / kR);
     int step = 0;
     for (int rb = 0; rb < kRows; rb += kR) {
       if constexpr (kSplit3)
-        for (int e = std::min(steps, step + per); step < e; ++step)
-          tiles_qk3_step(r0 + kRows, step, sn.data(), s2n.data());
+        for (int e = std::min(steps, step + per); step < e; ++step) {
+          const int k = step / qs;
+          tiles_qk3_step(ahead_r0[k], step % qs, sn[k].data(), s2n[k].data());
+        }
       float* sr = s.data() + size_t(rb) * kBN;
       Lane t[kR][kNV];
 #pragma GCC unroll 8

@@ -17,9 +17,9 @@
 // tiles of their own and the other four summed apart and added after (tiles_qk3, pv3): the error
 // of S and O then at or below the fp32 kernel's (the sum of all six in one tile, 2.5x its). A part
 // below bf16's normal range (|x| < ~2^-126 for mid / lo, i.e. x below ~2^-110) reads as 0 on the
-// tiles: such tiny fp32 values keep ~8-16 bits. With three parts at d <= 64 the next group's S is
-// computed ahead, its tile products issued between this group's softmax steps (qk_softmax): the tile
-// unit and the vector units then work at once instead of one after the other.
+// tiles: such tiny fp32 values keep ~8-16 bits. With three parts at d <= 64 the next two groups' S
+// are computed ahead, their tile products issued between this group's softmax steps (qk_softmax): the
+// tile unit and the vector units then work at once instead of one after the other.
 #include "cpu/simd/amx_tiles.h"
 #include "cpu/simd/fwd_chunk.h"
 #include "cpu/simd/micro_bf16.h"
@@ -72,7 +72,7 @@ struct PanelsAmx {
   int ahead_r0[2] = {-1, -1};
   int slot_of(int r0) const { return ahead_r0[0] == r0 ? 0 : ahead_r0[1] == r0 ? 1 : -1; }
   static constexpr int kAheadMaxPairs = 2 * kTilePairs;  // d <= 64: D64 1.03-1.20x, D128 0.95-0.97x
-  int q_rows = 0;                                        // q_rows: Q panel rows
+  int q_rows = 0;                                        // Q panel rows
   int d = 0, dq2 = 0, dv = 0, dvp = 0;
   float scale = 1.f;
 
@@ -204,7 +204,6 @@ struct PanelsAmx {
   // products after the step; two, every other group: 1.03-1.06x one).
   bool qk_softmax(int r0, float* m, float* l, float* o) {
     constexpr int kR = 4;
-    bool ahead = false;
     int ntodo = 0;  // slots [0, ntodo) computed ahead in this call
     if constexpr (kSplit3) {
       const int i = slot_of(r0);
@@ -215,17 +214,15 @@ struct PanelsAmx {
       } else {
         tiles_qk3(r0, s.data(), s2.data());
       }
-      if (slot_of(r0 + kRows) < 0) {
+      if (dq2 <= kAheadMaxPairs && slot_of(r0 + kRows) < 0) {
         ahead_r0[0] = ahead_r0[1] = -1;
-        for (int k = 0; k < 2; ++k)
-          if (r0 + (k + 1) * kRows < q_rows && dq2 <= kAheadMaxPairs) ahead_r0[ntodo++] = r0 + (k + 1) * kRows;
+        for (int k = 1; k <= 2 && r0 + k * kRows < q_rows; ++k) ahead_r0[ntodo++] = r0 + k * kRows;
       }
-      ahead = ntodo > 0;
     } else {
       tiles_qk(r0, s.data());
     }
     const __m512 sc = _mm512_set1_ps(scale);
-    const int qs = qk3_steps(), steps = ahead ? ntodo * qs : 0, per = (steps + kRows / kR - 1) / (kRows / kR);
+    const int qs = qk3_steps(), steps = ntodo * qs, per = (steps + kRows / kR - 1) / (kRows / kR);
     int step = 0;
     for (int rb = 0; rb < kRows; rb += kR) {
       if constexpr (kSplit3)

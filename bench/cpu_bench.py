@@ -6,9 +6,14 @@ inputs, as % of this machine's peak measured in the same run (issue 15's goals).
 Every case is checked first (flashattn_lite against the fp64 reference under the numerical rule:
 at most 2x torch's own error in that dtype, plus rounding noise), then timed: ours and torch
 alternately, median of the repeats. FLOPs: fwd 4*B*H*s_q*s_k*D (halved for causal), fwd+bwd 3.5x
-fwd; decode reports GB/s of K and V read. "% peak" is against bench/peak_fma.cpp run in the same
-process tree on the ISA ours uses: the fp32 FMA peak for fp32/fp16 compute and for bf16 where the
-ISA has no bf16 dot product (AVX2), the vdpbf16ps peak for bf16 on AVX-512; for decode the read
+fwd; decode reports GB/s of K and V read. "% peak" is against the peak of the ISA ours uses: the
+fp32 FMA peak for fp32/fp16 compute and for bf16 where the ISA has no bf16 dot product (AVX2), the
+vdpbf16ps peak for bf16 on AVX-512, probed in this process just before each of our calls
+(flashattn_lite._C._cpu_peak_gflops, peak_fma.cpp's FMA chains, 30 ms): a row's % is the median
+over the repeats of its rate in that round over that round's probe, the unit column showing the
+probe's median and range (a shared host's neighbours take cores' time for seconds: on a 2-vCPU Zen 3
+the probe read 90 and 175 GFLOP/s a minute apart); the machine line's peaks are bench/peak_fma.cpp's,
+run once at the start. For decode the read
 bandwidth probed in this process just before each of our calls (flashattn_lite._bench_core.read_gbps:
 peak_fma.cpp's read loops on the active ISA over 256 MB; a shared host's bandwidth swings, 42-80
 GB/s on a Zen 5 and 30-50 on a Zen 4, within seconds), the unit column showing its median and range.
@@ -207,7 +212,8 @@ def runner(fn: Callable, c: Case, q, k, v, do) -> Callable[[], object]:
 def time_pair(
     a: Callable, b: Callable, repeats: int, probe: Callable[[], float] | None = None
 ) -> tuple[list[float], list[float], list[float]]:
-    """Times of a and b, alternating, and (with probe) a read-bandwidth probe run just before each a."""
+    """Times of a and b, alternating, and (with probe) a probe (read bandwidth or compute peak) run just
+    before each a."""
     a(), b()  # warm-up
     ta, tb, tp = [], [], []
     for _ in range(repeats):
@@ -291,6 +297,17 @@ def decode_on_amx(c: Case, isa: str) -> bool:
     )
 
 
+def compute_probe(c: Case, isa: str) -> tuple[str, float]:
+    """The in-process compute probe (flashattn_lite._C._cpu_peak_gflops kind) whose rate, times the
+    share, is the case's compute peak: the vdpbf16ps peak for bf16 on AVX-512, the AMX one (a third
+    for fp16, a sixth for fp32: split operands) where its products run on tiles, else fp32 FMA."""
+    if on_amx(c, isa):
+        return "amx", {torch.float16: 1 / 3, torch.float32: 1 / 6}.get(c.dtype, 1.0)
+    if c.dtype == torch.bfloat16 and isa in ("avx512", "amx"):
+        return "bf16", 1.0
+    return "fp32", 1.0
+
+
 def goal_cells(c: Case, isa_idx: int, pct: float | None, speed: float | None) -> tuple[str, str]:
     """(goal text, met?) for the ISA column isa_idx (0 = avx512, 1 = avx2)."""
     parts, met = [], True
@@ -356,8 +373,16 @@ def main() -> int:
             continue
         mine = runner(ours, c, q, k, v, do)
         # decode: the read bandwidth probed in this process just before each of our calls (the
-        # shared host's bandwidth swings 30-50 GB/s within seconds): % per round, the median
-        probe = (lambda: read_gbps(probe_buf, passes=2)) if c.mode == "decode" else None
+        # shared host's bandwidth swings 30-50 GB/s within seconds): % per round, the median;
+        # fwd / fwd+bwd: the compute peak likewise (a 2-core VM's neighbours took 0.5x of its FMA
+        # rate for seconds at a time on a Zen 3, 2026-12-03)
+        kind, share = compute_probe(c, isa)
+        if c.mode == "decode":
+            probe = lambda: read_gbps(probe_buf, passes=2)  # noqa: E731
+        elif c.scaling is None:
+            probe = lambda kind=kind, share=share: fal._C._cpu_peak_gflops(kind, 0.03) * share  # noqa: E731
+        else:
+            probe = None
         tp: list[float] = []
         if c.scaling is not None:  # ours on 1 thread against ours on --threads
             torch.set_num_threads(1)
@@ -394,6 +419,9 @@ def main() -> int:
             elif on_amx(c, isa):
                 pk, unit = amx_peak, "GFLOP/s (AMX)"
         pct = 100 * rate / pk if pk else None
+        if c.mode != "decode" and tp:  # % of the compute peak probed just before it, per round
+            pct = statistics.median(100 * c.flops() / t / 1e9 / p for p, t in zip(tp, ta))
+            unit += f" (peak {statistics.median(tp):.0f}, {min(tp):.0f}-{max(tp):.0f})"
         if c.mode == "decode" and cpk:  # % of the roofline time (memory or compute), per round
             pct = statistics.median(
                 100 * max(c.kv_bytes() / (p * 1e9), c.flops() / (cpk * 1e9)) / t for p, t in zip(tp, ta)

@@ -1,7 +1,7 @@
 """flashattn_lite against llama.cpp's CPU attention (ggml's ``ggml_flash_attn_ext``), same shapes,
 threads and data, both checked against the fp64 reference first.
 
-    GGML_DIR=/path/to/your/ggml python bench/ggml_bench.py [--threads 2] [--repeats 7] [--out FILE.md]
+    GGML_DIR=/path/to/your/ggml python bench/ggml_bench.py [--threads 2] [--repeats 7] [--rounds 3] [--out FILE.md]
 
 GGML_DIR is a ggml source tree you built yourself (include/ and build/src/libggml*.so, e.g.
 ``cmake -B build -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON && cmake --build build``); the project
@@ -10,6 +10,9 @@ and runs it as a subprocess. Q is fp32 (as llama.cpp's), K/V fp16 (llama.cpp's c
 flashattn_lite gets the same values: Q rounded to K/V's dtype (its q, k and v share a dtype).
 Layouts: "hm" head-major K/V (B, H, S, D), "tm" token-major (B, S, H, D) -- llama.cpp's cache and
 flash-attn's layout. Errors are max |out - ref| against the fp64 reference of the same inputs.
+Timing: --rounds rounds per case, each ggml's process (the median of its --repeats calls) then ours
+(likewise); the speedup is the median of the rounds' ratios, printed with their range (a shared
+host's speed swings within seconds: unalternated, a Zen 3's f32 decode ratio read 0.77x and 1.70x).
 """
 
 from __future__ import annotations
@@ -85,22 +88,12 @@ def ggml_commit(ggml_dir: Path) -> str:
     return r.stdout.strip() or "unknown commit"
 
 
-def run_case(c: Case, exe: Path, threads: int, repeats: int) -> str:
+def run_case(c: Case, exe: Path, threads: int, repeats: int, rounds: int) -> str:
     g = torch.Generator().manual_seed(0)
     q32 = torch.randn(1, c.s_q, c.h, c.d, generator=g)  # (b, s, h, d) values shared by both
     k = torch.randn(1, c.s_k, c.h_kv, c.d, generator=g).to(c.dtype())
     v = torch.randn(1, c.s_k, c.h_kv, c.d, generator=g).to(c.dtype())
     ref, _ = attention_ref(q32.double(), k.double(), v.double(), causal=c.causal)  # (b, s_q, h, d)
-    with tempfile.TemporaryDirectory() as tmp:
-        q32[0].transpose(0, 1).contiguous().numpy().tofile(f"{tmp}/q.bin")  # [h][s_q][d]
-        for name, t in (("k", k), ("v", v)):
-            t0 = t[0] if c.layout == "tm" else t[0].transpose(0, 1)  # tm: [s_k][h][d], hm: [h][s_k][d]
-            t0.contiguous().view(torch.int16 if c.kv == "f16" else torch.float32).numpy().tofile(f"{tmp}/{name}.bin")
-        args = [str(exe), tmp, str(threads), str(repeats), *map(str, (c.s_q, c.s_k, c.h, c.h_kv, c.d))]
-        r = subprocess.run([*args, c.kv, c.layout, str(int(c.causal))], capture_output=True, text=True, check=True)
-        t_ggml = float(r.stdout.strip().splitlines()[-1])
-        out_g = torch.from_numpy(__import__("numpy").fromfile(f"{tmp}/out.bin", dtype="float32")).view(c.s_q, c.h, c.d)
-    err_g = (out_g.double() - ref[0]).abs().max().item()
     # ours: the same values, Q rounded to K/V's dtype; the layout ggml reads
     qo = q32.to(c.dtype())
     if c.layout == "tm":
@@ -113,22 +106,39 @@ def run_case(c: Case, exe: Path, threads: int, repeats: int) -> str:
         )
         out_o = run()[0].transpose(0, 1)
     err_o = (out_o.double() - ref[0]).abs().max().item()
-    run()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        ts.append(time.perf_counter() - t0)
-    t_ours = statistics.median(ts)
-    ratio = t_ggml / t_ours
+    # rounds alternate ggml's process (the median of its `repeats` calls) and ours (likewise): a
+    # shared host's speed swings within seconds, so each round's ratio compares like with like
+    t_g, t_o = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        q32[0].transpose(0, 1).contiguous().numpy().tofile(f"{tmp}/q.bin")  # [h][s_q][d]
+        for name, t in (("k", k), ("v", v)):
+            t0 = t[0] if c.layout == "tm" else t[0].transpose(0, 1)  # tm: [s_k][h][d], hm: [h][s_k][d]
+            t0.contiguous().view(torch.int16 if c.kv == "f16" else torch.float32).numpy().tofile(f"{tmp}/{name}.bin")
+        args = [str(exe), tmp, str(threads), str(repeats), *map(str, (c.s_q, c.s_k, c.h, c.h_kv, c.d))]
+        for i in range(rounds):
+            r = subprocess.run([*args, c.kv, c.layout, str(int(c.causal))], capture_output=True, text=True, check=True)
+            t_g.append(float(r.stdout.strip().splitlines()[-1]))
+            if i == 0:
+                out_g = torch.from_numpy(__import__("numpy").fromfile(f"{tmp}/out.bin", dtype="float32"))
+                err_g = (out_g.view(c.s_q, c.h, c.d).double() - ref[0]).abs().max().item()
+            run()
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                run()
+                ts.append(time.perf_counter() - t0)
+            t_o.append(statistics.median(ts))
+    ratios = [a / b for a, b in zip(t_g, t_o)]
+    ratio, t_ggml, t_ours = statistics.median(ratios), statistics.median(t_g), statistics.median(t_o)
     if c.s_q == 1:
         rate = f"{c.kv_bytes() / t_ours / 1e9:.1f} / {c.kv_bytes() / t_ggml / 1e9:.1f} GB/s"
     else:
         rate = f"{c.flops() / t_ours / 1e9:.0f} / {c.flops() / t_ggml / 1e9:.0f} GFLOP/s"
     met = "yes" if ratio >= c.goal else "no"
+    spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if rounds > 1 else ""
     return (
         f"| {c.name} | {err_o:.1e} | {err_g:.1e} | {t_ours * 1e3:.2f} | {t_ggml * 1e3:.2f} | {rate} | "
-        f"{ratio:.2f}x | >= {c.goal}x | {met} |"
+        f"{ratio:.2f}x{spread} | >= {c.goal}x | {met} |"
     )
 
 
@@ -137,6 +147,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--only", default=None, help="substring filter on case names")
+    ap.add_argument("--rounds", type=int, default=3, help="ggml / ours alternations per case (median ratio)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if "GGML_DIR" not in os.environ:
@@ -147,7 +158,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     lines = [
         f"flashattn_lite {fal.__version__} ISA {fal.cpu_isa()} vs ggml {ggml_commit(ggml_dir)} (ggml_flash_attn_ext, "
-        f"CPU backend), {args.threads} threads, median of {args.repeats}; CPU: {cpu_model()}",
+        f"CPU backend), {args.threads} threads, median of {args.repeats} per round, {args.rounds} rounds alternating "
+        f"(speedup: the median of the rounds' ratios, their range); CPU: {cpu_model()}",
         "",
         "| case | ours err | ggml err | ours ms | ggml ms | ours / ggml | speedup | goal | met |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -156,7 +168,7 @@ def main() -> int:
     for c in CASES:
         if args.only and args.only not in c.name:
             continue
-        lines.append(run_case(c, exe, args.threads, args.repeats))
+        lines.append(run_case(c, exe, args.threads, args.repeats, args.rounds))
         print(lines[-1], flush=True)
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -262,6 +263,28 @@ def test_cpu_bench_isa_avx2(tmp_path):
     assert "ISA avx2 (forced: --isa avx2)" in text and "capability AVX2" in text
     assert "peaks on avx2: fp32 FMA" in text
     assert "| fwd causal H1 N4096 D64 (scaling) | ok |" in text
+
+
+@pytest.mark.slow
+def test_cpu_bench_probes_the_compute_peak_each_round(tmp_path):
+    # a compute row's % is against the compute peak probed just before each of our calls (a shared
+    # host's neighbours take cores' time for seconds): the unit column shows the probes' median and
+    # range, and the % agrees with them
+    out = tmp_path / "t.md"
+    cmd = [sys.executable, str(REPO / "bench" / "cpu_bench.py"), "--repeats", "2", "--threads", "1"]
+    r = subprocess.run([*cmd, "--only", "fwd fp32", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| fwd fp32")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1] == "ok"
+    m = re.fullmatch(r"GFLOP/s( \(AMX / 6\))? \(peak (\d+), (\d+)-(\d+)\)", cells[6])
+    assert m, cells[6]
+    med, lo, hi = (float(x) for x in m.groups()[1:])
+    assert 0 < lo <= med <= hi
+    pct = float(cells[7].rstrip("%"))
+    rate = float(cells[4])  # GFLOP/s at the median time; the % is the median of per-round ratios
+    assert 0 < pct <= 100 * rate / lo * 1.5 and pct >= 100 * rate / hi / 1.5
 
 
 def test_decode_step_bench_checks_then_times(tmp_path):

@@ -206,11 +206,12 @@ def test_gqa_few_rows_heads_grouped(dtype, s_q, h, h_kv, feature, isa):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("s_q,h,h_kv", [(1, 8, 8), (3, 16, 8)])
+@pytest.mark.parametrize("s_q,h,h_kv", [(1, 8, 8), (3, 16, 8), (1, 32, 8)])
 def test_decode_short_cache_any_thread_count(dtype, s_q, h, h_kv, isa):
     # batch 1, a token-major cache too short to split its keys: the decode plan splits the heads
     # over the threads instead (uneven groups with 3 threads); every head's result is the same
-    # computation whatever the grouping, so bit for bit the 1-thread result
+    # computation whatever the grouping, so bit for bit the 1-thread result (GQA 32/8: one query row
+    # per head packed as 4 rows per kv head, whose key blocks must not follow the group's size)
     q = randn((1, s_q, h, 128), dtype)
     k, v = randn((1, 300, h_kv, 128), dtype), randn((1, 300, h_kv, 128), dtype)
     n = torch.get_num_threads()

@@ -65,7 +65,12 @@ struct PanelsF32 {
   // S (kRM x kBN) = Q[r0, r0 + kRM) K^T
   void qk(int r0, float* S) { micro_qk(q.data() + size_t(r0) * d, d, kt.data(), S, d); }
   static constexpr bool kFusedStep = false;  // S through memory, the step over it (fwd_chunk)
-  using Lane = VecLane;                      // the softmax step's lanes (softmax_row.h)
+  // the softmax step's lanes (softmax_row.h): fp32 inputs the degree-5 exp; fp16 / bf16 inputs,
+  // whose output is rounded to 2^-11 / 2^-9, the degree-3 exp of VecLaneBf16P (1e-4 relative; P stays
+  // fp32 here). AVX2, H8 N2048 D64, .so files alternating (Zen 3, 2026-12-03): bf16 1 thread 75.0 ->
+  // 76.7 % of the FMA peak, fp16 1 / 2 threads +1.7 / +1.5 points; the largest error against fp64
+  // over the fp16 output of torch's own fp16 SDPA 1.0 -> 1.03 (the rule allows 2)
+  using Lane = std::conditional_t<std::is_same_v<T_, float>, VecLane, VecLaneBf16P>;
   bool qk_softmax(int /*r0*/, float* /*m*/, float* /*l*/, float* /*o*/) { return false; }
   void emit_p(int /*r*/, const float* /*sr*/) {}  // P V reads the fp32 P in S
   // O[r0, r0 + kRM) += P V

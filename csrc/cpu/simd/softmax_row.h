@@ -8,9 +8,10 @@ namespace fal::cpu::FAL_CPU_NS {
 namespace {
 
 // kN fp32 lanes for online_softmax.h. exp_diff(s, m) = exp(s - m): exp2 of (s - m) log2 e with a
-// degree-5 polynomial (VecLane); for P that is rounded to bf16 (the AVX-512 bf16 forward, P V on
-// vdpbf16ps) exp2 of one FMA, s log2 e - m log2 e, with a degree-3 polynomial (VecLaneBf16P:
-// relative error 1e-4 against bf16's 2^-9; 3 of ~14 vector ops per 16 scores fewer: the bf16
+// degree-5 polynomial (VecLane); for a P that is rounded to bf16 (the AVX-512 bf16 forward, P V on
+// vdpbf16ps) or feeds an fp16 / bf16 output (fwd.cpp's fp32 panels of fp16 / bf16 inputs) exp2 of
+// one FMA, s log2 e - m log2 e, with a degree-3 polynomial (VecLaneBf16P: relative error 1e-4
+// against bf16's 2^-9 and fp16's 2^-11; 3 of ~14 vector ops per 16 scores fewer: the bf16
 // forward 1.024-1.042x, H8 N2048 D64 and causal N4096 D128, 1-2 threads, in one process, Zen 4,
 // 2026-12-02). One lane type per kernel for every tile: a masked tile's row step and a plain
 // tile's must give the same P (an all-True mask changes nothing, bit for bit).

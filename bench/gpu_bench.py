@@ -1,7 +1,6 @@
 """GPU benchmark: flashattn_lite (default kernels; the earlier forward variant 1 that
 FLASHATTN_LITE_CUDA_FWD=v1 selects; the earlier backward variant 1, FLASHATTN_LITE_CUDA_BWD=v1, in the
-fwd+bwd rows; the opt-in 4-stage decode configuration, FLASHATTN_LITE_CUDA_DECODE=v3, in the decode
-rows) vs torch SDPA's flash / efficient / cudnn backends, bf16.
+fwd+bwd rows) vs torch SDPA's flash / efficient / cudnn backends, bf16.
 
 Every provider is checked against an fp64 reference on a slice before it is timed. Timing: CUDA
 events, warm-up, median of repeats, an L2 flush (a 256 MB write) before each repeat. Writes a
@@ -64,7 +63,6 @@ def time_ms(fn, repeats: int = 10, warmup: int = 3) -> list[float]:
 PROVIDER_ENV = {
     "flashattn_lite_v1": {"FLASHATTN_LITE_CUDA_FWD": "v1", "FLASHATTN_LITE_CUDA_BWD": "v1"},
     "flashattn_lite_bwd_v1": {"FLASHATTN_LITE_CUDA_BWD": "v1"},
-    "flashattn_lite_decode_v3": {"FLASHATTN_LITE_CUDA_DECODE": "v3"},
 }
 
 
@@ -123,7 +121,6 @@ def main() -> None:
         "flashattn_lite",
         "flashattn_lite_v1",
         "flashattn_lite_bwd_v1",
-        "flashattn_lite_decode_v3",
         "flash",
         "efficient",
         "cudnn",
@@ -138,9 +135,7 @@ def main() -> None:
                     q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
                     flops = 4.0 * b * h * n * n * d * (0.5 if causal else 1.0) * (3.5 if mode == "fwd+bwd" else 1.0)
                     for prov in providers:
-                        if (
-                            prov == "flashattn_lite_bwd_v1" and mode != "fwd+bwd"
-                        ) or prov == "flashattn_lite_decode_v3":
+                        if prov == "flashattn_lite_bwd_v1" and mode != "fwd+bwd":
                             continue  # the same kernels as flashattn_lite here
                         with provider_env(prov):
                             fn = provider_fn(prov)
@@ -223,9 +218,6 @@ def main() -> None:
         b2 = next((r for r in rows if key_of(r) == key and r["provider"] == "flashattn_lite_bwd_v1"), {})
         if key[0] == "fwd+bwd" and b2.get("status") == "ok" and flash.get("status") == "ok":
             extra += f"  (bwd v1 x{flash['ms'] / b2['ms']:.2f})"
-        d3 = next((r for r in rows if key_of(r) == key and r["provider"] == "flashattn_lite_decode_v3"), {})
-        if key[0] == "decode" and d3.get("status") == "ok":
-            extra += f"  (decode v3 {100 * d3['gbps'] / copy_gbps:.0f}% of copy bw)"
         if key[0] == "decode" and ours.get("status") == "ok":
             extra += f"  {100 * ours['gbps'] / copy_gbps:.0f}% of copy bw"
         print(f"{key[0]:8s} {key[1]:4d} {key[2]:6d} {key[3]:>12s} " + " ".join(cells) + extra)

@@ -1,8 +1,7 @@
 """CUDA: every feature of the CPU kernels through the feature SIMT kernels (csrc/cuda/attn_simt_feat.cuh):
 varlen, the KV cache (flash_attn_with_kvcache: append, rotary, cache_batch_idx, cache_leftpad, paged
 caches of any page size), attn_mask (bool, and float with its gradient), dropout, softcap / ALiBi off
-the tensor cores. Written without a GPU: they run only with the opt-in FLASHATTN_LITE_CUDA_UNVERIFIED=1
-(set here; bench/gpu_check.sh runs this file). Each case runs the same call three times -- on the GPU,
+the tensor cores (verified on an H200 on 2026-12-04; bench/gpu_check.sh runs this file). Each case runs the same call three times -- on the GPU,
 on the CPU in the input dtype and on the CPU in fp64 -- and holds the GPU to the numerical rule with
 the CPU's fp64 result as the reference and the CPU's same-dtype error as the yardstick (the CPU
 kernels are tested against the fp64 reference and flash-attn's documentation in test_features.py /
@@ -21,11 +20,6 @@ from conftest import HAS_CUDA, assert_rule, randn
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")]
 DEV = "cuda"
 LOW = (torch.bfloat16, torch.float16)
-
-
-@pytest.fixture(autouse=True)
-def unverified(monkeypatch):
-    monkeypatch.setenv("FLASHATTN_LITE_CUDA_UNVERIFIED", "1")
 
 
 class Aux:
@@ -216,12 +210,3 @@ def test_cuda_kvcache(dtype, page_size, extra):
     assert torch.equal(fin, torch.isfinite(gpu[1].cpu()))
     assert torch.allclose(gpu[1].cpu()[fin].double(), ref[1][fin], atol=2e-3, rtol=2e-3)
     assert torch.equal(gpu[2].cpu(), cpu[2]) and torch.equal(gpu[3].cpu(), cpu[3])  # the same appended cache
-
-
-def test_cuda_features_refused_without_opt_in(monkeypatch):
-    monkeypatch.delenv("FLASHATTN_LITE_CUDA_UNVERIFIED", raising=False)
-    q, k, v = (randn((2, 5, 2, 16), torch.bfloat16, DEV) for _ in range(3))
-    with pytest.raises(NotImplementedError, match=r"FLASHATTN_LITE_CUDA_UNVERIFIED=1"):
-        flash_attn_func(q, k, v, dropout_p=0.2)
-    with pytest.raises(NotImplementedError, match=r"cache_seqlens"):
-        flash_attn_with_kvcache(q, k, v, cache_seqlens=torch.tensor([3, 4], dtype=torch.int32, device=DEV))

@@ -5,9 +5,8 @@ tiles, the s_k edge, head dims below the padded tile, GQA, split-KV, the scale f
 and proof of which kernel ran. Backward variant 2 (csrc/cuda/attn_bwd_tc2.cuh, the default at head
 dims 64 / 128; FLASHATTN_LITE_CUDA_BWD=v1 selects variant 1): gradients under the rule on its own
 paths (GQA groups, masked and whole query tiles, windows, long sequences). Skipped only without a
-GPU; bench/gpu_check.sh also runs all of tests/test_cuda.py under FLASHATTN_LITE_CUDA_FWD=v1, under
-FLASHATTN_LITE_CUDA_BWD=v1 and under the opt-in FLASHATTN_LITE_CUDA_DECODE=v3 (the forward's 4-stage
-decode configuration, checked below to be bit-identical to the default kernel)."""
+GPU; bench/gpu_check.sh also runs all of tests/test_cuda.py under FLASHATTN_LITE_CUDA_FWD=v1 and under
+FLASHATTN_LITE_CUDA_BWD=v1. Softcap / ALiBi on the variant-2 kernels and off them (feature SIMT kernels)."""
 
 from __future__ import annotations
 
@@ -147,35 +146,7 @@ def test_bwd_v2_long(bwd_v2, dtype, n, d, causal):
     _grad_rule(q, k, v, dout, n_terms=n, causal=causal)
 
 
-# ---- the forward's decode configuration (4 K/V stages; opt-in with FLASHATTN_LITE_CUDA_DECODE=v3) ---------
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("d", [40, 64, 128])
-@pytest.mark.parametrize(
-    "s_q,h,h_kv,s_k",
-    [(1, 32, 32, 40000), (1, 32, 8, 5000), (4, 8, 8, 3000), (16, 4, 4, 777), (1, 8, 8, 1), (3, 4, 2, 100)],
-)
-@pytest.mark.parametrize("causal", [False, True])
-def test_decode_v3(monkeypatch, dtype, d, s_q, h, h_kv, s_k, causal):
-    # the same tiles, order and math as the 2-stage kernel, only more of them in flight: the results
-    # must be bit-identical to the default kernel's, and under the rule against fp64
-    q = randn((2, s_q, h, d), dtype, DEV)
-    k, v = randn((2, s_k, h_kv, d), dtype, DEV), randn((2, s_k, h_kv, d), dtype, DEV)
-    for kw in ({"causal": causal}, {"causal": causal, "window_size": (50, 0)}):
-        monkeypatch.delenv("FLASHATTN_LITE_CUDA_DECODE", raising=False)
-        o2, l2 = _run(q, k, v, **kw)
-        monkeypatch.setenv("FLASHATTN_LITE_CUDA_DECODE", "v3")
-        o4, l4 = _check(q, k, v, **kw)
-        assert torch.equal(o2, o4) and torch.equal(l2, l4)
-
-
-# ---- softcap and ALiBi on the variant-2 kernels (opt-in FLASHATTN_LITE_CUDA_UNVERIFIED=1 until a GPU run) -----
-
-
-@pytest.fixture
-def unverified(monkeypatch):
-    monkeypatch.setenv("FLASHATTN_LITE_CUDA_UNVERIFIED", "1")
+# ---- softcap and ALiBi on the variant-2 kernels (verified on an H200, 2026-12-04) ---------------------------
 
 
 def _slopes(b, h, per_batch):
@@ -188,7 +159,7 @@ def _slopes(b, h, per_batch):
 @pytest.mark.parametrize("s_q,s_k", [(1, 300), (97, 97), (130, 257), (300, 64)])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("mod", ["softcap", "alibi", "alibi_b", "both"])
-def test_score_mods_fwd_bwd(unverified, dtype, d, s_q, s_k, causal, mod):
+def test_score_mods_fwd_bwd(v2, dtype, d, s_q, s_k, causal, mod):
     # flash-attn: "softcap: float. Anything > 0 activates softcapping attention." and "alibi_slopes:
     # (nheads,) or (batch_size, nheads), fp32. A bias of (-alibi_slope * |i + seqlen_k - seqlen_q - j|)
     # is added to the attention score of query i and key j."
@@ -203,15 +174,10 @@ def test_score_mods_fwd_bwd(unverified, dtype, d, s_q, s_k, causal, mod):
     _grad_rule(q, k, v, randn((2, s_q, 4, d), dtype, DEV), **kw)
 
 
-def test_score_mods_refused_without_opt_in_run_off_the_tensor_cores_with_it(monkeypatch):
-    # without the opt-in: the clear NotImplementedError, never a silently ignored transform; with it,
+def test_score_mods_off_the_tensor_cores(v2):
     # where no variant-2 kernel runs (fp32, head dim 256), the feature SIMT kernels (attn_simt_feat.cuh)
-    # take the transform, under the same rule
+    # take the transform, under the same rule (fp32 softcap needs the accurate device tanh: fal_tanh)
     q, k, v = (randn((1, 50, 2, 64), torch.bfloat16, DEV) for _ in range(3))
-    monkeypatch.delenv("FLASHATTN_LITE_CUDA_UNVERIFIED", raising=False)
-    with pytest.raises(NotImplementedError, match="softcap"):
-        flash_attn_func(q, k, v, softcap=2.0)
-    monkeypatch.setenv("FLASHATTN_LITE_CUDA_UNVERIFIED", "1")
     for qq, kk, vv in (
         (q.float(), k.float(), v.float()),
         tuple(randn((1, 50, 2, 256), torch.bfloat16, DEV) for _ in range(3)),

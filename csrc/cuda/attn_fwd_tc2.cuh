@@ -25,10 +25,10 @@
 
 namespace fal::cuda {
 
-// kStages: K/V tiles in flight (a ring of shared stages). 2 = the GPU-verified double buffer;
-// 4 = the decode configuration (s_q <= 16, opt-in FLASHATTN_LITE_CUDA_DECODE=v3 until a GPU run has
-// proven it): a one-row block computes little, so the bytes in flight per SM, not the MMAs, set
-// its pace -- 3 tiles loading while one is used instead of 1.
+// kStages: K/V tiles in flight (a ring of shared stages); every launch uses 2 (the double buffer).
+// A 4-stage decode configuration (3 tiles loading while one is used) passed the H200 tests but
+// read no faster (2026-12-04: 45-84 % of copy bandwidth, as the 2-stage kernel), so no launch
+// selects it; the ring stays generic for a later deeper pipeline (Hopper's TMA).
 template <int D, int kStages = 2>
 struct FwdTc2Config {
   static_assert(D == 64 || D == 128, "variant 2 is built for head dims 64 and 128");
@@ -385,18 +385,10 @@ int launch_fwd_tc2_stages(const FwdParams& p, cudaStream_t stream) {
   return int(cudaGetLastError());
 }
 
-// Decode (s_q <= kDecodeRows after the glue's GQA packing) with FLASHATTN_LITE_CUDA_DECODE=v3 set
-// runs the 4-stage ring (opt-in until a GPU run has proven it); everything else the verified
-// 2-stage kernel.
-constexpr int kDecodeRows = 16;
-bool decode_v3_requested();  // dispatch.cu
-
-// softcap / ALiBi (opt-in, FLASHATTN_LITE_CUDA_UNVERIFIED=1 in the glue, until a GPU run has proven
-// them) run the kMod instantiation.
+// softcap / ALiBi run the kMod instantiation.
 template <typename T, int D>
 int launch_fwd_tc2(const FwdParams& p, cudaStream_t stream) {
   if (p.softcap > 0.0 || p.alibi_slopes != nullptr) return launch_fwd_tc2_stages<T, D, 2, true>(p, stream);
-  if (p.s_q <= kDecodeRows && decode_v3_requested()) return launch_fwd_tc2_stages<T, D, 4>(p, stream);
   return launch_fwd_tc2_stages<T, D, 2>(p, stream);
 }
 

@@ -10,9 +10,8 @@
 //   Dropout             P V with the dropped P, l (and the LSE) from the undropped P
 //   Visibility          causal / window per sequence (its own s_q, s_k)
 // A key a row cannot see (outside its range, or masked to -inf) takes no part in P V, so its
-// value, even NaN, never reaches the row. Written without a GPU: the glue runs these kernels only
-// with FLASHATTN_LITE_CUDA_UNVERIFIED=1 until a GPU run has verified them (bench/gpu_check.sh);
-// attn_simt.cuh stays the kernel of the plain calls it already runs.
+// value, even NaN, never reaches the row. Verified on an H200 on 2026-12-04 (bench/gpu_check.sh,
+// tests/test_cuda_features.py); attn_simt.cuh stays the kernel of the plain calls it already runs.
 #pragma once
 #include "cuda/attn_simt.cuh"
 

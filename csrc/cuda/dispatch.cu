@@ -175,10 +175,6 @@ int run_bwd_tc_dim(const BwdParams& p, cudaStream_t s) {
 }
 }  // namespace
 
-// The forward's decode configuration (attn_fwd_tc2.cuh, 4 K/V stages in flight) is opt-in:
-// FLASHATTN_LITE_CUDA_DECODE=v3, read at each call, until a GPU run has proven it.
-bool decode_v3_requested() { return env_equals("FLASHATTN_LITE_CUDA_DECODE", "v3"); }
-
 namespace {
 bool tc2_shape(const FwdParams& p, int max_d) {
   if (!(p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) || p.d != p.d_v || p.d % 8 != 0) return false;

@@ -20,15 +20,12 @@ bool bwd_uses_tensor_cores(const BwdParams& p);
 // True when the kernels implement these params' score transforms (softcap, ALiBi): the variant-2
 // tensor-core kernels at head dims 64 / 128 (fp16 / bf16, d == d_v, d % 8 == 0, scale > 0, the
 // variant not overridden by FLASHATTN_LITE_CUDA_FWD / _BWD = v1; the backward not deterministic).
-// The glue lets them through only with FLASHATTN_LITE_CUDA_UNVERIFIED=1 until a GPU run has proven
-// them.
 bool score_mods_supported(const FwdParams& p);
 bool score_mods_supported(const BwdParams& p);
 
 // True when the params use a feature that only the feature SIMT kernels (attn_simt_feat.cuh)
 // implement: attn_mask, dropout, varlen (cu_seqlens), seqused_k, cache_leftpad, cache_batch_idx,
-// block_table, or softcap / ALiBi where score_mods_supported is false. Those kernels are not yet
-// verified on a GPU: the glue runs them only with FLASHATTN_LITE_CUDA_UNVERIFIED=1. The
+// block_table, or softcap / ALiBi where score_mods_supported is false. The
 // tensor-core kernels never take such params (fwd_ / bwd_uses_tensor_cores are false for them).
 bool needs_feature_kernels(const FwdParams& p);
 bool needs_feature_kernels(const BwdParams& p);
@@ -51,7 +48,7 @@ int run_dropout_keep(const FwdParams& p, int batch, int s_q, int s_k, unsigned c
 const char* error_string(int err);
 
 // True when the environment variable `name` is set to `value` (read at each call): the switches
-// FLASHATTN_LITE_CUDA_FWD / _BWD / _DECODE / _UNVERIFIED.
+// FLASHATTN_LITE_CUDA_FWD / _BWD.
 bool env_equals(const char* name, const char* value);
 
 }  // namespace fal::cuda

@@ -19,36 +19,8 @@ void check_launch(int err, const char* what) {
   TORCH_CHECK(err == 0, kPre, "CUDA ", what, " kernel failed: ", fal::cuda::error_string(err));
 }
 
-// Features on CUDA that no GPU run has verified yet: softcap and ALiBi (the variant-2 tensor-core
-// kernels at head dims 64 / 128, cuda::score_mods_supported) and every feature of the CPU kernels
-// that the feature SIMT kernels implement (attn_mask, dropout, varlen, seqused_k / the KV cache,
-// softcap / ALiBi elsewhere: cuda::needs_feature_kernels). They run only with the opt-in
-// FLASHATTN_LITE_CUDA_UNVERIFIED=1 (bench/gpu_check.sh sets it for their tests); otherwise the call
-// is refused clearly rather than run unproven.
-bool unverified_allowed() { return fal::cuda::env_equals("FLASHATTN_LITE_CUDA_UNVERIFIED", "1"); }
-
-template <typename P>
-void check_cuda_features(const P& p) {
-  if (unverified_allowed()) return;
-  const bool mods = p.alibi_slopes != nullptr || p.softcap > 0.0;
-  const char* missing = p.mask                               ? "attn_mask"
-                        : mods                               ? (p.alibi_slopes ? "alibi_slopes" : "softcap > 0")
-                        : p.dropout_p > 0.f                  ? "dropout_p > 0"
-                        : (p.cu_seqlens_q || p.cu_seqlens_k) ? "cu_seqlens (varlen)"
-                        : p.seqused_k                        ? "seqused_k / cache_seqlens"
-                        : p.leftpad_k                        ? "cache_leftpad"
-                        : p.kv_batch_idx                     ? "cache_batch_idx"
-                        : p.block_table                      ? "block_table"
-                                                             : nullptr;
-  TORCH_CHECK_NOT_IMPLEMENTED(missing == nullptr, kPre, missing,
-                              " is not implemented on CUDA yet (it is on the CPU): its CUDA kernels are written "
-                              "but not yet verified on a GPU; opt in with FLASHATTN_LITE_CUDA_UNVERIFIED=1 "
-                              "(tracked by the CUDA issue)");
-}
-
 template <typename P>
 void check_grid_limits(const P& p) {
-  check_cuda_features(p);
   TORCH_CHECK_VALUE(p.b <= 65535 && p.h <= 65535, kPre, "on CUDA, batch (", p.b, ") and heads (", p.h,
                     ") must each be <= 65535");
 }

@@ -207,8 +207,24 @@ FAL_HD Dropout make_dropout(const FwdParams& p) {
   return d;
 }
 
-FAL_HD float fal_tanh(float x) { return tanhf(x); }
+// tanh in float. On the GPU, nvcc's --use_fast_math turns tanhf into tanh.approx.f32 (MUFU.TANH,
+// relative error ~2^-11: an H200 run put fp32 softcap outputs 1.7x over the numerical rule), so
+// device code uses tanh|x| = -t / (t + 2) with t = expm1f(-2|x|) in (-1, 0] (expm1f keeps its
+// accurate form under fast math; no overflow, no cancellation), the sign copied back. Host: tanhf.
+FAL_HD float fal_tanh(float x) {
+#ifdef __CUDA_ARCH__
+  const float t = expm1f(-2.f * fabsf(x));
+  return copysignf(-t / (t + 2.f), x);
+#else
+  return tanhf(x);
+#endif
+}
 FAL_HD double fal_tanh(double x) { return ::tanh(x); }
+// tanh of the 16-bit tensor-core kernels (ScoreModLite): on the GPU the MUFU.TANH approximation,
+// whose ~2^-11 relative error stays below the rounding of fp16 / bf16 scores and probabilities
+// (flash-attn's softcap uses it too) and costs one instruction and no registers: tanhf, which the
+// CUDA build's --use_fast_math (CMakeLists.txt) compiles to tanh.approx.f32; host: tanhf.
+FAL_HD float fal_tanh_approx(float x) { return tanhf(x); }
 
 // ---- Score transforms, in natural units (s = scale * q.k), in flash-attn's order ------------
 //   s <- softcap * tanh(s / softcap)                       (softcap > 0)
@@ -218,11 +234,16 @@ FAL_HD double fal_tanh(double x) { return ::tanh(x); }
 // softcap then ALiBi on one score (natural units); dist = i + s_k - s_q - j; *dcap = the softcap
 // derivative. The one formula of both transforms: ScoreMod (CPU, every dtype) and ScoreModLite
 // (the GPU kernels' float copy of the constants) call it.
-template <typename A>
+// kApproxTanh: fal_tanh_approx (the 16-bit tensor-core kernels), else fal_tanh.
+template <typename A, bool kApproxTanh = false>
 FAL_HD A softcap_alibi(A x, A softcap, A inv_softcap, A slope, int64_t dist, A* dcap) {
   A g = A(1);
   if (softcap > A(0)) {
-    const A t = fal_tanh(x * inv_softcap);
+    A t;
+    if constexpr (kApproxTanh)
+      t = fal_tanh_approx(x * inv_softcap);
+    else
+      t = fal_tanh(x * inv_softcap);
     x = softcap * t;
     g = A(1) - t * t;
   }
@@ -266,7 +287,7 @@ struct ScoreModLite {
   float softcap = 0.f, inv_softcap = 0.f, slope = 0.f;
   int alibi_diag = 0;  // s_k - s_q
   FAL_HD float apply(float s, int i, int j, float* dcap) const {
-    return softcap_alibi(s, softcap, inv_softcap, slope, int64_t(i) + alibi_diag - j, dcap);
+    return softcap_alibi<float, true>(s, softcap, inv_softcap, slope, int64_t(i) + alibi_diag - j, dcap);
   }
 };
 

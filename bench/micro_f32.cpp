@@ -7,6 +7,8 @@
 //   AVX2:    g++ -O3 -std=gnu++17 -fno-math-errno -mavx2 -mfma -mf16c -DFAL_SIMD_AVX2=1
 //              -Icsrc/include -Icsrc bench/micro_f32.cpp -o /tmp/micro_f32 && /tmp/micro_f32
 //   AVX-512: the same with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -DFAL_SIMD_AVX512=1
+//   '-DFAL_MICRO_UNROLL=_Pragma("GCC unroll 2")' (or an empty -DFAL_MICRO_UNROLL=) overrides the
+//   product loops' unroll of micro_f32.h, to compare both in binaries run alternately.
 // Prints the median (15 rounds, kernels and probe alternating) of each in GFLOP/s and as % of the
 // probe. Zen 3, AVX2, a quiet moment (2026-12-03): qk 91-92, pv 90-92, both 90-92 GFLOP/s against a
 // probe of 98 = 92-94 % (the whole forward: 72-77 %, bench/results/cpu-2026-12-03f-zen3.md).

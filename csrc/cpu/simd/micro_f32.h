@@ -10,9 +10,12 @@
 // (bench/micro_f32.cpp, binaries alternating) ran at 81-89 % of the FMA probe against 76-88 % on a
 // busy host, the same 90-94 % on a quiet one; in one process, calls alternating, fwd D64 fp32 /
 // fp16 / bf16 on 1-2 threads 0.97-1.12x (13 of 16 pairs ahead), causal bf16 D128 0.97-1.01x,
-// fwd+bwd fp32 / bf16 0.95-1.20x (6 of 7 ahead). AVX-512 (24 FMAs per iteration): as it was, not
-// measured.
-#if defined(FAL_SIMD_AVX2)
+// fwd+bwd fp32 / bf16 0.95-1.20x (6 of 7 ahead). AVX-512 (24 FMAs per iteration) stays rolled: on a
+// Zen 4 (2026-12-04, bench/micro_f32.cpp built with and without -DFAL_MICRO_UNROLL=..., binaries
+// alternating, 3 rounds) qk + pv ran at 94-96 % of the FMA probe rolled, 96-98 % unrolled -- at most
+// 1-2 % of the products' time, within the host's noise.
+#if defined(FAL_MICRO_UNROLL)  // set by a measurement build (bench/micro_f32.cpp)
+#elif defined(FAL_SIMD_AVX2)
 #define FAL_MICRO_UNROLL _Pragma("GCC unroll 2")
 #else
 #define FAL_MICRO_UNROLL

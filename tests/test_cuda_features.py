@@ -1,11 +1,11 @@
 """CUDA: every feature of the CPU kernels through the feature SIMT kernels (csrc/cuda/attn_simt_feat.cuh):
 varlen, the KV cache (flash_attn_with_kvcache: append, rotary, cache_batch_idx, cache_leftpad, paged
 caches of any page size), attn_mask (bool, and float with its gradient), dropout, softcap / ALiBi off
-the tensor cores (verified on an H200 on 2026-12-04; bench/gpu_check.sh runs this file). Each case runs the same call three times -- on the GPU,
-on the CPU in the input dtype and on the CPU in fp64 -- and holds the GPU to the numerical rule with
-the CPU's fp64 result as the reference and the CPU's same-dtype error as the yardstick (the CPU
-kernels are tested against the fp64 reference and flash-attn's documentation in test_features.py /
-test_kvcache.py). Skipped only without a GPU."""
+the tensor cores (verified on an H200 on 2026-12-04; bench/gpu_check.sh runs this file). Each case
+runs the same call three times -- on the GPU, on the CPU in the input dtype and on the CPU in fp64 --
+and holds the GPU to the numerical rule with the CPU's fp64 result as the reference and the CPU's
+same-dtype error as the yardstick (the CPU kernels are tested against the fp64 reference and
+flash-attn's documentation in test_features.py / test_kvcache.py). Skipped only without a GPU."""
 
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ bool score_mods_supported(const BwdParams& p);
 
 // True when the params use a feature that only the feature SIMT kernels (attn_simt_feat.cuh)
 // implement: attn_mask, dropout, varlen (cu_seqlens), seqused_k, cache_leftpad, cache_batch_idx,
-// block_table, or softcap / ALiBi where score_mods_supported is false. The
-// tensor-core kernels never take such params (fwd_ / bwd_uses_tensor_cores are false for them).
+// block_table, or softcap / ALiBi where score_mods_supported is false. The tensor-core kernels
+// never take such params (fwd_ / bwd_uses_tensor_cores are false for them).
 bool needs_feature_kernels(const FwdParams& p);
 bool needs_feature_kernels(const BwdParams& p);
 

@@ -206,7 +206,7 @@ def test_gqa_few_rows_heads_grouped(dtype, s_q, h, h_kv, feature, isa):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("s_q,h,h_kv", [(1, 8, 8), (3, 16, 8), (1, 32, 8)])
+@pytest.mark.parametrize("s_q,h,h_kv", [(1, 8, 8), (3, 16, 8), (1, 32, 8), (2, 8, 2)])
 def test_decode_short_cache_any_thread_count(dtype, s_q, h, h_kv, isa):
     # batch 1, a token-major cache too short to split its keys: the decode plan splits the heads
     # over the threads instead (uneven groups with 3 threads); every head's result is the same
@@ -288,3 +288,35 @@ def test_decode_multi_row_softcap(dtype, s_q, h, h_kv, isa):
     same, _ = attention_ref(q, k, v, causal=True, softcap=3.0, upcast=False)
     assert_rule(out, ref, same)
     assert torch.allclose(lse, ref_lse, rtol=1e-4, atol=1e-4)
+
+
+# Several query rows per kv head (speculative decoding, GQA heads packed as rows) over bf16 K / V: on
+# AVX-512 the keys go in blocks of 64 (fewer over wide token-major rows), S from Q^T rotated up to
+# d = 256 and in slices beyond, the last block partial. flash_attn_func: "window_size: (left, right).
+# If not (-1, -1), implements sliding window local attention."; "softcap: float. Anything > 0
+# activates softcapping attention."; "alibi_slopes: (nheads,) or (batch_size, nheads), fp32. A bias
+# of (-alibi_slope * |i + seqlen_k - seqlen_q - j|) is added to the attention score of query i and
+# key j."
+@pytest.mark.parametrize("s_q,h,h_kv", [(2, 4, 4), (1, 12, 4), (4, 8, 8), (2, 16, 4)])
+@pytest.mark.parametrize("d", [80, 128, slow(256), slow(264)])
+@pytest.mark.parametrize("layout", ["token_major", "head_major"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(causal=True), dict(window_size=(90, 0)), slow(dict(softcap=5.0)), dict(alibi=True, causal=True)],
+    ids=["causal", "window", "softcap", "alibi"],
+)
+def test_decode_several_rows_blocks(s_q, h, h_kv, d, layout, kw, isa):
+    kw = dict(kw)
+    if kw.pop("alibi", False):
+        kw["alibi_slopes"] = torch.rand(h) * 0.3
+    s_k = 64 * 3 + 37
+    q = randn((1, s_q, h, d), torch.bfloat16)
+    if layout == "head_major":
+        k, v = (randn((1, h_kv, s_k, d), torch.bfloat16).transpose(1, 2) for _ in range(2))
+    else:
+        k, v = randn((1, s_k, h_kv, d), torch.bfloat16), randn((1, s_k, h_kv, d), torch.bfloat16)
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True, **kw)
+    ref, ref_lse = attention_ref(q, k, v, **kw)
+    same, _ = attention_ref(q, k, v, upcast=False, **kw)
+    assert_rule(out, ref, same)
+    assert torch.allclose(lse, ref_lse.float(), atol=1e-4, rtol=1e-4)

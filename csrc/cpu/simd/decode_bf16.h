@@ -1,6 +1,6 @@
 // decode_bf16.h -- the decode products for bf16 K/V on AVX512_BF16 (vdpbf16ps), used by decode.cpp
-// for S = Q K^T of every query row and for O += P V from 2 rows (GQA heads packed as rows,
-// speculative decoding). AVX-512 objects only.
+// for S = Q K^T of every query row and for O += P V beyond 8 rows (several rows: GQA heads packed
+// as rows, speculative decoding; 2..8 of them through decode_pairs.h). AVX-512 objects only.
 // With several rows the decode is no longer bound by memory alone: R rows cost 4 R d FLOPs per key
 // against 4 d bytes of bf16 K and V. The fp32 kernels (decode_qk_rows_grouped / decode_pv_rows) convert K
 // and V to fp32 and run one FMA per product; these take bf16 pairs, one vdpbf16ps per two products,
@@ -10,11 +10,11 @@
 //                the V rows (decode_head.h);
 //   2..8 rows:   Q^T in slices (decode_q_pairs_t: each row owns S = kN / (rows rounded up to a
 //                power of 2) adjacent lanes, one per slice of its d sum), S K pairs broadcast from
-//                the row in place into one vdpbf16ps whose every lane does work, the slices summed
-//                and the scores put in row order once per block (decode_qk_slices_rows_bf16; 3
-//                rows: as 1 row, decode_qk_rows_bf16<3>); P rounded to bf16 pairs (the row sums
-//                keep the unrounded fp32 P, as in the forward) against V pairs interleaved in
-//                registers from the rows in place (decode_pv_rows_bf16_inplace);
+//                the row in place into one vdpbf16ps whose every lane does work (decode_qk_slices8;
+//                S = 4 and 8 rotate Q^T instead, decode_pairs.h), 3 rows as 1 row
+//                (decode_qk_rows_bf16<3>); the rest of these rows' walk -- the scores in row order,
+//                P as bf16 pairs, P V on V pairs in registers, blocks of 64 keys -- is
+//                decode_pairs.h's;
 //   9..16 rows:  (no score transform) S transposed, one lane per row (decode_qk_cols_bf16: Q^T with
 //                S = 1), the softmax per lane (softmax_cols_step), P V on V packed as pairs once per
 //                block (decode_pack_v_pairs + decode_pv_rows_bf16), shared by the row blocks; with a
@@ -47,9 +47,10 @@ inline void decode_q_pairs(const bf16_t* q, int d, uint32_t* qp) { copy_pairs(q,
 // R x G scores. 3 rows: Q^T slices (below) would leave a quarter of the lanes empty -- 0.93-0.94x
 // this (Zen 4, 1024 keys from L2 and 32768 streamed). kp: kN valid row pointers (the caller repeats
 // a row past the block's end and masks those scores), so the accumulators stay in registers. qp: R
-// rows of pairs dp apart (zero past d); sall: R rows kN apart.
+// rows of pairs dp apart (zero past d); sall: R rows lds apart.
 template <int R>
-inline void decode_qk_rows_bf16(const uint32_t* qp, int dp, const bf16_t* const* kp, int d, float c, float* sall) {
+inline void decode_qk_rows_bf16(const uint32_t* qp, int dp, const bf16_t* const* kp, int d, float c, float* sall,
+                                int lds = kN) {
   constexpr int G = R <= 1 ? 16 : R == 2 ? 8 : R <= 4 ? 4 : 2;  // keys per group
   static_assert(R * G <= kN, "one reduction per group");
   for (int g0 = 0; g0 < kN; g0 += G) {
@@ -73,7 +74,7 @@ inline void decode_qk_rows_bf16(const uint32_t* qp, int dp, const bf16_t* const*
     for (int i = 0; i < kN; ++i) acc[i].v = a[i];
     const __m512 sums = (hsum_each(acc) * VF::set1(c)).v;  // lane r * G + g
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) store_lanes({sums}, r * G, G, sall + r * kN + g0 - r * G);
+    for (int r = 0; r < R; ++r) store_lanes({sums}, r * G, G, sall + r * lds + g0 - r * G);
   }
 }
 
@@ -188,77 +189,6 @@ __attribute__((always_inline)) inline void decode_qk_slices8(const uint32_t* qT,
   }
 }
 
-// S = Q K^T of the block by rows (sall: row r's kN scores at r * kN; 2..16 rows), from Q^T in S slices
-// (decode_qk_slices8), the slices summed and the scores put in row order once per block: S = 4, 8
-// (2..4 rows) by one tree over the accumulators, 44 shuffles and adds per block -- per group of 8
-// keys two rounds of pairwise shuffle-adds leave, for each 4 keys, one vector whose 128-bit block b
-// holds those keys' scores of row b (S = 4) or half sums of row b / 2 (S = 8); then the four
-// vectors' blocks are transposed (S = 4) or their halves added and gathered (S = 8). S = 2 (5..8
-// rows) and 1 (9..16 rows, where a score transform keeps them off the transposed path): the kN
-// accumulators transposed (transpose_store), lane pairs added (S = 2). With the in-place P V below,
-// against the row-wise products (one hsum_each per group of keys, ~45 ops per 16 scores) and the
-// fp32 / packed-pair P V, calls alternating in one process (Zen 4, D128): 1 thread, 1024 keys from
-// L2, 2 rows 1.02x, 4 rows 1.05x, 5-8 rows 1.07-1.13x; 2 threads, 8 kv heads streamed (16384-32768
-// keys) 2 rows 1.06x, 4 rows 1.0-1.05x, 6 rows 1.09x, 8 rows 1.06x.
-template <int S>
-inline void decode_qk_slices_rows_bf16(const uint32_t* qT, const bf16_t* const* kp, int d, float c, int rows,
-                                       float* sall) {
-  const __m512 cs = _mm512_set1_ps(c);
-  if constexpr (S <= 2) {
-    VF acc[kN];
-    for (int g0 = 0; g0 < kN; g0 += 8) {
-      __m512 a[8];
-      decode_qk_slices8<S>(qT, kp + g0, d, a);
-#pragma GCC unroll 8
-      for (int g = 0; g < 8; ++g) acc[g0 + g].v = a[g];
-    }
-    alignas(64) float t[kN * kN];  // t[lane * kN + key]
-    transpose_store(acc, t, kN);
-    for (int r = 0; r < rows; ++r) {
-      __m512 sr = _mm512_load_ps(t + S * r * kN);
-      if constexpr (S == 2) sr = _mm512_add_ps(sr, _mm512_load_ps(t + (2 * r + 1) * kN));
-      _mm512_storeu_ps(sall + r * kN, _mm512_mul_ps(sr, cs));
-    }
-  } else {
-    __m512 u[4];  // u[q], block b: keys 4q..4q+3 of lane group b
-    for (int g0 = 0; g0 < kN; g0 += 8) {
-      __m512 a[8], x[4];
-      decode_qk_slices8<S>(qT, kp + g0, d, a);
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i)  // per block: (a0 + a1, a2 + a3) of key 2i, then of key 2i + 1
-        x[i] = _mm512_add_ps(_mm512_shuffle_ps(a[2 * i], a[2 * i + 1], 0x88),
-                             _mm512_shuffle_ps(a[2 * i], a[2 * i + 1], 0xDD));
-#pragma GCC unroll 2
-      for (int i = 0; i < 2; ++i)  // the block's 4 lanes summed, its 4 keys in order
-        u[g0 / 4 + i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x88),
-                                      _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xDD));
-    }
-    if constexpr (S == 4) {  // row r = block r of u[0..3]
-      const __m512 t0 = _mm512_shuffle_f32x4(u[0], u[1], 0x44), t1 = _mm512_shuffle_f32x4(u[0], u[1], 0xEE);
-      const __m512 t2 = _mm512_shuffle_f32x4(u[2], u[3], 0x44), t3 = _mm512_shuffle_f32x4(u[2], u[3], 0xEE);
-      const __m512 out[4] = {_mm512_shuffle_f32x4(t0, t2, 0x88), _mm512_shuffle_f32x4(t0, t2, 0xDD),
-                             _mm512_shuffle_f32x4(t1, t3, 0x88), _mm512_shuffle_f32x4(t1, t3, 0xDD)};
-      for (int r = 0; r < rows; ++r) _mm512_storeu_ps(sall + r * kN, _mm512_mul_ps(out[r], cs));
-    } else {  // row r: blocks 2r and 2r + 1 added
-      const __m512 v0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
-      const __m512 v1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
-      _mm512_storeu_ps(sall, _mm512_mul_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), cs));
-      if (rows > 1) _mm512_storeu_ps(sall + kN, _mm512_mul_ps(_mm512_shuffle_f32x4(v0, v1, 0xDD), cs));
-    }
-  }
-}
-
-// The slice count (decode_q_slices) -> decode_qk_slices_rows_bf16<S>.
-inline void decode_qk_slices_rows_bf16(int S, const uint32_t* qT, const bf16_t* const* kp, int d, float c, int rows,
-                                       float* sall) {
-  switch (S) {
-    case 8: return decode_qk_slices_rows_bf16<8>(qT, kp, d, c, rows, sall);
-    case 4: return decode_qk_slices_rows_bf16<4>(qT, kp, d, c, rows, sall);
-    case 2: return decode_qk_slices_rows_bf16<2>(qT, kp, d, c, rows, sall);
-    default: return decode_qk_slices_rows_bf16<1>(qT, kp, d, c, rows, sall);
-  }
-}
-
 // S^T of the block for 9..16 rows: sT[jj * kN + r] = c * q_r . k_jj (Q^T with S = 1: one lane per
 // row), each K pair broadcast from the row in place; keys in two groups of 8 (decode_qk_slices8).
 inline void decode_qk_cols_bf16(const uint32_t* qT, const bf16_t* const* kp, int d, float c, float* sT) {
@@ -282,73 +212,6 @@ inline void decode_p_pairs_cols(const float* sT, uint32_t* pt) {
     const __m512i lo = bits(sT + 2 * j2 * kN), hi = bits(sT + (2 * j2 + 1) * kN);
     _mm512_storeu_si512(pt + j2 * kN, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
   }
-}
-
-// P rows (kN fp32 each, kN apart) -> kN / 2 bf16 pairs per row, kN / 2 apart.
-inline void decode_p_pairs(const float* p, int rows, uint32_t* pb) {
-  for (int r = 0; r < rows; ++r) {
-    const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(p + r * kN));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb + r * (kN / 2)), reinterpret_cast<const __m256i&>(h));
-  }
-}
-
-// O += P V on bf16 pairs with the V rows read in place (2..8 rows; no packed copy): per pass over C
-// vectors of O, each pair of V rows is loaded and interleaved in registers (two vpermt2w per 32
-// values, as pack_row_pairs) and feeds R x C vdpbf16ps. pb: P as pairs, row r's kN / 2 at
-// r * kN / 2 (decode_p_pairs); an odd last key pairs with zeros. x0: the pass's first value; lanes
-// of O past dv (up to dvp) take zeros. Against the fp32 P V on the rows in place (2..5 rows) and V
-// packed as pairs first (6..8), alternating in one process (Zen 4, 1 thread, 1024 keys D128 from L2):
-// 1.0-1.07x; streamed 1.0-1.02x.
-template <int R, int C>
-inline void decode_pv_pass_bf16(const uint32_t* pb, const bf16_t* const* vp, int nk, int x0, int dv, float* o,
-                                int dvp) {
-  constexpr int H = (C + 1) / 2;  // 32-value loads per V row
-  const __m512i lo = _mm512_load_si512(kPairIdx), hi = _mm512_load_si512(kPairIdx + 32);
-  __mmask32 mk[H];
-  for (int h = 0; h < H; ++h) mk[h] = first32(std::max(0, dv - x0 - 2 * kN * h));
-  __m512 acc[R][C];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(o + size_t(r) * dvp + x0 + c * kN);
-  auto step = [&](int j2, const bf16_t* a, const bf16_t* b) {
-    __m512bh pv[C];
-#pragma GCC unroll 2
-    for (int h = 0; h < H; ++h) {
-      const __m512i va = _mm512_maskz_loadu_epi16(mk[h], a + x0 + 2 * kN * h);
-      const __m512i vb = b ? _mm512_maskz_loadu_epi16(mk[h], b + x0 + 2 * kN * h) : _mm512_setzero_si512();
-      pv[2 * h] = as_bh(_mm512_permutex2var_epi16(va, lo, vb));
-      if (2 * h + 1 < C) pv[2 * h + 1] = as_bh(_mm512_permutex2var_epi16(va, hi, vb));
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512bh pr = as_bh(_mm512_set1_epi32(int(pb[r * (kN / 2) + j2])));
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pv[c], pr);
-    }
-  };
-  for (int j2 = 0; 2 * j2 + 1 < nk; ++j2) step(j2, vp[2 * j2], vp[2 * j2 + 1]);
-  if (nk & 1) step(nk / 2, vp[nk - 1], nullptr);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + size_t(r) * dvp + x0 + c * kN, acc[r][c]);
-}
-
-// o[r][0..dv) += sum_j P[r][j] v_j (R rows, o rows dvp apart): passes of 4 vectors of O up to 4 rows
-// (16 accumulators), of 2 beyond, then 2 / 1 vectors for the rest.
-template <int R>
-inline void decode_pv_rows_bf16_inplace(const uint32_t* pb, const bf16_t* const* vp, int nk, int dv, float* o,
-                                        int dvp) {
-  static_assert(R <= 8, "16 accumulators");
-  constexpr int C = R <= 4 ? 4 : 2;
-  int x0 = 0;
-  for (; x0 + C * kN <= dvp; x0 += C * kN) decode_pv_pass_bf16<R, C>(pb, vp, nk, x0, dv, o, dvp);
-  if (C > 2 && x0 + 2 * kN <= dvp) {
-    decode_pv_pass_bf16<R, 2>(pb, vp, nk, x0, dv, o, dvp);
-    x0 += 2 * kN;
-  }
-  if (x0 < dvp) decode_pv_pass_bf16<R, 1>(pb, vp, nk, x0, dv, o, dvp);
 }
 
 // o[r][0..dvp) += sum_{j2 < n2} pb[r * rs + j2 * js] . vpk[j2][0..dvp)  (pairs over keys; P

@@ -10,7 +10,7 @@
 #include "cpu/simd/score_mods.h"
 #include "cpu/simd/softmax_row.h"
 #if defined(FAL_SIMD_AVX512)
-#include "cpu/simd/decode_bf16.h"
+#include "cpu/simd/decode_pairs.h"
 #endif
 #if defined(FAL_DECODE_AMX)
 #include "cpu/simd/decode_amx.h"
@@ -26,8 +26,9 @@ namespace {
 //   1 row            kN scores as kN FMA chains reduced together (decode_qk_rows_grouped<1> /
 //                    decode_qk_rows_bf16<1>, or key by key: decode_qk_row_keys), the softmax step
 //                    on that vector, O += P V with O's vectors as accumulators;
-//   2..8 / 12       the row-wise multi-row products (decode_rows.h, decode_bf16.h), the softmax
-//                    row by row (rows_softmax);
+//   2..8 / 12       the row-wise multi-row products (decode_rows.h), the softmax row by row
+//                    (rows_softmax); bf16 on AVX-512 (2..8 rows, or 16 with a score transform):
+//                    decode_pairs.h's walk instead, blocks of up to 64 keys (decode_pairs_run);
 //   more             without a score transform: S transposed, one lane per row (decode_cols_block,
 //                    decode_cols.h; kColsMinRows / kColsMinRowsFma, decode_rows.h).
 // kAmx (decode_amx.cpp, the amx ISA): bf16 K/V, from kTileMinRows rows and without a score
@@ -143,8 +144,8 @@ struct DecodeHead {
     }
     k_rows_apart = krows.pages != nullptr || krows.row_stride != d;
     // bf16 V through the fp32 P V (decode_pv_rows, the single-row loop): O held split; the pairs'
-    // P V (several rows: decode_pv_rows_bf16_inplace, the transposed path's decode_pv_rows_bf16)
-    // keeps O in order
+    // P V (several rows: decode_pairs.h's decode_pv_rows_bf16_inplace, the transposed path's
+    // decode_pv_rows_bf16) keeps O in order
     q_split = std::is_same_v<T, bf16_t> && !pairs && !cols;
     o_split = std::is_same_v<T, bf16_t>;
 #if defined(FAL_SIMD_AVX512)
@@ -175,8 +176,11 @@ struct DecodeHead {
     fill(m, m + kDecodeMaxRows, -std::numeric_limits<float>::infinity());
 #if defined(FAL_SIMD_AVX512)
     if (pairs && rows > 1) {
-      decode_q_pairs_t(reinterpret_cast<const uint32_t*>(qf), dp, rows, d, tiles ? 1 : decode_q_slices(rows),
-                       reinterpret_cast<uint32_t*>(qT));
+      const int S = tiles ? 1 : decode_q_slices(rows);
+      if (decode_q_rot(S, d))
+        decode_q_pairs_rot(reinterpret_cast<const uint32_t*>(qf), dp, rows, d, S, reinterpret_cast<uint32_t*>(qT));
+      else
+        decode_q_pairs_t(reinterpret_cast<const uint32_t*>(qf), dp, rows, d, S, reinterpret_cast<uint32_t*>(qT));
       return true;
     }
 #endif
@@ -192,16 +196,18 @@ struct DecodeHead {
     j_end = kr.lo + std::min(n, (split + 1) * per);
   }
 
-  // Row r's kN scores of the block from jb (nk keys real): keys the row cannot see, or past nk, to
-  // -inf, the score mods applied to the rest; nothing to do when every key is visible as is.
-  void mask_row(float* s, int r, int jb, int nk) {
+  // Row r's n scores (a multiple of kN) of the block from jb (nk keys real): keys the row cannot see,
+  // or past nk, to -inf, the score mods applied to the rest; nothing to do when every key is
+  // visible as is.
+  void mask_row(float* s, int r, int jb, int nk, int n = kN) {
     const float neg_inf = -std::numeric_limits<float>::infinity();
     const KeyRange& rk = rr[r];
-    if (nk == kN && jb >= rk.lo && jb + kN <= rk.hi) {  // every key visible: the mods on one vector
-      if (mod.any) mod_vec(mod, VF::load(s), r, jb, nullptr).store(s);
+    if (nk == n && jb >= rk.lo && jb + n <= rk.hi) {  // every key visible: the mods vector by vector
+      if (mod.any)
+        for (int c = 0; c < n; c += kN) mod_vec(mod, VF::load(s + c), r, jb + c, nullptr).store(s + c);
       return;
     }
-    for (int jj = 0; jj < kN; ++jj) {
+    for (int jj = 0; jj < n; ++jj) {
       const int j = jb + jj;
       if (!(jj < nk && j >= rk.lo && j < rk.hi))
         s[jj] = neg_inf;
@@ -210,33 +216,34 @@ struct DecodeHead {
     }
   }
 
-  // The scores of every row over a block (sall: rows x kN) -> P in place: mask, score mods, the
-  // online-softmax step (rescaling the row's O), dropout. A row that sees nothing gets P = 0.
-  void rows_softmax(int jb, int nk, float* sall) {
-    if (!mod.drop.on && nk == kN && jb >= lo_max && jb + kN <= hi_min) {
+  // The scores of every row over a block of n keys (a multiple of kN, nk of them real; sall: rows
+  // lds apart) -> P in place: mask, score mods, the online-softmax step (rescaling the row's O),
+  // dropout. A row that sees nothing gets P = 0.
+  void rows_softmax(int jb, int nk, float* sall, int n = kN, int lds = kN) {
+    if (!mod.drop.on && nk == n && jb >= lo_max && jb + n <= hi_min) {
       // every row sees the whole block: the score mods on each row's vector (mask_row; softcap
       // decode, 4 rows, AVX-512 bf16, 2 threads, 32768 keys: 5.7 -> 17.5 GB/s, plain 15-20, the
       // scalar mods before), then the rows' steps interleaved (online_softmax_rows_step),
       // their dependency chains (max, exp, sum) overlapping: 4 rows (GQA 4/1) AVX2 bf16 1.04-1.14x,
       // fp32 1.05-1.06x, AVX-512 1.0-1.03x (D128, 2048 keys from L2, 1 thread, Zen 4, 2026-12-01)
       if (mod.any)
-        for (int r = 0; r < rows; ++r) mask_row(sall + r * kN, r, jb, nk);
+        for (int r = 0; r < rows; ++r) mask_row(sall + r * lds, r, jb, nk, n);
       for_row_blocks<8>(rows, [&](int r0, auto rn) {
         bool seen[8];
-        softmax_rows_step<decltype(rn)::value>(sall + r0 * kN, kN, kN, m + r0, l + r0, of + size_t(r0) * dvp, dvp, dvp,
+        softmax_rows_step<decltype(rn)::value>(sall + r0 * lds, lds, n, m + r0, l + r0, of + size_t(r0) * dvp, dvp, dvp,
                                                seen);
       });
       return;
     }
     for (int r = 0; r < rows; ++r) {
-      float* srow = sall + r * kN;
+      float* srow = sall + r * lds;
       const KeyRange& rk = rr[r];
       if (rk.hi <= jb || rk.lo >= jb + nk) {  // the row sees nothing in this block
-        fill(srow, srow + kN, 0.f);
+        fill(srow, srow + n, 0.f);
         continue;
       }
-      mask_row(srow, r, jb, nk);
-      if (softmax_row_step(srow, kN, m[r], l[r], of + size_t(r) * dvp, dvp) && mod.drop.on)
+      mask_row(srow, r, jb, nk, n);
+      if (softmax_row_step(srow, n, m[r], l[r], of + size_t(r) * dvp, dvp) && mod.drop.on)
         mod.drop.apply_row(r, jb, srow, nk);
     }
   }
@@ -279,6 +286,10 @@ struct DecodeHead {
 #if defined(FAL_DECODE_AMX)
     if constexpr (kTiles)
       if (tiles) return decode_tiles_run(*this, j_begin, j_end);
+#endif
+#if defined(FAL_SIMD_AVX512)
+    if constexpr (std::is_same_v<T, bf16_t>)  // several rows on vdpbf16ps (decode_pairs.h)
+      if (pairs && rows > 1 && !cols) return decode_pairs_run(*this, j_begin, j_end);
 #endif
     alignas(64) float sc[kN];
     // software prefetch of a block's worth of keys prefetch_ahead() ahead (the hint: decode_prefetch,
@@ -376,32 +387,6 @@ struct DecodeHead {
         }
         continue;
       }
-#if defined(FAL_SIMD_AVX512)
-      if constexpr (std::is_same_v<T, bf16_t>) {
-        if (pairs) {  // several rows on vdpbf16ps (decode_bf16.h): K and V rows in place
-          const T* kp[kN];
-          const T* vp[kN];
-          block_rows(jb, nk, kp, vp);
-          alignas(64) float sall[kDecodeMaxRows * kN];
-          for (int r = 0; r < rows; ++r) pf();
-          if (rows == 3)  // row-wise (decode_bf16.h: a quarter of the slices' lanes would be empty)
-            decode_qk_rows_bf16<3>(reinterpret_cast<const uint32_t*>(qf), dp, kp, d, scale, sall);
-          else
-            decode_qk_slices_rows_bf16(decode_q_slices(rows), reinterpret_cast<const uint32_t*>(qT), kp, d, scale, rows,
-                                       sall);
-          pf();
-          rows_softmax(jb, nk, sall);
-          pf();
-          alignas(64) uint32_t pb[kDecodeMaxRows * kN / 2];
-          decode_p_pairs(sall, rows, pb);
-          for_row_blocks<8>(rows, [&](int r0, auto rn) {
-            decode_pv_rows_bf16_inplace<decltype(rn)::value>(pb + r0 * (kN / 2), vp, nk, dv, of + size_t(r0) * dvp,
-                                                             dvp);
-          });
-          continue;
-        }
-      }
-#endif
       // S = Q K^T on the K rows in place: in passes of kGroupRows rows over K (converted on the fly
       // for bf16 / fp16; decode_qk_rows_grouped), fp32 K rows back to back row by row. V read in
       // place by P V below.

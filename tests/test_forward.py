@@ -292,12 +292,13 @@ def test_decode_multi_row_softcap(dtype, s_q, h, h_kv, isa):
 
 # Several query rows per kv head (speculative decoding, GQA heads packed as rows) over bf16 K / V: on
 # AVX-512 the keys go in blocks of 64 (fewer over wide token-major rows), S from Q^T rotated up to
-# d = 256 and in slices beyond, the last block partial. flash_attn_func: "window_size: (left, right).
+# d = 256 and in slices beyond, 12 and 16 rows transposed (without a score transform), the last
+# block partial. flash_attn_func: "window_size: (left, right).
 # If not (-1, -1), implements sliding window local attention."; "softcap: float. Anything > 0
 # activates softcapping attention."; "alibi_slopes: (nheads,) or (batch_size, nheads), fp32. A bias
 # of (-alibi_slope * |i + seqlen_k - seqlen_q - j|) is added to the attention score of query i and
 # key j."
-@pytest.mark.parametrize("s_q,h,h_kv", [(2, 4, 4), (1, 12, 4), (4, 8, 8), (2, 16, 4)])
+@pytest.mark.parametrize("s_q,h,h_kv", [(2, 4, 4), (1, 12, 4), (4, 8, 8), (2, 16, 4), (3, 16, 4), (4, 16, 4)])
 @pytest.mark.parametrize("d", [80, 128, slow(256), slow(264)])
 @pytest.mark.parametrize("layout", ["token_major", "head_major"])
 @pytest.mark.parametrize(

@@ -27,10 +27,11 @@ namespace {
 //                    decode_qk_rows_bf16<1>, or key by key: decode_qk_row_keys), the softmax step
 //                    on that vector, O += P V with O's vectors as accumulators;
 //   2..8 / 12       the row-wise multi-row products (decode_rows.h), the softmax row by row
-//                    (rows_softmax); bf16 on AVX-512 (2..8 rows, or 16 with a score transform):
-//                    decode_pairs.h's walk instead, blocks of up to 64 keys (decode_pairs_run);
+//                    (rows_softmax);
 //   more             without a score transform: S transposed, one lane per row (decode_cols_block,
 //                    decode_cols.h; kColsMinRows / kColsMinRowsFma, decode_rows.h).
+// bf16 on AVX-512 from 2 rows: decode_pairs.h's walk instead (decode_pairs_run: both forms on
+// vdpbf16ps, blocks of up to 64 keys).
 // kAmx (decode_amx.cpp, the amx ISA): bf16 K/V, from kTileMinRows rows and without a score
 // transform, run on AMX tiles instead (`tiles`; decode_amx.h: blocks of kTileKeys keys, O padded to
 // 16 rows).
@@ -95,6 +96,10 @@ struct DecodeHead {
   }
   static size_t scratch_floats(const FwdParams& p) {
     size_t n = size_t(kN) * round_up(p.d, kN) + size_t(kN / 2) * round_up(p.d_v, kN);  // K staging; V pairs
+#if defined(FAL_SIMD_AVX512)
+    if (p.dtype == DType::kBFloat16)  // V pairs of decode_pairs_cols_block
+      n = std::max(n, size_t(kPairsKeys / 2) * round_up(p.d_v, kN));
+#endif
 #if defined(FAL_DECODE_AMX)
     if constexpr (kTiles) n = std::max(n, decode_tiles_scratch_floats(p.d, p.d_v));
 #endif
@@ -289,7 +294,7 @@ struct DecodeHead {
 #endif
 #if defined(FAL_SIMD_AVX512)
     if constexpr (std::is_same_v<T, bf16_t>)  // several rows on vdpbf16ps (decode_pairs.h)
-      if (pairs && rows > 1 && !cols) return decode_pairs_run(*this, j_begin, j_end);
+      if (pairs && rows > 1) return decode_pairs_run(*this, j_begin, j_end);
 #endif
     alignas(64) float sc[kN];
     // software prefetch of a block's worth of keys prefetch_ahead() ahead (the hint: decode_prefetch,

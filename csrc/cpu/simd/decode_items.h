@@ -58,7 +58,7 @@ bool decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
   int block = kN;  // keys a head's step takes at most
 #if defined(FAL_SIMD_AVX512)
   if constexpr (std::is_same_v<T, bf16_t>)
-    if (first.pairs && first.rows > 1 && !first.cols) block = decode_pairs_keys(p);  // decode_pairs_run's blocks
+    if (first.pairs && first.rows > 1) block = decode_pairs_keys(p);  // decode_pairs_run's blocks
 #endif
 #if defined(FAL_DECODE_AMX)
   if (first.tiles) block = kTileKeys;

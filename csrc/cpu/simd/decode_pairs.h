@@ -39,9 +39,10 @@ inline void decode_q_pairs_rot(const uint32_t* qp, int dp, int rows, int d, int 
 // pairs (NT of them, the last masked) and multiplied by P rotations of Q^T (decode_q_pairs_rot),
 // one accumulator per key and rotation, whose lane groups are then rotated back to row order and
 // added: lane r S + s of out[g] sums row r's pairs x2 = s (mod S), as the slices do. On a Zen 4 a
-// vdpbf16ps fed by a 128- or 256-bit broadcast load runs at 70 % of its rate, fed by a plain (or a
-// 32- / 64-bit broadcast) load at 93-100 %. The 4-row products of 16 keys D128 from L1 (1 thread,
-// 2026-12-04): 7.0-7.4 ns per key (60-63 % of the vdpbf16ps probe) in slices, 5.0-5.4 ns (84-90 %)
+// vdpbf16ps fed by a 128-bit broadcast load (vbroadcasti32x4: the slices' K pairs at S = 4) runs at
+// 70-76 % of its rate, fed by a plain or a 32- / 64-bit broadcast load at 90-100 %
+// (bench/micro_decode_bf16.cpp). The 4-row products of 16 keys D128 from L1 / L2 (1 thread,
+// 2026-12-04): 7.0-8.3 ns per key (54-63 % of the vdpbf16ps probe) in slices, 5.0-6.1 ns (73-90 %)
 // rotated; keys in pairs with NT unrolled -- 4 keys a pass ran out of registers (55 %), a runtime
 // loop over d left the chains too short (45-61 %).
 template <int S, int NT>

@@ -201,10 +201,13 @@ struct DecodeHead {
     j_end = kr.lo + std::min(n, (split + 1) * per);
   }
 
-  // Row r's n scores (a multiple of kN) of the block from jb (nk keys real): keys the row cannot see,
+  // Row r's N scores (a multiple of kN) of the block from jb (nk keys real): keys the row cannot see,
   // or past nk, to -inf, the score mods applied to the rest; nothing to do when every key is
-  // visible as is.
-  void mask_row(float* s, int r, int jb, int nk, int n = kN) {
+  // visible as is. N and the rows' stride LDS compile-time: a runtime width cost the AVX2 4-row bf16
+  // decode 4 % more instructions (callgrind).
+  template <int N = kN>
+  void mask_row(float* s, int r, int jb, int nk) {
+    constexpr int n = N;
     const float neg_inf = -std::numeric_limits<float>::infinity();
     const KeyRange& rk = rr[r];
     if (nk == n && jb >= rk.lo && jb + n <= rk.hi) {  // every key visible: the mods vector by vector
@@ -221,10 +224,12 @@ struct DecodeHead {
     }
   }
 
-  // The scores of every row over a block of n keys (a multiple of kN, nk of them real; sall: rows
-  // lds apart) -> P in place: mask, score mods, the online-softmax step (rescaling the row's O),
+  // The scores of every row over a block of N keys (a multiple of kN, nk of them real; sall: rows
+  // LDS apart) -> P in place: mask, score mods, the online-softmax step (rescaling the row's O),
   // dropout. A row that sees nothing gets P = 0.
-  void rows_softmax(int jb, int nk, float* sall, int n = kN, int lds = kN) {
+  template <int N = kN, int LDS = N>
+  void rows_softmax(int jb, int nk, float* sall) {
+    constexpr int n = N, lds = LDS;
     if (!mod.drop.on && nk == n && jb >= lo_max && jb + n <= hi_min) {
       // every row sees the whole block: the score mods on each row's vector (mask_row; softcap
       // decode, 4 rows, AVX-512 bf16, 2 threads, 32768 keys: 5.7 -> 17.5 GB/s, plain 15-20, the
@@ -232,7 +237,7 @@ struct DecodeHead {
       // their dependency chains (max, exp, sum) overlapping: 4 rows (GQA 4/1) AVX2 bf16 1.04-1.14x,
       // fp32 1.05-1.06x, AVX-512 1.0-1.03x (D128, 2048 keys from L2, 1 thread, Zen 4, 2026-12-01)
       if (mod.any)
-        for (int r = 0; r < rows; ++r) mask_row(sall + r * lds, r, jb, nk, n);
+        for (int r = 0; r < rows; ++r) mask_row<N>(sall + r * lds, r, jb, nk);
       for_row_blocks<8>(rows, [&](int r0, auto rn) {
         bool seen[8];
         softmax_rows_step<decltype(rn)::value>(sall + r0 * lds, lds, n, m + r0, l + r0, of + size_t(r0) * dvp, dvp, dvp,
@@ -247,7 +252,7 @@ struct DecodeHead {
         fill(srow, srow + n, 0.f);
         continue;
       }
-      mask_row(srow, r, jb, nk, n);
+      mask_row<N>(srow, r, jb, nk);
       if (softmax_row_step(srow, n, m[r], l[r], of + size_t(r) * dvp, dvp) && mod.drop.on)
         mod.drop.apply_row(r, jb, srow, nk);
     }

@@ -269,7 +269,12 @@ inline void decode_pairs_block(H& h, int jb, int nk, F&& pf) {
                                  sall + g * kN, kPairsKeys);
   }
   pf();
-  h.rows_softmax(jb, nk, sall, n, kPairsKeys);
+  switch (ng) {  // the step's width compile-time (DecodeHead::rows_softmax)
+    case 1: h.template rows_softmax<kN, kPairsKeys>(jb, nk, sall); break;
+    case 2: h.template rows_softmax<2 * kN, kPairsKeys>(jb, nk, sall); break;
+    case 3: h.template rows_softmax<3 * kN, kPairsKeys>(jb, nk, sall); break;
+    default: h.template rows_softmax<kPairsKeys>(jb, nk, sall); break;
+  }
   pf();
   alignas(64) uint32_t pb[kDecodeMaxRows * kPairsKeys / 2];
   decode_p_pairs(sall, rows, n, kPairsKeys, pb, kPairsKeys / 2);

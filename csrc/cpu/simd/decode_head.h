@@ -292,6 +292,65 @@ struct DecodeHead {
     return int(std::min<int64_t>(std::max<int64_t>(n, kN / 2), 4 * kN));
   }
 
+  // The keys of run()'s blocks: kN; several rows (not transposed) on AVX2 2 kN, their softmax step,
+  // O loads / stores and block set-up then spread over twice the keys, with a prefetch piece
+  // before each block of O's vectors in P V (pv_pieces). AVX2, D128, 2 threads, calls alternating in
+  // one process, medians of per-round ratios (Zen 4, 2026-12-04), against 8-key blocks: 32768 keys
+  // streamed bf16 GQA 32/8 0.99x (both layouts; 1.02-1.04x in an earlier run), 4 rows H32
+  // token-major 1.03x, fp16 GQA 1.03x, fp32 GQA token-major 1.04x, 4 rows head-major 1.03x; from L3
+  // (2048 keys) 1.04-1.08x. Callgrind (1 thread, 4096 keys, decode_run): bf16 GQA 3.3 % fewer
+  // instructions, 2 rows 8.2 %, fp16 / fp32 GQA 7.9 / 9.3 %. AVX-512 fp32 / fp16 at 32 keys ran
+  // 0.88-0.99x streamed: kN there.
+  int block_keys() const { return kN == 8 && rows > 1 && !cols ? 2 * kN : kN; }
+
+  // Several rows (not transposed), one block of KB keys (a multiple of kN) from jb, nk of them real.
+  // S = Q K^T on the K rows in place: in passes of kGroupRows rows over K (converted on the fly
+  // for bf16 / fp16; decode_qk_rows_grouped), fp32 K rows back to back row by row. V read in
+  // place by P V.
+  template <int KB, typename F>
+  void rows_block(int jb, int nk, F&& pf) {
+    nk = std::min(nk, KB);  // (a bound the products' loops over nk can unroll to)
+    const T* kp[KB];
+    const T* vp[KB];
+    block_rows(jb, nk, kp, vp, KB);
+    alignas(64) float sall[kDecodeMaxRows * KB];
+    bool grouped = true;
+    if constexpr (std::is_same_v<T, float>) grouped = k_rows_apart;
+    if (grouped) {
+      for_row_blocks<kGroupRows>(rows, [&](int r0, auto rn) {
+        for (int r = 0; r < decltype(rn)::value; ++r) pf();
+        for (int h = 0; h < KB; h += kN)
+          decode_qk_rows_grouped<decltype(rn)::value, T, KB>(qf + size_t(r0) * dp, dp, kp + h, d, sall + r0 * KB + h);
+      });
+    } else if constexpr (std::is_same_v<T, float>) {
+      // row by row; on AVX-512 (d <= kRowKeysMaxVecs vectors) key by key, one chain per key (the
+      // grouped pass's sums): GQA fp32 D128 head-major, 2 threads, in one process (Zen 4,
+      // 2026-12-02), two chains: 3 rows 1.02x, 4 rows 1.02-1.04x, 8 rows 1.11x; one: 0.96x that.
+      // The grouped passes of 4 rows ran 0.92-0.95x this (4 and 8 rows, both ISAs).
+      const bool row_keys = kN == 16 && dp <= kRowKeysMaxVecs * kN;
+      for (int r = 0; r < rows; ++r) {
+        pf();
+        for (int h = 0; h < KB; h += kN) {
+          if (row_keys)
+            with_row_vecs(dp / kN, [&](auto nv) {
+              decode_qk_row_keys<decltype(nv)::value, T, 1>(qf + size_t(r) * dp, kp + h, d, sall + r * KB + h);
+            });
+          else
+            decode_qk_rows_grouped<1>(qf + size_t(r) * dp, dp, kp + h, d, sall + r * KB + h);
+        }
+      }
+    }
+    pf();
+    rows_softmax<KB, KB>(jb, nk, sall);
+    pf();
+    for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
+      if constexpr (KB > kN)  // a prefetch piece before each block of O's vectors (pv_pieces)
+        decode_pv_rows<decltype(rn)::value, T, KB>(sall + r0 * KB, vp, dv, nk, of + size_t(r0) * dvp, dvp, pf);
+      else
+        decode_pv_rows<decltype(rn)::value, T, KB>(sall + r0 * KB, vp, dv, nk, of + size_t(r0) * dvp, dvp);
+    });
+  }
+
   void run(int j_begin, int j_end) {
 #if defined(FAL_DECODE_AMX)
     if constexpr (kTiles)
@@ -301,6 +360,22 @@ struct DecodeHead {
     if constexpr (std::is_same_v<T, bf16_t>)  // several rows on vdpbf16ps (decode_pairs.h)
       if (pairs && rows > 1) return decode_pairs_run(*this, j_begin, j_end);
 #endif
+    if (block_keys() == kN)
+      run_blocks<kN>(j_begin, j_end);
+    else
+      run_blocks<2 * kN>(j_begin, j_end);
+  }
+
+  // The prefetch pieces counted for rows_block's P V with KB keys: one per block of 2 of O's vectors
+  // (decode_pv_rows' blocks at 3-4 rows on AVX2; with fewer rows its 4-vector blocks issue half of
+  // them, the rest goes at the next block's start).
+  int pv_pieces(int kb) const { return kb > kN ? (rows + kPvRows - 1) / kPvRows * (dv / (2 * kN)) : 0; }
+
+  // run() in blocks of KB keys (block_keys()): KB = kN every path, else the several-row one. Not
+  // inlined: inlined into run() beside the 2 kN copy, the one-row and transposed paths issued
+  // 3.6-7.6 % more instructions (AVX2, callgrind); apart they issue what they did before.
+  template <int KB>
+  __attribute__((noinline)) void run_blocks(int j_begin, int j_end) {
     alignas(64) float sc[kN];
     // software prefetch of a block's worth of keys prefetch_ahead() ahead (the hint: decode_prefetch,
     // isa.h), issued in pieces between the block's steps (KeyLines, prefetch.h): the two streams
@@ -317,7 +392,8 @@ struct DecodeHead {
     // (smaller bursts): head-major H32 1x32768 D128, 2 threads, calls alternating in one process
     // (Zen 4, 2026-12-01): fp32 1.13x, bf16 1.13x, fp16 1.0x; the AVX2 path's 8-key blocks measured
     // 0.86-1.0x that way, the token-major feed 0.95-1.03x, a range half in the current block 0.75x
-    const int ahead = rows == 1 ? prefetch_ahead() : kN;
+    constexpr int step = KB;
+    const int ahead = rows == 1 ? prefetch_ahead() : step;
     // one row on AVX-512, a head's own stream (d, dv <= kRowKeysMaxVecs vectors; bf16: dv a multiple
     // of 2 kN), a block of K + V rows 8 KB or more: the products key by key (decode_rows.h's
     // decode_qk_row_keys / decode_pv_row_keys, decode_bf16.h's decode_qk_row_keys_bf16; P V without
@@ -329,110 +405,77 @@ struct DecodeHead {
                       (!std::is_same_v<T, bf16_t> || (pairs && dv % (2 * kN) == 0));
     const bool pf_pv = kN == 16 && rows == 1 && feed == nullptr && ahead >= kN && !keys;
     // the pf() calls of a block (bf16 P V: one per 2 vectors; KeyLines::finish issues what is left)
-    const int steps = cols ? 2 + (rows + kPvRows - 1) / kPvRows : rows + 2 + (pf_pv ? dvp / kN : 0);
-    const int64_t nb = (j_end - j_begin + kN - 1) / kN;
-    for (int jb = j_begin; jb < j_end; jb += kN) {
-      const int nk = std::min(kN, j_end - jb);
+    const int steps = cols ? 2 + (rows + kPvRows - 1) / kPvRows : rows + 2 + (pf_pv ? dvp / kN : 0) + pv_pieces(KB);
+    const int64_t nb = (j_end - j_begin + step - 1) / step;
+    for (int jb = j_begin; jb < j_end; jb += step) {
+      const int nk = std::min(step, j_end - jb);
       KeyLines* f = feed;
       int64_t per_step;
       if (f == nullptr) {
         own.finish();  // what the previous block's steps left
-        own.start(std::min(jb + ahead, j_end), std::min(jb + ahead + kN, j_end));
+        own.start(std::min(jb + ahead, j_end), std::min(jb + ahead + step, j_end));
         f = &own;
         per_step = (own.lines + steps - 1) / steps;
       } else {
         per_step = (feed_quota + nb * steps - 1) / (nb * steps);
       }
       auto pf = [&] { f->issue(per_step); };
-      if (cols) {
-        decode_cols_block(*this, jb, nk, pf);
-        continue;
-      }
-      if (rows == 1) {  // single query row: read K and V rows in place, no staging copies
-        const KeyRange& rk = rr[0];
-        if (rk.hi <= jb || rk.lo >= jb + nk) continue;
-        const T* kp[kN];
-        const T* vp[kN];
-        block_rows(jb, nk, kp, vp);
-        pf();
-        bool done = false;  // (keys past nk: the last key's scores, masked below)
-#if defined(FAL_SIMD_AVX512)
-        if constexpr (std::is_same_v<T, bf16_t>)
-          if (pairs && !keys) {
-            decode_qk_rows_bf16<1>(reinterpret_cast<const uint32_t*>(qf), dp, kp, d, scale, sc);
-            done = true;
-          }
-        if constexpr (std::is_same_v<T, bf16_t>)
-          if (keys) {
-            with_row_vecs((d + 2 * kN - 1) / (2 * kN), [&](auto nv) {
-              decode_qk_row_keys_bf16<decltype(nv)::value>(reinterpret_cast<const uint32_t*>(qf), kp, d, scale, sc);
-            });
-            done = true;
-          }
-#endif
-        if (!done && keys) {
-          with_row_vecs(dp / kN, [&](auto nv) { decode_qk_row_keys<decltype(nv)::value>(qf, kp, d, sc); });
-          done = true;
+      if constexpr (KB == kN) {  // (several rows only with larger blocks: block_keys)
+        if (cols) {
+          decode_cols_block(*this, jb, nk, pf);
+          continue;
         }
-        if (!done) decode_qk_rows_grouped<1>(qf, dp, kp, d, sc);
-        mask_row(sc, 0, jb, nk);
-        pf();
-        // every score so far masked (attn_mask): P = 0, nothing to add -- unless one is NaN
-        if (!softmax_row_step(sc, kN, m[0], l[0], of, dvp)) continue;
-        if (mod.drop.on) mod.drop.apply_row(0, jb, sc, nk);
-        pf();
-        // O += P V. Up to 8 vectors of O (AVX-512 at D <= 128): one accumulator per vector, each a
-        // chain of nk FMAs, and the out-of-order core runs the 8 chains side by side. More vectors
-        // (AVX2 at D 128: 16) overflow that window: blocks of 4 accumulators instead. Interleaved
-        // in one process (Zen 5, H32 1x32768 D128 fp32, 2 threads): AVX2 23 -> 31 GB/s blocked,
-        // AVX-512 44 per-vector vs 33 blocked.
-        if (keys) {
-          with_row_vecs(dvp / kN, [&](auto nv) { decode_pv_row_keys<decltype(nv)::value>(sc, vp, dv, nk, of); });
-        } else if (dvp / kN <= 8) {
-          decode_pv_row_vecs(sc, vp, dv, nk, of, [&] {
-            if (pf_pv) pf();
-          });
-        } else {
-          decode_pv_rows<1>(sc, vp, dv, nk, of, dvp);
-        }
-        continue;
-      }
-      // S = Q K^T on the K rows in place: in passes of kGroupRows rows over K (converted on the fly
-      // for bf16 / fp16; decode_qk_rows_grouped), fp32 K rows back to back row by row. V read in
-      // place by P V below.
-      const T* kp[kN];
-      const T* vp[kN];
-      block_rows(jb, nk, kp, vp);
-      alignas(64) float sall[kDecodeMaxRows * kN];
-      bool grouped = true;
-      if constexpr (std::is_same_v<T, float>) grouped = k_rows_apart;
-      if (grouped) {
-        for_row_blocks<kGroupRows>(rows, [&](int r0, auto rn) {
-          for (int r = 0; r < decltype(rn)::value; ++r) pf();
-          decode_qk_rows_grouped<decltype(rn)::value>(qf + size_t(r0) * dp, dp, kp, d, sall + r0 * kN);
-        });
-      } else if constexpr (std::is_same_v<T, float>) {
-        // row by row; on AVX-512 (d <= kRowKeysMaxVecs vectors) key by key, one chain per key (the
-        // grouped pass's sums): GQA fp32 D128 head-major, 2 threads, in one process (Zen 4,
-        // 2026-12-02), two chains: 3 rows 1.02x, 4 rows 1.02-1.04x, 8 rows 1.11x; one: 0.96x that.
-        // The grouped passes of 4 rows ran 0.92-0.95x this (4 and 8 rows, both ISAs).
-        const bool row_keys = kN == 16 && dp <= kRowKeysMaxVecs * kN;
-        for (int r = 0; r < rows; ++r) {
+        if (rows == 1) {  // single query row: read K and V rows in place, no staging copies
+          const KeyRange& rk = rr[0];
+          if (rk.hi <= jb || rk.lo >= jb + nk) continue;
+          const T* kp[kN];
+          const T* vp[kN];
+          block_rows(jb, nk, kp, vp);
           pf();
-          if (row_keys)
-            with_row_vecs(dp / kN, [&](auto nv) {
-              decode_qk_row_keys<decltype(nv)::value, T, 1>(qf + size_t(r) * dp, kp, d, sall + r * kN);
+          bool done = false;  // (keys past nk: the last key's scores, masked below)
+#if defined(FAL_SIMD_AVX512)
+          if constexpr (std::is_same_v<T, bf16_t>)
+            if (pairs && !keys) {
+              decode_qk_rows_bf16<1>(reinterpret_cast<const uint32_t*>(qf), dp, kp, d, scale, sc);
+              done = true;
+            }
+          if constexpr (std::is_same_v<T, bf16_t>)
+            if (keys) {
+              with_row_vecs((d + 2 * kN - 1) / (2 * kN), [&](auto nv) {
+                decode_qk_row_keys_bf16<decltype(nv)::value>(reinterpret_cast<const uint32_t*>(qf), kp, d, scale, sc);
+              });
+              done = true;
+            }
+#endif
+          if (!done && keys) {
+            with_row_vecs(dp / kN, [&](auto nv) { decode_qk_row_keys<decltype(nv)::value>(qf, kp, d, sc); });
+            done = true;
+          }
+          if (!done) decode_qk_rows_grouped<1>(qf, dp, kp, d, sc);
+          mask_row(sc, 0, jb, nk);
+          pf();
+          // every score so far masked (attn_mask): P = 0, nothing to add -- unless one is NaN
+          if (!softmax_row_step(sc, kN, m[0], l[0], of, dvp)) continue;
+          if (mod.drop.on) mod.drop.apply_row(0, jb, sc, nk);
+          pf();
+          // O += P V. Up to 8 vectors of O (AVX-512 at D <= 128): one accumulator per vector, each a
+          // chain of nk FMAs, and the out-of-order core runs the 8 chains side by side. More vectors
+          // (AVX2 at D 128: 16) overflow that window: blocks of 4 accumulators instead. Interleaved
+          // in one process (Zen 5, H32 1x32768 D128 fp32, 2 threads): AVX2 23 -> 31 GB/s blocked,
+          // AVX-512 44 per-vector vs 33 blocked.
+          if (keys) {
+            with_row_vecs(dvp / kN, [&](auto nv) { decode_pv_row_keys<decltype(nv)::value>(sc, vp, dv, nk, of); });
+          } else if (dvp / kN <= 8) {
+            decode_pv_row_vecs(sc, vp, dv, nk, of, [&] {
+              if (pf_pv) pf();
             });
-          else
-            decode_qk_rows_grouped<1>(qf + size_t(r) * dp, dp, kp, d, sall + r * kN);
+          } else {
+            decode_pv_rows<1>(sc, vp, dv, nk, of, dvp);
+          }
+          continue;
         }
       }
-      pf();
-      rows_softmax(jb, nk, sall);
-      pf();
-      for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
-        decode_pv_rows<decltype(rn)::value>(sall + r0 * kN, vp, dv, nk, of + size_t(r0) * dvp, dvp);
-      });
+      rows_block<KB>(jb, nk, pf);
     }
   }
 

@@ -55,7 +55,7 @@ bool decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
   const PrefetchHint hint = pf.chunk_hw_span > 0 && span_k >= pf.chunk_hw_span ? PrefetchHint::kNone
                             : sizeof(T) == 4                                   ? pf.chunk32
                                                                                : pf.chunk16;
-  int block = kN;  // keys a head's step takes at most
+  int block = first.block_keys();  // keys a head's step takes at most
 #if defined(FAL_SIMD_AVX512)
   if constexpr (std::is_same_v<T, bf16_t>)
     if (first.pairs && first.rows > 1) block = decode_pairs_keys(p);  // decode_pairs_run's blocks

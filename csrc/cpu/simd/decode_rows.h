@@ -55,7 +55,7 @@ constexpr int kGroupRows = 4;
 // (two vectors a line) measured 1.0x that way
 template <typename T>
 constexpr int kLineVecs = kN == 16 && std::is_same_v<T, fp16_t> ? 2 : 1;
-template <int R, typename T>
+template <int R, typename T, int LDS = kN>
 inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, int d, float* sall) {
   constexpr int G = R <= 1 ? kN : kN / R >= 8 ? 8 : kN / R >= 4 ? 4 : kN / R >= 2 ? 2 : 1;
   static_assert(R * G <= kN, "one reduction per group");
@@ -124,7 +124,7 @@ inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, 
     for (int i = 0; i < kN; ++i) acc[i] = a[i];
     const VF sums = hsum_each(acc);  // lane r * G + g
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) store_lanes(sums, r * G, G, sall + r * kN + g0 - r * G);
+    for (int r = 0; r < R; ++r) store_lanes(sums, r * G, G, sall + r * LDS + g0 - r * G);
   }
 }
 
@@ -260,7 +260,7 @@ constexpr int kPvAcc = kN == 16 ? 16 : 8;  // P V accumulators (+ C V vectors + 
 
 // O[r][x0, x0 + C kN) += sum_{jj < nk} p[r][jj] v_jj[x0, x0 + C kN): R rows x C vectors of
 // accumulators, each V load feeding R FMAs (bf16: C / 2 split groups).
-template <int R, int C, typename T>
+template <int R, int C, typename T, int LDP = kN>
 inline void decode_pv_block(const float* p, const T* const* vp, int x0, int nk, float* o, int dvp) {
   static_assert(!std::is_same_v<T, bf16_t> || C % 2 == 0, "bf16 V: whole split groups");
   VF acc[R][C];
@@ -268,6 +268,7 @@ inline void decode_pv_block(const float* p, const T* const* vp, int x0, int nk, 
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) acc[r][c] = VF::load(o + size_t(r) * dvp + x0 + c * kN);
+#pragma GCC unroll 16
   for (int jj = 0; jj < nk; ++jj) {
     const T* vr = vp[jj] + x0;
     VF vv[C];
@@ -280,7 +281,7 @@ inline void decode_pv_block(const float* p, const T* const* vp, int x0, int nk, 
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const VF pr = VF::set1(p[r * kN + jj]);
+      const VF pr = VF::set1(p[r * LDP + jj]);
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) acc[r][c] = fma(pr, vv[c], acc[r][c]);
     }
@@ -295,14 +296,20 @@ inline void decode_pv_block(const float* p, const T* const* vp, int x0, int nk, 
 // on the fly: each load feeds R FMAs); o rows dvp apart, p rows kN apart. Blocked R rows x C
 // vectors of O, R C <= kPvAcc accumulators (C = 4 up to kPvAcc / 4 rows, else 2), then a block of
 // 2 vectors, then vector by vector (bf16: split up to split_cols(dv), in order beyond).
-template <int R, typename T>
-inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, float* o, int dvp) {
+struct NoPiece {
+  void operator()() const {}
+};
+template <int R, typename T, int LDP = kN, typename F = NoPiece>
+inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, float* o, int dvp, F&& piece = F()) {
   constexpr int C = R * 4 <= kPvAcc ? 4 : 2;
   static_assert(R * 2 <= kPvAcc, "kPvRows rows at most");
   int x0 = 0;
-  for (; x0 + C * kN <= dv; x0 += C * kN) decode_pv_block<R, C>(p, vp, x0, nk, o, dvp);
+  for (; x0 + C * kN <= dv; x0 += C * kN) {
+    piece();
+    decode_pv_block<R, C, T, LDP>(p, vp, x0, nk, o, dvp);
+  }
   if (C > 2 && x0 + 2 * kN <= dv) {
-    decode_pv_block<R, 2>(p, vp, x0, nk, o, dvp);
+    decode_pv_block<R, 2, T, LDP>(p, vp, x0, nk, o, dvp);
     x0 += 2 * kN;
   }
   for (; x0 < dv; x0 += kN) {
@@ -313,7 +320,7 @@ inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, f
     for (int jj = 0; jj < nk; ++jj) {
       const VF vv = load_f32(vp[jj] + x0, w);
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) acc[r] = fma(VF::set1(p[r * kN + jj]), vv, acc[r]);
+      for (int r = 0; r < R; ++r) acc[r] = fma(VF::set1(p[r * LDP + jj]), vv, acc[r]);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r].store(o + size_t(r) * dvp + x0);

@@ -6,6 +6,7 @@
 #include "cpu/simd/common.h"
 #include "cpu/simd/decode_cols.h"
 #include "cpu/simd/decode_rows.h"
+#include "cpu/simd/decode_rowwise.h"
 #include "cpu/simd/prefetch.h"
 #include "cpu/simd/score_mods.h"
 #include "cpu/simd/softmax_row.h"
@@ -26,8 +27,9 @@ namespace {
 //   1 row            kN scores as kN FMA chains reduced together (decode_qk_rows_grouped<1> /
 //                    decode_qk_rows_bf16<1>, or key by key: decode_qk_row_keys), the softmax step
 //                    on that vector, O += P V with O's vectors as accumulators;
-//   2..8 / 12       the row-wise multi-row products (decode_rows.h), the softmax row by row
-//                    (rows_softmax);
+//   2..8 / 12       the row-wise multi-row products (decode_rowwise.h's block over decode_rows.h),
+//                    the softmax row by row (rows_softmax); on AVX2 in blocks of 2 kN keys
+//                    (block_keys);
 //   more             without a score transform: S transposed, one lane per row (decode_cols_block,
 //                    decode_cols.h; kColsMinRows / kColsMinRowsFma, decode_rows.h).
 // bf16 on AVX-512 from 2 rows: decode_pairs.h's walk instead (decode_pairs_run: both forms on
@@ -303,54 +305,6 @@ struct DecodeHead {
   // 0.88-0.99x streamed: kN there.
   int block_keys() const { return kN == 8 && rows > 1 && !cols ? 2 * kN : kN; }
 
-  // Several rows (not transposed), one block of KB keys (a multiple of kN) from jb, nk of them real.
-  // S = Q K^T on the K rows in place: in passes of kGroupRows rows over K (converted on the fly
-  // for bf16 / fp16; decode_qk_rows_grouped), fp32 K rows back to back row by row. V read in
-  // place by P V.
-  template <int KB, typename F>
-  void rows_block(int jb, int nk, F&& pf) {
-    nk = std::min(nk, KB);  // (a bound the products' loops over nk can unroll to)
-    const T* kp[KB];
-    const T* vp[KB];
-    block_rows(jb, nk, kp, vp, KB);
-    alignas(64) float sall[kDecodeMaxRows * KB];
-    bool grouped = true;
-    if constexpr (std::is_same_v<T, float>) grouped = k_rows_apart;
-    if (grouped) {
-      for_row_blocks<kGroupRows>(rows, [&](int r0, auto rn) {
-        for (int r = 0; r < decltype(rn)::value; ++r) pf();
-        for (int h = 0; h < KB; h += kN)
-          decode_qk_rows_grouped<decltype(rn)::value, T, KB>(qf + size_t(r0) * dp, dp, kp + h, d, sall + r0 * KB + h);
-      });
-    } else if constexpr (std::is_same_v<T, float>) {
-      // row by row; on AVX-512 (d <= kRowKeysMaxVecs vectors) key by key, one chain per key (the
-      // grouped pass's sums): GQA fp32 D128 head-major, 2 threads, in one process (Zen 4,
-      // 2026-12-02), two chains: 3 rows 1.02x, 4 rows 1.02-1.04x, 8 rows 1.11x; one: 0.96x that.
-      // The grouped passes of 4 rows ran 0.92-0.95x this (4 and 8 rows, both ISAs).
-      const bool row_keys = kN == 16 && dp <= kRowKeysMaxVecs * kN;
-      for (int r = 0; r < rows; ++r) {
-        pf();
-        for (int h = 0; h < KB; h += kN) {
-          if (row_keys)
-            with_row_vecs(dp / kN, [&](auto nv) {
-              decode_qk_row_keys<decltype(nv)::value, T, 1>(qf + size_t(r) * dp, kp + h, d, sall + r * KB + h);
-            });
-          else
-            decode_qk_rows_grouped<1>(qf + size_t(r) * dp, dp, kp + h, d, sall + r * KB + h);
-        }
-      }
-    }
-    pf();
-    rows_softmax<KB, KB>(jb, nk, sall);
-    pf();
-    for_row_blocks<kPvRows>(rows, [&](int r0, auto rn) {
-      if constexpr (KB > kN)  // a prefetch piece before each block of O's vectors (pv_pieces)
-        decode_pv_rows<decltype(rn)::value, T, KB>(sall + r0 * KB, vp, dv, nk, of + size_t(r0) * dvp, dvp, pf);
-      else
-        decode_pv_rows<decltype(rn)::value, T, KB>(sall + r0 * KB, vp, dv, nk, of + size_t(r0) * dvp, dvp);
-    });
-  }
-
   void run(int j_begin, int j_end) {
 #if defined(FAL_DECODE_AMX)
     if constexpr (kTiles)
@@ -366,7 +320,7 @@ struct DecodeHead {
       run_blocks<2 * kN>(j_begin, j_end);
   }
 
-  // The prefetch pieces counted for rows_block's P V with KB keys: one per block of 2 of O's vectors
+  // The prefetch pieces counted for decode_rowwise_block's P V with KB keys: one per block of 2 of O's vectors
   // (decode_pv_rows' blocks at 3-4 rows on AVX2; with fewer rows its 4-vector blocks issue half of
   // them, the rest goes at the next block's start).
   int pv_pieces(int kb) const { return kb > kN ? (rows + kPvRows - 1) / kPvRows * (dv / (2 * kN)) : 0; }
@@ -475,7 +429,7 @@ struct DecodeHead {
           continue;
         }
       }
-      rows_block<KB>(jb, nk, pf);
+      decode_rowwise_block<KB>(*this, jb, nk, pf);
     }
   }
 

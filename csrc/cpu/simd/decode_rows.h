@@ -40,7 +40,7 @@ inline void split_row(const float* x, float* y, int n, bool inverse) {
 // by row, a token-major cache re-read K per query row, and there one head's rows lie a multiple of
 // 4 KB apart, in one L1 set (decode_bf16.h's decode_qk_rows_bf16, the same idea on bf16 pairs).
 // q rows dp apart (fp32, scaled, zero past d); kp: kN valid row pointers (the caller repeats a row
-// past the block's end and masks those scores).
+// past the block's end and masks those scores); the scores to sall, rows LDS apart.
 // Rows per pass: 4, each pass one read of the block's K from L1 (AVX2: G = 2 keys x 4 rows = 8
 // accumulators, 4 K and 2 q vectors). Passes of 4 rows against passes of 8 (fp32) or K staged
 // transposed and broadcast-FMAs (bf16 / fp16 beyond 4 rows), calls alternating in one process
@@ -259,7 +259,9 @@ constexpr int kPvRows = 4;
 constexpr int kPvAcc = kN == 16 ? 16 : 8;  // P V accumulators (+ C V vectors + 1 broadcast)
 
 // O[r][x0, x0 + C kN) += sum_{jj < nk} p[r][jj] v_jj[x0, x0 + C kN): R rows x C vectors of
-// accumulators, each V load feeding R FMAs (bf16: C / 2 split groups).
+// accumulators, each V load feeding R FMAs (bf16: C / 2 split groups); p rows LDP apart. The key
+// loop unrolled (nk <= 16): rolled, its pointer steps and branch cost the AVX2 16-key blocks 3.7 %
+// more instructions (bf16 GQA 32/8, callgrind).
 template <int R, int C, typename T, int LDP = kN>
 inline void decode_pv_block(const float* p, const T* const* vp, int x0, int nk, float* o, int dvp) {
   static_assert(!std::is_same_v<T, bf16_t> || C % 2 == 0, "bf16 V: whole split groups");
@@ -292,13 +294,14 @@ inline void decode_pv_block(const float* p, const T* const* vp, int x0, int nk, 
     for (int c = 0; c < C; ++c) acc[r][c].store(o + size_t(r) * dvp + x0 + c * kN);
 }
 
-// o[r][0..dv) += sum_{jj < nk} p[r][jj] v_jj[0..dv), the V rows read in place (converted to fp32
-// on the fly: each load feeds R FMAs); o rows dvp apart, p rows kN apart. Blocked R rows x C
-// vectors of O, R C <= kPvAcc accumulators (C = 4 up to kPvAcc / 4 rows, else 2), then a block of
-// 2 vectors, then vector by vector (bf16: split up to split_cols(dv), in order beyond).
 struct NoPiece {
   void operator()() const {}
 };
+// o[r][0..dv) += sum_{jj < nk} p[r][jj] v_jj[0..dv), the V rows read in place (converted to fp32
+// on the fly: each load feeds R FMAs); o rows dvp apart, p rows LDP apart. Blocked R rows x C
+// vectors of O, R C <= kPvAcc accumulators (C = 4 up to kPvAcc / 4 rows, else 2), then a block of
+// 2 vectors, then vector by vector (bf16: split up to split_cols(dv), in order beyond). piece():
+// before each C-vector block (the caller's prefetch pieces; NoPiece: none).
 template <int R, typename T, int LDP = kN, typename F = NoPiece>
 inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, float* o, int dvp, F&& piece = F()) {
   constexpr int C = R * 4 <= kPvAcc ? 4 : 2;

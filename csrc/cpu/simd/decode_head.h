@@ -429,7 +429,8 @@ struct DecodeHead {
           continue;
         }
       }
-      decode_rowwise_block<KB>(*this, jb, nk, pf);
+      if constexpr (kN != 8 || KB != kN)  // (AVX2: several rows take 2 kN keys, block_keys)
+        decode_rowwise_block<KB>(*this, jb, nk, pf);
     }
   }
 

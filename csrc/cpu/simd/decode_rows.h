@@ -81,7 +81,7 @@ inline void decode_qk_rows_grouped(const float* qf, int dp, const T* const* kp, 
             keep_in_register(qe);
             keep_in_register(qo);
 #pragma GCC unroll 2
-            for (int g = 0; g < G; ++g) a[r * G + g] = fma(qo, ko[g], fma(qe, ke[g], a[r * G + g]));
+            for (int g = 0; g < G; ++g) a[r * G + g] = fma231(qo, ko[g], fma231(qe, ke[g], a[r * G + g]));
           }
           continue;
         }
@@ -261,9 +261,10 @@ constexpr int kPvAcc = kN == 16 ? 16 : 8;  // P V accumulators (+ C V vectors + 
 // O[r][x0, x0 + C kN) += sum_{jj < nk} p[r][jj] v_jj[x0, x0 + C kN): R rows x C vectors of
 // accumulators, each V load feeding R FMAs (bf16: C / 2 split groups); p rows LDP apart. The key
 // loop unrolled (nk <= 16): rolled, its pointer steps and branch cost the AVX2 16-key blocks 3.7 %
-// more instructions (bf16 GQA 32/8, callgrind).
-template <int R, int C, typename T, int LDP = kN>
+// more instructions (bf16 GQA 32/8, callgrind). NK > 0: nk is NK (a whole block; no exit test per key).
+template <int R, int C, typename T, int LDP = kN, int NK = 0>
 inline void decode_pv_block(const float* p, const T* const* vp, int x0, int nk, float* o, int dvp) {
+  if constexpr (NK > 0) nk = NK;
   static_assert(!std::is_same_v<T, bf16_t> || C % 2 == 0, "bf16 V: whole split groups");
   VF acc[R][C];
 #pragma GCC unroll 8
@@ -285,7 +286,12 @@ inline void decode_pv_block(const float* p, const T* const* vp, int x0, int nk, 
     for (int r = 0; r < R; ++r) {
       const VF pr = VF::set1(p[r * LDP + jj]);
 #pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) acc[r][c] = fma(pr, vv[c], acc[r][c]);
+      for (int c = 0; c < C; ++c) {
+        if constexpr (NK > 0 && !std::is_same_v<T, float>)  // V converted, in a register
+          fma_into(acc[r][c], pr, vv[c]);
+        else
+          acc[r][c] = fma(pr, vv[c], acc[r][c]);
+      }
     }
   }
 #pragma GCC unroll 8
@@ -301,18 +307,19 @@ struct NoPiece {
 // on the fly: each load feeds R FMAs); o rows dvp apart, p rows LDP apart. Blocked R rows x C
 // vectors of O, R C <= kPvAcc accumulators (C = 4 up to kPvAcc / 4 rows, else 2), then a block of
 // 2 vectors, then vector by vector (bf16: split up to split_cols(dv), in order beyond). piece():
-// before each C-vector block (the caller's prefetch pieces; NoPiece: none).
-template <int R, typename T, int LDP = kN, typename F = NoPiece>
+// before each C-vector block (the caller's prefetch pieces; NoPiece: none). NK > 0: nk is NK.
+template <int R, typename T, int LDP = kN, int NK = 0, typename F = NoPiece>
 inline void decode_pv_rows(const float* p, const T* const* vp, int dv, int nk, float* o, int dvp, F&& piece = F()) {
+  if constexpr (NK > 0) nk = NK;
   constexpr int C = R * 4 <= kPvAcc ? 4 : 2;
   static_assert(R * 2 <= kPvAcc, "kPvRows rows at most");
   int x0 = 0;
   for (; x0 + C * kN <= dv; x0 += C * kN) {
     piece();
-    decode_pv_block<R, C, T, LDP>(p, vp, x0, nk, o, dvp);
+    decode_pv_block<R, C, T, LDP, NK>(p, vp, x0, nk, o, dvp);
   }
   if (C > 2 && x0 + 2 * kN <= dv) {
-    decode_pv_block<R, 2, T, LDP>(p, vp, x0, nk, o, dvp);
+    decode_pv_block<R, 2, T, LDP, NK>(p, vp, x0, nk, o, dvp);
     x0 += 2 * kN;
   }
   for (; x0 < dv; x0 += kN) {

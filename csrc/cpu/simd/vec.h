@@ -181,6 +181,25 @@ constexpr int kN = VF::N;
 // whose 16 registers make it short of them, that doubled the loads of 4-row bf16 decode's S).
 inline void keep_in_register(VF& x) { asm("" : "+v"(x.v)); }
 
+// FMAs pinned to vfmadd231ps (the accumulator's register is the destination) for the unrolled
+// several-row decode products on AVX2, where GCC chose among the three FMA forms so that the
+// accumulators moved through the operands' registers: a register copy (vmovaps) per 2-3 FMAs. Two
+// spellings, each the one that compiled clean where it is used (GCC 12, callgrind): fma_into
+// (acc an in-out operand; P V -- by value its V loads were hoisted and the accumulators rotated)
+// and fma231 (by value; S = Q K^T -- in-out its accumulators stayed in memory). On AVX-512 plain
+// FMAs.
+#if defined(FAL_SIMD_AVX512)
+inline void fma_into(VF& acc, VF a, VF b) { acc = fma(a, b, acc); }
+inline VF fma231(VF a, VF b, VF c) { return fma(a, b, c); }
+#else
+inline void fma_into(VF& acc, VF a, VF b) { asm("vfmadd231ps %2, %1, %0" : "+x"(acc.v) : "x"(a.v), "x"(b.v)); }
+inline VF fma231(VF a, VF b, VF c) {
+  VF r;
+  asm("vfmadd231ps %2, %1, %0" : "=x"(r.v) : "x"(a.v), "x"(b.v), "0"(c.v));
+  return r;
+}
+#endif
+
 // 2^f for f in [-1/2, 1/2] by Horner (FMA) with relative-minimax coefficients (fitted in fp64,
 // rounded to fp32; max relative error of the fp32 evaluation over the interval, by a 400k-point scan:
 // degree 6 2.2e-7, degree 5 1.8e-7 -- both dominated by fp32 rounding; the exact-coefficient error is

@@ -346,8 +346,7 @@ struct DecodeHead {
     // (smaller bursts): head-major H32 1x32768 D128, 2 threads, calls alternating in one process
     // (Zen 4, 2026-12-01): fp32 1.13x, bf16 1.13x, fp16 1.0x; the AVX2 path's 8-key blocks measured
     // 0.86-1.0x that way, the token-major feed 0.95-1.03x, a range half in the current block 0.75x
-    constexpr int step = KB;
-    const int ahead = rows == 1 ? prefetch_ahead() : step;
+    const int ahead = rows == 1 ? prefetch_ahead() : KB;
     // one row on AVX-512, a head's own stream (d, dv <= kRowKeysMaxVecs vectors; bf16: dv a multiple
     // of 2 kN), a block of K + V rows 8 KB or more: the products key by key (decode_rows.h's
     // decode_qk_row_keys / decode_pv_row_keys, decode_bf16.h's decode_qk_row_keys_bf16; P V without
@@ -360,14 +359,14 @@ struct DecodeHead {
     const bool pf_pv = kN == 16 && rows == 1 && feed == nullptr && ahead >= kN && !keys;
     // the pf() calls of a block (bf16 P V: one per 2 vectors; KeyLines::finish issues what is left)
     const int steps = cols ? 2 + (rows + kPvRows - 1) / kPvRows : rows + 2 + (pf_pv ? dvp / kN : 0) + pv_pieces(KB);
-    const int64_t nb = (j_end - j_begin + step - 1) / step;
-    for (int jb = j_begin; jb < j_end; jb += step) {
-      const int nk = std::min(step, j_end - jb);
+    const int64_t nb = (j_end - j_begin + KB - 1) / KB;
+    for (int jb = j_begin; jb < j_end; jb += KB) {
+      const int nk = std::min(KB, j_end - jb);
       KeyLines* f = feed;
       int64_t per_step;
       if (f == nullptr) {
         own.finish();  // what the previous block's steps left
-        own.start(std::min(jb + ahead, j_end), std::min(jb + ahead + step, j_end));
+        own.start(std::min(jb + ahead, j_end), std::min(jb + ahead + KB, j_end));
         f = &own;
         per_step = (own.lines + steps - 1) / steps;
       } else {

@@ -261,7 +261,8 @@ constexpr int kPvAcc = kN == 16 ? 16 : 8;  // P V accumulators (+ C V vectors + 
 // O[r][x0, x0 + C kN) += sum_{jj < nk} p[r][jj] v_jj[x0, x0 + C kN): R rows x C vectors of
 // accumulators, each V load feeding R FMAs (bf16: C / 2 split groups); p rows LDP apart. The key
 // loop unrolled (nk <= 16): rolled, its pointer steps and branch cost the AVX2 16-key blocks 3.7 %
-// more instructions (bf16 GQA 32/8, callgrind). NK > 0: nk is NK (a whole block; no exit test per key).
+// more instructions (bf16 GQA 32/8, callgrind). NK > 0: nk is NK (a whole block; no exit test per key;
+// set here too, not only by decode_pv_rows, so the trip count stays compile-time whatever GCC inlines).
 template <int R, int C, typename T, int LDP = kN, int NK = 0>
 inline void decode_pv_block(const float* p, const T* const* vp, int x0, int nk, float* o, int dvp) {
   if constexpr (NK > 0) nk = NK;

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cpu/simd/decode_head.h"
+#include "cpu/simd/probes.h"
 
 using namespace fal::cpu::FAL_CPU_NS;
 
@@ -50,22 +51,14 @@ double secs(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// fp32 FMAs per ns: 12 independent chains (latency 4, 2 pipes: 8 would just fill them).
+// fp32 FMAs per ns: the package's peak probe loop (probes.h).
 __attribute__((noinline)) double probe() {
-  VF a[12];
-  for (int i = 0; i < 12; ++i) a[i] = VF::set1(0.001f * float(i));
-  const VF b = VF::set1(0.999f), c = VF::set1(1e-4f);
   const long n = 2000000;
   const auto t0 = std::chrono::steady_clock::now();
-  for (long i = 0; i < n; ++i) {
-#pragma GCC unroll 12
-    for (int j = 0; j < 12; ++j) a[j] = fma(a[j], b, c);
-  }
+  const float z = fma_chains(n);
   const double s = secs(t0);
-  VF z = VF::zero();
-  for (int j = 0; j < 12; ++j) z = z + a[j];
-  if (z.hsum() == 12345.f) std::puts("");  // keeps the chains
-  return 12.0 * double(n) / s / 1e9;
+  if (z == 12345.f) std::puts("");  // keeps the chains
+  return double(kPeakChains) * double(n) / s / 1e9;
 }
 
 template <typename T>

@@ -1,5 +1,5 @@
 // micro_f32.cpp -- the forward's fp32 microkernels alone (micro_f32.h: S = Q K^T and O += P V, kRM
-// rows x kNV vectors) against an FMA-chain probe, in one process: how close the products come to
+// rows x kNV vectors) against the package's FMA-chain probe, in one process: how close the products come to
 // the FMA peak before the softmax, the packing and the loops around them. One thread, operands in
 // L1 / L2 as in a forward work item (a 64-key K^T / V tile, 43 row groups of Q / O, D64).
 //
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cpu/simd/micro_f32.h"
+#include "cpu/simd/probes.h"
 
 using namespace fal::cpu::FAL_CPU_NS;
 namespace fal::cpu {  // the package's scratch allocator (scratch.cpp), plain here
@@ -32,20 +33,14 @@ constexpr int kD = 64, kGroups = 43, kTiles = 400;
 __attribute__((noinline)) void qk(const float* q, const float* kt, float* s) { micro_qk(q, kD, kt, s, kD); }
 __attribute__((noinline)) void pv(const float* s, const float* v, float* o) { micro_pv(s, v, kBN, kD, o); }
 
-// 12 independent FMA chains in registers: the core's FMA peak
+// The core's FMA peak: the package's peak probe loop (probes.h)
 __attribute__((noinline)) double probe() {
-  VF a[12];
-  for (int i = 0; i < 12; ++i) a[i] = VF::set1(0.001f * i);
-  const VF m = VF::set1(0.999f), c = VF::set1(1e-4f);
   const long n = 2000000;
   const auto t0 = std::chrono::steady_clock::now();
-  for (long i = 0; i < n; ++i)
-    for (int j = 0; j < 12; ++j) a[j] = fma(a[j], m, c);
+  const float z = fma_chains(n);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  float z = 0.f;
-  for (int j = 0; j < 12; ++j) z += a[j].hsum();
   if (z == 12345.f) std::puts("");  // keeps the chains
-  return 2.0 * kN * 12 * n / s / 1e9;
+  return 2.0 * kN * kPeakChains * n / s / 1e9;
 }
 }  // namespace
 

@@ -2,6 +2,7 @@
 // and read probes. fp64 always runs the portable kernels (attn_fwd_cpu.cpp, attn_bwd_cpu.cpp).
 #include "cpu/simd/common.h"
 #include "cpu/simd/prefetch.h"
+#include "cpu/simd/probes.h"
 #include "cpu/simd/stages.h"
 
 namespace fal::cpu::FAL_CPU_NS {
@@ -55,34 +56,24 @@ void bwd_run_amx(const BwdParams& p, int64_t begin, int64_t end) {
 }
 #endif
 
-namespace {
-// Peak probe: independent accumulators, more than FMA latency x FMA ports (4 x 2) and within the
-// register file (zmm: 24 of 32; ymm: 12 of 16 -- 24 would spill and under-report the AVX2 peak).
-constexpr int kPeakChains = kN == 16 ? 24 : 12;
-}  // namespace
-
+// Peak probe: kind 0 fp32 FMA chains (probes.h), kind 1 (AVX512_BF16) vdpbf16ps chains.
 float peak_loop(int kind, int64_t iters) {
-  (void)kind;  // AVX2 has one kind (fp32 FMA)
-  VF acc[kPeakChains];
-  for (int i = 0; i < kPeakChains; ++i) acc[i] = VF::set1(1e-3f * float(i));
 #if defined(FAL_SIMD_AVX512)
   if (kind == 1) {
+    VF acc[kPeakChains];
+    for (int i = 0; i < kPeakChains; ++i) acc[i] = VF::set1(1e-3f * float(i));
     const __m512 one = _mm512_set1_ps(1e-3f);
     const __m512bh a = _mm512_cvtne2ps_pbh(one, one);
     for (int64_t it = 0; it < iters; ++it)
 #pragma GCC unroll 24
       for (int i = 0; i < kPeakChains; ++i) acc[i].v = _mm512_dpbf16_ps(acc[i].v, a, a);
-  } else
-#endif
-  {
-    const VF a = VF::set1(0.999999f), b = VF::set1(1e-7f);
-    for (int64_t it = 0; it < iters; ++it)
-#pragma GCC unroll 24
-      for (int i = 0; i < kPeakChains; ++i) acc[i] = fma(acc[i], a, b);
+    VF s = VF::zero();
+    for (int i = 0; i < kPeakChains; ++i) s = s + acc[i];
+    return s.hsum();
   }
-  VF s = VF::zero();
-  for (int i = 0; i < kPeakChains; ++i) s = s + acc[i];
-  return s.hsum();
+#endif
+  (void)kind;  // AVX2 has one kind (fp32 FMA)
+  return fma_chains(iters);
 }
 
 // Read probe: the sum of p[0, n) (n a multiple of 4 kN) with 4 vector accumulators and one

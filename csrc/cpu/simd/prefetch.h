@@ -58,8 +58,8 @@ struct KeyLines {
   int j = 0, j_end = 0;                       // the rows whose units are not handed out yet: [j, j_end)
   bool in_v = false;                          // the next unit (a row, or the K / V span) is V's
   const char *cur = nullptr, *end = nullptr;  // the current unit's lines not issued yet
-  int64_t issued = 0;                         // lines issued since start
   int64_t lines = 0;                          // about how many lines [start's a, b) holds (rounded up, + 1 per unit)
+  int64_t issued = 0;                         // lines issued since start
 
   template <typename T>
   void setup(const T* k_, const KvRows& kr, int64_t kb, const T* v_, const KvRows& vr, int64_t vb, PrefetchHint h) {

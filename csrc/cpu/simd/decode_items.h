@@ -43,7 +43,8 @@ bool decode_item_heads(const FwdParams& p, int bi, int h0, int h1, int split, Bu
   for (int hi = h0 + 1; hi < h1; ++hi)
     heads[size_t(hi - h0)].init(p, bi, hi, buf.data() + per_head * (hi - h0), scratch);
   // chunks of ~64 KB of K + V (L2-resident while the group's heads pass over them; at least a tile
-  // block of 64 keys per head with the AMX tiles: 256 KB at GQA 32/8 D128 bf16); the next
+  // block of 64 keys per head with the AMX tiles: 256 KB at GQA 32/8 D128 bf16; one block of
+  // decode_pairs_run's with several bf16 rows on AVX-512: ~128 KB, decode_pairs_keys); the next
   // chunk's lines are prefetched a share per head, issued between that head's steps (KeyLines).
   // The hint (isa.h): on a Zen 5 T1 for fp32 (its chunk cannot stay in L1: 37 -> 40 GB/s) and T0
   // for bf16 (30 -> 36), in one process, B1 H32 1 x 32768 D128, 2 threads; T1 on a 32 KB L1 and on

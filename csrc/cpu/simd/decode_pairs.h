@@ -237,15 +237,18 @@ inline void decode_pv_rows_bf16_inplace(const uint32_t* pb, int ldp, const bf16_
 // Keys per block of decode_pairs_run: 64 (four groups of kN; P V then passes over O once per 64
 // keys, not per 16: its loads, stores and chain fill were a quarter of its time at 16 keys -- 4
 // rows D128 from L1, 7.4 -> 5.7 ns per key), fewer where the call's K + V rows (every kv head's:
-// a token-major cache) pass 1 KB: a token-major chunk (decode_items.h) of 64 keys then spans 64
-// pages of K and 64 of V per head visit, and GQA 32/8 D128 ran 0.75x its 16-key blocks (TLB; 256 KB
-// chunks). Decided on the call, not on a group of heads, so the blocks -- and the results, bit for
-// bit -- do not depend on how the heads are grouped per thread.
+// a token-major cache) pass 2 KB: a token-major chunk (decode_items.h, one block) of ~128 KB. B1
+// 32768 keys D128, calls alternating in one process (Zen 4, 2026-12-05), against ~64 KB blocks:
+// GQA 32/8 (32 keys, not 16) 1.15x on 2 threads, 1.18x on 1, 1.27x from L3 (4096 keys); 4 rows H8
+// 1.09x / 1.29x, 16 rows H8 1.12x / 1.09x; GQA 32/4 (64, not 32) 1.08x / 1.02x; 64 keys at 32/8
+// (256 KB) 0.99x on 2 threads; unchanged blocks (2 rows H16) 1.02-1.05x, the noise.
+// Decided on the call, not on a group of heads, so the blocks -- and the results, bit for bit --
+// do not depend on how the heads are grouped per thread.
 constexpr int kPairsKeys = 4 * kN;
 inline int decode_pairs_keys(const FwdParams& p) {
   if (!decode_heads_interleaved(p)) return kPairsKeys;
   const int64_t row = int64_t(p.h_kv) * (p.d + p.d_v) * int64_t(sizeof(bf16_t));
-  return int(std::clamp<int64_t>((64 * 1024) / std::max<int64_t>(1, row) / kN * kN, kN, kPairsKeys));
+  return int(std::clamp<int64_t>((128 * 1024) / std::max<int64_t>(1, row) / kN * kN, kN, kPairsKeys));
 }
 
 // One block (keys [jb, jb + nk), nk <= kPairsKeys) of the head h's rows: S per group of kN keys (3

@@ -321,7 +321,7 @@ inline void decode_pairs_cols_block(H& h, int jb, int nk, F&& pf) {
   decode_pack_v_pairs(vp, nk, h.dv, h.dvp, vpk);
   for_row_blocks<4>(h.rows, [&](int r0, auto rn) {
     pf();
-    decode_pv_rows_bf16<decltype(rn)::value>(pt + r0, 1, kN, vpk, (nk + 1) / 2, h.dvp, h.of + size_t(r0) * h.dvp);
+    decode_pv_rows_bf16<decltype(rn)::value>(pt + r0, 1, kN, vpk, (nk + 1) / 2, h.dvp, h.of + size_t(r0) * h.dvp, pf);
   });
 }
 
@@ -331,6 +331,16 @@ inline void decode_pairs_cols_block(H& h, int jb, int nk, F&& pf) {
 inline int decode_pairs_steps(int w, int rows, int dvp) {
   const int c = (rows <= 4 ? 4 : 2) * kN, passes = ((rows + 7) / 8) * ((dvp + c - 1) / c);
   return (w / kN) * (1 + passes) + 2;
+}
+
+// The pf() calls of a block of w keys on the transposed path (decode_pairs_cols_block): one per
+// group of kN keys before its S, two around the softmax, one before each block of 4 rows' P V and
+// one per 16 keys of each of its 4-vector passes (decode_pv_rows_bf16). Against the pieces before
+// the row blocks alone (bursts of ~50 lines), calls alternating in one process, 16 rows H8 B1 32768
+// keys D128 (Zen 4, 2026-12-05): head-major 1.13x on 2 threads, 1.09x on 1; token-major 1.06x /
+// 1.03x; the walk from C++ (bench/micro_decode_walk.cpp, 1 thread) 0.95x the time streamed.
+inline int decode_pairs_cols_steps(int w, int rows, int dvp) {
+  return w / kN + 2 + (rows + 3) / 4 * (1 + dvp / (4 * kN) * (w / (2 * 8)));
 }
 
 // DecodeHead::run for several rows on bf16 pairs: blocks of decode_pairs_keys(p) keys, each block's
@@ -347,7 +357,7 @@ inline void decode_pairs_run(H& h, int j_begin, int j_end) {
   const int w = decode_pairs_keys(*h.pp);
   KeyLines own;
   own.setup(h.k, h.krows, int64_t(h.d) * 2, h.v, h.vrows, int64_t(h.dv) * 2, decode_prefetch().rows);
-  const int steps = h.cols ? w / kN + 2 + (h.rows + 3) / 4 : decode_pairs_steps(w, h.rows, h.dvp);
+  const int steps = h.cols ? decode_pairs_cols_steps(w, h.rows, h.dvp) : decode_pairs_steps(w, h.rows, h.dvp);
   const int64_t nb = (j_end - j_begin + w - 1) / w;
   for (int jb = j_begin; jb < j_end; jb += w) {
     const int nk = std::min(w, j_end - jb);

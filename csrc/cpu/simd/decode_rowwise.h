@@ -12,8 +12,7 @@ namespace {
 // head h (a DecodeHead). S = Q K^T on the K rows in place: in passes of kGroupRows rows over K
 // (converted on the fly for bf16 / fp16; decode_qk_rows_grouped), fp32 K rows back to back row by
 // row; the rows' softmax step (DecodeHead::rows_softmax); P V on the V rows in place. pf: the
-// prefetch pieces (with KB > kN one more before each block of O's vectors in P V:
-// DecodeHead::pv_pieces).
+// prefetch pieces (one more before each block of O's vectors in P V: DecodeHead::pv_pieces).
 template <int KB, typename H, typename F>
 inline void decode_rowwise_block(H& h, int jb, int nk, F&& pf) {
   using T = typename H::Elem;
@@ -57,12 +56,9 @@ inline void decode_rowwise_block(H& h, int jb, int nk, F&& pf) {
   // AVX-512 fp16 GQA / 4 rows ran 0.96-0.98x with it, from L3)
   auto pv = [&](auto nkc) {
     constexpr int NK = decltype(nkc)::value;
-    for_row_blocks<kPvRows>(h.rows, [&](int r0, auto rn) {
+    for_row_blocks<kPvRows>(h.rows, [&](int r0, auto rn) {  // a prefetch piece before each block of O's vectors
       float* o = h.of + size_t(r0) * h.dvp;
-      if constexpr (KB > kN)  // a prefetch piece before each block of O's vectors
-        decode_pv_rows<decltype(rn)::value, T, KB, NK>(sall + r0 * KB, vp, h.dv, nk, o, h.dvp, pf);
-      else
-        decode_pv_rows<decltype(rn)::value, T, KB, NK>(sall + r0 * KB, vp, h.dv, nk, o, h.dvp);
+      decode_pv_rows<decltype(rn)::value, T, KB, NK>(sall + r0 * KB, vp, h.dv, nk, o, h.dvp, pf);
     });
   };
   constexpr bool whole = kN == 8 && !std::is_same_v<T, float>;

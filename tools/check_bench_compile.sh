@@ -13,4 +13,5 @@ avx512=(-mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512b
 "$CXX" "${common[@]}" "${avx512[@]}" bench/micro_decode_bf16.cpp
 "$CXX" "${common[@]}" "${avx2[@]}" bench/micro_decode_walk.cpp
 "$CXX" "${common[@]}" "${avx512[@]}" bench/micro_decode_walk.cpp
-echo "check_bench_compile: bench/micro_f32.cpp, bench/micro_decode_walk.cpp (avx2, avx512), bench/micro_decode_bf16.cpp (avx512) compile"
+"$CXX" "${common[@]}" -mavx2 -mfma bench/micro_load_order.cpp
+echo "check_bench_compile: bench/micro_f32.cpp, bench/micro_decode_walk.cpp (avx2, avx512), bench/micro_decode_bf16.cpp (avx512), bench/micro_load_order.cpp compile"

@@ -217,7 +217,8 @@ inline void decode_p_pairs_cols(const float* sT, uint32_t* pt) {
 // o[r][0..dvp) += sum_{j2 < n2} pb[r * rs + j2 * js] . vpk[j2][0..dvp)  (pairs over keys; P
 // transposed, decode_p_pairs_cols: rs = 1, js = kN); o rows dvp apart.
 // Blocked R rows x 4 vectors: each V pair vector feeds R vdpbf16ps. pf: the caller's prefetch
-// pieces, one per 8 pairs (16 keys) of each 4-vector pass (decode_pairs_cols_steps).
+// pieces, one per kPvPiecePairs pairs (16 keys) of each 4-vector pass (decode_pairs_cols_steps).
+constexpr int kPvPiecePairs = 8;
 template <int R, typename F>
 inline void decode_pv_rows_bf16(const uint32_t* pb, int rs, int js, const uint32_t* vpk, int n2, int dvp, float* o,
                                 F&& pf) {
@@ -230,7 +231,7 @@ inline void decode_pv_rows_bf16(const uint32_t* pb, int rs, int js, const uint32
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(o + size_t(r) * dvp + x0 + c * kN);
     for (int j2 = 0; j2 < n2; ++j2) {
-      if ((j2 & 7) == 7) pf();
+      if (j2 % kPvPiecePairs == kPvPiecePairs - 1) pf();
       const uint32_t* vr = vpk + size_t(j2) * dvp + x0;
       __m512bh vv[C];
 #pragma GCC unroll 4

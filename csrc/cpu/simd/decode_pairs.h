@@ -340,7 +340,7 @@ inline int decode_pairs_steps(int w, int rows, int dvp) {
 // keys D128 (Zen 4, 2026-12-05): head-major 1.13x on 2 threads, 1.09x on 1; token-major 1.06x /
 // 1.03x; the walk from C++ (bench/micro_decode_walk.cpp, 1 thread) 0.95x the time streamed.
 inline int decode_pairs_cols_steps(int w, int rows, int dvp) {
-  return w / kN + 2 + (rows + 3) / 4 * (1 + dvp / (4 * kN) * (w / (2 * 8)));
+  return w / kN + 2 + (rows + 3) / 4 * (1 + dvp / (4 * kN) * (w / (2 * kPvPiecePairs)));
 }
 
 // DecodeHead::run for several rows on bf16 pairs: blocks of decode_pairs_keys(p) keys, each block's

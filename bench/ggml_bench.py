@@ -88,6 +88,22 @@ def ggml_commit(ggml_dir: Path) -> str:
     return r.stdout.strip() or "unknown commit"
 
 
+def ggml_build_flags(ggml_dir: Path) -> str:
+    """The ISA switches of the ggml build (its CMakeCache): GGML_NATIVE=ON, or the AVX2 / AVX-512 set it was
+    given -- an AVX2 build is the fair partner of our ``FLASHATTN_LITE_CPU_ISA=avx2`` on an AVX-512 machine."""
+    cache = ggml_dir / "build" / "CMakeCache.txt"
+    if not cache.exists():
+        return "build flags unknown"
+    on = []
+    for line in cache.read_text().splitlines():
+        key, _, value = line.partition("=")
+        name = key.split(":")[0]
+        if name in ("GGML_NATIVE", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_AVX512", "GGML_AVX512_BF16"):
+            if value.upper() in ("ON", "TRUE", "1"):
+                on.append(name.removeprefix("GGML_"))
+    return "build " + ("+".join(on) if on else "without ISA switches")
+
+
 def run_case(c: Case, exe: Path, threads: int, repeats: int, rounds: int) -> str:
     g = torch.Generator().manual_seed(0)
     q32 = torch.randn(1, c.s_q, c.h, c.d, generator=g)  # (b, s, h, d) values shared by both
@@ -157,7 +173,8 @@ def main() -> int:
     exe = build_harness(ggml_dir)
     torch.set_num_threads(args.threads)
     lines = [
-        f"flashattn_lite {fal.__version__} ISA {fal.cpu_isa()} vs ggml {ggml_commit(ggml_dir)} (ggml_flash_attn_ext, "
+        f"flashattn_lite {fal.__version__} ISA {fal.cpu_isa()} vs ggml {ggml_commit(ggml_dir)} "
+        f"({ggml_build_flags(ggml_dir)}; ggml_flash_attn_ext, "
         f"CPU backend), {args.threads} threads, median of {args.repeats} per round, {args.rounds} rounds alternating "
         f"(speedup: the median of the rounds' ratios, their range); CPU: {cpu_model()}",
         "",

@@ -5,8 +5,11 @@ threads and data, both checked against the fp64 reference first.
 
 GGML_DIR is a ggml source tree you built yourself (include/ and build/src/libggml*.so, e.g.
 ``cmake -B build -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON && cmake --build build``); the project
-never vendors, downloads or builds ggml. This script compiles bench/ggml_attn.cpp against it (g++)
-and runs it as a subprocess. Q is fp32 (as llama.cpp's), K/V fp16 (llama.cpp's cache type) or fp32;
+never vendors, downloads or builds ggml. To compare the AVX2 paths on an AVX-512 machine, point
+GGML_DIR at a second tree built with ``-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
+-DGGML_F16C=ON -DGGML_AVX512=OFF`` and run with ``FLASHATTN_LITE_CPU_ISA=avx2``; the header line names
+the build's ISA switches (from its CMakeCache). This script compiles bench/ggml_attn.cpp against it
+(g++) and runs it as a subprocess. Q is fp32 (as llama.cpp's), K/V fp16 (llama.cpp's cache type) or fp32;
 flashattn_lite gets the same values: Q rounded to K/V's dtype (its q, k and v share a dtype).
 Layouts: "hm" head-major K/V (B, H, S, D), "tm" token-major (B, S, H, D) -- llama.cpp's cache and
 flash-attn's layout. Errors are max |out - ref| against the fp64 reference of the same inputs.
